@@ -1,0 +1,2 @@
+//! Benchmark: aggregate (placeholder until its issue fills it).
+fn main() {}

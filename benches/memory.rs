@@ -1,0 +1,2 @@
+//! Benchmark: memory (placeholder).
+fn main() {}

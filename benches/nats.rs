@@ -1,0 +1,2 @@
+//! Benchmark: nats (placeholder until its issue fills it).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Benchmark: postgres (placeholder until its issue fills it).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Benchmark: projections (placeholder until its issue fills it).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Benchmark: redis (placeholder until its issue fills it).
+fn main() {}

@@ -1,0 +1,180 @@
+//! Error types shared by every part of eventflow.
+//!
+//! Backend errors (sqlx, async-nats, redis) are mapped at the edge of their module into
+//! [`Error::Backend`], so none of their types appear in the public API.
+
+use crate::store::ExpectedVersion;
+
+/// A boxed error as returned by handlers and carried as a source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with eventflow's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in eventflow.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An event type name is not a valid dot-separated name.
+    #[error("invalid event type {name:?}: {reason}")]
+    InvalidEventType {
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// A subscription pattern is not valid.
+    #[error("invalid subscription pattern {pattern:?}: {reason}")]
+    InvalidPattern {
+        /// The rejected pattern.
+        pattern: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// A stream id is empty or too long.
+    #[error("invalid stream id {stream:?}: {reason}")]
+    InvalidStreamId {
+        /// The rejected stream id.
+        stream: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// Optimistic concurrency check failed: the stream is not at the expected version.
+    #[error("version conflict on stream {stream:?}: expected {expected}, actual version {actual}")]
+    Conflict {
+        /// The stream that was appended to.
+        stream: String,
+        /// What the caller expected.
+        expected: ExpectedVersion,
+        /// The stream's current version (0 when the stream does not exist).
+        actual: u64,
+    },
+
+    /// Some, but not all, events of a batch are already stored (see
+    /// [`EventStore::append_batch`](crate::store::EventStore::append_batch) for the idempotency
+    /// rule). Nothing was written.
+    #[error("event {id} is already stored (in stream {stream:?}); nothing was written")]
+    DuplicateEvent {
+        /// The id of an event that is already stored.
+        id: uuid::Uuid,
+        /// The stream that holds the stored copy.
+        stream: String,
+    },
+
+    /// An event payload could not be encoded to JSON.
+    #[error("cannot encode payload of event type {event_type:?}: {source}")]
+    Encode {
+        /// The event type being encoded.
+        event_type: String,
+        /// The serde error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// An event payload (or a whole envelope) could not be decoded.
+    #[error("cannot decode event of type {event_type:?}: {source}")]
+    Decode {
+        /// The event type being decoded.
+        event_type: String,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// An envelope of an event type the target type does not know.
+    #[error("unknown event type {event_type:?} for {target}")]
+    UnknownEventType {
+        /// The envelope's event type.
+        event_type: String,
+        /// The Rust type that was asked to decode it.
+        target: &'static str,
+    },
+
+    /// An event is larger than the backend accepts.
+    #[error("event {id} is {size} bytes, over the limit of {limit} bytes")]
+    EventTooLarge {
+        /// The event id.
+        id: uuid::Uuid,
+        /// Its encoded size.
+        size: usize,
+        /// The limit it exceeded.
+        limit: usize,
+    },
+
+    /// The bus (or store) was closed; the call was not carried out.
+    #[error("{0} is closed")]
+    Closed(&'static str),
+
+    /// A call did not finish in time.
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        /// What timed out.
+        operation: &'static str,
+        /// The limit.
+        after: std::time::Duration,
+    },
+
+    /// A connection to a backend could not be made or was lost.
+    #[error("{backend}: cannot connect to {target}: {source}")]
+    Connect {
+        /// The backend ("postgres", "nats", "redis").
+        backend: &'static str,
+        /// What we tried to reach (URL with credentials removed).
+        target: String,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A backend call failed.
+    #[error("{backend}: {source}")]
+    Backend {
+        /// The backend ("postgres", "nats", "redis").
+        backend: &'static str,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A handler returned an error (used where the caller is waiting on the handler).
+    #[error("handler failed for event {event_id} ({event_type}): {source}")]
+    Handler {
+        /// The event being handled.
+        event_id: uuid::Uuid,
+        /// Its type.
+        event_type: String,
+        /// The handler's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// Invalid configuration or argument.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl Error {
+    /// Wraps a backend error.
+    pub fn backend(backend: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Backend {
+            backend,
+            source: source.into(),
+        }
+    }
+
+    /// Wraps a decode error for `event_type`.
+    pub fn decode(event_type: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Decode {
+            event_type: event_type.into(),
+            source: source.into(),
+        }
+    }
+
+    /// True for an optimistic-concurrency [`Error::Conflict`].
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict { .. })
+    }
+}

@@ -1,0 +1,3 @@
+//! Test support: the backend conformance kit, and given/when/then fixtures.
+
+pub mod conformance;

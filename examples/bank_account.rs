@@ -1,0 +1,2 @@
+//! Example: bank_account (placeholder until its issue fills it).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Example: checkout_saga (placeholder until its issue fills it).
+fn main() {}

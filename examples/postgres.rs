@@ -1,0 +1,2 @@
+//! Example: postgres (placeholder until its issue fills it).
+fn main() {}

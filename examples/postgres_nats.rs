@@ -1,0 +1,2 @@
+//! Example: postgres_nats (placeholder until its issue fills it).
+fn main() {}

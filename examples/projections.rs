@@ -1,0 +1,2 @@
+//! Example: projections (placeholder until its issue fills it).
+fn main() {}

@@ -1,0 +1,1 @@
+//! Integration tests: aggregate (placeholder until its issue fills it).

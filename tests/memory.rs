@@ -1,0 +1,1 @@
+//! Integration tests: memory backends (placeholder until filled).

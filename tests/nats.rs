@@ -1,0 +1,1 @@
+//! Integration tests: nats (placeholder until its issue fills it).

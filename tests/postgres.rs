@@ -1,0 +1,1 @@
+//! Integration tests: postgres (placeholder until its issue fills it).

@@ -1,0 +1,1 @@
+//! Integration tests: projections (placeholder until its issue fills it).

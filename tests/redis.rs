@@ -1,0 +1,1 @@
+//! Integration tests: redis (placeholder until its issue fills it).
