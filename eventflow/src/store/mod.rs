@@ -264,6 +264,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// Backend errors.
     async fn head_position(&self) -> Result<u64>;
 
+    /// A signal that changes whenever events may have been committed (in memory: on every
+    /// commit; PostgreSQL: on every `NOTIFY`). Readers that follow the store (subscriptions, the
+    /// relay, projection runners) wait on it between reads, with a polling timeout as fallback
+    /// so a lost signal only delays them.
+    fn commit_signal(&self) -> tokio::sync::watch::Receiver<u64>;
+
     /// Delivers every event matching `criteria` to `handler` in global order: first the stored
     /// ones after `criteria.after_position`, then new ones as they are committed, until the
     /// [`Subscription`] is dropped. `criteria.limit` is the catch-up batch size.
