@@ -1,0 +1,257 @@
+//! Transactional PostgreSQL projections (feature `postgres`): the read model and the checkpoint
+//! commit together.
+//!
+//! A [`PgProjection`]'s handler receives the batch's transaction and writes its read model in
+//! it; the runner advances the projection's checkpoint (table
+//! `eventflow_projection_checkpoints`, see `migrations/0002_projections_sagas.sql`) in the same
+//! transaction and commits once per batch. **A crash at any point either keeps the whole batch
+//! (read model and checkpoint) or none of it, so no event is ever applied twice.**
+//!
+//! The runner also locks the checkpoint row (`SELECT ... FOR UPDATE`) and checks it still holds
+//! the position the batch was read from, so two runners of one projection (two processes, or a
+//! live loop and a rebuild) never apply the same batch twice either.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use eventflow::projection::postgres::{PgProjection, PgTransaction, runner, migrate};
+//! use eventflow::{Event, EventStore, HandlerResult};
+//!
+//! struct OrderTotals;
+//!
+//! #[async_trait::async_trait]
+//! impl PgProjection for OrderTotals {
+//!     fn name(&self) -> &str { "order-totals" }
+//!     fn patterns(&self) -> Vec<String> { vec!["order.placed".into()] }
+//!     async fn handle(&self, tx: &mut PgTransaction, event: &Event) -> HandlerResult {
+//!         let total = event.payload["total"].as_i64().unwrap_or(0);
+//!         sqlx::query("INSERT INTO order_totals (day, total) VALUES (current_date, $1)
+//!                      ON CONFLICT (day) DO UPDATE SET total = order_totals.total + $1")
+//!             .bind(total)
+//!             .execute(&mut **tx)
+//!             .await?;
+//!         Ok(())
+//!     }
+//!     async fn reset(&self, tx: &mut PgTransaction) -> HandlerResult {
+//!         sqlx::query("TRUNCATE order_totals").execute(&mut **tx).await?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # async fn demo(store: Arc<dyn EventStore>, pool: sqlx::PgPool) -> eventflow::Result<()> {
+//! migrate(&pool).await?;
+//! let runner = runner(store, pool, OrderTotals)?;
+//! let _task = runner.start();
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::{PgPool, Postgres};
+
+use super::{ApplyError, Applier, Filter, ProjectionRunner, guarded, position_of};
+use crate::bus::HandlerResult;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::store::EventStore;
+
+/// The transaction a [`PgProjection`] writes its read model in.
+pub type PgTransaction = sqlx::Transaction<'static, Postgres>;
+
+/// The SQL of `migrations/0002_projections_sagas.sql` (projection checkpoints, saga tables).
+pub const MIGRATION: &str = include_str!("../../../migrations/0002_projections_sagas.sql");
+
+/// Creates the projection and saga tables in the connection's schema if they do not exist
+/// (the same SQL as `migrations/0002_projections_sagas.sql`; safe to run more than once).
+///
+/// # Errors
+/// [`Error::Backend`] when the SQL fails.
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    sqlx::raw_sql(MIGRATION)
+        .execute(pool)
+        .await
+        .map_err(pg_error)?;
+    Ok(())
+}
+
+pub(crate) fn pg_error(e: sqlx::Error) -> Error {
+    Error::backend("postgres", e)
+}
+
+/// A projection whose read model lives in PostgreSQL and is written in the runner's
+/// transaction (see the module docs).
+///
+/// Contract as [`Projection`](super::Projection), except delivery is exactly once: an event's
+/// writes commit with the checkpoint that moves past it. On a handler error (or panic) the
+/// batch's transaction is rolled back, the events before the failing one are re-applied and
+/// committed in a new transaction, and the failure policy decides about the failing one.
+#[async_trait]
+pub trait PgProjection: Send + Sync + 'static {
+    /// The projection's name; it keys its checkpoint.
+    fn name(&self) -> &str;
+
+    /// The event patterns it wants; default all.
+    fn patterns(&self) -> Vec<String> {
+        vec!["*".to_owned()]
+    }
+
+    /// Applies one event to the read model, writing through `tx` (`&mut **tx` is an executor).
+    async fn handle(&self, tx: &mut PgTransaction, event: &Event) -> HandlerResult;
+
+    /// Clears the read model; runs in the transaction that resets the checkpoint to 0.
+    async fn reset(&self, tx: &mut PgTransaction) -> HandlerResult {
+        let _ = tx;
+        Ok(())
+    }
+}
+
+/// A runner for a transactional PostgreSQL projection reading `store`; the read model and the
+/// checkpoint live in `pool`'s database (run [`migrate`] first).
+///
+/// # Errors
+/// [`Error::InvalidPattern`] for an invalid pattern.
+pub fn runner<P: PgProjection>(
+    store: Arc<dyn EventStore>,
+    pool: PgPool,
+    projection: P,
+) -> Result<ProjectionRunner> {
+    let filter = Filter::parse(&projection.patterns())?;
+    let applier = TxApplier {
+        name: projection.name().to_owned(),
+        projection: Arc::new(projection),
+        pool,
+        filter,
+    };
+    Ok(ProjectionRunner::from_applier(store, Arc::new(applier)))
+}
+
+struct TxApplier {
+    name: String,
+    projection: Arc<dyn PgProjection>,
+    pool: PgPool,
+    filter: Filter,
+}
+
+impl TxApplier {
+    async fn begin_at(&self, from: u64) -> Result<PgTransaction, ApplyError> {
+        let mut tx = self.pool.begin().await.map_err(pg_error)?;
+        let stored: Option<i64> = sqlx::query_scalar(
+            "SELECT position FROM eventflow_projection_checkpoints WHERE name = $1 FOR UPDATE",
+        )
+        .bind(&self.name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(pg_error)?;
+        let stored = to_u64(stored.unwrap_or(0));
+        if stored != from {
+            return Err(ApplyError::Moved(stored));
+        }
+        Ok(tx)
+    }
+
+    async fn commit_at(&self, mut tx: PgTransaction, through: u64) -> Result<(), ApplyError> {
+        let through = i64::try_from(through)
+            .map_err(|_| Error::InvalidArgument(format!("position {through} over i64")))?;
+        sqlx::query(
+            "INSERT INTO eventflow_projection_checkpoints (name, position, updated_at) \
+             VALUES ($1, $2, now()) \
+             ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
+        )
+        .bind(&self.name)
+        .bind(through)
+        .execute(&mut *tx)
+        .await
+        .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(())
+    }
+}
+
+fn to_u64(position: i64) -> u64 {
+    u64::try_from(position).unwrap_or(0)
+}
+
+#[async_trait]
+impl Applier for TxApplier {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn load_checkpoint(&self) -> Result<u64> {
+        // Create the row so batches can lock it.
+        sqlx::query(
+            "INSERT INTO eventflow_projection_checkpoints (name, position) VALUES ($1, 0) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&self.name)
+        .execute(&self.pool)
+        .await
+        .map_err(pg_error)?;
+        let position: i64 = sqlx::query_scalar(
+            "SELECT position FROM eventflow_projection_checkpoints WHERE name = $1",
+        )
+        .bind(&self.name)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(pg_error)?;
+        Ok(to_u64(position))
+    }
+
+    async fn apply(
+        &self,
+        from: u64,
+        events: &[Arc<Event>],
+        through: u64,
+    ) -> Result<(), ApplyError> {
+        let mut tx = self.begin_at(from).await?;
+        for (index, event) in events.iter().enumerate() {
+            if !self.filter.matches(&event.event_type) {
+                continue;
+            }
+            if let Err(error) = guarded(self.projection.handle(&mut tx, event)).await {
+                // The transaction may be aborted by the failed statement: roll it back, then
+                // keep the events before the failing one in a transaction of their own.
+                drop(tx);
+                let handled_through = match index.checked_sub(1) {
+                    Some(prev) => {
+                        let p = position_of(&events[prev])?;
+                        self.apply(from, &events[..index], p).await?;
+                        Some(p)
+                    }
+                    None => None,
+                };
+                return Err(ApplyError::Handler {
+                    index,
+                    handled_through,
+                    error,
+                });
+            }
+        }
+        self.commit_at(tx, through).await
+    }
+
+    async fn skip(&self, from: u64, to: u64) -> Result<(), ApplyError> {
+        let tx = self.begin_at(from).await?;
+        self.commit_at(tx, to).await
+    }
+
+    async fn reset(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(pg_error)?;
+        guarded(self.projection.reset(&mut tx))
+            .await
+            .map_err(|source| Error::Backend {
+                backend: "projection reset",
+                source,
+            })?;
+        sqlx::query(
+            "INSERT INTO eventflow_projection_checkpoints (name, position, updated_at) \
+             VALUES ($1, 0, now()) \
+             ON CONFLICT (name) DO UPDATE SET position = 0, updated_at = now()",
+        )
+        .bind(&self.name)
+        .execute(&mut *tx)
+        .await
+        .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)
+    }
+}
