@@ -146,7 +146,9 @@ pub struct Backoff {
 impl Backoff {
     /// The delay after the `attempt`-th failure (1-based).
     pub fn delay(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
         self.initial.saturating_mul(factor).min(self.max)
     }
 }
@@ -355,7 +357,9 @@ impl Applier for PlainApplier {
                 });
             }
         }
-        self.checkpoints.save_checkpoint(&self.name, through).await?;
+        self.checkpoints
+            .save_checkpoint(&self.name, through)
+            .await?;
         Ok(())
     }
 
@@ -693,7 +697,12 @@ impl ProjectionRunner {
         let through = position_of(last)?;
         let batch: Vec<Arc<Event>> = batch.into_iter().map(Arc::new).collect();
         self.set_state(RunState::CatchingUp);
-        match self.inner.applier.apply(cursor.position, &batch, through).await {
+        match self
+            .inner
+            .applier
+            .apply(cursor.position, &batch, through)
+            .await
+        {
             Ok(()) => {
                 tracing::debug!(projection = %self.inner.name, through, events = batch.len(), "projection batch");
                 self.set_position(cursor, through);
@@ -734,7 +743,12 @@ impl ProjectionRunner {
         })
     }
 
-    async fn on_failure(&self, cursor: &mut Cursor, event: &Event, error: BoxError) -> Result<Step> {
+    async fn on_failure(
+        &self,
+        cursor: &mut Cursor,
+        event: &Event,
+        error: BoxError,
+    ) -> Result<Step> {
         let position = position_of(event)?;
         let failed = FailedEvent {
             position,
@@ -757,7 +771,9 @@ impl ProjectionRunner {
                         return Ok(Step::Progress);
                     }
                     Err(ApplyError::Store(e)) => return Err(e),
-                    Err(ApplyError::Handler { error, .. }) => return Err(Error::backend("projection", error)),
+                    Err(ApplyError::Handler { error, .. }) => {
+                        return Err(Error::backend("projection", error));
+                    }
                 }
                 {
                     let mut shared = self.lock_shared();

@@ -2,19 +2,23 @@
 //! commit together.
 //!
 //! A [`PgProjection`]'s handler receives the batch's transaction and writes its read model in
-//! it; the runner advances the projection's checkpoint (table
-//! `eventflow_projection_checkpoints`, see `migrations/0002_projections_sagas.sql`) in the same
-//! transaction and commits once per batch. **A crash at any point either keeps the whole batch
+//! it; the runner advances the projection's checkpoint (the `checkpoints` table of the event
+//! store's schema, the one `PostgresCheckpointStore` reads) in the same transaction and commits
+//! once per batch. **A crash at any point either keeps the whole batch
 //! (read model and checkpoint) or none of it, so no event is ever applied twice.**
 //!
 //! The runner also locks the checkpoint row (`SELECT ... FOR UPDATE`) and checks it still holds
 //! the position the batch was read from, so two runners of one projection (two processes, or a
 //! live loop and a rebuild) never apply the same batch twice either.
 //!
+//! Each batch's transaction runs with `search_path` set to the schema (`SET LOCAL`), so the
+//! handler's SQL can name its read-model tables unqualified and they live next to the store's.
+//!
 //! ```no_run
 //! use std::sync::Arc;
-//! use eventflow::projection::postgres::{PgProjection, PgTransaction, runner, migrate};
-//! use eventflow::{Event, EventStore, HandlerResult};
+//! use eventflow::projection::postgres::{PgProjection, PgTransaction, runner};
+//! use eventflow::store::postgres::PostgresEventStore;
+//! use eventflow::{Event, HandlerResult};
 //!
 //! struct OrderTotals;
 //!
@@ -37,9 +41,10 @@
 //!     }
 //! }
 //!
-//! # async fn demo(store: Arc<dyn EventStore>, pool: sqlx::PgPool) -> eventflow::Result<()> {
-//! migrate(&pool).await?;
-//! let runner = runner(store, pool, OrderTotals)?;
+//! # async fn demo(store: PostgresEventStore) -> eventflow::Result<()> {
+//! store.migrate().await?; // events, checkpoints, saga tables
+//! let (pool, schema) = (store.pool().clone(), store.schema().to_owned());
+//! let runner = runner(Arc::new(store), pool, &schema, OrderTotals)?;
 //! let _task = runner.start();
 //! # Ok(()) }
 //! ```
@@ -49,7 +54,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sqlx::{PgPool, Postgres};
 
-use super::{ApplyError, Applier, Filter, ProjectionRunner, guarded, position_of};
+use super::{Applier, ApplyError, Filter, ProjectionRunner, guarded, position_of};
 use crate::bus::HandlerResult;
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -58,20 +63,23 @@ use crate::store::EventStore;
 /// The transaction a [`PgProjection`] writes its read model in.
 pub type PgTransaction = sqlx::Transaction<'static, Postgres>;
 
-/// The SQL of `migrations/0002_projections_sagas.sql` (projection checkpoints, saga tables).
-pub const MIGRATION: &str = include_str!("../../../migrations/0002_projections_sagas.sql");
-
-/// Creates the projection and saga tables in the connection's schema if they do not exist
-/// (the same SQL as `migrations/0002_projections_sagas.sql`; safe to run more than once).
-///
-/// # Errors
-/// [`Error::Backend`] when the SQL fails.
-pub async fn migrate(pool: &PgPool) -> Result<()> {
-    sqlx::raw_sql(MIGRATION)
-        .execute(pool)
-        .await
-        .map_err(pg_error)?;
-    Ok(())
+/// Checks a schema name (1 to 63 characters of `[a-z0-9_]`, not starting with a digit, the
+/// event store's rule) and returns it quoted for SQL.
+pub(crate) fn quote_schema(schema: &str) -> Result<String> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && !schema.starts_with(|c: char| c.is_ascii_digit())
+        && schema
+            .bytes()
+            .all(|b| b == b'_' || b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok {
+        Ok(format!("\"{schema}\""))
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "invalid schema name {schema:?}: use 1 to 63 characters of [a-z0-9_], not starting \
+             with a digit"
+        )))
+    }
 }
 
 pub(crate) fn pg_error(e: sqlx::Error) -> Error {
@@ -105,22 +113,37 @@ pub trait PgProjection: Send + Sync + 'static {
     }
 }
 
-/// A runner for a transactional PostgreSQL projection reading `store`; the read model and the
-/// checkpoint live in `pool`'s database (run [`migrate`] first).
+/// A runner for a transactional PostgreSQL projection reading `store`. The checkpoint lives in
+/// the `checkpoints` table of `schema` over `pool` (created by `PostgresEventStore::migrate`),
+/// and the handler's transaction has `search_path` set to `schema`.
 ///
 /// # Errors
-/// [`Error::InvalidPattern`] for an invalid pattern.
+/// [`Error::InvalidPattern`] for an invalid pattern, [`Error::InvalidArgument`] for an invalid
+/// schema name.
 pub fn runner<P: PgProjection>(
     store: Arc<dyn EventStore>,
     pool: PgPool,
+    schema: &str,
     projection: P,
 ) -> Result<ProjectionRunner> {
     let filter = Filter::parse(&projection.patterns())?;
+    let q = quote_schema(schema)?;
     let applier = TxApplier {
         name: projection.name().to_owned(),
         projection: Arc::new(projection),
         pool,
         filter,
+        set_path: format!("SET LOCAL search_path TO {q}"),
+        lock: format!("SELECT position FROM {q}.checkpoints WHERE name = $1 FOR UPDATE"),
+        save: format!(
+            "INSERT INTO {q}.checkpoints (name, position, updated_at) VALUES ($1, $2, now()) \
+             ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()"
+        ),
+        create: format!(
+            "INSERT INTO {q}.checkpoints (name, position) VALUES ($1, 0) \
+             ON CONFLICT (name) DO NOTHING"
+        ),
+        load: format!("SELECT position FROM {q}.checkpoints WHERE name = $1"),
     };
     Ok(ProjectionRunner::from_applier(store, Arc::new(applier)))
 }
@@ -130,18 +153,30 @@ struct TxApplier {
     projection: Arc<dyn PgProjection>,
     pool: PgPool,
     filter: Filter,
+    set_path: String,
+    lock: String,
+    save: String,
+    create: String,
+    load: String,
 }
 
 impl TxApplier {
-    async fn begin_at(&self, from: u64) -> Result<PgTransaction, ApplyError> {
+    async fn begin(&self) -> Result<PgTransaction> {
         let mut tx = self.pool.begin().await.map_err(pg_error)?;
-        let stored: Option<i64> = sqlx::query_scalar(
-            "SELECT position FROM eventflow_projection_checkpoints WHERE name = $1 FOR UPDATE",
-        )
-        .bind(&self.name)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(pg_error)?;
+        sqlx::query(&self.set_path)
+            .execute(&mut *tx)
+            .await
+            .map_err(pg_error)?;
+        Ok(tx)
+    }
+
+    async fn begin_at(&self, from: u64) -> Result<PgTransaction, ApplyError> {
+        let mut tx = self.begin().await?;
+        let stored: Option<i64> = sqlx::query_scalar(&self.lock)
+            .bind(&self.name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(pg_error)?;
         let stored = to_u64(stored.unwrap_or(0));
         if stored != from {
             return Err(ApplyError::Moved(stored));
@@ -152,16 +187,12 @@ impl TxApplier {
     async fn commit_at(&self, mut tx: PgTransaction, through: u64) -> Result<(), ApplyError> {
         let through = i64::try_from(through)
             .map_err(|_| Error::InvalidArgument(format!("position {through} over i64")))?;
-        sqlx::query(
-            "INSERT INTO eventflow_projection_checkpoints (name, position, updated_at) \
-             VALUES ($1, $2, now()) \
-             ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
-        )
-        .bind(&self.name)
-        .bind(through)
-        .execute(&mut *tx)
-        .await
-        .map_err(pg_error)?;
+        sqlx::query(&self.save)
+            .bind(&self.name)
+            .bind(through)
+            .execute(&mut *tx)
+            .await
+            .map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)?;
         Ok(())
     }
@@ -179,21 +210,16 @@ impl Applier for TxApplier {
 
     async fn load_checkpoint(&self) -> Result<u64> {
         // Create the row so batches can lock it.
-        sqlx::query(
-            "INSERT INTO eventflow_projection_checkpoints (name, position) VALUES ($1, 0) \
-             ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(&self.name)
-        .execute(&self.pool)
-        .await
-        .map_err(pg_error)?;
-        let position: i64 = sqlx::query_scalar(
-            "SELECT position FROM eventflow_projection_checkpoints WHERE name = $1",
-        )
-        .bind(&self.name)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(pg_error)?;
+        sqlx::query(&self.create)
+            .bind(&self.name)
+            .execute(&self.pool)
+            .await
+            .map_err(pg_error)?;
+        let position: i64 = sqlx::query_scalar(&self.load)
+            .bind(&self.name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(pg_error)?;
         Ok(to_u64(position))
     }
 
@@ -236,22 +262,19 @@ impl Applier for TxApplier {
     }
 
     async fn reset(&self) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(pg_error)?;
+        let mut tx = self.begin().await?;
         guarded(self.projection.reset(&mut tx))
             .await
             .map_err(|source| Error::Backend {
                 backend: "projection reset",
                 source,
             })?;
-        sqlx::query(
-            "INSERT INTO eventflow_projection_checkpoints (name, position, updated_at) \
-             VALUES ($1, 0, now()) \
-             ON CONFLICT (name) DO UPDATE SET position = 0, updated_at = now()",
-        )
-        .bind(&self.name)
-        .execute(&mut *tx)
-        .await
-        .map_err(pg_error)?;
+        sqlx::query(&self.save)
+            .bind(&self.name)
+            .bind(0i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(pg_error)?;
         tx.commit().await.map_err(pg_error)
     }
 }

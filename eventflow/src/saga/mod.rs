@@ -362,7 +362,9 @@ impl<S: Saga> SagaManager<S> {
             handles,
             store,
             bus: None,
-            locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            locks: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             _state: PhantomData,
         })
     }

@@ -1,5 +1,6 @@
 //! [`PostgresSagaStore`] (feature `postgres`): saga instances, handled event ids, deadlines and
-//! the outbox in PostgreSQL (tables from `migrations/0002_projections_sagas.sql`).
+//! the outbox in PostgreSQL: the `saga_*` tables of `migrations/0002_projections_sagas.sql`, in
+//! the event store's schema (created by `PostgresEventStore::migrate`).
 //!
 //! A commit is one transaction: it records the handled event id (primary key: a redelivered
 //! event finds it and writes nothing), creates the instance (primary key on (saga, correlation
@@ -14,28 +15,45 @@ use uuid::Uuid;
 use super::{CommitOutcome, Deadline, LoadedSaga, SagaCommit, SagaInstance, SagaStore};
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::projection::postgres::pg_error;
+use crate::projection::postgres::{pg_error, quote_schema};
 use crate::store::ExpectedVersion;
+use crate::store::postgres::PostgresEventStore;
 
-/// Saga state in PostgreSQL; run [`migrate`](crate::projection::postgres::migrate) (or the sqlx
-/// migrations) first.
+/// Saga state in PostgreSQL, in the tables of one schema (run `PostgresEventStore::migrate` or
+/// [`migrate`](Self::migrate) first).
 #[derive(Debug, Clone)]
 pub struct PostgresSagaStore {
     pool: PgPool,
+    schema: String,
+    /// The schema, quoted for SQL.
+    q: String,
 }
 
 impl PostgresSagaStore {
-    /// A store over `pool` (tables in the connection's schema).
-    pub fn new(pool: PgPool) -> Self {
-        PostgresSagaStore { pool }
+    /// A store over `pool` with its tables in `schema`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an invalid schema name.
+    pub fn new(pool: PgPool, schema: &str) -> Result<Self> {
+        let q = quote_schema(schema)?;
+        Ok(PostgresSagaStore {
+            pool,
+            schema: schema.to_owned(),
+            q,
+        })
     }
 
-    /// Creates the tables if they do not exist.
+    /// A store in the same pool and schema as an event store.
+    pub fn for_store(store: &PostgresEventStore) -> Result<Self> {
+        Self::new(store.pool().clone(), store.schema())
+    }
+
+    /// Creates the schema and its tables if needed (all of eventflow's migrations).
     ///
     /// # Errors
     /// Backend errors.
     pub async fn migrate(&self) -> Result<()> {
-        crate::projection::postgres::migrate(&self.pool).await
+        PostgresEventStore::migrate_schema(&self.pool, &self.schema).await
     }
 
     /// How many instances of `saga` exist.
@@ -43,12 +61,14 @@ impl PostgresSagaStore {
     /// # Errors
     /// Backend errors.
     pub async fn instance_count(&self, saga: &str) -> Result<u64> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM eventflow_saga_instances WHERE saga = $1")
-                .bind(saga)
-                .fetch_one(&self.pool)
-                .await
-                .map_err(pg_error)?;
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {}.saga_instances WHERE saga = $1",
+            self.q
+        ))
+        .bind(saga)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(pg_error)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 }
@@ -78,10 +98,10 @@ impl SagaStore for PostgresSagaStore {
         );
         let row: Row = sqlx::query_as(
             "SELECT i.state, i.version, i.completed, i.deadlines, \
-                    EXISTS (SELECT 1 FROM eventflow_saga_handled h \
+                    EXISTS (SELECT 1 FROM {q}.saga_handled h \
                             WHERE h.saga = $1 AND h.correlation_id = $2 AND h.event_id = $3) \
              FROM (SELECT 1) AS one \
-             LEFT JOIN eventflow_saga_instances i ON i.saga = $1 AND i.correlation_id = $2",
+             LEFT JOIN {q}.saga_instances i ON i.saga = $1 AND i.correlation_id = $2",
         )
         .bind(saga)
         .bind(correlation_id)
@@ -97,8 +117,9 @@ impl SagaStore for PostgresSagaStore {
                 version: u64::try_from(version).unwrap_or(0),
                 completed: completed.unwrap_or(false),
                 deadlines: match deadlines {
-                    Some(d) => serde_json::from_value(d)
-                        .map_err(|e| json_error("saga deadlines", e))?,
+                    Some(d) => {
+                        serde_json::from_value(d).map_err(|e| json_error("saga deadlines", e))?
+                    }
                     None => Vec::new(),
                 },
             }),
@@ -111,17 +132,18 @@ impl SagaStore for PostgresSagaStore {
     }
 
     async fn commit(&self, saga: &str, commit: SagaCommit) -> Result<CommitOutcome> {
-        let deadlines = serde_json::to_value(&commit.deadlines).map_err(|source| Error::Encode {
-            event_type: "saga deadlines".to_owned(),
-            source,
-        })?;
+        let deadlines =
+            serde_json::to_value(&commit.deadlines).map_err(|source| Error::Encode {
+                event_type: "saga deadlines".to_owned(),
+                source,
+            })?;
         let next_deadline = commit.deadlines.iter().map(|d| d.due_at).min();
         let expected = i64::try_from(commit.expected_version)
             .map_err(|_| Error::InvalidArgument("saga version over i64".into()))?;
 
         let mut tx = self.pool.begin().await.map_err(pg_error)?;
         let recorded = sqlx::query(
-            "INSERT INTO eventflow_saga_handled (saga, correlation_id, event_id) \
+            "INSERT INTO {q}.saga_handled (saga, correlation_id, event_id) \
              VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
         .bind(saga)
@@ -137,7 +159,7 @@ impl SagaStore for PostgresSagaStore {
         let written = if commit.expected_version == 0 {
             // The primary key decides a creation race: the loser inserts nothing.
             sqlx::query(
-                "INSERT INTO eventflow_saga_instances \
+                "INSERT INTO {q}.saga_instances \
                     (saga, correlation_id, state, version, completed, deadlines, next_deadline) \
                  VALUES ($1, $2, $3, 1, $4, $5, $6) ON CONFLICT DO NOTHING",
             )
@@ -152,7 +174,7 @@ impl SagaStore for PostgresSagaStore {
             .map_err(pg_error)?
         } else {
             sqlx::query(
-                "UPDATE eventflow_saga_instances \
+                "UPDATE {q}.saga_instances \
                  SET state = $3, version = version + 1, completed = $4, deadlines = $5, \
                      next_deadline = $6, updated_at = now() \
                  WHERE saga = $1 AND correlation_id = $2 AND version = $7",
@@ -170,9 +192,10 @@ impl SagaStore for PostgresSagaStore {
         };
         if written.rows_affected() == 0 {
             drop(tx);
-            let actual: Option<i64> = sqlx::query_scalar(
-                "SELECT version FROM eventflow_saga_instances WHERE saga = $1 AND correlation_id = $2",
-            )
+            let actual: Option<i64> = sqlx::query_scalar(&format!(
+                "SELECT version FROM {q}.saga_instances WHERE saga = $1 AND correlation_id = $2",
+                q = self.q
+            ))
             .bind(saga)
             .bind(&commit.correlation_id)
             .fetch_optional(&self.pool)
@@ -195,7 +218,7 @@ impl SagaStore for PostgresSagaStore {
                 })
                 .collect::<Result<Vec<_>>>()?;
             sqlx::query(
-                "INSERT INTO eventflow_saga_outbox (saga, event_id, event) \
+                "INSERT INTO {q}.saga_outbox (saga, event_id, event) \
                  SELECT $1, id, event FROM UNNEST($2::uuid[], $3::jsonb[]) WITH ORDINALITY \
                      AS t(id, event, n) ORDER BY n \
                  ON CONFLICT (saga, event_id) DO NOTHING",
@@ -219,7 +242,7 @@ impl SagaStore for PostgresSagaStore {
     ) -> Result<Vec<(String, Deadline)>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(
-            "SELECT correlation_id, deadlines FROM eventflow_saga_instances \
+            "SELECT correlation_id, deadlines FROM {q}.saga_instances \
              WHERE saga = $1 AND next_deadline IS NOT NULL AND next_deadline <= $2 \
              ORDER BY next_deadline LIMIT $3",
         )
@@ -246,9 +269,10 @@ impl SagaStore for PostgresSagaStore {
 
     async fn pending_outbox(&self, saga: &str, limit: usize) -> Result<Vec<Event>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows: Vec<serde_json::Value> = sqlx::query_scalar(
-            "SELECT event FROM eventflow_saga_outbox WHERE saga = $1 ORDER BY seq LIMIT $2",
-        )
+        let rows: Vec<serde_json::Value> = sqlx::query_scalar(&format!(
+            "SELECT event FROM {q}.saga_outbox WHERE saga = $1 ORDER BY seq LIMIT $2",
+            q = self.q
+        ))
         .bind(saga)
         .bind(limit)
         .fetch_all(&self.pool)
@@ -260,12 +284,15 @@ impl SagaStore for PostgresSagaStore {
     }
 
     async fn ack_outbox(&self, saga: &str, event_ids: &[Uuid]) -> Result<()> {
-        sqlx::query("DELETE FROM eventflow_saga_outbox WHERE saga = $1 AND event_id = ANY($2)")
-            .bind(saga)
-            .bind(event_ids)
-            .execute(&self.pool)
-            .await
-            .map_err(pg_error)?;
+        sqlx::query(&format!(
+            "DELETE FROM {q}.saga_outbox WHERE saga = $1 AND event_id = ANY($2)",
+            q = self.q
+        ))
+        .bind(saga)
+        .bind(event_ids)
+        .execute(&self.pool)
+        .await
+        .map_err(pg_error)?;
         Ok(())
     }
 }

@@ -210,7 +210,10 @@ impl<S: Saga> SagaThen<S> {
     pub fn then_emits(self, event_types: &[&str]) -> Self {
         let emitted = self.emitted();
         let types: Vec<&str> = emitted.iter().map(|e| e.event_type.as_str()).collect();
-        assert_eq!(types, event_types, "saga fixture: emitted event types differ");
+        assert_eq!(
+            types, event_types,
+            "saga fixture: emitted event types differ"
+        );
         for event in &emitted {
             let cause = event.causation_id.as_deref();
             let trigger = self
@@ -271,7 +274,10 @@ impl<S: Saga> SagaThen<S> {
     /// # Panics
     /// When it did not.
     pub fn then_completed(self) -> Self {
-        assert!(self.load_state().1, "saga fixture: the saga did not complete");
+        assert!(
+            self.load_state().1,
+            "saga fixture: the saga did not complete"
+        );
         self
     }
 

@@ -309,11 +309,9 @@ impl PostgresEventStore {
     }
 
     fn committed(&self) {
-        self.inner.signal.committed(
-            &self.inner.pool,
-            &self.inner.sql,
-            self.inner.poll_interval,
-        );
+        self.inner
+            .signal
+            .committed(&self.inner.pool, &self.inner.sql, self.inner.poll_interval);
     }
 
     /// After an append wrote nothing: the idempotency rule first, then the version check.
@@ -419,7 +417,9 @@ async fn migrate_schema(pool: &PgPool, sql: &Sql) -> Result<()> {
         .await
         .map_err(map)?;
     let result = async {
-        conn.execute(sql.create_schema().as_str()).await.map_err(map)?;
+        conn.execute(sql.create_schema().as_str())
+            .await
+            .map_err(map)?;
         conn.execute(sql.set_search_path().as_str())
             .await
             .map_err(map)?;
@@ -498,7 +498,14 @@ impl EventStore for PostgresEventStore {
         loop {
             attempts += 1;
             let mut conn = self.inner.pool.acquire().await.map_err(|e| self.map(e))?;
-            let result = insert(&self.inner.sql, &mut conn, stream_id, expected_bind, &columns).await;
+            let result = insert(
+                &self.inner.sql,
+                &mut conn,
+                stream_id,
+                expected_bind,
+                &columns,
+            )
+            .await;
             drop(conn);
             let retry = match result {
                 Ok(Some(positions)) => {
@@ -634,11 +641,9 @@ impl EventStore for PostgresEventStore {
     }
 
     fn commit_signal(&self) -> watch::Receiver<u64> {
-        self.inner.signal.subscribe(
-            &self.inner.pool,
-            &self.inner.sql,
-            self.inner.poll_interval,
-        )
+        self.inner
+            .signal
+            .subscribe(&self.inner.pool, &self.inner.sql, self.inner.poll_interval)
     }
 
     async fn subscribe(

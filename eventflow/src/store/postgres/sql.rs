@@ -74,8 +74,7 @@ const EVENTS_BY_ID: &str = "SELECT {columns} FROM {events} WHERE event_id = ANY(
 const READ_ALL: &str = "SELECT {columns} FROM {events} \
      WHERE position > $1 AND position < {cutoff} ORDER BY position LIMIT $2";
 
-const HEAD: &str =
-    "SELECT coalesce(max(position), 0) FROM {events} WHERE position < {cutoff}";
+const HEAD: &str = "SELECT coalesce(max(position), 0) FROM {events} WHERE position < {cutoff}";
 
 /// The safe head and the highest committed position: when the second is larger, committed
 /// events wait behind a slower transaction (the change watcher then polls until they do not).
@@ -85,8 +84,7 @@ const HEAD_AND_TOP: &str = "SELECT \
 
 /// Start of a criteria query; `load` appends the `CRITERIA_*` fragments for the fields that are
 /// set, each with its value bound, then `CRITERIA_ORDER` and, with a limit, `CRITERIA_LIMIT`.
-const CRITERIA_SELECT: &str =
-    "SELECT {columns} FROM {events} WHERE position < {cutoff}";
+const CRITERIA_SELECT: &str = "SELECT {columns} FROM {events} WHERE position < {cutoff}";
 pub(crate) const CRITERIA_EVENT_TYPES: &str = " AND event_type = ANY(";
 pub(crate) const CRITERIA_SINCE: &str = " AND occurred_at >= ";
 pub(crate) const CRITERIA_UNTIL: &str = " AND occurred_at < ";
@@ -223,7 +221,16 @@ mod tests {
     fn schema_names_are_plain_identifiers() {
         assert!(Sql::new("eventflow").is_ok());
         assert!(Sql::new("t_abc_123").is_ok());
-        for bad in ["", "1abc", "a-b", "A", "a\"b", "a;drop", "a b", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "1abc",
+            "a-b",
+            "A",
+            "a\"b",
+            "a;drop",
+            "a b",
+            &"x".repeat(64),
+        ] {
             assert!(Sql::new(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -236,6 +243,9 @@ mod tests {
             assert!(text.contains("\"s1\".events"));
         }
         assert_eq!(sql.channel().len(), "eventflow_".len() + 16);
-        assert_ne!(sql.channel(), Sql::new("s2").map(|s| s.channel()).unwrap_or_default());
+        assert_ne!(
+            sql.channel(),
+            Sql::new("s2").map(|s| s.channel()).unwrap_or_default()
+        );
     }
 }
