@@ -627,40 +627,39 @@ impl ProjectionRunner {
     /// Starts the live loop on the current tokio runtime: catch up, then follow commits until
     /// the returned task is stopped or dropped, or the runner stops on an event.
     ///
-    /// Dropping the task aborts it, even mid-batch; the checkpoint then reflects the last saved
-    /// batch, so those events are replayed on restart (exactly once with a transactional
-    /// PostgreSQL projection, at least once otherwise).
+    /// [`ProjectionTask::stop`] lets the batch in flight finish. Dropping the task aborts it,
+    /// even mid-batch, like a crash: the checkpoint then reflects the last saved batch, so those
+    /// events are replayed on restart (exactly once with a transactional PostgreSQL projection,
+    /// at least once otherwise). Prefer `stop` with a connection pool shared with other work:
+    /// a query cancelled mid-flight costs the pool that connection's state.
     pub fn start(&self) -> ProjectionTask {
         let runner = self.clone();
-        let handle = tokio::spawn(async move { runner.follow().await });
+        let (stop, stopped) = watch::channel(false);
+        let handle = tokio::spawn(async move { runner.follow(stopped).await });
         ProjectionTask {
             handle: Some(handle),
+            stop,
         }
     }
 
-    async fn follow(self) {
+    async fn follow(self, mut stop: watch::Receiver<bool>) {
         let mut signal = self.inner.store.commit_signal();
         let mut errors = 0u32;
-        loop {
+        while !*stop.borrow() {
             // Mark the signal seen before reading, so a commit during the read wakes us again.
             signal.borrow_and_update();
             let step = {
                 let mut cursor = self.inner.cursor.lock().await;
                 self.step(&mut cursor).await
             };
-            match step {
-                Ok(Step::Progress) => errors = 0,
+            let delay = match step {
+                Ok(Step::Progress) => {
+                    errors = 0;
+                    continue;
+                }
                 Ok(Step::Idle) => {
                     errors = 0;
-                    tokio::select! {
-                        changed = signal.changed() => {
-                            if changed.is_err() {
-                                // The store dropped its signal; fall back to polling.
-                                tokio::time::sleep(self.inner.options.poll_interval).await;
-                            }
-                        }
-                        () = tokio::time::sleep(self.inner.options.poll_interval) => {}
-                    }
+                    self.inner.options.poll_interval
                 }
                 Err(e) => {
                     if self.lock_shared().stopped {
@@ -670,10 +669,21 @@ impl ProjectionRunner {
                     errors = errors.saturating_add(1);
                     let delay = Backoff::default().delay(errors);
                     tracing::warn!(projection = %self.inner.name, error = %e, ?delay, "projection read failed; retrying");
-                    tokio::time::sleep(delay).await;
+                    delay
                 }
+            };
+            tokio::select! {
+                changed = signal.changed(), if errors == 0 => {
+                    if changed.is_err() {
+                        // The store dropped its signal; fall back to polling.
+                        tokio::time::sleep(self.inner.options.poll_interval).await;
+                    }
+                }
+                () = tokio::time::sleep(delay) => {}
+                _ = stop.changed() => {}
             }
         }
+        self.set_state(RunState::Idle);
     }
 
     async fn step(&self, cursor: &mut Cursor) -> Result<Step> {
@@ -808,15 +818,25 @@ impl ProjectionRunner {
     }
 }
 
-/// The live loop of a [`ProjectionRunner`]; dropping it aborts the loop.
+/// The live loop of a [`ProjectionRunner`]; dropping it aborts the loop (see
+/// [`ProjectionRunner::start`]).
 #[derive(Debug)]
 pub struct ProjectionTask {
     handle: Option<tokio::task::JoinHandle<()>>,
+    stop: watch::Sender<bool>,
 }
 
 impl ProjectionTask {
-    /// Stops the loop (aborting a batch in flight) and waits for it to end.
+    /// Stops the loop after the batch in flight and waits for it to end.
     pub async fn stop(mut self) {
+        self.stop.send_replace(true);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.await;
+        }
+    }
+
+    /// Aborts the loop at once, even mid-batch (as a crash would), and waits for it to end.
+    pub async fn abort(mut self) {
         if let Some(handle) = self.handle.take() {
             handle.abort();
             let _ = handle.await;

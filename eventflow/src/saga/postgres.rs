@@ -96,13 +96,14 @@ impl SagaStore for PostgresSagaStore {
             Option<serde_json::Value>,
             bool,
         );
-        let row: Row = sqlx::query_as(
+        let row: Row = sqlx::query_as(&format!(
             "SELECT i.state, i.version, i.completed, i.deadlines, \
                     EXISTS (SELECT 1 FROM {q}.saga_handled h \
                             WHERE h.saga = $1 AND h.correlation_id = $2 AND h.event_id = $3) \
              FROM (SELECT 1) AS one \
              LEFT JOIN {q}.saga_instances i ON i.saga = $1 AND i.correlation_id = $2",
-        )
+            q = self.q
+        ))
         .bind(saga)
         .bind(correlation_id)
         .bind(event_id)
@@ -142,10 +143,11 @@ impl SagaStore for PostgresSagaStore {
             .map_err(|_| Error::InvalidArgument("saga version over i64".into()))?;
 
         let mut tx = self.pool.begin().await.map_err(pg_error)?;
-        let recorded = sqlx::query(
+        let recorded = sqlx::query(&format!(
             "INSERT INTO {q}.saga_handled (saga, correlation_id, event_id) \
              VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        )
+            q = self.q
+        ))
         .bind(saga)
         .bind(&commit.correlation_id)
         .bind(commit.handled_event)
@@ -158,11 +160,12 @@ impl SagaStore for PostgresSagaStore {
 
         let written = if commit.expected_version == 0 {
             // The primary key decides a creation race: the loser inserts nothing.
-            sqlx::query(
+            sqlx::query(&format!(
                 "INSERT INTO {q}.saga_instances \
                     (saga, correlation_id, state, version, completed, deadlines, next_deadline) \
                  VALUES ($1, $2, $3, 1, $4, $5, $6) ON CONFLICT DO NOTHING",
-            )
+                q = self.q
+            ))
             .bind(saga)
             .bind(&commit.correlation_id)
             .bind(&commit.state)
@@ -173,12 +176,13 @@ impl SagaStore for PostgresSagaStore {
             .await
             .map_err(pg_error)?
         } else {
-            sqlx::query(
+            sqlx::query(&format!(
                 "UPDATE {q}.saga_instances \
                  SET state = $3, version = version + 1, completed = $4, deadlines = $5, \
                      next_deadline = $6, updated_at = now() \
                  WHERE saga = $1 AND correlation_id = $2 AND version = $7",
-            )
+                q = self.q
+            ))
             .bind(saga)
             .bind(&commit.correlation_id)
             .bind(&commit.state)
@@ -217,12 +221,13 @@ impl SagaStore for PostgresSagaStore {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            sqlx::query(
+            sqlx::query(&format!(
                 "INSERT INTO {q}.saga_outbox (saga, event_id, event) \
                  SELECT $1, id, event FROM UNNEST($2::uuid[], $3::jsonb[]) WITH ORDINALITY \
                      AS t(id, event, n) ORDER BY n \
                  ON CONFLICT (saga, event_id) DO NOTHING",
-            )
+                q = self.q
+            ))
             .bind(saga)
             .bind(&ids)
             .bind(&events)
@@ -241,11 +246,12 @@ impl SagaStore for PostgresSagaStore {
         limit: usize,
     ) -> Result<Vec<(String, Deadline)>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(
+        let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(&format!(
             "SELECT correlation_id, deadlines FROM {q}.saga_instances \
              WHERE saga = $1 AND next_deadline IS NOT NULL AND next_deadline <= $2 \
              ORDER BY next_deadline LIMIT $3",
-        )
+            q = self.q
+        ))
         .bind(saga)
         .bind(now)
         .bind(limit)
