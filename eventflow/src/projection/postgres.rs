@@ -145,7 +145,10 @@ pub fn runner<P: PgProjection>(
         ),
         load: format!("SELECT position FROM {q}.checkpoints WHERE name = $1"),
     };
-    Ok(ProjectionRunner::from_applier(store, Arc::new(applier)))
+    Ok(ProjectionRunner::from_applier(
+        store,
+        Arc::new(Detached(Arc::new(applier))),
+    ))
 }
 
 struct TxApplier {
@@ -202,12 +205,62 @@ fn to_u64(position: i64) -> u64 {
     u64::try_from(position).unwrap_or(0)
 }
 
+/// Runs each transaction of a [`TxApplier`] in a task of its own, so cancelling the runner (a
+/// dropped [`ProjectionTask`](super::ProjectionTask)) never cancels a transaction half-way: a
+/// future dropped inside sqlx's `BEGIN` can hand the pool a connection that is still in a
+/// transaction, where other users' writes would then be trapped. The batch in flight ends with
+/// its commit or rollback; a real crash ends it with the server's rollback.
+struct Detached(Arc<TxApplier>);
+
+async fn detached<T, F>(work: F) -> Result<T, ApplyError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, ApplyError>> + Send + 'static,
+{
+    match tokio::spawn(work).await {
+        Ok(result) => result,
+        Err(e) => Err(ApplyError::Store(Error::backend("projection", e))),
+    }
+}
+
 #[async_trait]
-impl Applier for TxApplier {
+impl Applier for Detached {
     fn name(&self) -> &str {
-        &self.name
+        &self.0.name
     }
 
+    async fn load_checkpoint(&self) -> Result<u64> {
+        self.0.load_checkpoint().await
+    }
+
+    async fn apply(
+        &self,
+        from: u64,
+        events: &[Arc<Event>],
+        through: u64,
+    ) -> Result<(), ApplyError> {
+        let applier = Arc::clone(&self.0);
+        let events = events.to_vec();
+        detached(async move { applier.apply(from, &events, through).await }).await
+    }
+
+    async fn skip(&self, from: u64, to: u64) -> Result<(), ApplyError> {
+        let applier = Arc::clone(&self.0);
+        detached(async move { applier.skip(from, to).await }).await
+    }
+
+    async fn reset(&self) -> Result<()> {
+        let applier = Arc::clone(&self.0);
+        detached(async move { applier.reset().await.map_err(ApplyError::Store) })
+            .await
+            .map_err(|e| match e {
+                ApplyError::Store(e) => e,
+                _ => Error::InvalidArgument("unexpected reset outcome".into()),
+            })
+    }
+}
+
+impl TxApplier {
     async fn load_checkpoint(&self) -> Result<u64> {
         // Create the row so batches can lock it.
         sqlx::query(&self.create)
@@ -241,7 +294,7 @@ impl Applier for TxApplier {
                 let handled_through = match index.checked_sub(1) {
                     Some(prev) => {
                         let p = position_of(&events[prev])?;
-                        self.apply(from, &events[..index], p).await?;
+                        Box::pin(self.apply(from, &events[..index], p)).await?;
                         Some(p)
                     }
                     None => None,

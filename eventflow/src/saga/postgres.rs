@@ -133,6 +133,36 @@ impl SagaStore for PostgresSagaStore {
     }
 
     async fn commit(&self, saga: &str, commit: SagaCommit) -> Result<CommitOutcome> {
+        // In a task of its own, so a caller that gives up (a dropped future) never cancels the
+        // transaction half-way: sqlx can then return a connection to the pool that is still
+        // inside a transaction.
+        let store = self.clone();
+        let saga = saga.to_owned();
+        tokio::spawn(async move { store.commit_now(&saga, commit).await })
+            .await
+            .map_err(|e| Error::backend("postgres", e))?
+    }
+
+    async fn due_deadlines(
+        &self,
+        saga: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<(String, Deadline)>> {
+        self.due_deadlines_now(saga, now, limit).await
+    }
+
+    async fn pending_outbox(&self, saga: &str, limit: usize) -> Result<Vec<Event>> {
+        self.pending_outbox_now(saga, limit).await
+    }
+
+    async fn ack_outbox(&self, saga: &str, event_ids: &[Uuid]) -> Result<()> {
+        self.ack_outbox_now(saga, event_ids).await
+    }
+}
+
+impl PostgresSagaStore {
+    async fn commit_now(&self, saga: &str, commit: SagaCommit) -> Result<CommitOutcome> {
         let deadlines =
             serde_json::to_value(&commit.deadlines).map_err(|source| Error::Encode {
                 event_type: "saga deadlines".to_owned(),
@@ -239,7 +269,7 @@ impl SagaStore for PostgresSagaStore {
         Ok(CommitOutcome::Committed)
     }
 
-    async fn due_deadlines(
+    async fn due_deadlines_now(
         &self,
         saga: &str,
         now: DateTime<Utc>,
@@ -273,7 +303,7 @@ impl SagaStore for PostgresSagaStore {
         Ok(due)
     }
 
-    async fn pending_outbox(&self, saga: &str, limit: usize) -> Result<Vec<Event>> {
+    async fn pending_outbox_now(&self, saga: &str, limit: usize) -> Result<Vec<Event>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<serde_json::Value> = sqlx::query_scalar(&format!(
             "SELECT event FROM {q}.saga_outbox WHERE saga = $1 ORDER BY seq LIMIT $2",
@@ -289,7 +319,7 @@ impl SagaStore for PostgresSagaStore {
             .collect()
     }
 
-    async fn ack_outbox(&self, saga: &str, event_ids: &[Uuid]) -> Result<()> {
+    async fn ack_outbox_now(&self, saga: &str, event_ids: &[Uuid]) -> Result<()> {
         sqlx::query(&format!(
             "DELETE FROM {q}.saga_outbox WHERE saga = $1 AND event_id = ANY($2)",
             q = self.q
