@@ -452,7 +452,7 @@ impl<S: Saga> SagaManager<S> {
         is_start: bool,
         correlation_id: String,
     ) -> Result<SagaOutcome> {
-        let _guard = self.lock_for(&correlation_id).lock().await;
+        let guard = self.lock_for(&correlation_id).lock().await;
 
         let mut attempt = 0u32;
         loop {
@@ -533,6 +533,9 @@ impl<S: Saga> SagaManager<S> {
                         emitted = emitted.len(),
                         "saga step committed"
                     );
+                    // Publish outside the lock: with a synchronous bus, a reply to what we publish
+                    // comes back into this manager for the same correlation id.
+                    drop(guard);
                     self.publish_committed(outbox).await;
                     return Ok(SagaOutcome::Handled {
                         correlation_id,
