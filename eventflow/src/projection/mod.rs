@@ -380,12 +380,25 @@ impl Applier for PlainApplier {
     }
 }
 
+/// A read of the next batch started while the current one is applied.
+struct Prefetch {
+    after: u64,
+    read: tokio::task::JoinHandle<Result<Vec<Event>>>,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.read.abort();
+    }
+}
+
 #[derive(Default)]
 struct Cursor {
     loaded: bool,
     position: u64,
     /// Failed attempts on the event right after `position`.
     attempts: u32,
+    prefetch: Option<Prefetch>,
 }
 
 struct Shared {
@@ -695,16 +708,31 @@ impl ProjectionRunner {
             cursor.loaded = true;
             self.set_position(cursor, position);
         }
-        let batch = self
-            .inner
-            .store
-            .read_all(cursor.position, self.inner.options.batch_size)
-            .await?;
+        let batch_size = self.inner.options.batch_size;
+        let batch = match cursor.prefetch.take() {
+            Some(mut prefetch) if prefetch.after == cursor.position => (&mut prefetch.read)
+                .await
+                .map_err(|e| Error::backend("projection read", e))??,
+            _ => {
+                self.inner
+                    .store
+                    .read_all(cursor.position, batch_size)
+                    .await?
+            }
+        };
         let Some(last) = batch.last() else {
             self.set_state(RunState::Live);
             return Ok(Step::Idle);
         };
         let through = position_of(last)?;
+        if batch.len() >= batch_size {
+            // Catching up: read the next batch while this one is applied and checkpointed.
+            let store = Arc::clone(&self.inner.store);
+            cursor.prefetch = Some(Prefetch {
+                after: through,
+                read: tokio::spawn(async move { store.read_all(through, batch_size).await }),
+            });
+        }
         let batch: Vec<Arc<Event>> = batch.into_iter().map(Arc::new).collect();
         self.set_state(RunState::CatchingUp);
         match self
