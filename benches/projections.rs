@@ -261,7 +261,7 @@ async fn bench_projection_catch_up() {
     // Warm the cache and the connections once, then alternate and keep the best of each.
     let _ = raw_catch_up(&pool, &schema, false).await;
     let (mut best_ours, mut best_raw, mut best_narrow) = (0f64, 0f64, 0f64);
-    for _ in 0..3 {
+    for _ in 0..5 {
         let start = Instant::now();
         let expected = raw_catch_up(&pool, &schema, false).await;
         best_raw = best_raw.max(per_second(EVENTS, start.elapsed()));
