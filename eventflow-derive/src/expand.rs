@@ -160,7 +160,9 @@ pub(crate) fn handler_trait(e: &EventEnum<'_>) -> TokenStream {
             let ty = f.ty;
             quote!(#binding: #ty)
         });
-        quote! {
+        // Spanned on the variant: rustc's "missing `x` in implementation" note then points
+        // at the variant whose handler is missing.
+        quote_spanned! {v.ident().span()=>
             #[doc = #doc]
             fn #handler(&mut self, #(#args),*);
         }

@@ -39,6 +39,7 @@ pub use eventflow_derive::{Aggregate, DomainEvent};
 
 // Lets derive output (which names `::eventflow::...`) compile inside this crate's own tests.
 #[cfg(test)]
+#[allow(unused_extern_crates)]
 extern crate self as eventflow;
 
 mod private;
