@@ -2,7 +2,7 @@
 //! every generated item can point at the user's own tokens.
 
 use proc_macro2::Span;
-use syn::{DataEnum, DeriveInput, Fields, Ident, Result, Type};
+use syn::{Attribute, DataEnum, DeriveInput, Fields, Ident, Result, Type};
 
 use crate::attr::{self, AggregateAttrs, EnumAttrs, VariantAttrs};
 use crate::case::{is_keyword, snake_case};
@@ -15,6 +15,8 @@ pub(crate) struct EventEnum<'a> {
     pub prefix: String,
     /// The handler trait's name.
     pub handler_trait: Ident,
+    /// Enum-level serde options that also shape variant payloads.
+    pub serde: attr::SerdeEnumOptions,
     pub variants: Vec<Variant<'a>>,
 }
 
@@ -43,6 +45,8 @@ pub(crate) enum Style {
 pub(crate) struct Field<'a> {
     pub ty: &'a Type,
     pub binding: Ident,
+    /// The field's `#[serde(..)]` attributes, forwarded to the payload decoder.
+    pub serde_attrs: Vec<&'a Attribute>,
 }
 
 impl<'a> EventEnum<'a> {
@@ -66,6 +70,7 @@ impl<'a> EventEnum<'a> {
             attrs,
             prefix,
             handler_trait,
+            serde: attr::serde_enum_options(&input.attrs),
             variants,
         })
     }
@@ -96,6 +101,11 @@ impl<'a> Variant<'a> {
             .enumerate()
             .map(|(i, f)| Field {
                 ty: &f.ty,
+                serde_attrs: f
+                    .attrs
+                    .iter()
+                    .filter(|a| a.path().is_ident("serde"))
+                    .collect(),
                 binding: match &f.ident {
                     Some(id) => id.clone(),
                     None if single => Ident::new("value", Span::call_site()),

@@ -202,3 +202,39 @@ pub(crate) fn aggregate_attrs(attrs: &[Attribute]) -> Result<AggregateAttrs> {
     }
     Ok(out)
 }
+
+/// The enum-level `#[serde(..)]` options that shape the payload of struct variants, and so
+/// must also apply to the generated payload decoders.
+#[derive(Default)]
+pub(crate) struct SerdeEnumOptions {
+    /// `rename_all_fields = ".."` (becomes `rename_all` on each payload).
+    pub rename_all_fields: Option<LitStr>,
+    /// `deny_unknown_fields`.
+    pub deny_unknown_fields: bool,
+}
+
+/// Reads [`SerdeEnumOptions`] from the enum's serde attributes. Anything else in them is serde's
+/// business: it is skipped, never an error here.
+pub(crate) fn serde_enum_options(attrs: &[Attribute]) -> SerdeEnumOptions {
+    let mut out = SerdeEnumOptions::default();
+    for attr in attrs.iter().filter(|a| a.path().is_ident("serde")) {
+        let _ = attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("rename_all_fields") {
+                out.rename_all_fields = Some(meta.value()?.parse()?);
+            } else if meta.path.is_ident("deny_unknown_fields") {
+                out.deny_unknown_fields = true;
+            } else if meta.input.peek(syn::Token![=]) {
+                meta.value()?.parse::<syn::Expr>()?;
+            } else if meta.input.peek(syn::token::Paren) {
+                meta.parse_nested_meta(|inner| {
+                    if inner.input.peek(syn::Token![=]) {
+                        inner.value()?.parse::<syn::Expr>()?;
+                    }
+                    Ok(())
+                })?;
+            }
+            Ok(())
+        });
+    }
+    out
+}

@@ -42,8 +42,8 @@ fn domain_event(e: &EventEnum<'_>) -> TokenStream {
     let ident = &e.input.ident;
     let target = ident.to_string();
     let names: Vec<&str> = e.variants.iter().map(|v| v.name.as_str()).collect();
-    let versions: Vec<u32> = e.variants.iter().map(|v| v.version).collect();
-    let indices = 0..e.variants.len() as u32;
+    let decoders: Vec<TokenStream> = e.variants.iter().map(|v| payload_decoder(e, v)).collect();
+    let decode_arms = e.variants.iter().map(decode_arm);
     let patterns: Vec<TokenStream> = e.variants.iter().map(wildcard_pattern).collect();
     let versioned: Vec<(&str, u32)> = e
         .variants
@@ -70,6 +70,8 @@ fn domain_event(e: &EventEnum<'_>) -> TokenStream {
         #handler_trait
 
         const _: () = {
+            #(#decoders)*
+
             #[automatically_derived]
             impl ::eventflow::__private::DomainEvent for #ident {
                 fn event_types() -> &'static [&'static str] {
@@ -99,15 +101,12 @@ fn domain_event(e: &EventEnum<'_>) -> TokenStream {
                 fn from_envelope(
                     event: &::eventflow::__private::Event,
                 ) -> ::eventflow::__private::Result<Self> {
-                    let (index, version): (u32, u32) = match event.event_type.as_str() {
-                        #(#names => (#indices, #versions),)*
-                        other => {
-                            return ::core::result::Result::Err(
-                                ::eventflow::__private::unknown_event_type(other, #target),
-                            );
-                        }
-                    };
-                    ::eventflow::__private::variant_from_envelope::<Self>(event, index, version)
+                    match event.event_type.as_str() {
+                        #(#decode_arms)*
+                        other => ::core::result::Result::Err(
+                            ::eventflow::__private::unknown_event_type(other, #target),
+                        ),
+                    }
                 }
 
                 fn upcaster(
@@ -133,6 +132,94 @@ fn wildcard_pattern(v: &Variant<'_>) -> TokenStream {
         Style::Unit => quote!(Self::#ident),
         Style::Tuple => quote!(Self::#ident(..)),
         Style::Struct => quote!(Self::#ident { .. }),
+    }
+}
+
+/// The payload type of a variant with fields: a private struct with the variant's fields and
+/// their `#[serde(..)]` attributes, so that decoding a payload is exactly what a hand-written
+/// `PayloadStruct::deserialize(&payload)` does (no enum tag, no variant lookup).
+fn payload_decoder(e: &EventEnum<'_>, v: &Variant<'_>) -> TokenStream {
+    let name = payload_ident(v);
+    let fields = v.fields.iter().map(|f| {
+        let attrs = &f.serde_attrs;
+        let ty = f.ty;
+        match v.style() {
+            Style::Struct => {
+                let binding = &f.binding;
+                quote!(#(#attrs)* #binding: #ty)
+            }
+            _ => quote!(#(#attrs)* #ty),
+        }
+    });
+    let rename_all = e
+        .serde
+        .rename_all_fields
+        .as_ref()
+        .map(|lit| quote!(#[serde(rename_all = #lit)]));
+    let deny = e
+        .serde
+        .deny_unknown_fields
+        .then(|| quote!(#[serde(deny_unknown_fields)]));
+    match v.style() {
+        Style::Unit => TokenStream::new(),
+        Style::Tuple => quote! {
+            #[derive(::eventflow::__private::serde::Deserialize)]
+            #[serde(crate = "::eventflow::__private::serde")]
+            #[allow(non_camel_case_types)]
+            struct #name(#(#fields),*);
+        },
+        Style::Struct => quote! {
+            #[derive(::eventflow::__private::serde::Deserialize)]
+            #[serde(crate = "::eventflow::__private::serde")]
+            #rename_all
+            #deny
+            #[allow(non_camel_case_types)]
+            struct #name { #(#fields),* }
+        },
+    }
+}
+
+fn payload_ident(v: &Variant<'_>) -> Ident {
+    Ident::new(
+        &format!(
+            "__{}Payload",
+            v.ident().to_string().trim_start_matches("r#")
+        ),
+        proc_macro2::Span::call_site(),
+    )
+}
+
+/// `"type.name" => decode the payload (upcast first when its version is older)`.
+fn decode_arm(v: &Variant<'_>) -> TokenStream {
+    let name = &v.name;
+    let version = v.version;
+    let variant = v.ident();
+    let payload = payload_ident(v);
+    let build = match v.style() {
+        Style::Unit => {
+            // A unit variant carries no data: whatever payload it has is ignored.
+            return quote! {
+                #name => ::eventflow::__private::decode_unit::<Self, _>(event, #version, Self::#variant),
+            };
+        }
+        Style::Tuple => {
+            let members = (0..v.fields.len()).map(syn::Index::from);
+            quote!(Self::#variant(#(p.#members),*))
+        }
+        Style::Struct => {
+            let members: Vec<&Ident> = v.fields.iter().map(|f| &f.binding).collect();
+            quote!(Self::#variant { #(#members: p.#members),* })
+        }
+    };
+    quote! {
+        #name => ::eventflow::__private::decode_payload::<Self, _, _>(
+            event,
+            #version,
+            |payload| {
+                <#payload as ::eventflow::__private::serde::Deserialize>::deserialize(payload)
+                    .map(|p| #build)
+            },
+        ),
     }
 }
 
@@ -175,9 +262,12 @@ pub(crate) fn handler_trait(e: &EventEnum<'_>) -> TokenStream {
     }
 }
 
-/// `Dispatch<H>` for every `H` that implements the handler trait: a plain `match`.
+/// `Dispatch<H>` for every `H` that implements the handler trait: a plain `match` on the
+/// variant, and a fused decode-and-apply that goes from the envelope straight to the handler
+/// (what a hand-written rehydration loop does, without building the enum in between).
 fn dispatch(e: &EventEnum<'_>) -> TokenStream {
     let ident = &e.input.ident;
+    let target = ident.to_string();
     let trait_ident = &e.handler_trait;
     let arms = e.variants.iter().map(|v| {
         let variant = v.ident();
@@ -190,6 +280,46 @@ fn dispatch(e: &EventEnum<'_>) -> TokenStream {
         };
         quote!(#pattern => __handler.#handler(#(#bindings),*),)
     });
+    let envelope_arms = e.variants.iter().map(|v| {
+        let name = &v.name;
+        let version = v.version;
+        let handler = &v.handler;
+        let payload = payload_ident(v);
+        let args: Vec<TokenStream> = match v.style() {
+            Style::Unit => {
+                return quote! {
+                    #name => {
+                        ::eventflow::__private::decode_unit::<Self, _>(event, #version, ())?;
+                        __handler.#handler();
+                    }
+                };
+            }
+            Style::Tuple => (0..v.fields.len())
+                .map(|i| {
+                    let i = syn::Index::from(i);
+                    quote!(p.#i)
+                })
+                .collect(),
+            Style::Struct => v
+                .fields
+                .iter()
+                .map(|f| {
+                    let b = &f.binding;
+                    quote!(p.#b)
+                })
+                .collect(),
+        };
+        quote! {
+            #name => {
+                let p = ::eventflow::__private::decode_payload::<Self, _, _>(
+                    event,
+                    #version,
+                    |payload| <#payload as ::eventflow::__private::serde::Deserialize>::deserialize(payload),
+                )?;
+                __handler.#handler(#(#args),*);
+            }
+        }
+    });
     quote! {
         #[automatically_derived]
         impl<__H: #trait_ident + ?::core::marker::Sized> ::eventflow::__private::Dispatch<__H>
@@ -200,6 +330,22 @@ fn dispatch(e: &EventEnum<'_>) -> TokenStream {
                 match self {
                     #(#arms)*
                 }
+            }
+
+            #[inline]
+            fn dispatch_envelope(
+                event: &::eventflow::__private::Event,
+                __handler: &mut __H,
+            ) -> ::eventflow::__private::Result<()> {
+                match event.event_type.as_str() {
+                    #(#envelope_arms)*
+                    other => {
+                        return ::core::result::Result::Err(
+                            ::eventflow::__private::unknown_event_type(other, #target),
+                        );
+                    }
+                }
+                ::core::result::Result::Ok(())
             }
         }
     }
@@ -243,6 +389,9 @@ fn aggregate_impl(a: &AggregateInput<'_>) -> TokenStream {
     let apply = quote_spanned! {event.span()=>
         <#event as ::eventflow::__private::Dispatch<Self>>::dispatch(event, self)
     };
+    let apply_envelope = quote_spanned! {event.span()=>
+        <#event as ::eventflow::__private::Dispatch<Self>>::dispatch_envelope(event, self)
+    };
     let snapshot = a.snapshots().then(|| {
         let version = a.attrs.state_version.as_ref().map_or(1, |n| n.value);
         let every = a.attrs.snapshot_every.as_ref().map_or(100, |n| n.value);
@@ -264,6 +413,14 @@ fn aggregate_impl(a: &AggregateInput<'_>) -> TokenStream {
                 #[inline]
                 fn apply(&mut self, event: Self::Event) {
                     #apply
+                }
+
+                #[inline]
+                fn apply_envelope(
+                    &mut self,
+                    event: &::eventflow::__private::Event,
+                ) -> ::eventflow::__private::Result<()> {
+                    #apply_envelope
                 }
             }
             #snapshot

@@ -316,3 +316,83 @@ fn defaults_and_overrides() {
     account.apply(BankAccountEvent::Type);
     assert_eq!(account.log, ["opened", "x", "type"]);
 }
+
+// Enum-level serde options that shape payloads apply to decoding too.
+#[derive(Debug, PartialEq, Serialize, Deserialize, eventflow::DomainEvent)]
+#[serde(rename_all_fields = "camelCase", deny_unknown_fields)]
+#[event(prefix = "user")]
+pub enum UserEvent {
+    Registered {
+        user_name: String,
+        #[serde(default = "default_plan")]
+        plan_name: String,
+    },
+}
+
+fn default_plan() -> String {
+    "free".into()
+}
+
+#[test]
+fn enum_level_serde_options_apply_to_payloads() {
+    let event = UserEvent::Registered {
+        user_name: "ada".into(),
+        plan_name: "pro".into(),
+    };
+    assert_eq!(
+        event.to_payload().unwrap(),
+        json!({ "userName": "ada", "planName": "pro" })
+    );
+    let envelope = Event::new("user.registered", json!({ "userName": "bob" })).unwrap();
+    assert_eq!(
+        envelope.decode::<UserEvent>().unwrap(),
+        UserEvent::Registered {
+            user_name: "bob".into(),
+            plan_name: "free".into()
+        }
+    );
+    let extra = Event::new("user.registered", json!({ "userName": "bob", "x": 1 })).unwrap();
+    assert!(matches!(
+        extra.decode::<UserEvent>(),
+        Err(Error::Decode { .. })
+    ));
+}
+
+#[test]
+fn fused_apply_envelope_matches_decode_then_apply() {
+    let mut fused = Order::default();
+    let mut two_step = Order::default();
+    let mut envelopes: Vec<Event> = samples()
+        .iter()
+        .map(|e| Event::from_domain(e).unwrap())
+        .collect();
+    envelopes.push(
+        Event::new("shop.order.refund-issued", json!({ "amount": 2 }))
+            .unwrap()
+            .with_version(1),
+    );
+    for envelope in &envelopes {
+        fused.apply_envelope(envelope).unwrap();
+        two_step.apply(envelope.decode::<OrderEvent>().unwrap());
+    }
+    assert_eq!(fused, two_step);
+    assert_eq!(fused.refunded_cents, 300);
+
+    let unknown = Event::new("shop.order.teleported", json!({})).unwrap();
+    assert!(matches!(
+        fused.apply_envelope(&unknown),
+        Err(Error::UnknownEventType { .. })
+    ));
+    let bad = Event::new("shop.order.line_added", json!({})).unwrap();
+    assert!(matches!(
+        fused.apply_envelope(&bad),
+        Err(Error::Decode { .. })
+    ));
+    let old_unit = Event::new("shop.order.cancelled", json!({}))
+        .unwrap()
+        .with_version(0);
+    assert!(matches!(
+        fused.apply_envelope(&old_unit),
+        Err(Error::MissingUpcaster { version: 0, .. })
+    ));
+}

@@ -51,8 +51,9 @@ pub mod __private {
     pub use crate::error::{Error, Result};
     pub use crate::event::{DomainEvent, Event, Upcaster};
     pub use crate::private::{
-        Dispatch, unknown_event_type, variant_from_envelope, variant_to_payload,
+        Dispatch, decode_payload, decode_unit, unknown_event_type, variant_to_payload,
     };
+    pub use serde;
     pub use serde_json::Value;
 }
 

@@ -1,16 +1,13 @@
 //! Runtime support for `#[derive(DomainEvent)]` and `#[derive(Aggregate)]`, re-exported to the
 //! generated code through `crate::__private`.
 //!
-//! The derive leaves the payload shape to the user's own `Serialize`/`Deserialize` derive on the
-//! enum (so every serde field attribute keeps working) and strips or supplies the external enum
-//! tag here: the envelope's `event_type` already says which variant it is, so the payload holds
-//! only the variant's content. Decoding selects the variant by index (the derive passes the
-//! declaration position) and deserializes the content straight from the borrowed JSON value,
-//! which is the same work a hand-written `match` on the type name would do.
+//! The envelope's `event_type` already says which variant an event is, so the payload holds only
+//! the variant's content. Encoding runs the user's own `Serialize` derive on the enum (so every
+//! serde attribute keeps working) and strips the external enum tag here. Decoding is generated
+//! per variant: a `match` on the type name and
+//! a private payload struct (the variant's fields with their serde attributes) deserialized
+//! straight from the borrowed JSON value, the same work a hand-written `match` would do.
 
-use serde::de::{
-    self, DeserializeOwned, DeserializeSeed, EnumAccess, IntoDeserializer, VariantAccess, Visitor,
-};
 use serde::ser::{self, Impossible, Serialize};
 use serde_json::{Map, Value};
 
@@ -23,6 +20,13 @@ use crate::event::{DomainEvent, Event};
 pub trait Dispatch<H: ?Sized> {
     /// Passes the variant's fields to its handler method on `handler`.
     fn dispatch(self, handler: &mut H);
+
+    /// Decodes `event` (upcasting with the declared upcasters) and passes its fields to the
+    /// handler, without building the enum value in between.
+    ///
+    /// # Errors
+    /// As [`DomainEvent::from_envelope`].
+    fn dispatch_envelope(event: &Event, handler: &mut H) -> Result<()>;
 }
 
 /// [`Error::UnknownEventType`] for an envelope the enum has no variant for.
@@ -48,18 +52,20 @@ pub fn variant_to_payload<T: Serialize + ?Sized>(value: &T, event_type: &str) ->
         })
 }
 
-/// Decodes variant `index` of `E` from an envelope, upcasting a payload of another schema
-/// version to `current` first (with the upcasters declared on `E`).
+/// Decodes the payload of an envelope with `decode` (the derive's per-variant payload struct),
+/// upcasting a payload of another schema version to `current` first (with the upcasters
+/// declared on `E`).
 ///
 /// # Errors
-/// [`Error::MissingUpcaster`], [`Error::Decode`].
+/// [`Error::MissingUpcaster`], [`Error::Decode`] naming the event type.
 #[inline]
-pub fn variant_from_envelope<E>(event: &Event, index: u32, current: u32) -> Result<E>
+pub fn decode_payload<E, T, F>(event: &Event, current: u32, decode: F) -> Result<T>
 where
-    E: DomainEvent + DeserializeOwned,
+    E: DomainEvent,
+    F: FnOnce(&Value) -> Result<T, serde_json::Error>,
 {
-    if event.version == current {
-        variant_from_payload(index, &event.payload, &event.event_type)
+    let decoded = if event.version == current {
+        decode(&event.payload)
     } else {
         let payload = upcast_payload::<E>(
             None,
@@ -68,21 +74,22 @@ where
             current,
             event.payload.clone(),
         )?;
-        variant_from_payload(index, &payload, &event.event_type)
-    }
+        decode(&payload)
+    };
+    decoded.map_err(|e| Error::decode(&event.event_type, e))
 }
 
+/// Decodes a unit variant: the payload is ignored, but the schema version is still checked.
+///
+/// # Errors
+/// [`Error::MissingUpcaster`].
 #[inline]
-fn variant_from_payload<E: DeserializeOwned>(
-    index: u32,
-    payload: &Value,
-    event_type: &str,
-) -> Result<E> {
-    E::deserialize(VariantDeserializer {
-        index,
-        content: payload,
-    })
-    .map_err(|e| Error::decode(event_type, e))
+pub fn decode_unit<E: DomainEvent, T>(event: &Event, current: u32, value: T) -> Result<T> {
+    if event.version != current {
+        // Run the upcasters anyway: a missing one is an error for unit variants too.
+        upcast_payload::<E>(None, &event.event_type, event.version, current, Value::Null)?;
+    }
+    Ok(value)
 }
 
 /// Serializes an externally tagged enum value as the content of its variant.
@@ -273,92 +280,5 @@ impl ser::SerializeStructVariant for StructVariant {
 
     fn end(self) -> Result<Value, Self::Error> {
         Ok(Value::Object(self.0))
-    }
-}
-
-/// Presents `(variant index, payload)` to a derived enum `Deserialize` as an externally tagged
-/// enum, without building the `{ "Variant": payload }` wrapper.
-struct VariantDeserializer<'de> {
-    index: u32,
-    content: &'de Value,
-}
-
-impl<'de> de::Deserializer<'de> for VariantDeserializer<'de> {
-    type Error = serde_json::Error;
-
-    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
-        Err(de::Error::custom(
-            "a DomainEvent enum must deserialize as an externally tagged enum (serde's default)",
-        ))
-    }
-
-    #[inline]
-    fn deserialize_enum<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        _variants: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, Self::Error> {
-        visitor.visit_enum(self)
-    }
-
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
-        option unit unit_struct newtype_struct seq tuple tuple_struct map struct identifier
-        ignored_any
-    }
-}
-
-impl<'de> EnumAccess<'de> for VariantDeserializer<'de> {
-    type Error = serde_json::Error;
-    type Variant = VariantContent<'de>;
-
-    #[inline]
-    fn variant_seed<S: DeserializeSeed<'de>>(
-        self,
-        seed: S,
-    ) -> Result<(S::Value, Self::Variant), Self::Error> {
-        let variant = seed.deserialize(
-            IntoDeserializer::<serde_json::Error>::into_deserializer(self.index),
-        )?;
-        Ok((variant, VariantContent(self.content)))
-    }
-}
-
-/// The payload of the selected variant.
-struct VariantContent<'de>(&'de Value);
-
-impl<'de> VariantAccess<'de> for VariantContent<'de> {
-    type Error = serde_json::Error;
-
-    // A unit variant carries no data: whatever payload it has is ignored.
-    fn unit_variant(self) -> Result<(), Self::Error> {
-        Ok(())
-    }
-
-    #[inline]
-    fn newtype_variant_seed<T: DeserializeSeed<'de>>(
-        self,
-        seed: T,
-    ) -> Result<T::Value, Self::Error> {
-        seed.deserialize(self.0)
-    }
-
-    #[inline]
-    fn tuple_variant<V: Visitor<'de>>(
-        self,
-        len: usize,
-        visitor: V,
-    ) -> Result<V::Value, Self::Error> {
-        de::Deserializer::deserialize_tuple(self.0, len, visitor)
-    }
-
-    #[inline]
-    fn struct_variant<V: Visitor<'de>>(
-        self,
-        fields: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, Self::Error> {
-        de::Deserializer::deserialize_struct(self.0, "", fields, visitor)
     }
 }

@@ -67,7 +67,8 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::event::DomainEvent;
+use crate::error::Result;
+use crate::event::{DomainEvent, Event};
 
 mod repository;
 pub(crate) mod upcast;
@@ -93,6 +94,17 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     /// Applies one event. Applying never fails: the event already happened; commands check
     /// rules before deciding events.
     fn apply(&mut self, event: Self::Event);
+
+    /// Decodes a stored event (at its current schema version) and applies it. The default
+    /// decodes with [`DomainEvent::from_envelope`] and calls [`apply`](Self::apply); the derive
+    /// replaces it with a fused version that hands the payload's fields straight to the handler.
+    ///
+    /// # Errors
+    /// As [`DomainEvent::from_envelope`].
+    fn apply_envelope(&mut self, event: &Event) -> Result<()> {
+        self.apply(Self::Event::from_envelope(event)?);
+        Ok(())
+    }
 
     /// The stream of the aggregate with this id: `"{TYPE}-{id}"`, e.g. `order-42`.
     fn stream_id(id: &str) -> String {

@@ -317,8 +317,7 @@ impl<A: Aggregate> Repository<A> {
         let tail = self.store.load_stream(stream, loaded.version + 1).await?;
         for event in tail {
             let version = event.stream_version.unwrap_or(loaded.version + 1);
-            let typed = self.decode(event)?;
-            loaded.state.apply(typed);
+            self.apply_stored(&mut loaded.state, event)?;
             loaded.version = version;
         }
         Ok(loaded)
@@ -357,8 +356,9 @@ impl<A: Aggregate> Repository<A> {
         }
     }
 
-    /// Decodes a stored event, upcasting an older schema version first.
-    fn decode(&self, mut event: Event) -> Result<A::Event> {
+    /// Applies a stored event, upcasting an older schema version first (runtime upcasters, then
+    /// the ones declared on the enum).
+    fn apply_stored(&self, state: &mut A, mut event: Event) -> Result<()> {
         let current = <A::Event as DomainEvent>::schema_version(&event.event_type);
         if event.version != current {
             let payload = std::mem::take(&mut event.payload);
@@ -371,7 +371,7 @@ impl<A: Aggregate> Repository<A> {
             )?;
             event.version = current;
         }
-        A::Event::from_envelope(&event)
+        state.apply_envelope(&event)
     }
 
     /// Runs `decide` on the current state of aggregate `id` and appends the events it returns;
