@@ -425,6 +425,13 @@ impl<A: Aggregate> Repository<A> {
             let expected = ExpectedVersion::Exact(loaded.version);
             match self.store.append_batch(&stream, expected, envelopes).await {
                 Ok(recorded) => {
+                    tracing::debug!(
+                        stream,
+                        version = loaded.version + recorded.len() as u64,
+                        events = recorded.len(),
+                        correlation_id = ctx.correlation_id.as_deref(),
+                        "command committed"
+                    );
                     self.maybe_snapshot(&stream, loaded, events).await;
                     return Ok(recorded);
                 }
