@@ -71,6 +71,7 @@ use async_trait::async_trait;
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::bus::{
     BusError, BusErrorKind, ErrorReceiver, ErrorSender, EventBus, Handler, Pattern, Subscription,
@@ -253,30 +254,34 @@ impl Inner {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed(NAME));
         }
-        tracing::trace!(
+        let span = tracing::debug_span!(
+            "publish",
             event_id = %event.id,
             event_type = %event.event_type,
             correlation_id = event.correlation_id.as_deref(),
-            "publish"
         );
-        let event = Arc::new(event);
-        for sub in subs.iter() {
-            if !sub.pattern.matches(&event.event_type) {
-                continue;
+        deliver(&subs, Arc::new(event)).instrument(span).await;
+        Ok(())
+    }
+}
+
+/// Hands `event` to every matching subscription: runs the handler (sync) or queues it (async).
+async fn deliver(subs: &[Arc<Sub>], event: Arc<Event>) {
+    for sub in subs {
+        if !sub.pattern.matches(&event.event_type) {
+            continue;
+        }
+        match &sub.target {
+            Target::Inline { handler, errors } => {
+                if sub.active.load(Ordering::Acquire) {
+                    invoke(&**handler, &event, errors, &sub.pattern).await;
+                }
             }
-            match &sub.target {
-                Target::Inline { handler, errors } => {
-                    if sub.active.load(Ordering::Acquire) {
-                        invoke(&**handler, &event, errors, &sub.pattern).await;
-                    }
-                }
-                Target::Queue(queue) => {
-                    // Fails only if the dispatcher is gone, i.e. the subscription ended.
-                    let _ = queue.send(event.clone()).await;
-                }
+            Target::Queue(queue) => {
+                // Fails only if the dispatcher is gone, i.e. the subscription ended.
+                let _ = queue.send(event.clone()).await;
             }
         }
-        Ok(())
     }
 }
 
@@ -288,9 +293,23 @@ async fn invoke(
     errors: &ErrorSender,
     pattern: &Pattern,
 ) {
-    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(event.clone())))
-    {
-        Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
+    // Handler logs carry the event's id, type and correlation id.
+    let span = tracing::debug_span!(
+        "handle",
+        event_id = %event.id,
+        event_type = %event.event_type,
+        correlation_id = event.correlation_id.as_deref(),
+        pattern = pattern.as_str(),
+    );
+    let built = span
+        .in_scope(|| std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(event.clone()))));
+    let outcome = match built {
+        Ok(future) => {
+            AssertUnwindSafe(future)
+                .catch_unwind()
+                .instrument(span)
+                .await
+        }
         Err(panic) => Err(panic),
     };
     let (kind, message) = match outcome {
