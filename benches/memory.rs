@@ -3,7 +3,7 @@
 //! For 1 and 4 subscribers, sync and async dispatch, `InMemoryBus` delivers 200,000 pre-built
 //! events to counting handlers. The raw baseline does the same fan-out with tokio `mpsc`
 //! channels carrying `Arc<Event>` (one channel and one counting consumer task per subscriber,
-//! capacity 1000), measured in the same run. Each figure is the median of 5 runs.
+//! capacity 1000), measured in the same run. Each figure is the median of 7 runs.
 //!
 //! Run: `cargo bench -p eventflow-benches --all-features --bench memory`
 
@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 const EVENTS: usize = 200_000;
 const BUFFER: usize = 1000;
-const RUNS: usize = 5;
+const RUNS: usize = 7;
 
 fn events() -> Vec<Event> {
     (0..EVENTS)

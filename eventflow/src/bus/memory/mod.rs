@@ -245,8 +245,8 @@ impl Inner {
             .clone()
     }
 
-    async fn publish(&self, event: Event) -> Result<()> {
-        event.validate()?;
+    /// The subscriptions to deliver to, or `Closed`.
+    fn open_snapshot(&self) -> Result<Arc<[Arc<Sub>]>> {
         // Snapshot before the closed check: `close` sets the flag before it empties the list,
         // so an event that passes the check is delivered to the subscriptions of this snapshot,
         // whose queues `close` then drains.
@@ -254,15 +254,19 @@ impl Inner {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed(NAME));
         }
-        let span = tracing::debug_span!(
-            "publish",
-            event_id = %event.id,
-            event_type = %event.event_type,
-            correlation_id = event.correlation_id.as_deref(),
-        );
-        deliver(&subs, Arc::new(event)).instrument(span).await;
-        Ok(())
+        Ok(subs)
     }
+}
+
+/// Delivers one (validated) event to the subscriptions in `subs`, in a `publish` span.
+async fn publish_to(subs: &[Arc<Sub>], event: Event) {
+    let span = tracing::debug_span!(
+        "publish",
+        event_id = %event.id,
+        event_type = %event.event_type,
+        correlation_id = event.correlation_id.as_deref(),
+    );
+    deliver(subs, Arc::new(event)).instrument(span).await;
 }
 
 /// Hands `event` to every matching subscription: runs the handler (sync) or queues it (async).
@@ -370,15 +374,21 @@ async fn dispatch(
 #[async_trait]
 impl EventBus for InMemoryBus {
     async fn publish(&self, event: Event) -> Result<()> {
-        self.inner.publish(event).await
+        event.validate()?;
+        let subs = self.inner.open_snapshot()?;
+        publish_to(&subs, event).await;
+        Ok(())
     }
 
+    /// Validates every event, then delivers the batch in order to the subscriptions present
+    /// when it was accepted; a `close` that starts meanwhile still delivers the whole batch.
     async fn publish_batch(&self, events: Vec<Event>) -> Result<()> {
         for event in &events {
             event.validate()?;
         }
+        let subs = self.inner.open_snapshot()?;
         for event in events {
-            self.inner.publish(event).await?;
+            publish_to(&subs, event).await;
         }
         Ok(())
     }
