@@ -36,7 +36,7 @@ use uuid::Uuid;
 use crate::bus::{EventBus, Handler, Subscription};
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::relay::{Relay, RelayHandle};
+use crate::relay::{Relay, RelayHandle, RelayStatus};
 use crate::store::{
     CheckpointStore, EventCriteria, EventStore, ExpectedVersion, Snapshot, SnapshotStore, follow,
     validate_stream_id,
@@ -345,6 +345,18 @@ impl InMemoryEventStore {
         match self.relay() {
             Some(relay) if head > 0 => relay.wait_for(head, timeout).await,
             _ => Ok(()),
+        }
+    }
+
+    /// The status of the relay feeding the bus (see [`with_bus`](Self::with_bus)): its position
+    /// and lag. `None` for a store without a bus.
+    ///
+    /// # Errors
+    /// None in practice (the in-memory head is always readable).
+    pub async fn relay_status(&self) -> Result<Option<RelayStatus>> {
+        match self.relay() {
+            Some(relay) => relay.status().await.map(Some),
+            None => Ok(None),
         }
     }
 
