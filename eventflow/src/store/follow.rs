@@ -304,3 +304,6 @@ fn describe(criteria: &EventCriteria) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;
