@@ -45,8 +45,9 @@ use crate::store::{
 /// The log and its indexes, behind one lock.
 #[derive(Default)]
 struct Log {
-    /// Every event, in global order; `events[i].position == Some(i + 1)`.
-    events: Vec<Arc<Event>>,
+    /// Every event, in global order; `events[i].position == Some(i + 1)`. Held by value: every
+    /// read hands out owned copies anyway, and an `Arc` per event would cost an allocation.
+    events: Vec<Event>,
     /// Per stream, the indexes into `events`; `streams[s][v - 1]` is version `v`.
     streams: HashMap<String, Vec<usize>>,
     /// Event id -> index into `events`.
@@ -186,7 +187,7 @@ impl Inner {
             ids.insert(event.id, index);
             stream.push(index);
             recorded.push(event.clone());
-            all.push(Arc::new(event));
+            all.push(event);
         }
         let head = all.len() as u64;
         // Sent under the lock so the signal's value only ever grows.
@@ -225,7 +226,7 @@ impl Inner {
         let log = self.read();
         let limit = criteria.limit.unwrap_or(usize::MAX);
         let after = usize::try_from(criteria.after_position.unwrap_or(0)).unwrap_or(usize::MAX);
-        let matching = |e: &&Arc<Event>| criteria.matches(e);
+        let matching = |e: &&Event| criteria.matches(e);
         match &criteria.stream_id {
             // The stream index avoids scanning the whole log.
             Some(stream) => log
@@ -237,7 +238,7 @@ impl Inner {
                 .map(|&i| &log.events[i])
                 .filter(matching)
                 .take(limit)
-                .map(|e| Event::clone(e))
+                .cloned()
                 .collect(),
             None => log
                 .events
@@ -245,7 +246,7 @@ impl Inner {
                 .skip(after)
                 .filter(matching)
                 .take(limit)
-                .map(|e| Event::clone(e))
+                .cloned()
                 .collect(),
         }
     }
@@ -256,10 +257,7 @@ impl Inner {
             .unwrap_or(usize::MAX)
             .min(log.events.len());
         let end = start.saturating_add(limit).min(log.events.len());
-        log.events[start..end]
-            .iter()
-            .map(|e| Event::clone(e))
-            .collect()
+        log.events[start..end].to_vec()
     }
 
     fn head_position(&self) -> u64 {
