@@ -623,6 +623,15 @@ pub async fn batch_atomicity(store: &dyn EventStore) {
         ),
     }
 
+    let after_invalid = need(store.head_position().await, P, "head_position");
+    let version = need(store.stream_version("cart-1").await, P, "stream_version");
+    ensure!(
+        after_invalid == head && version == 1,
+        P,
+        "a batch with an invalid event type in the middle moved the head from {head} to \
+         {after_invalid} and the stream to version {version}"
+    );
+
     let conflicting = vec![ev("cart.item_added", 4), ev("cart.item_added", 5)];
     expect_conflict(
         store
@@ -1308,3 +1317,6 @@ pub async fn large_batch(store: &dyn EventStore) {
     let all = read_everything(store, P).await;
     ensure!(all.len() == 1000, P, "read_all returned {}", all.len());
 }
+
+#[cfg(test)]
+mod tests;
