@@ -444,6 +444,78 @@ async fn projection_rejects_an_invalid_pattern() {
     assert!(matches!(err, eventflow::Error::InvalidPattern { .. }));
 }
 
+/// A typed event set (derive); a projection can ask for exactly its types.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, eventflow::DomainEvent)]
+#[event(prefix = "shop")]
+enum ShopEvent {
+    OrderPlaced { customer: String, amount: i64 },
+    OrderCancelled { customer: String, amount: i64 },
+}
+
+#[derive(Default)]
+struct ShopTotals(Mutex<BTreeMap<String, i64>>);
+
+#[async_trait]
+impl Projection for ShopTotals {
+    fn name(&self) -> &str {
+        "shop-totals"
+    }
+    fn patterns(&self) -> Vec<String> {
+        projection::event_types_of::<ShopEvent>()
+    }
+    async fn handle(&self, event: &Event) -> HandlerResult {
+        let mut totals = self.0.lock().unwrap();
+        match event.decode::<ShopEvent>()? {
+            ShopEvent::OrderPlaced { customer, amount } => {
+                *totals.entry(customer).or_default() += amount;
+            }
+            ShopEvent::OrderCancelled { customer, amount } => {
+                *totals.entry(customer).or_default() -= amount;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn projection_of_a_typed_event_set_sees_only_its_types() {
+    let store = Arc::new(InMemoryEventStore::new());
+    let events = vec![
+        Event::from_domain(&ShopEvent::OrderPlaced {
+            customer: "ada".into(),
+            amount: 30,
+        })
+        .unwrap(),
+        // Same prefix, not in the set: must not reach the handler (it would fail to decode).
+        Event::new("shop.order_archived", json!({})).unwrap(),
+        Event::from_domain(&ShopEvent::OrderPlaced {
+            customer: "ada".into(),
+            amount: 12,
+        })
+        .unwrap(),
+        Event::from_domain(&ShopEvent::OrderCancelled {
+            customer: "ada".into(),
+            amount: 30,
+        })
+        .unwrap(),
+    ];
+    store
+        .append_batch("shop-1", ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    let totals = Arc::new(ShopTotals::default());
+    let runner = ProjectionRunner::new(
+        store.clone(),
+        Arc::new(InMemoryCheckpointStore::new()),
+        totals.clone(),
+    )
+    .unwrap()
+    .with_failure_policy(FailurePolicy::Stop);
+    runner.catch_up().await.unwrap();
+    assert_eq!(totals.0.lock().unwrap().get("ada"), Some(&12));
+    assert_eq!(runner.status().await.unwrap().lag, 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Sagas
 
