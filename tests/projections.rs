@@ -782,6 +782,54 @@ async fn saga_subscribed_to_a_bus_drives_a_flow() {
     assert!(recording.has_event("race.started"));
 }
 
+#[tokio::test]
+async fn saga_fed_from_the_store_by_a_projection_runner() {
+    use eventflow::saga::SagaProjection;
+    let store = Arc::new(InMemoryEventStore::new());
+    let checkpoints: Arc<dyn CheckpointStore> = Arc::new(InMemoryCheckpointStore::new());
+    let sagas = Arc::new(InMemorySagaStore::new());
+    let manager = Arc::new(SagaManager::new(Counter, sagas.clone()).unwrap());
+    store
+        .append_batch(
+            "flow-s-1",
+            ExpectedVersion::NoStream,
+            vec![race("race.start", "s-1"), race("race.step", "s-1")],
+        )
+        .await
+        .unwrap();
+    let runner = ProjectionRunner::new(
+        store.clone(),
+        checkpoints.clone(),
+        SagaProjection::new(manager.clone()),
+    )
+    .unwrap();
+    runner.catch_up().await.unwrap();
+    // A crash before the checkpoint: everything is delivered again, and ignored as handled.
+    checkpoints
+        .save_checkpoint("saga-counter", 0)
+        .await
+        .unwrap();
+    store
+        .append(
+            "flow-s-1",
+            ExpectedVersion::Exact(2),
+            race("race.done", "s-1"),
+        )
+        .await
+        .unwrap();
+    let again = ProjectionRunner::new(
+        store.clone(),
+        checkpoints,
+        SagaProjection::new(manager.clone()),
+    )
+    .unwrap();
+    again.catch_up().await.unwrap();
+    let (state, completed) = manager.instance("s-1").await.unwrap().unwrap();
+    assert_eq!(state.seen, ["race.start", "race.step", "race.done"]);
+    assert!(completed);
+    assert_eq!(sagas.instance_count("counter"), 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // PostgreSQL
 

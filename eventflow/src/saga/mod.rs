@@ -692,6 +692,49 @@ impl<S: Saga> SagaManager<S> {
     }
 }
 
+/// A [`SagaManager`] as a [`Projection`](crate::projection::Projection), so a
+/// [`ProjectionRunner`](crate::projection::ProjectionRunner) can feed the saga from the event
+/// store in global order, with a checkpoint. Redelivered events (after a crash before the
+/// checkpoint) are ignored by the saga's handled-event record, so each is acted on once.
+pub struct SagaProjection<S: Saga> {
+    name: String,
+    manager: Arc<SagaManager<S>>,
+}
+
+impl<S: Saga> SagaProjection<S> {
+    /// Wraps `manager`; the projection (and its checkpoint) is named `saga-<saga name>`.
+    pub fn new(manager: Arc<SagaManager<S>>) -> Self {
+        SagaProjection {
+            name: format!("saga-{}", manager.name()),
+            manager,
+        }
+    }
+}
+
+impl<S: Saga> std::fmt::Debug for SagaProjection<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SagaProjection")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl<S: Saga> crate::projection::Projection for SagaProjection<S> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn patterns(&self) -> Vec<String> {
+        self.manager.event_types()
+    }
+
+    async fn handle(&self, event: &Event) -> crate::bus::HandlerResult {
+        self.manager.handle(event).await?;
+        Ok(())
+    }
+}
+
 /// The background loop of [`SagaManager::start_timer`]; dropping it stops the loop.
 #[derive(Debug)]
 pub struct SagaTimer {
