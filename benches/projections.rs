@@ -317,9 +317,6 @@ async fn bench_projection_catch_up() {
         .await
         .unwrap();
     }
-    let start = Instant::now();
-    raw_tx_catch_up(&pool, &tx_schema).await;
-    let raw = per_second(TX_EVENTS, start.elapsed());
     let runner = eventflow::projection::postgres::runner(
         Arc::new(tx_store.clone()),
         pool.clone(),
@@ -329,11 +326,20 @@ async fn bench_projection_catch_up() {
     .unwrap()
     .with_batch_size(BATCH);
     let last = tx_store.head_position().await.unwrap();
-    let start = Instant::now();
-    while runner.catch_up().await.unwrap() < last {
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    let (mut ours, mut raw) = (0f64, 0f64);
+    for _ in 0..3 {
+        let start = Instant::now();
+        raw_tx_catch_up(&pool, &tx_schema).await;
+        raw = raw.max(per_second(TX_EVENTS, start.elapsed()));
+
+        let start = Instant::now();
+        let mut position = runner.rebuild().await.unwrap();
+        while position < last {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            position = runner.catch_up().await.unwrap();
+        }
+        ours = ours.max(per_second(TX_EVENTS, start.elapsed()));
     }
-    let ours = per_second(TX_EVENTS, start.elapsed());
     report("transactional PostgreSQL projection (10,000)", ours, raw);
 
     for s in [&schema, &tx_schema] {

@@ -283,6 +283,10 @@ pub(crate) trait Applier: Send + Sync + 'static {
     async fn skip(&self, from: u64, to: u64) -> Result<(), ApplyError>;
     /// Clears the read model and sets the checkpoint to 0.
     async fn reset(&self) -> Result<()>;
+    /// Waits until every checkpoint saved so far is durable.
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 pub(crate) fn position_of(event: &Event) -> Result<u64> {
@@ -318,6 +322,22 @@ struct PlainApplier {
     projection: Arc<dyn Projection>,
     checkpoints: Arc<dyn CheckpointStore>,
     filter: Filter,
+    /// The checkpoint save of the previous batch, still in flight. Saving it while the next
+    /// batch is read and applied hides the store's commit latency; saves stay in order (each
+    /// waits for the one before), and a lagging checkpoint only means replaying a batch.
+    pending: Mutex<Option<tokio::task::JoinHandle<Result<()>>>>,
+}
+
+impl PlainApplier {
+    async fn flush_pending(&self) -> Result<()> {
+        let pending = self.pending.lock().await.take();
+        match pending {
+            Some(save) => save
+                .await
+                .map_err(|e| Error::backend("checkpoint save", e))?,
+            None => Ok(()),
+        }
+    }
 }
 
 #[async_trait]
@@ -327,7 +347,12 @@ impl Applier for PlainApplier {
     }
 
     async fn load_checkpoint(&self) -> Result<u64> {
+        self.flush_pending().await?;
         self.checkpoints.load_checkpoint(&self.name).await
+    }
+
+    async fn flush(&self) -> Result<()> {
+        self.flush_pending().await
     }
 
     async fn apply(
@@ -342,6 +367,7 @@ impl Applier for PlainApplier {
             }
             if let Err(error) = guarded(self.projection.handle(event)).await {
                 // Keep what was handled: checkpoint just before the failing event.
+                self.flush_pending().await?;
                 let handled_through = match index.checked_sub(1) {
                     Some(prev) => {
                         let p = position_of(&events[prev])?;
@@ -357,18 +383,36 @@ impl Applier for PlainApplier {
                 });
             }
         }
-        self.checkpoints
-            .save_checkpoint(&self.name, through)
-            .await?;
+        let mut pending = self.pending.lock().await;
+        if let Some(previous) = pending.take() {
+            // The events are handled; a failed save of the previous batch's checkpoint is
+            // superseded by this one (at worst a restart replays from an older checkpoint).
+            let saved = previous
+                .await
+                .map_err(|e| Error::backend("checkpoint save", e))
+                .and_then(|r| r);
+            if let Err(e) = saved {
+                tracing::warn!(projection = %self.name, error = %e, "checkpoint save failed");
+            }
+        }
+        let (checkpoints, name) = (Arc::clone(&self.checkpoints), self.name.clone());
+        *pending = Some(tokio::spawn(async move {
+            checkpoints.save_checkpoint(&name, through).await
+        }));
         Ok(())
     }
 
     async fn skip(&self, _from: u64, to: u64) -> Result<(), ApplyError> {
+        self.flush_pending().await?;
         self.checkpoints.save_checkpoint(&self.name, to).await?;
         Ok(())
     }
 
     async fn reset(&self) -> Result<()> {
+        // A save still in flight must not land after the reset to 0.
+        if let Err(e) = self.flush_pending().await {
+            tracing::warn!(projection = %self.name, error = %e, "checkpoint save before reset failed");
+        }
         self.projection
             .reset()
             .await
@@ -461,6 +505,7 @@ impl ProjectionRunner {
             projection: Arc::new(projection),
             checkpoints,
             filter,
+            pending: Mutex::new(None),
         };
         Ok(Self::from_applier(store, Arc::new(applier)))
     }
@@ -721,6 +766,8 @@ impl ProjectionRunner {
             }
         };
         let Some(last) = batch.last() else {
+            // Caught up: make the last batch's checkpoint durable before reporting it.
+            self.inner.applier.flush().await?;
             self.set_state(RunState::Live);
             return Ok(Step::Idle);
         };
