@@ -1,0 +1,817 @@
+//! [`RedisBus`]: the event bus over Redis, in pub/sub mode (at most once) or Streams mode (at
+//! least once, consumer groups). Feature `redis`.
+//!
+//! ```no_run
+//! use eventflow::bus::redis::{RedisBus, RedisConfig};
+//! use eventflow::{Event, EventBus, EventBusExt};
+//! use serde_json::json;
+//!
+//! # async fn run() -> eventflow::Result<()> {
+//! let config = RedisConfig {
+//!     addrs: vec!["redis://127.0.0.1:6379".into()],
+//!     use_streams: true, // or false for plain pub/sub
+//!     ..RedisConfig::default()
+//! };
+//! let bus = RedisBus::connect(config).await?;
+//! bus.ping().await?;
+//! let sub = bus
+//!     .on("order.*", |event: std::sync::Arc<Event>| async move {
+//!         tracing::info!(id = %event.id, "got {}", event.event_type);
+//!         Ok(())
+//!     })
+//!     .await?;
+//! bus.publish(Event::new("order.created", json!({ "order_id": "o-1" }))?).await?;
+//! # drop(sub);
+//! bus.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Keys and channels
+//!
+//! Everything lives under [`RedisConfig::key_prefix`] (`P`, default `events`):
+//!
+//! | what | name |
+//! |---|---|
+//! | pub/sub channel of event type `T` | `P:T` (e.g. `events:order.created`) |
+//! | the event stream (Streams mode) | `P:stream` |
+//! | the dead-letter stream | `P:dead-letter` (or [`RedisConfig::dead_letter_stream`]) |
+//! | the consumer group of a subscription | `G:<pattern>` (`G` = [`RedisConfig::consumer_group`]) |
+//!
+//! # Pub/sub mode (at most once)
+//!
+//! `publish` is one `PUBLISH P:T <envelope JSON>`; `publish_batch` pipelines them in one round
+//! trip. Each subscription has its own connection and `PSUBSCRIBE`s a Redis glob derived from the
+//! pattern (`order.*` and `order.>` both become `P:order.*`). Redis's `*` also matches dots, so
+//! the glob is only a coarse filter: every message is checked with [`Pattern::matches`], which
+//! gives exactly the in-memory semantics. `subscribe` returns after Redis confirmed the
+//! `PSUBSCRIBE`, so an event published after it returns is delivered.
+//!
+//! A handler error or panic is reported on [`errors`](EventBus::errors) (there is no
+//! redelivery). When the connection drops, the subscription reports
+//! [`Disconnected`](BusErrorKind::Disconnected), reconnects with backoff, subscribes again and
+//! reports [`Reconnected`](BusErrorKind::Reconnected) and [`Dropped`](BusErrorKind::Dropped):
+//! events published during the gap are lost, which is what at most once means.
+//!
+//! # Streams mode (at least once)
+//!
+//! **One stream per bus prefix** (`P:stream`) carries every event type; each entry has the
+//! fields `type` (the event type) and `data` (the envelope JSON). `publish` is one
+//! `XADD P:stream MAXLEN ~ N * type T data J` ([`RedisConfig::stream_max_len`]);
+//! `publish_batch` pipelines them. One stream rather than one per type because it keeps the
+//! semantics exact and the code small: a wildcard subscription (`*`, `order.>`) never has to
+//! discover streams created later, events of different types stay in publish order, and the
+//! pattern filter is [`Pattern::matches`] on the `type` field, the same function the in-memory
+//! bus uses. The cost is that each subscription's group reads (and acks, without decoding) the
+//! entries of types it does not want; Redis reads are cheap next to handler work.
+//!
+//! Each subscription reads through its own consumer group, `G:<pattern>`, created with
+//! `XGROUP CREATE P:stream G:<pattern> $ MKSTREAM` before `subscribe` returns: a new group
+//! starts at the end of the stream (like an in-memory subscription it sees events published
+//! after it subscribed; set [`RedisConfig::start_from_beginning`] to read the retained history
+//! instead), and an existing group keeps its position, so a restarted service resumes where it
+//! stopped. Several processes that subscribe the same pattern with the same
+//! `consumer_group` share the group and so share the work (competing consumers). Inside one bus,
+//! a second subscription to the same pattern gets its own group (`G:<pattern>#2`, then `#3`,
+//! ...) so that, as on the in-memory bus, every subscription sees every event.
+//!
+//! The consumer (named [`RedisConfig::consumer_name`]) loop:
+//! 1. on start, and after any connection error, it first re-reads **its own pending entries**
+//!    (`XREADGROUP ... 0`), so a consumer restarted under the same name resumes them first;
+//! 2. it reads new entries with `XREADGROUP ... COUNT n BLOCK ms ... >`, runs the handler on
+//!    each (in stream order, one at a time) and `XACK`s the batch of those that succeeded;
+//! 3. a failed (or panicking) entry is not acked: it is reported, stays pending, and is re-read
+//!    after [`RedisConfig::retry_delay`] while later entries keep flowing. Redis counts the
+//!    deliveries; once an entry has been delivered [`RedisConfig::max_deliveries`] times and
+//!    failed, it is copied to the dead-letter stream, acked and reported as
+//!    [`DeadLettered`](BusErrorKind::DeadLettered);
+//! 4. every half [`RedisConfig::claim_idle`] it runs `XAUTOCLAIM ... JUSTID` to take over
+//!    entries that another consumer of the group left pending for longer than `claim_idle`
+//!    (a consumer that died), and processes them like its own pending entries;
+//! 5. an entry that does not decode (no `type`, bad JSON) is reported as
+//!    [`Decode`](BusErrorKind::Decode), dead-lettered and acked at once: never retried forever,
+//!    and the consumer goes on.
+//!
+//! Dead-letter entries carry `id` (the original entry id), `group`, `consumer`, `reason`,
+//! `deliveries`, and the original `type` and `data` fields when present.
+//!
+//! If the server loses the stream (a restart without persistence), the consumer sees `NOGROUP`,
+//! recreates its group at `0` (everything in the new stream) and carries on.
+//!
+//! # Connections, timeouts, auth, TLS
+//!
+//! [`RedisBus::connect`] tries each of [`RedisConfig::addrs`] in order and keeps the first that
+//! answers; the whole attempt is bounded by [`RedisConfig::connect_timeout`] per address and
+//! fails with [`Error::Connect`]. Publishing goes through one multiplexed connection that
+//! reconnects by itself; a failed publish returns [`Error::Backend`] (or [`Error::Timeout`]),
+//! and the bus also reports [`Disconnected`](BusErrorKind::Disconnected) /
+//! [`Reconnected`](BusErrorKind::Reconnected) on the error stream when the state changes.
+//! Credentials come from the URL (`redis://user:pass@host:6379/0`) or from
+//! [`RedisConfig::username`] / [`RedisConfig::password`] (ACL user). TLS is asked for with a
+//! `rediss://` URL; the redis-rs TLS backend is not compiled into this build, so such an address
+//! is accepted by the config and fails at `connect` with an [`Error::Connect`] that says so.
+//! Redis Cluster and Sentinel are not supported.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::{BusError, BusErrorKind, ErrorReceiver, ErrorSender, EventBus, Handler, Pattern};
+use crate::error::{Error, Result};
+use crate::event::Event;
+
+mod pubsub;
+mod streams;
+
+const BACKEND: &str = "redis";
+
+/// Configuration of a [`RedisBus`]. `Default` mirrors the Go package's `DefaultRedisConfig`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// Servers to try, in order: `redis://host:port[/db]`, `rediss://...` (TLS) or a bare
+    /// `host:port`. Default `["redis://127.0.0.1:6379"]`.
+    pub addrs: Vec<String>,
+    /// Streams (at least once, consumer groups) instead of pub/sub (at most once). Default
+    /// `false`.
+    pub use_streams: bool,
+    /// Prefix of every channel and key the bus uses. Default `events`.
+    pub key_prefix: String,
+    /// Consumer group name prefix (Streams mode); each subscription's group is
+    /// `<consumer_group>:<pattern>`. Default `eventflow`.
+    pub consumer_group: String,
+    /// This process's consumer name inside the groups (Streams mode). Default
+    /// `<HOSTNAME or "eventflow">-<pid>-<random>`; set a name that is stable across restarts so
+    /// a restarted consumer resumes its own pending entries at once instead of waiting for
+    /// another consumer to claim them after `claim_idle`.
+    pub consumer_name: String,
+    /// Approximate upper bound of the stream length (`XADD MAXLEN ~`); 0 disables trimming.
+    /// Default 100 000.
+    pub stream_max_len: usize,
+    /// How long an entry must sit pending with another consumer before it is claimed
+    /// (`XAUTOCLAIM` min-idle-time). Default 30 s.
+    pub claim_idle: Duration,
+    /// Deliveries after which a failing entry is dead-lettered and acked. Default 5.
+    pub max_deliveries: u32,
+    /// How soon a failed entry is read again. Default 200 ms.
+    pub retry_delay: Duration,
+    /// Dead-letter stream key. Default `None`: `<key_prefix>:dead-letter`.
+    pub dead_letter_stream: Option<String>,
+    /// Let a new consumer group start at the beginning of the stream (`0`) instead of its end
+    /// (`$`). Default `false`.
+    pub start_from_beginning: bool,
+    /// Entries read per `XREADGROUP`. Default 100.
+    pub batch_size: usize,
+    /// How long one `XREADGROUP` blocks waiting for new entries. Default 1 s.
+    pub block: Duration,
+    /// Limit for establishing a connection. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Limit for one command's answer. Default 5 s.
+    pub response_timeout: Duration,
+    /// ACL user name (overrides the URL's). Default none.
+    pub username: Option<String>,
+    /// Password (overrides the URL's). Default none.
+    pub password: Option<String>,
+    /// Failures kept for slow readers of the error stream. Default 1024.
+    pub error_capacity: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "eventflow".to_owned());
+        let random = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        RedisConfig {
+            addrs: vec!["redis://127.0.0.1:6379".to_owned()],
+            use_streams: false,
+            key_prefix: "events".to_owned(),
+            consumer_group: "eventflow".to_owned(),
+            consumer_name: format!("{host}-{}-{random}", std::process::id()),
+            stream_max_len: 100_000,
+            claim_idle: Duration::from_secs(30),
+            max_deliveries: 5,
+            retry_delay: Duration::from_millis(200),
+            dead_letter_stream: None,
+            start_from_beginning: false,
+            batch_size: 100,
+            block: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(5),
+            username: None,
+            password: None,
+            error_capacity: 1024,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The default configuration for one server address.
+    pub fn new(addr: impl Into<String>) -> Self {
+        RedisConfig {
+            addrs: vec![addr.into()],
+            ..RedisConfig::default()
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::InvalidArgument(format!("RedisConfig: {m}")));
+        if self.addrs.is_empty() {
+            return bad("addrs is empty");
+        }
+        if self.key_prefix.is_empty() {
+            return bad("key_prefix is empty");
+        }
+        if self.consumer_group.is_empty() || self.consumer_name.is_empty() {
+            return bad("consumer_group and consumer_name must not be empty");
+        }
+        if self.max_deliveries == 0 {
+            return bad("max_deliveries must be at least 1");
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Names derived from the config, shared by the bus and its subscription tasks.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: RedisConfig,
+    pub(crate) client: Client,
+    /// The server we connected to, without credentials.
+    pub(crate) target: String,
+    pub(crate) stream_key: String,
+    pub(crate) dead_letter_key: String,
+    /// `<prefix>:`, the start of every pub/sub channel.
+    pub(crate) channel_prefix: String,
+}
+
+impl Shared {
+    fn channel(&self, event_type: &str) -> String {
+        format!("{}{event_type}", self.channel_prefix)
+    }
+
+    /// Settings for the dedicated connection of a subscription: blocking reads must not hit
+    /// the response timeout.
+    pub(crate) fn dedicated_config(&self) -> AsyncConnectionConfig {
+        AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.config.connect_timeout))
+            .set_response_timeout(Some(self.config.block + self.config.response_timeout))
+    }
+
+    pub(crate) async fn dedicated_connection(&self) -> Result<MultiplexedConnection> {
+        let config = self.dedicated_config();
+        let attempt = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config);
+        match tokio::time::timeout(self.config.connect_timeout, attempt).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(connect_error(&self.target, e)),
+            Err(_) => Err(Error::Timeout {
+                operation: "redis connect",
+                after: self.config.connect_timeout,
+            }),
+        }
+    }
+}
+
+/// A running subscription task and the switch that stops it.
+struct Task {
+    cancel: watch::Sender<bool>,
+    handle: JoinHandle<()>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    conn: ConnectionManager,
+    /// `None` once closed: dropping the last sender ends every error receiver.
+    errors: Mutex<Option<ErrorSender>>,
+    closed: AtomicBool,
+    /// Whether the last command on the publishing connection succeeded.
+    connected: AtomicBool,
+    tasks: Mutex<HashMap<u64, Task>>,
+    next_task: AtomicU64,
+    /// Subscriptions per pattern made by this bus (for the `#n` group suffix).
+    ordinals: Mutex<HashMap<String, u32>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropping the senders stops every subscription task between two events.
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.clear();
+        }
+    }
+}
+
+/// The Redis event bus (pub/sub or Streams, see the [module docs](self)).
+///
+/// Cloning is cheap and gives another handle to the same bus.
+#[derive(Clone)]
+pub struct RedisBus {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("target", &self.inner.shared.target)
+            .field("use_streams", &self.inner.shared.config.use_streams)
+            .field("key_prefix", &self.inner.shared.config.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBus {
+    /// Connects to the first of `config.addrs` that answers.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a bad config; [`Error::Connect`] when no address answers
+    /// within [`RedisConfig::connect_timeout`] (each), naming the addresses tried.
+    pub async fn connect(config: RedisConfig) -> Result<Self> {
+        config.validate()?;
+        let mut failures = Vec::new();
+        for addr in &config.addrs {
+            match connect_one(&config, addr).await {
+                Ok((client, conn)) => {
+                    let prefix = &config.key_prefix;
+                    let shared = Shared {
+                        client,
+                        target: redact(addr),
+                        stream_key: format!("{prefix}:stream"),
+                        dead_letter_key: config
+                            .dead_letter_stream
+                            .clone()
+                            .unwrap_or_else(|| format!("{prefix}:dead-letter")),
+                        channel_prefix: format!("{prefix}:"),
+                        config: config.clone(),
+                    };
+                    tracing::debug!(target = %shared.target, streams = config.use_streams, "redis bus connected");
+                    return Ok(RedisBus {
+                        inner: Arc::new(Inner {
+                            shared: Arc::new(shared),
+                            conn,
+                            errors: Mutex::new(Some(ErrorSender::new(config.error_capacity))),
+                            closed: AtomicBool::new(false),
+                            connected: AtomicBool::new(true),
+                            tasks: Mutex::new(HashMap::new()),
+                            next_task: AtomicU64::new(0),
+                            ordinals: Mutex::new(HashMap::new()),
+                        }),
+                    });
+                }
+                Err(e) => failures.push(format!("{}: {e}", redact(addr))),
+            }
+        }
+        Err(Error::Connect {
+            backend: BACKEND,
+            target: config
+                .addrs
+                .iter()
+                .map(|a| redact(a))
+                .collect::<Vec<_>>()
+                .join(", "),
+            source: failures.join("; ").into(),
+        })
+    }
+
+    /// Sends `PING` and waits for the answer.
+    ///
+    /// # Errors
+    /// [`Error::Backend`] when the server does not answer, [`Error::Timeout`] after
+    /// `connect_timeout + response_timeout`.
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.inner.conn.clone();
+        self.command("redis ping", async move {
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Whether the last command on the publishing connection reached the server. Subscriptions
+    /// track their own connections and report changes on [`errors`](EventBus::errors).
+    pub fn is_connected(&self) -> bool {
+        self.inner.connected.load(Ordering::Relaxed)
+    }
+
+    /// The configuration the bus runs with.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.shared.config
+    }
+
+    /// The Streams key (`<key_prefix>:stream`).
+    pub fn stream_key(&self) -> &str {
+        &self.inner.shared.stream_key
+    }
+
+    /// The dead-letter stream key.
+    pub fn dead_letter_key(&self) -> &str {
+        &self.inner.shared.dead_letter_key
+    }
+
+    /// The pub/sub channel of `event_type` (`<key_prefix>:<event_type>`).
+    pub fn channel(&self, event_type: &str) -> String {
+        self.inner.shared.channel(event_type)
+    }
+
+    /// The consumer group the first subscription of this bus to `pattern` reads through
+    /// (`<consumer_group>:<pattern>`); the n-th gets `#n` appended.
+    pub fn consumer_group_for(&self, pattern: &str) -> String {
+        group_name(&self.inner.shared.config.consumer_group, pattern, 1)
+    }
+
+    fn report(&self, error: BusError) {
+        report(&self.inner.errors, error);
+    }
+
+    fn ensure_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(Error::Closed("redis bus"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs a command on the publishing connection with an overall bound, maps its error, and
+    /// tracks the connection state for the error stream.
+    async fn command<T>(
+        &self,
+        operation: &'static str,
+        fut: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        let limit =
+            self.inner.shared.config.connect_timeout + self.inner.shared.config.response_timeout;
+        let outcome = tokio::time::timeout(limit, fut).await;
+        let (result, reachable) = match outcome {
+            Ok(Ok(v)) => (Ok(v), true),
+            Ok(Err(e)) => {
+                let lost = is_connection_error(&e);
+                (Err(Error::backend(BACKEND, e)), !lost)
+            }
+            Err(_) => (
+                Err(Error::Timeout {
+                    operation,
+                    after: limit,
+                }),
+                false,
+            ),
+        };
+        let was = self.inner.connected.swap(reachable, Ordering::AcqRel);
+        if was && !reachable {
+            self.report(BusError::new(
+                BusErrorKind::Disconnected,
+                format!("lost the connection to {}", self.inner.shared.target),
+            ));
+        } else if !was && reachable {
+            self.report(BusError::new(
+                BusErrorKind::Reconnected,
+                format!("connected again to {}", self.inner.shared.target),
+            ));
+        }
+        result
+    }
+
+    fn encode(event: &Event) -> Result<Vec<u8>> {
+        serde_json::to_vec(event).map_err(|source| Error::Encode {
+            event_type: event.event_type.clone(),
+            source,
+        })
+    }
+
+    /// Appends the command that publishes `event` (already encoded as `data`) to `pipe`.
+    fn add_publish(&self, pipe: &mut redis::Pipeline, event: &Event, data: &[u8]) {
+        let shared = &self.inner.shared;
+        if shared.config.use_streams {
+            let cmd = pipe.cmd("XADD").arg(&shared.stream_key);
+            if shared.config.stream_max_len > 0 {
+                cmd.arg("MAXLEN").arg("~").arg(shared.config.stream_max_len);
+            }
+            cmd.arg("*")
+                .arg("type")
+                .arg(&event.event_type)
+                .arg("data")
+                .arg(data);
+        } else {
+            pipe.cmd("PUBLISH")
+                .arg(shared.channel(&event.event_type))
+                .arg(data);
+        }
+        pipe.ignore();
+    }
+
+    fn register(&self, cancel: watch::Sender<bool>, handle: JoinHandle<()>) -> u64 {
+        let id = self.inner.next_task.fetch_add(1, Ordering::Relaxed);
+        let mut tasks = lock(&self.inner.tasks);
+        tasks.retain(|_, t| !t.handle.is_finished());
+        tasks.insert(id, Task { cancel, handle });
+        id
+    }
+
+    fn subscription(&self, pattern: &Pattern, id: u64) -> super::Subscription {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        super::Subscription::new(pattern.as_str(), move || {
+            if let Some(inner) = weak.upgrade() {
+                let task = lock(&inner.tasks).remove(&id);
+                if let Some(task) = task {
+                    let _ = task.cancel.send(true);
+                }
+            }
+        })
+    }
+
+    fn error_sender(&self) -> Result<ErrorSender> {
+        lock(&self.inner.errors)
+            .clone()
+            .ok_or(Error::Closed("redis bus"))
+    }
+}
+
+#[async_trait]
+impl EventBus for RedisBus {
+    async fn publish(&self, event: Event) -> Result<()> {
+        event.validate()?;
+        self.ensure_open()?;
+        let data = Self::encode(&event)?;
+        let mut pipe = redis::pipe();
+        self.add_publish(&mut pipe, &event, &data);
+        let mut conn = self.inner.conn.clone();
+        tracing::trace!(id = %event.id, event_type = %event.event_type, "redis publish");
+        self.command("redis publish", async move {
+            pipe.query_async::<()>(&mut conn).await
+        })
+        .await
+    }
+
+    async fn publish_batch(&self, events: Vec<Event>) -> Result<()> {
+        for event in &events {
+            event.validate()?;
+        }
+        self.ensure_open()?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        // One pipeline, one round trip; Redis runs the commands in order.
+        let mut pipe = redis::pipe();
+        for event in &events {
+            let data = Self::encode(event)?;
+            self.add_publish(&mut pipe, event, &data);
+        }
+        let mut conn = self.inner.conn.clone();
+        self.command("redis publish_batch", async move {
+            pipe.query_async::<()>(&mut conn).await
+        })
+        .await
+    }
+
+    async fn subscribe(
+        &self,
+        pattern: &str,
+        handler: Arc<dyn Handler>,
+    ) -> Result<super::Subscription> {
+        let pattern = Pattern::parse(pattern)?;
+        self.ensure_open()?;
+        let errors = self.error_sender()?;
+        let shared = self.inner.shared.clone();
+        let (cancel_tx, cancel_rx) = watch::channel(false);
+        let handle = if shared.config.use_streams {
+            let ordinal = {
+                let mut ordinals = lock(&self.inner.ordinals);
+                let n = ordinals.entry(pattern.as_str().to_owned()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            let group = group_name(&shared.config.consumer_group, pattern.as_str(), ordinal);
+            let consumer = streams::Consumer::start(
+                shared,
+                group,
+                pattern.clone(),
+                handler,
+                errors,
+                cancel_rx,
+            )
+            .await?;
+            tokio::spawn(consumer.run())
+        } else {
+            let sub = pubsub::Listener::start(shared, pattern.clone(), handler, errors, cancel_rx)
+                .await?;
+            tokio::spawn(sub.run())
+        };
+        let id = self.register(cancel_tx, handle);
+        Ok(self.subscription(&pattern, id))
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let tasks: Vec<Task> = lock(&self.inner.tasks).drain().map(|(_, t)| t).collect();
+        for task in &tasks {
+            let _ = task.cancel.send(true);
+        }
+        for task in tasks {
+            // A handler already running finishes; a task that panicked has nothing to drain.
+            let _ = task.handle.await;
+        }
+        lock(&self.inner.errors).take();
+        Ok(())
+    }
+
+    fn errors(&self) -> ErrorReceiver {
+        match lock(&self.inner.errors).as_ref() {
+            Some(sender) => sender.subscribe(),
+            // A receiver whose sender is already gone: `recv` answers `Closed`.
+            None => ErrorSender::new(1).subscribe(),
+        }
+    }
+}
+
+/// Opens a client for `addr` and checks it answers (bounded by the connect timeout).
+async fn connect_one(
+    config: &RedisConfig,
+    addr: &str,
+) -> std::result::Result<(Client, ConnectionManager), String> {
+    let url = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("redis://{addr}")
+    };
+    let mut info = url.as_str().into_connection_info().map_err(|e| {
+        if url.starts_with("rediss://") {
+            format!("TLS (rediss://) is not compiled into this build: {e}")
+        } else {
+            e.to_string()
+        }
+    })?;
+    let mut redis_info = info.redis_settings().clone();
+    if let Some(user) = &config.username {
+        redis_info = redis_info.set_username(user);
+    }
+    if let Some(password) = &config.password {
+        redis_info = redis_info.set_password(password);
+    }
+    info = info.set_redis_settings(redis_info);
+    let client = Client::open(info).map_err(|e| e.to_string())?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.response_timeout))
+        // Few, short retries: a publish during an outage should fail in bounded time rather
+        // than wait out a long backoff; the next call tries again.
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    let attempt = async {
+        let mut conn = ConnectionManager::new_with_config(client.clone(), manager_config).await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await?;
+        Ok::<_, RedisError>(conn)
+    };
+    match tokio::time::timeout(config.connect_timeout, attempt).await {
+        Ok(Ok(conn)) => Ok((client, conn)),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {:?}", config.connect_timeout)),
+    }
+}
+
+pub(crate) fn group_name(prefix: &str, pattern: &str, ordinal: u32) -> String {
+    if ordinal <= 1 {
+        format!("{prefix}:{pattern}")
+    } else {
+        format!("{prefix}:{pattern}#{ordinal}")
+    }
+}
+
+/// `addr` without the password (for errors and logs).
+fn redact(addr: &str) -> String {
+    match (addr.find("://"), addr.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &addr[..scheme], &addr[at + 1..])
+        }
+        _ => addr.to_owned(),
+    }
+}
+
+pub(crate) fn connect_error(target: &str, e: RedisError) -> Error {
+    Error::Connect {
+        backend: BACKEND,
+        target: target.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+/// True when `e` means the connection is gone (as opposed to a command the server refused).
+pub(crate) fn is_connection_error(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_timeout()
+        || e.is_unrecoverable_error()
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves the data consistent (plain inserts and
+    // removes), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn report(errors: &Mutex<Option<ErrorSender>>, error: BusError) {
+    if let Some(sender) = lock(errors).as_ref() {
+        sender.report(error);
+    }
+}
+
+/// What came of running a handler on one event.
+pub(crate) enum Outcome {
+    Handled,
+    Failed(BusError),
+}
+
+/// Runs `handler` on `event`, turning an error or a panic into a [`BusError`] for `pattern`.
+pub(crate) async fn run_handler(
+    handler: &Arc<dyn Handler>,
+    event: Arc<Event>,
+    pattern: &Pattern,
+) -> Outcome {
+    let handler = handler.clone();
+    let ev = event.clone();
+    // The call itself sits inside the async block so a panic in `handle` (before the future
+    // exists) is caught as well as one while it runs.
+    let result = std::panic::AssertUnwindSafe(async move { handler.handle(ev).await })
+        .catch_unwind()
+        .await;
+    match result {
+        Ok(Ok(())) => Outcome::Handled,
+        Ok(Err(e)) => Outcome::Failed(
+            BusError::new(BusErrorKind::HandlerFailed, e.to_string())
+                .for_event(&event)
+                .for_pattern(pattern.as_str()),
+        ),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "handler panicked".to_owned());
+            Outcome::Failed(
+                BusError::new(BusErrorKind::HandlerPanicked, message)
+                    .for_event(&event)
+                    .for_pattern(pattern.as_str()),
+            )
+        }
+    }
+}
+
+/// True once the subscription was cancelled (or its bus dropped).
+pub(crate) fn cancelled(cancel: &watch::Receiver<bool>) -> bool {
+    *cancel.borrow() || cancel.has_changed().is_err()
+}
+
+/// Backoff between reconnect attempts: 50 ms doubling to 1 s.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(50u64.saturating_mul(1 << attempt.min(5)).min(1000))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_credentials() {
+        assert_eq!(
+            redact("redis://user:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+        assert_eq!(redact("host:6379"), "host:6379");
+    }
+
+    #[test]
+    fn group_names_carry_pattern_and_ordinal() {
+        assert_eq!(group_name("g", "order.*", 1), "g:order.*");
+        assert_eq!(group_name("g", "order.*", 2), "g:order.*#2");
+    }
+
+    #[test]
+    fn default_config_is_valid() {
+        let c = RedisConfig::default();
+        c.validate().unwrap();
+        assert!(!c.use_streams);
+        assert_eq!(c.addrs, vec!["redis://127.0.0.1:6379".to_owned()]);
+        assert_ne!(c.consumer_name, RedisConfig::default().consumer_name);
+    }
+
+    #[test]
+    fn backoff_is_bounded() {
+        assert_eq!(backoff(0), Duration::from_millis(50));
+        assert_eq!(backoff(30), Duration::from_millis(1000));
+    }
+}
