@@ -797,3 +797,31 @@ async fn pubsub_private_server_killed_and_restarted() {
 async fn streams_private_server_killed_and_restarted() {
     server_killed_and_restarted(Mode::Streams).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// The shared bus conformance kit, in both modes (a fresh key prefix per check)
+
+async fn conformance(mode: Mode) {
+    let cleanups = Arc::new(Mutex::new(Vec::new()));
+    let c = cleanups.clone();
+    eventflow::testing::conformance::bus::run_all(move || {
+        let c = c.clone();
+        async move {
+            let prefix = unique("ef_redis_kit");
+            c.lock().unwrap().push(Cleanup(prefix.clone()));
+            Arc::new(connect(config(mode, &prefix)).await) as Arc<dyn EventBus>
+        }
+    })
+    .await;
+    drop(cleanups);
+}
+
+#[tokio::test]
+async fn pubsub_passes_the_bus_conformance_kit() {
+    conformance(Mode::PubSub).await;
+}
+
+#[tokio::test]
+async fn streams_passes_the_bus_conformance_kit() {
+    conformance(Mode::Streams).await;
+}
