@@ -489,11 +489,12 @@ impl RedisBus {
         })
     }
 
-    /// Appends the command that publishes `event` (already encoded as `data`) to `pipe`.
-    fn add_publish(&self, pipe: &mut redis::Pipeline, event: &Event, data: &[u8]) {
+    /// The command that publishes `event` (already encoded as `data`).
+    fn publish_cmd(&self, event: &Event, data: &[u8]) -> redis::Cmd {
         let shared = &self.inner.shared;
         if shared.config.use_streams {
-            let cmd = pipe.cmd("XADD").arg(&shared.stream_key);
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(&shared.stream_key);
             if shared.config.stream_max_len > 0 {
                 cmd.arg("MAXLEN").arg("~").arg(shared.config.stream_max_len);
             }
@@ -502,12 +503,12 @@ impl RedisBus {
                 .arg(&event.event_type)
                 .arg("data")
                 .arg(data);
+            cmd
         } else {
-            pipe.cmd("PUBLISH")
-                .arg(shared.channel(&event.event_type))
-                .arg(data);
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(shared.channel(&event.event_type)).arg(data);
+            cmd
         }
-        pipe.ignore();
     }
 
     fn register(&self, cancel: watch::Sender<bool>, handle: JoinHandle<()>) -> u64 {
@@ -543,12 +544,11 @@ impl EventBus for RedisBus {
         event.validate()?;
         self.ensure_open()?;
         let data = Self::encode(&event)?;
-        let mut pipe = redis::pipe();
-        self.add_publish(&mut pipe, &event, &data);
+        let cmd = self.publish_cmd(&event, &data);
         let mut conn = self.inner.conn.clone();
         tracing::trace!(id = %event.id, event_type = %event.event_type, "redis publish");
         self.command("redis publish", async move {
-            pipe.query_async::<()>(&mut conn).await
+            cmd.query_async::<()>(&mut conn).await
         })
         .await
     }
@@ -565,7 +565,7 @@ impl EventBus for RedisBus {
         let mut pipe = redis::pipe();
         for event in &events {
             let data = Self::encode(event)?;
-            self.add_publish(&mut pipe, event, &data);
+            pipe.add_command(self.publish_cmd(event, &data)).ignore();
         }
         let mut conn = self.inner.conn.clone();
         self.command("redis publish_batch", async move {
