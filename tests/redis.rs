@@ -388,6 +388,27 @@ async fn streams_unsubscribe_stops_delivery() {
     unsubscribe_stops_delivery(Mode::Streams).await;
 }
 
+#[tokio::test]
+async fn streams_resubscription_resumes_its_durable_group() {
+    let prefix = unique("ef_redis_durable");
+    let _cleanup = Cleanup(prefix.clone());
+    let bus = connect(config(Mode::Streams, &prefix)).await;
+    let rec = Recorder::default();
+    let sub = bus.subscribe("d.*", rec.handler()).await.unwrap();
+    bus.publish(ev("d.one", 1)).await.unwrap();
+    wait_until("the first event", || rec.len() == 1).await;
+    sub.unsubscribe();
+    // Published while nobody listens: the group keeps it for the next subscription.
+    bus.publish(ev("d.two", 2)).await.unwrap();
+    let again = Recorder::default();
+    let _sub = bus.subscribe("d.*", again.handler()).await.unwrap();
+    bus.publish(ev("d.three", 3)).await.unwrap();
+    wait_until("the missed and the new event", || again.len() == 2).await;
+    assert_eq!(again.types(), ["d.two", "d.three"]);
+    assert_eq!(rec.len(), 1);
+    bus.close().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Handler failures
 

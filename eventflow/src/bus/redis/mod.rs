@@ -71,8 +71,11 @@
 //! instead), and an existing group keeps its position, so a restarted service resumes where it
 //! stopped. Several processes that subscribe the same pattern with the same
 //! `consumer_group` share the group and so share the work (competing consumers). Inside one bus,
-//! a second subscription to the same pattern gets its own group (`G:<pattern>#2`, then `#3`,
-//! ...) so that, as on the in-memory bus, every subscription sees every event.
+//! a second live subscription to the same pattern gets its own group (`G:<pattern>#2`, then
+//! `#3`, ...) so that, as on the in-memory bus, every subscription sees every event; the name of
+//! an ended subscription is reused by the next one, so a resubscription resumes its group and
+//! groups do not pile up. Groups are durable: unsubscribing does not delete them (delete the
+//! key, or `XGROUP DESTROY`, to forget them).
 //!
 //! The consumer (named [`RedisConfig::consumer_name`]) loop:
 //! 1. on start, and after any connection error, it first re-reads **its own pending entries**
@@ -86,7 +89,9 @@
 //!    [`DeadLettered`](BusErrorKind::DeadLettered);
 //! 4. every half [`RedisConfig::claim_idle`] it runs `XAUTOCLAIM ... JUSTID` to take over
 //!    entries that another consumer of the group left pending for longer than `claim_idle`
-//!    (a consumer that died), and processes them like its own pending entries;
+//!    (a consumer that died), and processes them like its own pending entries. `claim_idle`
+//!    must exceed the longest time a handler takes, or a slow but live consumer's entry is
+//!    taken over and handled twice;
 //! 5. an entry that does not decode (no `type`, bad JSON) is reported as
 //!    [`Decode`](BusErrorKind::Decode), dead-lettered and acked at once: never retried forever,
 //!    and the consumer goes on.
@@ -111,7 +116,7 @@
 //! is accepted by the config and fails at `connect` with an [`Error::Connect`] that says so.
 //! Redis Cluster and Sentinel are not supported.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -289,6 +294,8 @@ impl Shared {
 struct Task {
     cancel: watch::Sender<bool>,
     handle: JoinHandle<()>,
+    /// The consumer group it reads (Streams mode), released when it ends.
+    group: Option<String>,
 }
 
 struct Inner {
@@ -301,8 +308,8 @@ struct Inner {
     connected: AtomicBool,
     tasks: Mutex<HashMap<u64, Task>>,
     next_task: AtomicU64,
-    /// Subscriptions per pattern made by this bus (for the `#n` group suffix).
-    ordinals: Mutex<HashMap<String, u32>>,
+    /// Consumer groups read by this bus's live subscriptions (for the `#n` group suffix).
+    groups: Mutex<HashSet<String>>,
 }
 
 impl Drop for Inner {
@@ -366,7 +373,7 @@ impl RedisBus {
                             connected: AtomicBool::new(true),
                             tasks: Mutex::new(HashMap::new()),
                             next_task: AtomicU64::new(0),
-                            ordinals: Mutex::new(HashMap::new()),
+                            groups: Mutex::new(HashSet::new()),
                         }),
                     });
                 }
@@ -426,7 +433,8 @@ impl RedisBus {
     }
 
     /// The consumer group the first subscription of this bus to `pattern` reads through
-    /// (`<consumer_group>:<pattern>`); the n-th gets `#n` appended.
+    /// (`<consumer_group>:<pattern>`); a second live subscription to the same pattern gets
+    /// `#2` appended, and so on.
     pub fn consumer_group_for(&self, pattern: &str) -> String {
         group_name(&self.inner.shared.config.consumer_group, pattern, 1)
     }
@@ -511,12 +519,28 @@ impl RedisBus {
         }
     }
 
-    fn register(&self, cancel: watch::Sender<bool>, handle: JoinHandle<()>) -> u64 {
+    fn register(&self, task: Task) -> u64 {
         let id = self.inner.next_task.fetch_add(1, Ordering::Relaxed);
-        let mut tasks = lock(&self.inner.tasks);
-        tasks.retain(|_, t| !t.handle.is_finished());
-        tasks.insert(id, Task { cancel, handle });
+        lock(&self.inner.tasks).insert(id, task);
         id
+    }
+
+    /// The group for a new subscription to `pattern`: `G:<pattern>`, or `G:<pattern>#n` with
+    /// the smallest `n` not read by another live subscription of this bus. Reusing freed names
+    /// keeps group names the same across restarts and resubscriptions (so they resume), and
+    /// keeps them from piling up in Redis.
+    fn claim_group(&self, pattern: &Pattern) -> String {
+        let prefix = &self.inner.shared.config.consumer_group;
+        let mut groups = lock(&self.inner.groups);
+        let mut ordinal = 1;
+        loop {
+            let name = group_name(prefix, pattern.as_str(), ordinal);
+            if !groups.contains(&name) {
+                groups.insert(name.clone());
+                return name;
+            }
+            ordinal += 1;
+        }
     }
 
     fn subscription(&self, pattern: &Pattern, id: u64) -> super::Subscription {
@@ -526,6 +550,9 @@ impl RedisBus {
                 let task = lock(&inner.tasks).remove(&id);
                 if let Some(task) = task {
                     let _ = task.cancel.send(true);
+                    if let Some(group) = &task.group {
+                        lock(&inner.groups).remove(group);
+                    }
                 }
             }
         })
@@ -584,30 +611,40 @@ impl EventBus for RedisBus {
         let errors = self.error_sender()?;
         let shared = self.inner.shared.clone();
         let (cancel_tx, cancel_rx) = watch::channel(false);
-        let handle = if shared.config.use_streams {
-            let ordinal = {
-                let mut ordinals = lock(&self.inner.ordinals);
-                let n = ordinals.entry(pattern.as_str().to_owned()).or_insert(0);
-                *n += 1;
-                *n
-            };
-            let group = group_name(&shared.config.consumer_group, pattern.as_str(), ordinal);
-            let consumer = streams::Consumer::start(
+        let task = if shared.config.use_streams {
+            let group = self.claim_group(&pattern);
+            let started = streams::Consumer::start(
                 shared,
-                group,
+                group.clone(),
                 pattern.clone(),
                 handler,
                 errors,
                 cancel_rx,
             )
-            .await?;
-            tokio::spawn(consumer.run())
+            .await;
+            let consumer = match started {
+                Ok(consumer) => consumer,
+                Err(e) => {
+                    lock(&self.inner.groups).remove(&group);
+                    return Err(e);
+                }
+            };
+            Task {
+                cancel: cancel_tx,
+                handle: tokio::spawn(consumer.run()),
+                group: Some(group),
+            }
         } else {
-            let sub = pubsub::Listener::start(shared, pattern.clone(), handler, errors, cancel_rx)
-                .await?;
-            tokio::spawn(sub.run())
+            let listener =
+                pubsub::Listener::start(shared, pattern.clone(), handler, errors, cancel_rx)
+                    .await?;
+            Task {
+                cancel: cancel_tx,
+                handle: tokio::spawn(listener.run()),
+                group: None,
+            }
         };
-        let id = self.register(cancel_tx, handle);
+        let id = self.register(task);
         Ok(self.subscription(&pattern, id))
     }
 
@@ -623,6 +660,7 @@ impl EventBus for RedisBus {
             // A handler already running finishes; a task that panicked has nothing to drain.
             let _ = task.handle.await;
         }
+        lock(&self.inner.groups).clear();
         lock(&self.inner.errors).take();
         Ok(())
     }
