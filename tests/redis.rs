@@ -729,13 +729,6 @@ async fn unreachable_server_is_a_typed_error_within_the_timeout() {
             "{addr}: took {took:?}, over the timeout"
         );
     }
-    // `rediss://` is accepted by the config and fails with a typed error.
-    let mut cfg = RedisConfig::new("rediss://127.0.0.1:1");
-    cfg.connect_timeout = Duration::from_millis(500);
-    assert!(matches!(
-        RedisBus::connect(cfg).await,
-        Err(Error::Connect { .. })
-    ));
     // So does a bad config.
     let mut cfg = RedisConfig::default();
     cfg.addrs.clear();
@@ -845,4 +838,39 @@ async fn pubsub_passes_the_bus_conformance_kit() {
 #[tokio::test]
 async fn streams_passes_the_bus_conformance_kit() {
     conformance(Mode::Streams).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS (`rediss://`) against a private server with a throw-away CA
+
+#[tokio::test]
+async fn tls_connection_with_a_private_ca() {
+    let server = RedisServer::start_tls();
+    for mode in [Mode::PubSub, Mode::Streams] {
+        let mut cfg = RedisConfig::new(server.tls_url());
+        cfg.use_streams = matches!(mode, Mode::Streams);
+        cfg.tls_ca_cert = Some(server.ca_cert());
+        cfg.key_prefix = "tls".into();
+        let bus = RedisBus::connect(cfg).await.unwrap();
+        bus.ping().await.unwrap();
+        let rec = Recorder::default();
+        let _sub = bus.subscribe("t.*", rec.handler()).await.unwrap();
+        bus.publish(ev("t.secure", 1)).await.unwrap();
+        wait_until("an event over TLS", || rec.len() == 1).await;
+        bus.close().await.unwrap();
+    }
+    // The certificate is checked: without the private CA it is not trusted.
+    let mut cfg = RedisConfig::new(server.tls_url());
+    cfg.connect_timeout = Duration::from_secs(2);
+    assert!(matches!(
+        RedisBus::connect(cfg).await,
+        Err(Error::Connect { .. })
+    ));
+    // A missing CA file is a connect error that names it.
+    let mut cfg = RedisConfig::new(server.tls_url());
+    cfg.tls_ca_cert = Some("/nonexistent/ca.pem".into());
+    match RedisBus::connect(cfg).await {
+        Err(e @ Error::Connect { .. }) => assert!(e.to_string().contains("/nonexistent/ca.pem")),
+        other => panic!("expected Error::Connect, got {other:?}"),
+    }
 }

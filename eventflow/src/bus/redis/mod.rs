@@ -112,9 +112,10 @@
 //! [`Reconnected`](BusErrorKind::Reconnected) on the error stream when the state changes.
 //! Credentials come from the URL (`redis://user:pass@host:6379/0`) or from
 //! [`RedisConfig::username`] / [`RedisConfig::password`] (ACL user). TLS is asked for with a
-//! `rediss://` URL; the redis-rs TLS backend is not compiled into this build, so such an address
-//! is accepted by the config and fails at `connect` with an [`Error::Connect`] that says so.
-//! Redis Cluster and Sentinel are not supported.
+//! `rediss://` URL (rustls with the ring provider, installed as the process default unless the
+//! application installed one); the server certificate is checked against the system's roots,
+//! or against [`RedisConfig::tls_ca_cert`] for a private CA. Redis Cluster and Sentinel are not
+//! supported.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -184,6 +185,9 @@ pub struct RedisConfig {
     pub username: Option<String>,
     /// Password (overrides the URL's). Default none.
     pub password: Option<String>,
+    /// For `rediss://` addresses: a PEM file of the certificate authority to trust instead of
+    /// the system's roots (e.g. a private CA). Default none (system roots).
+    pub tls_ca_cert: Option<std::path::PathBuf>,
     /// Failures kept for slow readers of the error stream. Default 1024.
     pub error_capacity: usize,
 }
@@ -213,6 +217,7 @@ impl Default for RedisConfig {
             response_timeout: Duration::from_secs(5),
             username: None,
             password: None,
+            tls_ca_cert: None,
             error_capacity: 1024,
         }
     }
@@ -684,13 +689,10 @@ async fn connect_one(
     } else {
         format!("redis://{addr}")
     };
-    let mut info = url.as_str().into_connection_info().map_err(|e| {
-        if url.starts_with("rediss://") {
-            format!("TLS (rediss://) is not compiled into this build: {e}")
-        } else {
-            e.to_string()
-        }
-    })?;
+    let mut info = url
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| e.to_string())?;
     let mut redis_info = info.redis_settings().clone();
     if let Some(user) = &config.username {
         redis_info = redis_info.set_username(user);
@@ -699,7 +701,23 @@ async fn connect_one(
         redis_info = redis_info.set_password(password);
     }
     info = info.set_redis_settings(redis_info);
-    let client = Client::open(info).map_err(|e| e.to_string())?;
+    let client = if url.starts_with("rediss://") {
+        ensure_crypto_provider();
+        let root_cert = match &config.tls_ca_cert {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| format!("cannot read tls_ca_cert {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        let certs = redis::TlsCertificates {
+            client_tls: None,
+            root_cert,
+        };
+        Client::build_with_tls(info, certs).map_err(|e| e.to_string())?
+    } else {
+        Client::open(info).map_err(|e| e.to_string())?
+    };
     let manager_config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.response_timeout))
@@ -716,6 +734,14 @@ async fn connect_one(
         Ok(Ok(conn)) => Ok((client, conn)),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {:?}", config.connect_timeout)),
+    }
+}
+
+/// rustls needs a process-wide crypto provider; install ring's unless the application already
+/// chose one (installing fails harmlessly when another thread won the race).
+fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 
