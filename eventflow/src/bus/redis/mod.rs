@@ -139,8 +139,17 @@ mod streams;
 const BACKEND: &str = "redis";
 
 /// Configuration of a [`RedisBus`]. `Default` mirrors the Go package's `DefaultRedisConfig`.
+///
+/// Build it from the default and change what differs (fields are public, so a struct literal
+/// with `..RedisConfig::default()` works too):
+///
+/// ```
+/// use eventflow::bus::redis::RedisConfig;
+/// let mut config = RedisConfig::new("redis://redis.example.com:6379");
+/// config.use_streams = true;
+/// config.consumer_name = "billing-1".into(); // stable across restarts: resume pending at once
+/// ```
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct RedisConfig {
     /// Servers to try, in order: `redis://host:port[/db]`, `rediss://...` (TLS) or a bare
     /// `host:port`. Default `["redis://127.0.0.1:6379"]`.
