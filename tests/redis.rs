@@ -874,3 +874,25 @@ async fn tls_connection_with_a_private_ca() {
         other => panic!("expected Error::Connect, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn pubsub_idle_subscription_stays_connected_past_its_heartbeat() {
+    let prefix = unique("ef_redis_idle");
+    let _cleanup = Cleanup(prefix.clone());
+    let bus = connect(config(Mode::PubSub, &prefix)).await;
+    let mut errors = bus.errors();
+    let rec = Recorder::default();
+    let _sub = bus.subscribe("i.*", rec.handler()).await.unwrap();
+    // The subscription pings its connection every 5 s while idle; the answer must be taken as
+    // a sign of life, not as a broken connection.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    bus.publish(ev("i.late", 1)).await.unwrap();
+    wait_until("an event after the idle period", || rec.len() == 1).await;
+    while let Ok(e) = errors.try_recv() {
+        assert!(
+            !matches!(e.kind, BusErrorKind::Disconnected | BusErrorKind::Dropped),
+            "idle subscription reported {e}"
+        );
+    }
+    bus.close().await.unwrap();
+}

@@ -71,7 +71,7 @@ impl Listener {
                     // A half-open TCP connection never ends the message stream; a ping does.
                     let ping = tokio::time::timeout(
                         self.shared.config.response_timeout,
-                        self.sink.ping::<String>(),
+                        self.sink.ping::<redis::Value>(),
                     );
                     matches!(ping.await, Ok(Ok(_)))
                 }
