@@ -409,6 +409,29 @@ async fn streams_resubscription_resumes_its_durable_group() {
     bus.close().await.unwrap();
 }
 
+#[tokio::test]
+async fn streams_length_is_bounded_by_stream_max_len() {
+    let prefix = unique("ef_redis_maxlen");
+    let _cleanup = Cleanup(prefix.clone());
+    let mut cfg = config(Mode::Streams, &prefix);
+    cfg.stream_max_len = 100;
+    let bus = connect(cfg).await;
+    for _ in 0..10 {
+        bus.publish_batch((0..100).map(|n| ev("m.item", n)).collect())
+            .await
+            .unwrap();
+    }
+    bus.publish(ev("m.item", 1000)).await.unwrap();
+    let len = stream_len(bus.stream_key()).await;
+    // `MAXLEN ~` trims whole radix-tree nodes (100 entries each by default), so the length
+    // stays within one node of the bound.
+    assert!(
+        (100..=200).contains(&len),
+        "stream length {len} after 1,001 XADDs"
+    );
+    bus.close().await.unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Handler failures
 
@@ -777,6 +800,11 @@ async fn server_killed_and_restarted(mode: Mode) {
 
     server.restart();
     expect_error(&mut errors, BusErrorKind::Reconnected).await;
+    if matches!(mode, Mode::PubSub) {
+        // At most once: the subscription says it may have missed events during the gap.
+        let gap = expect_error(&mut errors, BusErrorKind::Dropped).await;
+        assert_eq!(gap.pattern.as_deref(), Some("f.*"));
+    }
     // Publishing works again, and a subscriber receives events again (pub/sub may miss those
     // published before it resubscribed, so keep publishing until one arrives).
     let deadline = Instant::now() + WAIT;
