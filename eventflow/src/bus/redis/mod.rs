@@ -128,6 +128,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::{BusError, BusErrorKind, ErrorReceiver, ErrorSender, EventBus, Handler, Pattern};
 use crate::error::{Error, Result};
@@ -587,10 +588,16 @@ impl EventBus for RedisBus {
         let data = Self::encode(&event)?;
         let cmd = self.publish_cmd(&event, &data);
         let mut conn = self.inner.conn.clone();
-        tracing::trace!(id = %event.id, event_type = %event.event_type, "redis publish");
+        let span = tracing::debug_span!(
+            "publish",
+            event_id = %event.id,
+            event_type = %event.event_type,
+            correlation_id = event.correlation_id.as_deref(),
+        );
         self.command("redis publish", async move {
             cmd.query_async::<()>(&mut conn).await
         })
+        .instrument(span)
         .await
     }
 
@@ -609,9 +616,11 @@ impl EventBus for RedisBus {
             pipe.add_command(self.publish_cmd(event, &data)).ignore();
         }
         let mut conn = self.inner.conn.clone();
+        let span = tracing::debug_span!("publish_batch", events = events.len());
         self.command("redis publish_batch", async move {
             pipe.query_async::<()>(&mut conn).await
         })
+        .instrument(span)
         .await
     }
 
@@ -815,10 +824,19 @@ pub(crate) async fn run_handler(
 ) -> Outcome {
     let handler = handler.clone();
     let ev = event.clone();
+    // Handler logs carry the event's id, type and correlation id.
+    let span = tracing::debug_span!(
+        "handle",
+        event_id = %event.id,
+        event_type = %event.event_type,
+        correlation_id = event.correlation_id.as_deref(),
+        pattern = pattern.as_str(),
+    );
     // The call itself sits inside the async block so a panic in `handle` (before the future
     // exists) is caught as well as one while it runs.
     let result = std::panic::AssertUnwindSafe(async move { handler.handle(ev).await })
         .catch_unwind()
+        .instrument(span)
         .await;
     match result {
         Ok(Ok(())) => Outcome::Handled,
