@@ -18,13 +18,14 @@ use redis::Value;
 use redis::aio::ConnectionManager;
 use serde_json::json;
 
-const SEQUENTIAL: usize = 5_000;
-const PIPELINED: usize = 50_000;
+const SEQUENTIAL: usize = 10_000;
+const PIPELINED: usize = 100_000;
 const BATCH: usize = 100;
-const END_TO_END: usize = 30_000;
-/// Rounds per figure, ours and raw interleaved (and taking turns going first); the best round
-/// of each counts, as the one least disturbed by other work on the machine.
-const ROUNDS: usize = 5;
+const END_TO_END: usize = 20_000;
+/// Slices per publishing figure (see [`interleaved`]).
+const ROUNDS: usize = 40;
+/// Rounds of the end-to-end figure; each side's rate is the total over its rounds.
+const END_TO_END_ROUNDS: usize = 6;
 const MAX_LEN: usize = 100_000;
 
 fn redis_url() -> String {
@@ -99,29 +100,33 @@ fn raw_xadd(key: &str, event: &Event) -> redis::Cmd {
     cmd
 }
 
-/// Best of `ROUNDS` for ours and raw, interleaved so both see the same machine load.
-async fn best<O, OF, R, RF>(n: usize, mut ours: O, mut raw: R) -> (f64, f64)
+/// Rates of ours and raw over `n` events each, run in `ROUNDS` alternating slices (who goes
+/// first takes turns), each side's rate from the sum of its slices' times. Fine interleaving
+/// spreads bursts of other work on the (shared) machine evenly over both sides.
+async fn interleaved<O, OF, R, RF>(n: usize, mut ours: O, mut raw: R) -> (f64, f64)
 where
     O: FnMut(Vec<Event>) -> OF,
     OF: Future<Output = ()>,
     R: FnMut(Vec<Event>) -> RF,
     RF: Future<Output = ()>,
 {
-    let (mut o, mut r) = (0f64, 0f64);
+    let slice = n / ROUNDS;
+    let (mut o, mut r) = (Duration::ZERO, Duration::ZERO);
     for round in 0..ROUNDS {
         for side in 0..2 {
-            let batch = events(n);
+            let batch = events(slice);
             let start = Instant::now();
             if (round + side) % 2 == 0 {
                 ours(batch).await;
-                o = o.max(per_second(n as u64, start.elapsed()));
+                o += start.elapsed();
             } else {
                 raw(batch).await;
-                r = r.max(per_second(n as u64, start.elapsed()));
+                r += start.elapsed();
             }
         }
     }
-    (o, r)
+    let total = (slice * ROUNDS) as u64;
+    (per_second(total, o), per_second(total, r))
 }
 
 async fn pubsub_publish() {
@@ -129,7 +134,7 @@ async fn pubsub_publish() {
     let bus = bus(false, &p).await;
     let mut raw = raw_conn().await;
     let channel = format!("{p}:bench.order.created");
-    let (ours, theirs) = best(
+    let (ours, theirs) = interleaved(
         SEQUENTIAL,
         |events| {
             let bus = bus.clone();
@@ -166,7 +171,7 @@ async fn xadd_sequential() {
     let bus = bus(true, &p).await;
     let mut raw = raw_conn().await;
     let key = format!("{p}:raw");
-    let (ours, theirs) = best(
+    let (ours, theirs) = interleaved(
         SEQUENTIAL,
         |events| {
             let bus = bus.clone();
@@ -197,7 +202,7 @@ async fn xadd_pipelined() {
     let bus = bus(true, &p).await;
     let mut raw = raw_conn().await;
     let key = format!("{p}:raw");
-    let (ours, theirs) = best(
+    let (ours, theirs) = interleaved(
         PIPELINED,
         |events| {
             let bus = bus.clone();
@@ -257,7 +262,7 @@ async fn wait_for(count: &AtomicU64, n: usize) {
 
 /// Ours: a RedisBus publishes in pipelined batches; a RedisBus subscription (consumer group)
 /// hands every event to a handler.
-async fn end_to_end_ours(raw: &mut ConnectionManager) -> f64 {
+async fn end_to_end_ours(raw: &mut ConnectionManager) -> Duration {
     let p = prefix("e2e");
     let bus = bus(true, &p).await;
     let count = Arc::new(AtomicU64::new(0));
@@ -283,16 +288,16 @@ async fn end_to_end_ours(raw: &mut ConnectionManager) -> f64 {
         bus.publish_batch(chunk).await.unwrap();
     }
     wait_for(&count, END_TO_END).await;
-    let rate = per_second(END_TO_END as u64, start.elapsed());
+    let took = start.elapsed();
     drop(sub);
     bus.close().await.unwrap();
     cleanup(raw, &p).await;
-    rate
+    took
 }
 
 /// Raw: pipelined XADD, and a redis-rs consumer reading a group the same way (XREADGROUP COUNT
 /// BLOCK, decode the envelope, XACK the batch).
-async fn end_to_end_raw(raw: &mut ConnectionManager) -> f64 {
+async fn end_to_end_raw(raw: &mut ConnectionManager) -> Duration {
     let p = prefix("e2e_raw");
     let key = format!("{p}:stream");
     let group = "raw";
@@ -352,24 +357,26 @@ async fn end_to_end_raw(raw: &mut ConnectionManager) -> f64 {
     let start = Instant::now();
     feed(raw, &key, &batch).await;
     wait_for(&count, END_TO_END).await;
-    let rate = per_second(END_TO_END as u64, start.elapsed());
+    let took = start.elapsed();
     consumer.await.unwrap();
     cleanup(raw, &p).await;
-    rate
+    took
 }
 
 async fn end_to_end() {
     let mut raw = raw_conn().await;
-    let (mut ours, mut theirs) = (0f64, 0f64);
-    for round in 0..ROUNDS {
+    let (mut ours, mut theirs) = (Duration::ZERO, Duration::ZERO);
+    for round in 0..END_TO_END_ROUNDS {
         if round % 2 == 0 {
-            ours = ours.max(end_to_end_ours(&mut raw).await);
-            theirs = theirs.max(end_to_end_raw(&mut raw).await);
+            ours += end_to_end_ours(&mut raw).await;
+            theirs += end_to_end_raw(&mut raw).await;
         } else {
-            theirs = theirs.max(end_to_end_raw(&mut raw).await);
-            ours = ours.max(end_to_end_ours(&mut raw).await);
+            theirs += end_to_end_raw(&mut raw).await;
+            ours += end_to_end_ours(&mut raw).await;
         }
     }
+    let total = (END_TO_END * END_TO_END_ROUNDS) as u64;
+    let (ours, theirs) = (per_second(total, ours), per_second(total, theirs));
     report(
         "streams end-to-end (XADD -> group -> handler)",
         ours,

@@ -505,13 +505,6 @@ impl RedisBus {
         result
     }
 
-    fn encode(event: &Event) -> Result<Vec<u8>> {
-        serde_json::to_vec(event).map_err(|source| Error::Encode {
-            event_type: event.event_type.clone(),
-            source,
-        })
-    }
-
     /// The command that publishes `event` (already encoded as `data`).
     fn publish_cmd(&self, event: &Event, data: &[u8]) -> redis::Cmd {
         let shared = &self.inner.shared;
@@ -585,7 +578,7 @@ impl EventBus for RedisBus {
     async fn publish(&self, event: Event) -> Result<()> {
         event.validate()?;
         self.ensure_open()?;
-        let data = Self::encode(&event)?;
+        let data = event.to_json()?;
         let cmd = self.publish_cmd(&event, &data);
         let mut conn = self.inner.conn.clone();
         let span = tracing::debug_span!(
@@ -612,7 +605,7 @@ impl EventBus for RedisBus {
         // One pipeline, one round trip; Redis runs the commands in order.
         let mut pipe = redis::pipe();
         for event in &events {
-            let data = Self::encode(event)?;
+            let data = event.to_json()?;
             pipe.add_command(self.publish_cmd(event, &data)).ignore();
         }
         let mut conn = self.inner.conn.clone();

@@ -90,7 +90,7 @@ impl Listener {
         if !self.pattern.matches(event_type) || cancelled(&self.cancel) {
             return;
         }
-        let event: Event = match serde_json::from_slice(payload) {
+        let event = match Event::from_json(payload) {
             Ok(event) => event,
             Err(e) => {
                 let mut error = BusError::new(

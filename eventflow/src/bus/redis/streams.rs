@@ -465,7 +465,7 @@ fn decode(entry: &Entry) -> std::result::Result<Event, String> {
     let Some(data) = entry.field("data") else {
         return Err("no `data` field".to_owned());
     };
-    let event: Event = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+    let event = Event::from_json(data).map_err(|e| e.to_string())?;
     if event.event_type.as_bytes() != event_type {
         return Err(format!(
             "`type` field {:?} differs from the envelope's {:?}",
@@ -473,7 +473,6 @@ fn decode(entry: &Entry) -> std::result::Result<Event, String> {
             event.event_type
         ));
     }
-    event.validate().map_err(|e| e.to_string())?;
     Ok(event)
 }
 
