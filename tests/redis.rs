@@ -653,6 +653,9 @@ async fn streams_entries_of_a_dead_consumer_are_claimed_and_nothing_stays_pendin
         .await
         .unwrap();
     assert_eq!(pending_count(&key, &group).await, 500);
+    let status = bus.group_status(&group).await.unwrap().unwrap();
+    assert_eq!((status.pending, status.consumers), (500, 1));
+    assert!(bus.group_status("no-such-group").await.unwrap().is_none());
     let expected: HashSet<uuid::Uuid> = events.iter().skip(1).step_by(2).map(|e| e.id).collect();
 
     // A second consumer of the group claims the rest after the idle time and handles them.
@@ -667,6 +670,9 @@ async fn streams_entries_of_a_dead_consumer_are_claimed_and_nothing_stays_pendin
     let seen: HashSet<uuid::Uuid> = rec.seen.lock().unwrap().iter().map(|e| e.id).collect();
     assert_eq!(seen, expected, "exactly the unacked entries were handled");
     assert_eq!(rec.len(), 500, "no entry handled twice");
+    let status = bus.group_status(&group).await.unwrap().unwrap();
+    assert_eq!(status.pending, 0);
+    assert_eq!(status.lag, Some(0));
     bus.close().await.unwrap();
 }
 
@@ -724,6 +730,15 @@ async fn streams_restarted_consumer_resumes_its_own_pending_entries_first() {
 
 // ---------------------------------------------------------------------------------------------
 // Bad servers
+
+#[tokio::test]
+async fn group_status_of_a_missing_stream_is_none() {
+    let prefix = unique("ef_redis_status");
+    let _cleanup = Cleanup(prefix.clone());
+    let bus = connect(config(Mode::Streams, &prefix)).await;
+    assert!(bus.group_status("g").await.unwrap().is_none());
+    bus.close().await.unwrap();
+}
 
 #[tokio::test]
 async fn unreachable_server_is_a_typed_error_within_the_timeout() {
