@@ -123,7 +123,6 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures_util::FutureExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, RedisError};
 use tokio::sync::watch;
@@ -134,134 +133,18 @@ use super::{BusError, BusErrorKind, ErrorReceiver, ErrorSender, EventBus, Handle
 use crate::error::{Error, Result};
 use crate::event::Event;
 
+mod config;
+mod handler;
 mod pubsub;
+mod reply;
+mod status;
 mod streams;
 
+pub use config::RedisConfig;
+pub(crate) use handler::{Outcome, backoff, cancelled, run_handler};
+pub use status::GroupStatus;
+
 const BACKEND: &str = "redis";
-
-/// Configuration of a [`RedisBus`]. `Default` mirrors the Go package's `DefaultRedisConfig`.
-///
-/// Build it from the default and change what differs (fields are public, so a struct literal
-/// with `..RedisConfig::default()` works too):
-///
-/// ```
-/// use eventflow::bus::redis::RedisConfig;
-/// let mut config = RedisConfig::new("redis://redis.example.com:6379");
-/// config.use_streams = true;
-/// config.consumer_name = "billing-1".into(); // stable across restarts: resume pending at once
-/// ```
-#[derive(Debug, Clone)]
-pub struct RedisConfig {
-    /// Servers to try, in order: `redis://host:port[/db]`, `rediss://...` (TLS) or a bare
-    /// `host:port`. Default `["redis://127.0.0.1:6379"]`.
-    pub addrs: Vec<String>,
-    /// Streams (at least once, consumer groups) instead of pub/sub (at most once). Default
-    /// `false`.
-    pub use_streams: bool,
-    /// Prefix of every channel and key the bus uses. Default `events`.
-    pub key_prefix: String,
-    /// Consumer group name prefix (Streams mode); each subscription's group is
-    /// `<consumer_group>:<pattern>`. Default `eventflow`.
-    pub consumer_group: String,
-    /// This process's consumer name inside the groups (Streams mode). Default
-    /// `<HOSTNAME or "eventflow">-<pid>-<random>`; set a name that is stable across restarts so
-    /// a restarted consumer resumes its own pending entries at once instead of waiting for
-    /// another consumer to claim them after `claim_idle`.
-    pub consumer_name: String,
-    /// Approximate upper bound of the stream length (`XADD MAXLEN ~`); 0 disables trimming.
-    /// Default 100 000.
-    pub stream_max_len: usize,
-    /// How long an entry must sit pending with another consumer before it is claimed
-    /// (`XAUTOCLAIM` min-idle-time). Default 30 s.
-    pub claim_idle: Duration,
-    /// Deliveries after which a failing entry is dead-lettered and acked. Default 5.
-    pub max_deliveries: u32,
-    /// How soon a failed entry is read again. Default 200 ms.
-    pub retry_delay: Duration,
-    /// Dead-letter stream key. Default `None`: `<key_prefix>:dead-letter`.
-    pub dead_letter_stream: Option<String>,
-    /// Let a new consumer group start at the beginning of the stream (`0`) instead of its end
-    /// (`$`). Default `false`.
-    pub start_from_beginning: bool,
-    /// Entries read per `XREADGROUP`. Default 100.
-    pub batch_size: usize,
-    /// How long one `XREADGROUP` blocks waiting for new entries. Default 1 s.
-    pub block: Duration,
-    /// Limit for establishing a connection. Default 5 s.
-    pub connect_timeout: Duration,
-    /// Limit for one command's answer. Default 5 s.
-    pub response_timeout: Duration,
-    /// ACL user name (overrides the URL's). Default none.
-    pub username: Option<String>,
-    /// Password (overrides the URL's). Default none.
-    pub password: Option<String>,
-    /// For `rediss://` addresses: a PEM file of the certificate authority to trust instead of
-    /// the system's roots (e.g. a private CA). Default none (system roots).
-    pub tls_ca_cert: Option<std::path::PathBuf>,
-    /// Failures kept for slow readers of the error stream. Default 1024.
-    pub error_capacity: usize,
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        let host = std::env::var("HOSTNAME")
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "eventflow".to_owned());
-        let random = &uuid::Uuid::new_v4().simple().to_string()[..8];
-        RedisConfig {
-            addrs: vec!["redis://127.0.0.1:6379".to_owned()],
-            use_streams: false,
-            key_prefix: "events".to_owned(),
-            consumer_group: "eventflow".to_owned(),
-            consumer_name: format!("{host}-{}-{random}", std::process::id()),
-            stream_max_len: 100_000,
-            claim_idle: Duration::from_secs(30),
-            max_deliveries: 5,
-            retry_delay: Duration::from_millis(200),
-            dead_letter_stream: None,
-            start_from_beginning: false,
-            batch_size: 100,
-            block: Duration::from_secs(1),
-            connect_timeout: Duration::from_secs(5),
-            response_timeout: Duration::from_secs(5),
-            username: None,
-            password: None,
-            tls_ca_cert: None,
-            error_capacity: 1024,
-        }
-    }
-}
-
-impl RedisConfig {
-    /// The default configuration for one server address.
-    pub fn new(addr: impl Into<String>) -> Self {
-        RedisConfig {
-            addrs: vec![addr.into()],
-            ..RedisConfig::default()
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
-        let bad = |m: &str| Err(Error::InvalidArgument(format!("RedisConfig: {m}")));
-        if self.addrs.is_empty() {
-            return bad("addrs is empty");
-        }
-        if self.key_prefix.is_empty() {
-            return bad("key_prefix is empty");
-        }
-        if self.consumer_group.is_empty() || self.consumer_name.is_empty() {
-            return bad("consumer_group and consumer_name must not be empty");
-        }
-        if self.max_deliveries == 0 {
-            return bad("max_deliveries must be at least 1");
-        }
-        if self.batch_size == 0 {
-            return bad("batch_size must be at least 1");
-        }
-        Ok(())
-    }
-}
 
 /// Names derived from the config, shared by the bus and its subscription tasks.
 #[derive(Debug)]
@@ -302,68 +185,6 @@ impl Shared {
                 after: self.config.connect_timeout,
             }),
         }
-    }
-}
-
-/// Progress of one consumer group (see [`RedisBus::group_status`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct GroupStatus {
-    /// The group's name.
-    pub group: String,
-    /// Consumers known to the group.
-    pub consumers: u64,
-    /// Entries delivered to a consumer and not acked yet.
-    pub pending: u64,
-    /// Entries in the stream not yet delivered to the group; `None` when Redis cannot tell
-    /// (after trimming or deletions it may not know).
-    pub lag: Option<u64>,
-    /// The id of the last entry delivered to the group.
-    pub last_delivered_id: String,
-}
-
-impl GroupStatus {
-    /// Picks `group` out of an `XINFO GROUPS` reply (RESP2 flat arrays or RESP3 maps).
-    fn find(reply: redis::Value, group: &str) -> Option<Self> {
-        use redis::Value;
-        let redis::Value::Array(groups) = reply else {
-            return None;
-        };
-        let text = |v: &Value| match v {
-            Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
-            Value::SimpleString(s) => Some(s.clone()),
-            _ => None,
-        };
-        groups.into_iter().find_map(|g| {
-            let pairs: Vec<(Value, Value)> = match g {
-                Value::Array(flat) => {
-                    let mut it = flat.into_iter();
-                    std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
-                }
-                Value::Map(pairs) => pairs,
-                _ => return None,
-            };
-            let field = |name: &str| {
-                pairs
-                    .iter()
-                    .find(|(k, _)| text(k).as_deref() == Some(name))
-                    .map(|(_, v)| v)
-            };
-            let number = |name: &str| match field(name) {
-                Some(Value::Int(n)) => u64::try_from(*n).ok(),
-                _ => None,
-            };
-            let name = field("name").and_then(text)?;
-            (name == group).then(|| GroupStatus {
-                consumers: number("consumers").unwrap_or(0),
-                pending: number("pending").unwrap_or(0),
-                lag: number("lag"),
-                last_delivered_id: field("last-delivered-id")
-                    .and_then(text)
-                    .unwrap_or_default(),
-                group: name,
-            })
-        })
     }
 }
 
@@ -897,66 +718,6 @@ fn report(errors: &Mutex<Option<ErrorSender>>, error: BusError) {
     }
 }
 
-/// What came of running a handler on one event.
-pub(crate) enum Outcome {
-    Handled,
-    Failed(BusError),
-}
-
-/// Runs `handler` on `event`, turning an error or a panic into a [`BusError`] for `pattern`.
-pub(crate) async fn run_handler(
-    handler: &Arc<dyn Handler>,
-    event: Arc<Event>,
-    pattern: &Pattern,
-) -> Outcome {
-    let handler = handler.clone();
-    let ev = event.clone();
-    // Handler logs carry the event's id, type and correlation id.
-    let span = tracing::debug_span!(
-        "handle",
-        event_id = %event.id,
-        event_type = %event.event_type,
-        correlation_id = event.correlation_id.as_deref(),
-        pattern = pattern.as_str(),
-    );
-    // The call itself sits inside the async block so a panic in `handle` (before the future
-    // exists) is caught as well as one while it runs.
-    let result = std::panic::AssertUnwindSafe(async move { handler.handle(ev).await })
-        .catch_unwind()
-        .instrument(span)
-        .await;
-    match result {
-        Ok(Ok(())) => Outcome::Handled,
-        Ok(Err(e)) => Outcome::Failed(
-            BusError::new(BusErrorKind::HandlerFailed, e.to_string())
-                .for_event(&event)
-                .for_pattern(pattern.as_str()),
-        ),
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "handler panicked".to_owned());
-            Outcome::Failed(
-                BusError::new(BusErrorKind::HandlerPanicked, message)
-                    .for_event(&event)
-                    .for_pattern(pattern.as_str()),
-            )
-        }
-    }
-}
-
-/// True once the subscription was cancelled (or its bus dropped).
-pub(crate) fn cancelled(cancel: &watch::Receiver<bool>) -> bool {
-    *cancel.borrow() || cancel.has_changed().is_err()
-}
-
-/// Backoff between reconnect attempts: 50 ms doubling to 1 s.
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(50u64.saturating_mul(1 << attempt.min(5)).min(1000))
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -976,47 +737,5 @@ mod tests {
     fn group_names_carry_pattern_and_ordinal() {
         assert_eq!(group_name("g", "order.*", 1), "g:order.*");
         assert_eq!(group_name("g", "order.*", 2), "g:order.*#2");
-    }
-
-    #[test]
-    fn default_config_is_valid() {
-        let c = RedisConfig::default();
-        c.validate().unwrap();
-        assert!(!c.use_streams);
-        assert_eq!(c.addrs, vec!["redis://127.0.0.1:6379".to_owned()]);
-        assert_ne!(c.consumer_name, RedisConfig::default().consumer_name);
-    }
-
-    #[test]
-    fn group_status_is_read_from_xinfo_groups() {
-        use redis::Value;
-        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let reply = Value::Array(vec![Value::Array(vec![
-            bulk("name"),
-            bulk("g:a.*"),
-            bulk("consumers"),
-            Value::Int(2),
-            bulk("pending"),
-            Value::Int(5),
-            bulk("last-delivered-id"),
-            bulk("7-0"),
-            bulk("entries-read"),
-            Value::Int(7),
-            bulk("lag"),
-            Value::Nil,
-        ])]);
-        let status = GroupStatus::find(reply.clone(), "g:a.*").unwrap();
-        assert_eq!(status.consumers, 2);
-        assert_eq!(status.pending, 5);
-        assert_eq!(status.lag, None);
-        assert_eq!(status.last_delivered_id, "7-0");
-        assert!(GroupStatus::find(reply, "other").is_none());
-        assert!(GroupStatus::find(Value::Nil, "g").is_none());
-    }
-
-    #[test]
-    fn backoff_is_bounded() {
-        assert_eq!(backoff(0), Duration::from_millis(50));
-        assert_eq!(backoff(30), Duration::from_millis(1000));
     }
 }
