@@ -50,7 +50,10 @@
 //! redelivery). When the connection drops, the subscription reports
 //! [`Disconnected`](BusErrorKind::Disconnected), reconnects with backoff, subscribes again and
 //! reports [`Reconnected`](BusErrorKind::Reconnected) and [`Dropped`](BusErrorKind::Dropped):
-//! events published during the gap are lost, which is what at most once means.
+//! events published during the gap are lost, which is what at most once means. An idle
+//! subscription pings its connection every 5 s, so a half-open connection is noticed too.
+//! Messages wait in memory (unbounded, inside redis-rs) while a handler is busy: keep pub/sub
+//! handlers quick, or use Streams mode, where Redis holds the backlog.
 //!
 //! # Streams mode (at least once)
 //!
@@ -100,7 +103,13 @@
 //! `deliveries`, and the original `type` and `data` fields when present.
 //!
 //! If the server loses the stream (a restart without persistence), the consumer sees `NOGROUP`,
-//! recreates its group at `0` (everything in the new stream) and carries on.
+//! recreates its group at `0` (everything in the new stream) and carries on. A lost connection
+//! is reported as [`Disconnected`](BusErrorKind::Disconnected), retried with backoff, and
+//! [`Reconnected`](BusErrorKind::Reconnected) once reads work again; nothing is lost, since
+//! unacked entries stay in the group.
+//!
+//! [`RedisBus::group_status`] reads a group's consumers, pending count and lag (`XINFO GROUPS`)
+//! for health checks.
 //!
 //! # Connections, timeouts, auth, TLS
 //!
