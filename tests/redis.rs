@@ -676,6 +676,112 @@ async fn streams_entries_of_a_dead_consumer_are_claimed_and_nothing_stays_pendin
     bus.close().await.unwrap();
 }
 
+/// Creates the group a bus subscription to `pattern` will use, at the end of the stream.
+async fn create_group(bus: &RedisBus, pattern: &str) -> String {
+    let group = bus.consumer_group_for(pattern);
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(bus.stream_key())
+        .arg(&group)
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    group
+}
+
+/// Reads (delivers) every new entry to `consumer` of `group`, then `extra` more times from its
+/// pending list; returns the entry ids.
+async fn deliver_raw(bus: &RedisBus, group: &str, consumer: &str, extra: usize) -> Vec<String> {
+    let mut conn = raw().await;
+    let mut ids = Vec::new();
+    for round in 0..=extra {
+        let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("STREAMS")
+            .arg(bus.stream_key())
+            .arg(if round == 0 { ">" } else { "0" })
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if round == 0 {
+            ids = reply.keys[0].ids.iter().map(|e| e.id.clone()).collect();
+        }
+    }
+    ids
+}
+
+#[tokio::test]
+async fn streams_entry_that_crashed_consumers_is_dead_lettered_without_another_try() {
+    let prefix = unique("ef_redis_crashloop");
+    let _cleanup = Cleanup(prefix.clone());
+    let mut cfg = config(Mode::Streams, &prefix);
+    cfg.max_deliveries = 3;
+    cfg.claim_idle = Duration::from_millis(200);
+    let bus = connect(cfg).await;
+    let mut errors = bus.errors();
+    let group = create_group(&bus, "k.*").await;
+    let deadly = ev("k.deadly", 1);
+    bus.publish(deadly.clone()).await.unwrap();
+    // Consumers that died while handling it: delivered 4 times, never acked.
+    deliver_raw(&bus, &group, "crashed", 3).await;
+    let rec = Recorder::default();
+    let _sub = bus.subscribe("k.*", rec.handler()).await.unwrap();
+    bus.publish(ev("k.fine", 2)).await.unwrap();
+    let dead = expect_error(&mut errors, BusErrorKind::DeadLettered).await;
+    assert_eq!(dead.event_id, Some(deadly.id));
+    wait_until("the later event", || rec.len() == 1).await;
+    assert_eq!(
+        rec.types(),
+        ["k.fine"],
+        "the deadly entry reached the handler"
+    );
+    assert!(
+        rec.attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|id| *id != deadly.id)
+    );
+    let dlq = stream_entries(bus.dead_letter_key()).await;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0]["deliveries"], "5");
+    assert_eq!(pending_count(bus.stream_key(), &group).await, 0);
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn streams_pending_entry_deleted_from_the_stream_is_reported_and_acked() {
+    let prefix = unique("ef_redis_trimmed");
+    let _cleanup = Cleanup(prefix.clone());
+    let mut cfg = config(Mode::Streams, &prefix);
+    cfg.consumer_name = "worker".into();
+    cfg.claim_idle = Duration::from_secs(3600);
+    let bus = connect(cfg).await;
+    let mut errors = bus.errors();
+    let group = create_group(&bus, "z.*").await;
+    bus.publish(ev("z.gone", 1)).await.unwrap();
+    let ids = deliver_raw(&bus, &group, "worker", 0).await;
+    // Trimmed away (here: deleted) while pending with "worker".
+    let _: i64 = redis::cmd("XDEL")
+        .arg(bus.stream_key())
+        .arg(&ids)
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    let rec = Recorder::default();
+    let _sub = bus.subscribe("z.*", rec.handler()).await.unwrap();
+    let dropped = expect_error(&mut errors, BusErrorKind::Dropped).await;
+    assert!(dropped.message.contains(&ids[0]), "{dropped}");
+    bus.publish(ev("z.next", 2)).await.unwrap();
+    wait_until("the next event", || rec.len() == 1).await;
+    assert_eq!(pending_count(bus.stream_key(), &group).await, 0);
+    bus.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn streams_restarted_consumer_resumes_its_own_pending_entries_first() {
     let prefix = unique("ef_redis_resume");
