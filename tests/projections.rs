@@ -669,10 +669,14 @@ async fn saga_creation_races(store_a: Arc<dyn SagaStore>, store_b: Arc<dyn SagaS
     }
 }
 
-async fn saga_resumes_and_fires_deadlines_after_restart(store: Arc<dyn SagaStore>) {
+/// `before` and `after` are the same store as seen by the process before and after a restart.
+async fn saga_resumes_and_fires_deadlines_after_restart(
+    before_store: Arc<dyn SagaStore>,
+    after_store: Arc<dyn SagaStore>,
+) {
     let bus = Arc::new(RecordingBus::new());
     {
-        let before = SagaManager::new(Counter, store.clone())
+        let before = SagaManager::new(Counter, before_store)
             .unwrap()
             .with_bus(bus.clone());
         before.handle(&race("race.start", "d-1")).await.unwrap();
@@ -682,7 +686,7 @@ async fn saga_resumes_and_fires_deadlines_after_restart(store: Arc<dyn SagaStore
     } // the process "dies" with a deadline pending
 
     let after = Arc::new(
-        SagaManager::new(Counter, store.clone())
+        SagaManager::new(Counter, after_store)
             .unwrap()
             .with_bus(bus.clone()),
     );
@@ -747,7 +751,8 @@ async fn memory_saga_1000_creation_races_make_one_instance_each() {
 
 #[tokio::test]
 async fn memory_saga_resumes_and_fires_deadlines_after_restart() {
-    saga_resumes_and_fires_deadlines_after_restart(Arc::new(InMemorySagaStore::new())).await;
+    let store = Arc::new(InMemorySagaStore::new());
+    saga_resumes_and_fires_deadlines_after_restart(store.clone(), store).await;
 }
 
 #[tokio::test]
@@ -1194,7 +1199,10 @@ mod postgres {
     #[tokio::test]
     async fn pg_saga_resumes_and_fires_deadlines_after_restart() {
         let store = store(4).await;
-        saga_resumes_and_fires_deadlines_after_restart(saga_store(&store)).await;
+        // The restarted process connects anew.
+        let restarted = PostgresSagaStore::new(pool(2).await, store.schema()).unwrap();
+        let first = saga_store(&store);
+        saga_resumes_and_fires_deadlines_after_restart(first, Arc::new(restarted)).await;
         drop_schema(&store).await;
     }
 
