@@ -169,6 +169,30 @@ async fn wait_status(bus: &NatsBus, what: &str, pred: impl Fn(NatsStatus) -> boo
 }
 
 // ---------------------------------------------------------------------------------------------
+// the shared bus conformance kit, in both modes
+
+#[tokio::test]
+async fn conformance_kit_core() {
+    let url = nats_url();
+    eventflow::testing::conformance::bus::run_all(|| async {
+        Arc::new(connect(core_config(&url)).await) as Arc<dyn EventBus>
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn conformance_kit_jetstream() {
+    let url = nats_url();
+    let guards = Arc::new(Mutex::new(Vec::new()));
+    eventflow::testing::conformance::bus::run_all(|| async {
+        let config = js_config(&url);
+        guards.lock().unwrap().push(StreamGuard::new(&config));
+        Arc::new(connect(config).await) as Arc<dyn EventBus>
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // core and JetStream basics
 
 async fn patterns_follow_in_memory_semantics(bus: &NatsBus) {
