@@ -241,6 +241,25 @@ impl NatsBus {
         subject_for(&self.inner.config.subject_prefix, event_type)
     }
 
+    /// Waits until every event published so far has been written to the server (a PING/PONG
+    /// round trip). Core `publish` returns once the client has queued the event; call this
+    /// where you need to know it left the process.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `request_timeout` (e.g. while disconnected), [`Error::Backend`].
+    pub async fn flush(&self) -> Result<()> {
+        match tokio::time::timeout(self.inner.config.request_timeout, self.inner.client.flush())
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::backend(BACKEND, e)),
+            Err(_) => Err(Error::Timeout {
+                operation: "nats flush",
+                after: self.inner.config.request_timeout,
+            }),
+        }
+    }
+
     /// Subscribes `handler` to `pattern` through the durable consumer named `durable` instead
     /// of the derived name (JetStream); in core mode this is [`EventBus::subscribe`].
     ///
@@ -443,19 +462,10 @@ impl EventBus for NatsBus {
                 task.abort();
             }
         }
-        let flushed =
-            tokio::time::timeout(self.inner.config.request_timeout, self.inner.client.flush())
-                .await;
+        let flushed = self.flush().await;
         let _ = self.inner.client.drain().await;
         self.inner.reporter.close();
-        match flushed {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::backend(BACKEND, e)),
-            Err(_) => Err(Error::Timeout {
-                operation: "nats flush on close",
-                after: self.inner.config.request_timeout,
-            }),
-        }
+        flushed
     }
 
     fn errors(&self) -> ErrorReceiver {
