@@ -62,7 +62,6 @@ mod rows;
 mod signal;
 mod snapshot;
 mod sql;
-mod subscribe;
 
 pub use checkpoint::PostgresCheckpointStore;
 pub use snapshot::PostgresSnapshotStore;
@@ -76,6 +75,9 @@ pub const DEFAULT_SCHEMA: &str = "eventflow";
 
 /// How often followers look for new events when no notification arrives.
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long a read at the head waits for committed events held back by a slower transaction.
+const DEFAULT_SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How many times an append with [`ExpectedVersion::Any`] retries after losing a race for the
 /// next version of its stream.
@@ -95,6 +97,7 @@ struct Inner {
     sql: Sql,
     target: String,
     poll_interval: Duration,
+    settle_timeout: Duration,
     signal: Signal,
 }
 
@@ -113,6 +116,7 @@ pub struct PostgresEventStoreBuilder {
     pool: PgPool,
     schema: String,
     poll_interval: Duration,
+    settle_timeout: Duration,
 }
 
 impl PostgresEventStoreBuilder {
@@ -130,6 +134,16 @@ impl PostgresEventStoreBuilder {
         self
     }
 
+    /// How long a read at the head of the global order (`read_all`, `load`, `head_position`)
+    /// waits for events that are committed but held back behind a slower, still open
+    /// transaction (default 1 s); see the module docs. Waiting makes an append visible to the
+    /// same process's next global read whenever the slower transaction ends in time; after the
+    /// timeout the read returns what is safe. Zero never waits.
+    pub fn settle_timeout(mut self, timeout: Duration) -> Self {
+        self.settle_timeout = timeout;
+        self
+    }
+
     /// Builds the store. Does not touch the database.
     ///
     /// # Errors
@@ -143,6 +157,7 @@ impl PostgresEventStoreBuilder {
                 sql,
                 target,
                 poll_interval: self.poll_interval,
+                settle_timeout: self.settle_timeout,
                 signal: Signal::new(),
             }),
         })
@@ -175,6 +190,7 @@ impl PostgresEventStore {
             pool,
             schema: DEFAULT_SCHEMA.to_owned(),
             poll_interval: DEFAULT_POLL_INTERVAL,
+            settle_timeout: DEFAULT_SETTLE_TIMEOUT,
         }
     }
 
@@ -309,11 +325,42 @@ impl PostgresEventStore {
     }
 
     fn committed(&self) {
-        self.inner.signal.committed(
-            &self.inner.pool,
-            &self.inner.sql,
-            self.inner.poll_interval,
-        );
+        self.inner
+            .signal
+            .committed(&self.inner.pool, &self.inner.sql, self.inner.poll_interval);
+    }
+
+    /// The safe head and the highest committed position (see `sql::HEAD_AND_TOP`).
+    async fn head_and_top(&self) -> Result<(i64, i64)> {
+        sqlx::query_as(&self.inner.sql.head_and_top)
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(|e| self.map(e))
+    }
+
+    /// Waits (at most the settle timeout) until no committed event is held back behind a
+    /// slower transaction, and returns the safe head.
+    async fn settle(&self) -> Result<i64> {
+        let deadline = tokio::time::Instant::now() + self.inner.settle_timeout;
+        let mut delay = Duration::from_millis(1);
+        loop {
+            let (head, top) = self.head_and_top().await?;
+            if top <= head || tokio::time::Instant::now() >= deadline {
+                return Ok(head);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(10));
+        }
+    }
+
+    async fn read_all_once(&self, after: i64, limit: i64) -> Result<Vec<Event>> {
+        let rows = sqlx::query(&self.inner.sql.read_all)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| self.map(e))?;
+        rows_to_events(&rows)
     }
 
     /// After an append wrote nothing: the idempotency rule first, then the version check.
@@ -419,7 +466,9 @@ async fn migrate_schema(pool: &PgPool, sql: &Sql) -> Result<()> {
         .await
         .map_err(map)?;
     let result = async {
-        conn.execute(sql.create_schema().as_str()).await.map_err(map)?;
+        conn.execute(sql.create_schema().as_str())
+            .await
+            .map_err(map)?;
         conn.execute(sql.set_search_path().as_str())
             .await
             .map_err(map)?;
@@ -498,7 +547,14 @@ impl EventStore for PostgresEventStore {
         loop {
             attempts += 1;
             let mut conn = self.inner.pool.acquire().await.map_err(|e| self.map(e))?;
-            let result = insert(&self.inner.sql, &mut conn, stream_id, expected_bind, &columns).await;
+            let result = insert(
+                &self.inner.sql,
+                &mut conn,
+                stream_id,
+                expected_bind,
+                &columns,
+            )
+            .await;
             drop(conn);
             let retry = match result {
                 Ok(Some(positions)) => {
@@ -604,6 +660,8 @@ impl EventStore for PostgresEventStore {
             q.push(sql::CRITERIA_LIMIT)
                 .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
         }
+        // Let committed events held back by a slower transaction through first (bounded).
+        self.settle().await?;
         let rows = q
             .build()
             .fetch_all(&self.inner.pool)
@@ -616,29 +674,35 @@ impl EventStore for PostgresEventStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(&self.inner.sql.read_all)
-            .bind(to_i64(after_position, "position")?)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(|e| self.map(e))?;
-        rows_to_events(&rows)
+        let after = to_i64(after_position, "position")?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let events = self.read_all_once(after, limit).await?;
+        if events.len() as i64 >= limit {
+            return Ok(events);
+        }
+        // At the head: if nothing committed waits behind a slower transaction and the read saw
+        // everything up to the safe head, it is complete. Otherwise wait for the slower one (at
+        // most the settle timeout) and read again.
+        let (head, top) = self.head_and_top().await?;
+        let seen = events
+            .last()
+            .and_then(|e| e.position)
+            .map_or(after, |p| p as i64);
+        if top <= head && head <= seen {
+            return Ok(events);
+        }
+        self.settle().await?;
+        self.read_all_once(after, limit).await
     }
 
     async fn head_position(&self) -> Result<u64> {
-        let head: i64 = sqlx::query_scalar(&self.inner.sql.head)
-            .fetch_one(&self.inner.pool)
-            .await
-            .map_err(|e| self.map(e))?;
-        Ok(u64::try_from(head).unwrap_or(0))
+        Ok(u64::try_from(self.settle().await?).unwrap_or(0))
     }
 
     fn commit_signal(&self) -> watch::Receiver<u64> {
-        self.inner.signal.subscribe(
-            &self.inner.pool,
-            &self.inner.sql,
-            self.inner.poll_interval,
-        )
+        self.inner
+            .signal
+            .subscribe(&self.inner.pool, &self.inner.sql, self.inner.poll_interval)
     }
 
     async fn subscribe(
@@ -646,6 +710,11 @@ impl EventStore for PostgresEventStore {
         criteria: EventCriteria,
         handler: Arc<dyn Handler>,
     ) -> Result<Subscription> {
-        subscribe::subscribe(self.clone(), criteria, handler, self.inner.poll_interval).await
+        Ok(crate::store::follow::subscribe_with(
+            Arc::new(self.clone()),
+            criteria,
+            handler,
+            self.inner.poll_interval,
+        ))
     }
 }

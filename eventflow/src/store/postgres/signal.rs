@@ -59,7 +59,12 @@ impl Signal {
     }
 
     /// A receiver of the signal; starts the tasks if needed.
-    pub(crate) fn subscribe(&self, pool: &PgPool, sql: &Sql, poll: Duration) -> watch::Receiver<u64> {
+    pub(crate) fn subscribe(
+        &self,
+        pool: &PgPool,
+        sql: &Sql,
+        poll: Duration,
+    ) -> watch::Receiver<u64> {
         self.start(pool, sql, poll);
         self.sender.subscribe()
     }
@@ -164,8 +169,7 @@ async fn watcher(
         let _ = tokio::time::timeout(poll, kick.notified()).await;
         let mut delay = Duration::from_millis(1);
         loop {
-            let row: Result<(i64, i64), _> =
-                sqlx::query_as(&head_and_top).fetch_one(&pool).await;
+            let row: Result<(i64, i64), _> = sqlx::query_as(&head_and_top).fetch_one(&pool).await;
             let Ok((head, top)) = row else {
                 break;
             };

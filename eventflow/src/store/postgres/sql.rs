@@ -74,9 +74,6 @@ const EVENTS_BY_ID: &str = "SELECT {columns} FROM {events} WHERE event_id = ANY(
 const READ_ALL: &str = "SELECT {columns} FROM {events} \
      WHERE position > $1 AND position < {cutoff} ORDER BY position LIMIT $2";
 
-const HEAD: &str =
-    "SELECT coalesce(max(position), 0) FROM {events} WHERE position < {cutoff}";
-
 /// The safe head and the highest committed position: when the second is larger, committed
 /// events wait behind a slower transaction (the change watcher then polls until they do not).
 const HEAD_AND_TOP: &str = "SELECT \
@@ -85,8 +82,7 @@ const HEAD_AND_TOP: &str = "SELECT \
 
 /// Start of a criteria query; `load` appends the `CRITERIA_*` fragments for the fields that are
 /// set, each with its value bound, then `CRITERIA_ORDER` and, with a limit, `CRITERIA_LIMIT`.
-const CRITERIA_SELECT: &str =
-    "SELECT {columns} FROM {events} WHERE position < {cutoff}";
+const CRITERIA_SELECT: &str = "SELECT {columns} FROM {events} WHERE position < {cutoff}";
 pub(crate) const CRITERIA_EVENT_TYPES: &str = " AND event_type = ANY(";
 pub(crate) const CRITERIA_SINCE: &str = " AND occurred_at >= ";
 pub(crate) const CRITERIA_UNTIL: &str = " AND occurred_at < ";
@@ -127,7 +123,6 @@ pub(crate) struct Sql {
     pub(crate) load_stream: String,
     pub(crate) events_by_id: String,
     pub(crate) read_all: String,
-    pub(crate) head: String,
     pub(crate) head_and_top: String,
     pub(crate) criteria_select: String,
     pub(crate) load_snapshot: String,
@@ -160,7 +155,6 @@ impl Sql {
             load_stream: fill(LOAD_STREAM),
             events_by_id: fill(EVENTS_BY_ID),
             read_all: fill(READ_ALL),
-            head: fill(HEAD),
             head_and_top: fill(HEAD_AND_TOP),
             criteria_select: fill(CRITERIA_SELECT),
             load_snapshot: fill(LOAD_SNAPSHOT),
@@ -193,7 +187,7 @@ impl Sql {
     }
 }
 
-/// Checks a schema name: 1 to 63 bytes of `[a-z0-9_]`, not starting with a digit. Lower case
+/// Checks a schema name: 1 to 63 bytes of `[a-z0-9_]`, not starting with a digit or `pg_`. Lower case
 /// only, so the name means the same quoted or not.
 ///
 /// # Errors
@@ -202,6 +196,8 @@ pub(crate) fn validate_schema(schema: &str) -> Result<()> {
     let ok = !schema.is_empty()
         && schema.len() <= 63
         && !schema.starts_with(|c: char| c.is_ascii_digit())
+        // PostgreSQL reserves the `pg_` prefix for system schemas.
+        && !schema.starts_with("pg_")
         && schema
             .bytes()
             .all(|b| b == b'_' || b.is_ascii_lowercase() || b.is_ascii_digit());
@@ -210,7 +206,7 @@ pub(crate) fn validate_schema(schema: &str) -> Result<()> {
     } else {
         Err(Error::InvalidArgument(format!(
             "invalid schema name {schema:?}: use 1 to 63 characters of [a-z0-9_], not starting \
-             with a digit"
+             with a digit or `pg_`"
         )))
     }
 }
@@ -223,7 +219,17 @@ mod tests {
     fn schema_names_are_plain_identifiers() {
         assert!(Sql::new("eventflow").is_ok());
         assert!(Sql::new("t_abc_123").is_ok());
-        for bad in ["", "1abc", "a-b", "A", "a\"b", "a;drop", "a b", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "1abc",
+            "pg_x",
+            "a-b",
+            "A",
+            "a\"b",
+            "a;drop",
+            "a b",
+            &"x".repeat(64),
+        ] {
             assert!(Sql::new(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -231,11 +237,19 @@ mod tests {
     #[test]
     fn templates_are_filled() {
         let sql = Sql::new("s1").unwrap_or_else(|e| panic!("{e}"));
-        for text in [&sql.append, &sql.read_all, &sql.head, &sql.criteria_select] {
+        for text in [
+            &sql.append,
+            &sql.read_all,
+            &sql.head_and_top,
+            &sql.criteria_select,
+        ] {
             assert!(!text.contains('{'), "unfilled template: {text}");
             assert!(text.contains("\"s1\".events"));
         }
         assert_eq!(sql.channel().len(), "eventflow_".len() + 16);
-        assert_ne!(sql.channel(), Sql::new("s2").map(|s| s.channel()).unwrap_or_default());
+        assert_ne!(
+            sql.channel(),
+            Sql::new("s2").map(|s| s.channel()).unwrap_or_default()
+        );
     }
 }
