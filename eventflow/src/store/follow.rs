@@ -8,7 +8,7 @@
 //! task that feeds a [`Handler`], which is how a backend implements
 //! [`EventStore::subscribe`].
 //!
-//! ```ignore
+//! ```
 //! # async fn demo() -> eventflow::Result<()> {
 //! use std::sync::Arc;
 //! use eventflow::store::follow::Follower;

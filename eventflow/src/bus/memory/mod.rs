@@ -1,0 +1,444 @@
+//! [`InMemoryBus`]: an in-process bus with synchronous or bounded asynchronous dispatch.
+//!
+//! It is the reference semantics for every other backend (it passes the same
+//! [conformance kit](crate::testing::conformance::bus)), and the bus of choice for tests,
+//! single-process services and the quickstart.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use eventflow::bus::{memory::InMemoryBus, sync_handler, EventBus, EventBusExt};
+//! use eventflow::Event;
+//! use serde_json::json;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> eventflow::Result<()> {
+//! let bus = InMemoryBus::new();
+//! let _orders = bus
+//!     .on("order.*", sync_handler(|event| {
+//!         tracing::info!(id = %event.id, "order event {}", event.event_type);
+//!         Ok(())
+//!     }))
+//!     .await?;
+//! bus.publish(Event::new("order.created", json!({ "order_id": "o-1" }))?).await?;
+//! // Sync dispatch: the handler has already run here.
+//! bus.close().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Delivery semantics
+//!
+//! | | sync ([`InMemoryBus::new`]) | async ([`InMemoryBusBuilder::async_dispatch`]`(n)`) |
+//! |---|---|---|
+//! | when handlers run | inside `publish`, one after the other in subscription order; all have finished when `publish` returns | on one dispatcher task per subscription, after `publish` returns |
+//! | back-pressure | the publisher runs the handlers | each subscription queues at most `n` events (plus the one being handled); `publish` waits while a matching subscription's queue is full |
+//! | order | publish order | each subscription sees each publisher's events in publish order (one queue, one task per subscription) |
+//! | handler error or panic | caught, reported on [`errors`](EventBus::errors) with the event id; the other handlers still run | the same; the dispatcher goes on with the next event |
+//! | guarantee | at most once, in process | at most once, in process (queued events are lost if the process dies) |
+//! | `close` | later publishes fail with [`Error::Closed`]; handlers already running finish | the same, and `close` returns once every event accepted before it has been handled |
+//! | unsubscribe / drop | no handler call starts afterwards | no handler call starts afterwards; events still queued for that subscription are discarded |
+//!
+//! Events are wrapped once in an `Arc<Event>` and that one allocation is shared by every
+//! subscriber; nothing is deep-cloned.
+//!
+//! # Design
+//!
+//! The subscription list is an immutable snapshot (`Arc<[Arc<Sub>]>`) behind a `RwLock`.
+//! `publish` holds the read lock only long enough to clone the `Arc`, so the hot path takes no
+//! write lock and allocates nothing per subscriber (apart from the boxed future a [`Handler`]
+//! returns); `subscribe` and `unsubscribe` copy the list under the write lock, which is cheap
+//! for the handful of subscriptions a process has.
+//!
+//! In async mode each subscription owns a bounded tokio channel and a dispatcher task. One
+//! queue per subscription (rather than one shared queue and one dispatcher) keeps a slow
+//! handler from holding up the others, and one task per queue keeps the order per
+//! subscription. `close` marks the bus closed, empties the subscription list, which drops the
+//! queues' senders once publishes already in progress have finished, and then waits for every
+//! dispatcher to empty its queue and stop.
+//!
+//! A handler must not publish, in async mode, to a subscription whose queue it is itself
+//! draining while that queue may be full: it would wait for itself. Use sync mode or a larger
+//! buffer for handlers that publish follow-up events in a loop.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+
+use async_trait::async_trait;
+use futures_util::FutureExt;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::bus::{
+    BusError, BusErrorKind, ErrorReceiver, ErrorSender, EventBus, Handler, Pattern, Subscription,
+};
+use crate::error::{Error, Result};
+use crate::event::Event;
+
+const NAME: &str = "in-memory bus";
+
+/// An in-process [`EventBus`]; see the [module docs](self) for its delivery semantics.
+///
+/// Cloning is cheap and gives another handle to the same bus.
+#[derive(Clone)]
+pub struct InMemoryBus {
+    inner: Arc<Inner>,
+}
+
+/// Builds an [`InMemoryBus`]: `InMemoryBus::builder().async_dispatch(1000).build()`.
+#[derive(Debug, Clone)]
+pub struct InMemoryBusBuilder {
+    buffer: Option<usize>,
+    error_capacity: usize,
+}
+
+impl InMemoryBusBuilder {
+    /// Dispatches asynchronously: each subscription gets a queue of `buffer` events (at least 1)
+    /// and its own dispatcher task; `publish` waits while a matching queue is full.
+    ///
+    /// An async bus spawns tasks, so it must be used inside a tokio runtime.
+    pub fn async_dispatch(mut self, buffer: usize) -> Self {
+        self.buffer = Some(buffer.max(1));
+        self
+    }
+
+    /// Dispatches synchronously (the default): handlers run inside `publish`.
+    pub fn sync_dispatch(mut self) -> Self {
+        self.buffer = None;
+        self
+    }
+
+    /// How many failures the error stream keeps for slow readers (default 1024).
+    pub fn error_capacity(mut self, capacity: usize) -> Self {
+        self.error_capacity = capacity;
+        self
+    }
+
+    /// Builds the bus.
+    pub fn build(self) -> InMemoryBus {
+        let (drained, _) = watch::channel(false);
+        InMemoryBus {
+            inner: Arc::new(Inner {
+                subs: RwLock::new(Arc::from(Vec::new())),
+                next_id: AtomicU64::new(0),
+                closed: AtomicBool::new(false),
+                buffer: self.buffer,
+                errors: Mutex::new(Some(ErrorSender::new(self.error_capacity))),
+                dispatchers: Mutex::new(Vec::new()),
+                drained,
+            }),
+        }
+    }
+}
+
+impl Default for InMemoryBusBuilder {
+    fn default() -> Self {
+        InMemoryBusBuilder {
+            buffer: None,
+            error_capacity: 1024,
+        }
+    }
+}
+
+struct Inner {
+    /// The current subscriptions, replaced as a whole on (un)subscribe.
+    subs: RwLock<Arc<[Arc<Sub>]>>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+    /// `Some(n)` in async mode.
+    buffer: Option<usize>,
+    /// Taken at `close`, so that receivers see `Closed` once the last subscription is gone.
+    errors: Mutex<Option<ErrorSender>>,
+    /// Async mode: the dispatcher tasks, awaited by `close`.
+    dispatchers: Mutex<Vec<JoinHandle<()>>>,
+    /// Set once `close` has drained every queue, for concurrent `close` calls.
+    drained: watch::Sender<bool>,
+}
+
+/// One subscription as seen by `publish`.
+struct Sub {
+    id: u64,
+    pattern: Pattern,
+    active: Arc<AtomicBool>,
+    target: Target,
+}
+
+enum Target {
+    /// Sync mode: `publish` runs the handler.
+    Inline {
+        handler: Arc<dyn Handler>,
+        errors: ErrorSender,
+    },
+    /// Async mode: `publish` queues for the subscription's dispatcher.
+    Queue(mpsc::Sender<Arc<Event>>),
+}
+
+impl InMemoryBus {
+    /// A bus with synchronous dispatch: every matching handler has run when `publish` returns.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder, for async dispatch or a larger error stream.
+    pub fn builder() -> InMemoryBusBuilder {
+        InMemoryBusBuilder::default()
+    }
+
+    /// True when dispatch is asynchronous.
+    pub fn is_async(&self) -> bool {
+        self.inner.buffer.is_some()
+    }
+
+    /// How many subscriptions are active.
+    pub fn subscriber_count(&self) -> usize {
+        self.inner.snapshot().len()
+    }
+
+    /// True once [`close`](EventBus::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+}
+
+impl Default for InMemoryBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for InMemoryBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InMemoryBus")
+            .field("buffer", &self.inner.buffer)
+            .field("subscriptions", &self.subscriber_count())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl Inner {
+    fn snapshot(&self) -> Arc<[Arc<Sub>]> {
+        self.subs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn remove(&self, id: u64) {
+        let mut subs = self.subs.write().unwrap_or_else(PoisonError::into_inner);
+        if subs.iter().any(|s| s.id == id) {
+            *subs = subs.iter().filter(|s| s.id != id).cloned().collect();
+        }
+    }
+
+    fn error_sender(&self) -> Option<ErrorSender> {
+        self.errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn publish(&self, event: Event) -> Result<()> {
+        event.validate()?;
+        // Snapshot before the closed check: `close` sets the flag before it empties the list,
+        // so an event that passes the check is delivered to the subscriptions of this snapshot,
+        // whose queues `close` then drains.
+        let subs = self.snapshot();
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed(NAME));
+        }
+        tracing::trace!(
+            event_id = %event.id,
+            event_type = %event.event_type,
+            correlation_id = event.correlation_id.as_deref(),
+            "publish"
+        );
+        let event = Arc::new(event);
+        for sub in subs.iter() {
+            if !sub.pattern.matches(&event.event_type) {
+                continue;
+            }
+            match &sub.target {
+                Target::Inline { handler, errors } => {
+                    if sub.active.load(Ordering::Acquire) {
+                        invoke(&**handler, &event, errors, &sub.pattern).await;
+                    }
+                }
+                Target::Queue(queue) => {
+                    // Fails only if the dispatcher is gone, i.e. the subscription ended.
+                    let _ = queue.send(event.clone()).await;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `handler` on `event`, catching an error or a panic (also one raised while the handler
+/// builds its future) and reporting it.
+async fn invoke(
+    handler: &dyn Handler,
+    event: &Arc<Event>,
+    errors: &ErrorSender,
+    pattern: &Pattern,
+) {
+    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(event.clone())))
+    {
+        Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
+        Err(panic) => Err(panic),
+    };
+    let (kind, message) = match outcome {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => (BusErrorKind::HandlerFailed, format!("handler failed: {e}")),
+        Err(panic) => (
+            BusErrorKind::HandlerPanicked,
+            format!("handler panicked: {}", panic_message(&*panic)),
+        ),
+    };
+    let _span = tracing::warn_span!(
+        "handle",
+        event_id = %event.id,
+        event_type = %event.event_type,
+        correlation_id = event.correlation_id.as_deref(),
+        pattern = pattern.as_str(),
+    )
+    .entered();
+    errors.report(
+        BusError::new(kind, message)
+            .for_event(event)
+            .for_pattern(pattern.as_str()),
+    );
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "(non-string panic payload)"
+    }
+}
+
+/// Async mode: delivers one subscription's queue, in order, until every sender is gone.
+async fn dispatch(
+    mut queue: mpsc::Receiver<Arc<Event>>,
+    handler: Arc<dyn Handler>,
+    active: Arc<AtomicBool>,
+    errors: ErrorSender,
+    pattern: Pattern,
+) {
+    while let Some(event) = queue.recv().await {
+        // After unsubscribe, what is still queued is discarded.
+        if active.load(Ordering::Acquire) {
+            invoke(&*handler, &event, &errors, &pattern).await;
+        }
+    }
+}
+
+#[async_trait]
+impl EventBus for InMemoryBus {
+    async fn publish(&self, event: Event) -> Result<()> {
+        self.inner.publish(event).await
+    }
+
+    async fn publish_batch(&self, events: Vec<Event>) -> Result<()> {
+        for event in &events {
+            event.validate()?;
+        }
+        for event in events {
+            self.inner.publish(event).await?;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, pattern: &str, handler: Arc<dyn Handler>) -> Result<Subscription> {
+        let pattern = Pattern::parse(pattern)?;
+        let inner = &self.inner;
+        let Some(errors) = inner.error_sender() else {
+            return Err(Error::Closed(NAME));
+        };
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let active = Arc::new(AtomicBool::new(true));
+        let (target, dispatcher) = match inner.buffer {
+            None => (Target::Inline { handler, errors }, None),
+            Some(buffer) => {
+                let (tx, rx) = mpsc::channel(buffer);
+                let task = dispatch(rx, handler, active.clone(), errors, pattern.clone());
+                (Target::Queue(tx), Some(task))
+            }
+        };
+        let sub = Arc::new(Sub {
+            id,
+            pattern: pattern.clone(),
+            active: active.clone(),
+            target,
+        });
+        {
+            let mut subs = inner.subs.write().unwrap_or_else(PoisonError::into_inner);
+            // Checked under the write lock: `close` sets the flag before it takes this lock,
+            // so no subscription is added after `close` emptied the list.
+            if inner.closed.load(Ordering::SeqCst) {
+                return Err(Error::Closed(NAME));
+            }
+            *subs = subs.iter().cloned().chain([sub]).collect();
+        }
+        if let Some(task) = dispatcher {
+            let mut dispatchers = inner
+                .dispatchers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            dispatchers.retain(|d| !d.is_finished());
+            dispatchers.push(tokio::spawn(task));
+        }
+        tracing::debug!(pattern = pattern.as_str(), id, "subscribe");
+        let weak: Weak<Inner> = Arc::downgrade(inner);
+        Ok(Subscription::new(pattern.as_str(), move || {
+            active.store(false, Ordering::Release);
+            if let Some(inner) = weak.upgrade() {
+                inner.remove(id);
+            }
+        }))
+    }
+
+    async fn close(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.closed.swap(true, Ordering::SeqCst) {
+            // Someone else is closing: wait until they have drained.
+            let mut drained = inner.drained.subscribe();
+            let _ = drained.wait_for(|d| *d).await;
+            return Ok(());
+        }
+        tracing::debug!("closing in-memory bus");
+        *inner.subs.write().unwrap_or_else(PoisonError::into_inner) = Arc::from(Vec::new());
+        inner
+            .errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let dispatchers = std::mem::take(
+            &mut *inner
+                .dispatchers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for dispatcher in dispatchers {
+            // A dispatcher catches handler panics, so it only fails if the runtime cancels it.
+            let _ = dispatcher.await;
+        }
+        inner.drained.send_replace(true);
+        Ok(())
+    }
+
+    fn errors(&self) -> ErrorReceiver {
+        match self.inner.error_sender() {
+            Some(errors) => errors.subscribe(),
+            // Closed: a receiver whose sender is already gone reports `Closed` at once.
+            None => ErrorSender::new(1).subscribe(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
