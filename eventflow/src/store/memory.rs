@@ -1,1 +1,522 @@
-//! TODO(placeholder): filled in by its issue.
+//! The in-memory event, snapshot and checkpoint stores: the embedded default and the reference
+//! semantics every other backend is checked against.
+//!
+//! [`InMemoryEventStore`] keeps one global log of events (position = index + 1), an index of
+//! positions per stream and a map from event id to position. Appends take a write lock only for
+//! the checks and the push, so readers never wait on a slow writer, and positions are assigned
+//! in commit order: the global order has no gaps by construction.
+//!
+//! ```
+//! # async fn demo() -> eventflow::Result<()> {
+//! use eventflow::store::memory::InMemoryEventStore;
+//! use eventflow::{Event, EventStore, ExpectedVersion};
+//! use serde_json::json;
+//!
+//! let store = InMemoryEventStore::new();
+//! let placed = Event::new("order.placed", json!({ "total": 42 }))?;
+//! store.append("order-1", ExpectedVersion::NoStream, placed).await?;
+//! let paid = Event::new("order.paid", json!({}))?;
+//! store.append("order-1", ExpectedVersion::Exact(1), paid).await?;
+//!
+//! let history = store.load_stream("order-1", 1).await?;
+//! assert_eq!(history.len(), 2);
+//! assert_eq!(history[1].stream_version, Some(2));
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::bus::{EventBus, Handler, Subscription};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::relay::{Relay, RelayHandle};
+use crate::store::{
+    CheckpointStore, EventCriteria, EventStore, ExpectedVersion, Snapshot, SnapshotStore, follow,
+    validate_stream_id,
+};
+
+/// The log and its indexes, behind one lock.
+#[derive(Default)]
+struct Log {
+    /// Every event, in global order; `events[i].position == Some(i + 1)`.
+    events: Vec<Arc<Event>>,
+    /// Per stream, the indexes into `events`; `streams[s][v - 1]` is version `v`.
+    streams: HashMap<String, Vec<usize>>,
+    /// Event id -> index into `events`.
+    ids: HashMap<Uuid, usize>,
+}
+
+struct Inner {
+    log: RwLock<Log>,
+    /// Bumped to the head position after every commit.
+    signal: watch::Sender<u64>,
+    /// The bus committed events are relayed to, if any.
+    bus: Option<Arc<dyn EventBus>>,
+    /// The relay feeding `bus`, started with the first append (a Tokio runtime is needed).
+    relay: OnceLock<RelayHandle>,
+}
+
+impl Inner {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Log> {
+        // A panic while holding the lock cannot leave the log half-written (every mutation is
+        // done after all checks, with infallible pushes), so a poisoned lock is still sound.
+        self.log.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Log> {
+        self.log.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn append_batch(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+    ) -> Result<Vec<Event>> {
+        validate_stream_id(stream_id)?;
+        for event in &events {
+            event.validate()?;
+        }
+        // A batch holding one id twice cannot be stored: the second would be a duplicate of
+        // the first.
+        if events.len() > 1 {
+            let mut seen = std::collections::HashSet::with_capacity(events.len());
+            if let Some(dup) = events.iter().find(|e| !seen.insert(e.id)) {
+                return Err(Error::InvalidArgument(format!(
+                    "batch for stream {stream_id:?} holds event id {} twice",
+                    dup.id
+                )));
+            }
+        }
+
+        let mut log = self.write();
+
+        // Idempotency comes before the version check: a retried append must succeed even
+        // though the first attempt already moved the stream on.
+        let stored: Vec<Option<usize>> =
+            events.iter().map(|e| log.ids.get(&e.id).copied()).collect();
+        let found = stored.iter().filter(|s| s.is_some()).count();
+        if found > 0 {
+            let foreign = stored
+                .iter()
+                .flatten()
+                .find(|&&i| log.events[i].stream_id.as_deref() != Some(stream_id));
+            if found == events.len() && foreign.is_none() {
+                return Ok(stored
+                    .into_iter()
+                    .flatten()
+                    .map(|i| Event::clone(&log.events[i]))
+                    .collect());
+            }
+            let i = foreign
+                .copied()
+                .or_else(|| stored.iter().flatten().next().copied())
+                .unwrap_or_default();
+            let existing = &log.events[i];
+            return Err(Error::DuplicateEvent {
+                id: existing.id,
+                stream: existing.stream_id.clone().unwrap_or_default(),
+            });
+        }
+
+        let actual = log.streams.get(stream_id).map_or(0, |s| s.len() as u64);
+        expected.check(stream_id, actual)?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        let Log {
+            events: all,
+            streams,
+            ids,
+        } = &mut *log;
+        let stream = match streams.entry(stream_id.to_owned()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(Vec::with_capacity(events.len())),
+        };
+        let stream_id_owned = stream_id.to_owned();
+        let mut recorded = Vec::with_capacity(events.len());
+        for (n, mut event) in events.into_iter().enumerate() {
+            let index = all.len();
+            event.stream_id = Some(stream_id_owned.clone());
+            event.stream_version = Some(actual + n as u64 + 1);
+            event.position = Some(index as u64 + 1);
+            ids.insert(event.id, index);
+            stream.push(index);
+            recorded.push(event.clone());
+            all.push(Arc::new(event));
+        }
+        let head = all.len() as u64;
+        // Sent under the lock so the signal's value only ever grows.
+        self.signal.send_replace(head);
+        drop(log);
+        tracing::debug!(
+            stream = stream_id,
+            count = recorded.len(),
+            head,
+            "in-memory store: appended"
+        );
+        Ok(recorded)
+    }
+
+    fn load_stream(&self, stream_id: &str, from_version: u64) -> Vec<Event> {
+        let log = self.read();
+        let Some(indexes) = log.streams.get(stream_id) else {
+            return Vec::new();
+        };
+        let skip = usize::try_from(from_version.saturating_sub(1)).unwrap_or(usize::MAX);
+        indexes
+            .iter()
+            .skip(skip)
+            .map(|&i| Event::clone(&log.events[i]))
+            .collect()
+    }
+
+    fn stream_version(&self, stream_id: &str) -> u64 {
+        self.read()
+            .streams
+            .get(stream_id)
+            .map_or(0, |s| s.len() as u64)
+    }
+
+    fn load(&self, criteria: &EventCriteria) -> Vec<Event> {
+        let log = self.read();
+        let limit = criteria.limit.unwrap_or(usize::MAX);
+        let after = usize::try_from(criteria.after_position.unwrap_or(0)).unwrap_or(usize::MAX);
+        let matching = |e: &&Arc<Event>| criteria.matches(e);
+        match &criteria.stream_id {
+            // The stream index avoids scanning the whole log.
+            Some(stream) => log
+                .streams
+                .get(stream)
+                .into_iter()
+                .flatten()
+                .filter(|&&i| i >= after)
+                .map(|&i| &log.events[i])
+                .filter(matching)
+                .take(limit)
+                .map(|e| Event::clone(e))
+                .collect(),
+            None => log
+                .events
+                .iter()
+                .skip(after)
+                .filter(matching)
+                .take(limit)
+                .map(|e| Event::clone(e))
+                .collect(),
+        }
+    }
+
+    fn read_all(&self, after_position: u64, limit: usize) -> Vec<Event> {
+        let log = self.read();
+        let start = usize::try_from(after_position)
+            .unwrap_or(usize::MAX)
+            .min(log.events.len());
+        let end = start.saturating_add(limit).min(log.events.len());
+        log.events[start..end]
+            .iter()
+            .map(|e| Event::clone(e))
+            .collect()
+    }
+
+    fn head_position(&self) -> u64 {
+        self.read().events.len() as u64
+    }
+}
+
+/// The in-memory event store. Cheap to clone: clones share the same log.
+///
+/// Keeps every promise of [`EventStore`]; see the [module docs](self) for how. Built
+/// [`with_bus`](Self::with_bus), it also publishes every committed event to a bus.
+#[derive(Clone)]
+pub struct InMemoryEventStore {
+    inner: Arc<Inner>,
+}
+
+impl Default for InMemoryEventStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for InMemoryEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let log = self.inner.read();
+        f.debug_struct("InMemoryEventStore")
+            .field("events", &log.events.len())
+            .field("streams", &log.streams.len())
+            .field("bus", &self.inner.bus.is_some())
+            .finish()
+    }
+}
+
+impl InMemoryEventStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// An empty store that publishes every committed event to `bus`.
+    ///
+    /// Publishing goes through a [`Relay`] running on this store (started with the first
+    /// append, so the store itself can be built outside a Tokio runtime): it reads the log in
+    /// global order, calls [`EventBus::publish_batch`] and moves its checkpoint only once the
+    /// bus accepted the batch, retrying with backoff on a bus error. So the bus sees **every
+    /// committed event, in commit order, at least once**, even across concurrent appends, and
+    /// never an event of a batch that failed. Publishing happens shortly *after* `append`
+    /// returns; call [`flush`](Self::flush) to wait for it. The relay stops when the last clone of
+    /// the store is dropped.
+    pub fn with_bus(bus: Arc<dyn EventBus>) -> Self {
+        Self::build(Some(bus))
+    }
+
+    fn build(bus: Option<Arc<dyn EventBus>>) -> Self {
+        InMemoryEventStore {
+            inner: Arc::new(Inner {
+                log: RwLock::new(Log::default()),
+                signal: watch::channel(0).0,
+                bus,
+                relay: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Number of events stored.
+    pub fn len(&self) -> usize {
+        self.inner.read().events.len()
+    }
+
+    /// Whether no event is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until the bus (see [`with_bus`](Self::with_bus)) has accepted every event committed
+    /// before this call. Returns at once for a store without a bus.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] when that takes longer than `timeout` (for example while the bus keeps
+    /// failing; the relay keeps retrying).
+    pub async fn flush(&self, timeout: Duration) -> Result<()> {
+        let head = self.inner.head_position();
+        match self.relay() {
+            Some(relay) if head > 0 => relay.wait_for(head, timeout).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// The relay of a store built with a bus, started on first use (from async code: it spawns a
+    /// task). `None` for a store without a bus.
+    fn relay(&self) -> Option<&RelayHandle> {
+        let bus = self.inner.bus.as_ref()?;
+        Some(self.inner.relay.get_or_init(|| {
+            // The relay holds the store weakly: a strong reference would keep the store (which
+            // owns the relay) alive forever.
+            let store: Arc<dyn EventStore> = Arc::new(WeakStore(Arc::downgrade(&self.inner)));
+            Relay::new(
+                store,
+                Arc::clone(bus),
+                Arc::new(InMemoryCheckpointStore::new()),
+            )
+            .name("in-memory-store")
+            .spawn()
+        }))
+    }
+}
+
+#[async_trait]
+impl EventStore for InMemoryEventStore {
+    async fn append_batch(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+    ) -> Result<Vec<Event>> {
+        let recorded = self.inner.append_batch(stream_id, expected, events)?;
+        if !recorded.is_empty() {
+            self.relay();
+        }
+        Ok(recorded)
+    }
+
+    async fn load_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<Event>> {
+        Ok(self.inner.load_stream(stream_id, from_version))
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<u64> {
+        Ok(self.inner.stream_version(stream_id))
+    }
+
+    async fn load(&self, criteria: &EventCriteria) -> Result<Vec<Event>> {
+        Ok(self.inner.load(criteria))
+    }
+
+    async fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<Event>> {
+        Ok(self.inner.read_all(after_position, limit))
+    }
+
+    async fn head_position(&self) -> Result<u64> {
+        Ok(self.inner.head_position())
+    }
+
+    fn commit_signal(&self) -> watch::Receiver<u64> {
+        self.inner.signal.subscribe()
+    }
+
+    async fn subscribe(
+        &self,
+        criteria: EventCriteria,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription> {
+        Ok(follow::subscribe(Arc::new(self.clone()), criteria, handler))
+    }
+}
+
+/// The store as its own relay sees it: a weak reference, failing with [`Error::Closed`] once
+/// the store is gone.
+struct WeakStore(Weak<Inner>);
+
+impl WeakStore {
+    fn get(&self) -> Result<Arc<Inner>> {
+        self.0
+            .upgrade()
+            .ok_or(Error::Closed("in-memory event store"))
+    }
+}
+
+#[async_trait]
+impl EventStore for WeakStore {
+    async fn append_batch(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+    ) -> Result<Vec<Event>> {
+        self.get()?.append_batch(stream_id, expected, events)
+    }
+
+    async fn load_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<Event>> {
+        Ok(self.get()?.load_stream(stream_id, from_version))
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<u64> {
+        Ok(self.get()?.stream_version(stream_id))
+    }
+
+    async fn load(&self, criteria: &EventCriteria) -> Result<Vec<Event>> {
+        Ok(self.get()?.load(criteria))
+    }
+
+    async fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<Event>> {
+        Ok(self.get()?.read_all(after_position, limit))
+    }
+
+    async fn head_position(&self) -> Result<u64> {
+        Ok(self.get()?.head_position())
+    }
+
+    fn commit_signal(&self) -> watch::Receiver<u64> {
+        match self.0.upgrade() {
+            Some(inner) => inner.signal.subscribe(),
+            // A closed channel: followers fall back to polling and then see `Closed`.
+            None => watch::channel(0).1,
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        criteria: EventCriteria,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription> {
+        let store = InMemoryEventStore { inner: self.get()? };
+        store.subscribe(criteria, handler).await
+    }
+}
+
+/// Keeps the latest [`Snapshot`] per stream in memory.
+#[derive(Debug, Clone, Default)]
+pub struct InMemorySnapshotStore {
+    snapshots: Arc<Mutex<HashMap<String, Snapshot>>>,
+}
+
+impl InMemorySnapshotStore {
+    /// An empty snapshot store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for InMemorySnapshotStore {
+    async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {
+        let snapshots = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(snapshots.get(stream_id).cloned())
+    }
+
+    async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
+        validate_stream_id(&snapshot.stream_id)?;
+        let mut snapshots = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match snapshots.entry(snapshot.stream_id.clone()) {
+            Entry::Occupied(mut e) => {
+                // An older snapshot (lower version) must not replace a newer one.
+                if snapshot.version >= e.get().version {
+                    e.insert(snapshot);
+                }
+            }
+            Entry::Vacant(e) => {
+                e.insert(snapshot);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Keeps named reader positions in memory.
+#[derive(Debug, Clone, Default)]
+pub struct InMemoryCheckpointStore {
+    positions: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+impl InMemoryCheckpointStore {
+    /// An empty checkpoint store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl CheckpointStore for InMemoryCheckpointStore {
+    async fn load_checkpoint(&self, name: &str) -> Result<u64> {
+        let positions = self
+            .positions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(positions.get(name).copied().unwrap_or(0))
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()> {
+        let mut positions = self
+            .positions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        positions.insert(name.to_owned(), position);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

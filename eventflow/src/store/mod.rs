@@ -16,6 +16,7 @@ use crate::bus::{Handler, Subscription};
 use crate::error::{Error, Result};
 use crate::event::Event;
 
+pub mod follow;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -165,7 +166,7 @@ impl EventCriteria {
 
     /// Whether a recorded event satisfies every filter (all but `limit`).
     pub fn matches(&self, event: &Event) -> bool {
-        (self.event_types.is_empty() || self.event_types.iter().any(|t| *t == event.event_type))
+        (self.event_types.is_empty() || self.event_types.contains(&event.event_type))
             && self.since.is_none_or(|s| event.timestamp >= s)
             && self.until.is_none_or(|u| event.timestamp < u)
             && self
