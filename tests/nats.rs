@@ -101,6 +101,16 @@ async fn raw_client(url: &str) -> async_nats::Client {
         .unwrap_or_else(|e| service_unavailable("NATS", url, e))
 }
 
+/// `Client::flush` only empties the socket buffer; a request answered by the server ("no
+/// responders") proves it processed the SUB sent before.
+async fn server_has_processed(client: &async_nats::Client) {
+    let reply = client.request(client.new_inbox(), "".into()).await;
+    assert!(
+        matches!(&reply, Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders),
+        "round trip failed: {reply:?}"
+    );
+}
+
 async fn stream_messages(url: &str, stream: &str) -> u64 {
     let js = async_nats::jetstream::new(raw_client(url).await);
     let mut s = js.get_stream(stream).await.unwrap();
@@ -265,7 +275,7 @@ async fn envelope_travels_as_json_with_the_id_in_nats_msg_id() {
         .subscribe(format!("{}.>", config.subject_prefix))
         .await
         .unwrap();
-    raw.flush().await.unwrap();
+    server_has_processed(&raw).await;
     let sent = event("order.created", 7).with_correlation("c-1");
     bus.publish(sent.clone()).await.unwrap();
     let msg = tokio::time::timeout(WAIT, sub.next())
@@ -355,6 +365,37 @@ async fn core_handler_errors_and_panics_are_reported_and_delivery_goes_on() {
     .await;
     assert_eq!(e.event_id, Some(panicking.id));
     assert!(e.message.contains("kaboom"), "{}", e.message);
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn core_slow_consumer_drops_are_reported() {
+    let mut config = core_config(&nats_url());
+    config.subscription_capacity = 8;
+    let bus = connect(config).await;
+    let mut errors = bus.errors();
+    // Every call waits for a permit, none given until the drop was reported, so the client's
+    // buffer overflows.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    bus.on("flood.*", move |_e: Arc<Event>| {
+        let g = g.clone();
+        async move {
+            if let Ok(permit) = g.acquire().await {
+                permit.forget();
+            }
+            Ok(())
+        }
+    })
+    .await
+    .unwrap()
+    .detach();
+    let flood: Vec<Event> = (0..2_000).map(|n| event("flood.tick", n)).collect();
+    bus.publish_batch(flood).await.unwrap();
+    bus.flush().await.unwrap();
+    let e = wait_error(&mut errors, "Dropped", |e| e.kind == BusErrorKind::Dropped).await;
+    assert!(e.message.contains("slow consumer"), "{}", e.message);
+    gate.add_permits(2_000);
     bus.close().await.unwrap();
 }
 
@@ -553,7 +594,7 @@ async fn poison_event_is_terminated_after_max_deliver_while_later_events_flow() 
 
     let raw = raw_client(&url).await;
     let mut dlq = raw.subscribe(dead_letters).await.unwrap();
-    raw.flush().await.unwrap();
+    server_has_processed(&raw).await;
 
     let poison_tries = Arc::new(AtomicUsize::new(0));
     let tries = poison_tries.clone();

@@ -84,6 +84,9 @@ pub struct NatsConfig {
     pub password: Option<String>,
     /// Refuse to connect without TLS.
     pub tls_required: bool,
+    /// Messages the client buffers per core subscription while its handler is busy; beyond
+    /// that it drops them and the error stream reports `Dropped` (slow consumer).
+    pub subscription_capacity: usize,
     /// Failures kept for slow readers of the error stream.
     pub error_capacity: usize,
 }
@@ -116,6 +119,7 @@ impl Default for NatsConfig {
             user: None,
             password: None,
             tls_required: false,
+            subscription_capacity: 65_536,
             error_capacity: 1024,
         }
     }
@@ -193,6 +197,9 @@ impl NatsConfig {
             if self.max_deliver == 0 || self.max_deliver < -1 {
                 return invalid("nats: max_deliver must be positive or -1".into());
             }
+        }
+        if self.subscription_capacity == 0 {
+            return invalid("nats: subscription_capacity must be at least 1".into());
         }
         if self.publish_window == 0 {
             return invalid("nats: publish_window must be at least 1".into());

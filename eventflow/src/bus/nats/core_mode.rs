@@ -1,30 +1,30 @@
 //! Core NATS subscriptions: at most once; handler failures go to the error stream.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
-use super::{BACKEND, Outcome, SubContext};
+use super::{BACKEND, Outcome, SubContext, round_trip};
 use crate::bus::BusErrorKind;
 use crate::error::{Error, Result};
 use crate::event::Event;
 
-/// Subscribes to `subject` and spawns the delivery task. The SUBSCRIBE is flushed before this
-/// returns, so an event published right after is delivered.
+/// Subscribes to `subject` and spawns the delivery task. The server has processed the
+/// SUBSCRIBE before this returns, so an event published right after (from any connection) is
+/// delivered.
 pub(super) async fn subscribe(
     client: &async_nats::Client,
     subject: String,
     mut ctx: SubContext,
+    timeout: Duration,
 ) -> Result<JoinHandle<()>> {
     let mut subscriber = client
         .subscribe(subject)
         .await
         .map_err(|e| Error::backend(BACKEND, e))?;
-    client
-        .flush()
-        .await
-        .map_err(|e| Error::backend(BACKEND, e))?;
+    round_trip(client, timeout).await?;
 
     Ok(tokio::spawn(async move {
         loop {

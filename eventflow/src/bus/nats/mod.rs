@@ -146,6 +146,7 @@ impl NatsBus {
             .request_timeout(Some(config.request_timeout))
             .max_reconnects(config.max_reconnects)
             .require_tls(config.tls_required)
+            .subscription_capacity(config.subscription_capacity)
             .event_callback({
                 let reporter = reporter.clone();
                 move |event| {
@@ -241,23 +242,14 @@ impl NatsBus {
         subject_for(&self.inner.config.subject_prefix, event_type)
     }
 
-    /// Waits until every event published so far has been written to the server (a PING/PONG
-    /// round trip). Core `publish` returns once the client has queued the event; call this
-    /// where you need to know it left the process.
+    /// Waits until the server has processed everything this bus sent so far (every event
+    /// published, every subscription made). Core `publish` returns once the client has queued
+    /// the event; call this where you need to know the server has it.
     ///
     /// # Errors
     /// [`Error::Timeout`] after `request_timeout` (e.g. while disconnected), [`Error::Backend`].
     pub async fn flush(&self) -> Result<()> {
-        match tokio::time::timeout(self.inner.config.request_timeout, self.inner.client.flush())
-            .await
-        {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::backend(BACKEND, e)),
-            Err(_) => Err(Error::Timeout {
-                operation: "nats flush",
-                after: self.inner.config.request_timeout,
-            }),
-        }
+        round_trip(&self.inner.client, self.inner.config.request_timeout).await
     }
 
     /// Subscribes `handler` to `pattern` through the durable consumer named `durable` instead
@@ -366,7 +358,15 @@ impl NatsBus {
         };
         let subject = pattern.to_subject(&self.inner.config.subject_prefix);
         let task = match &self.inner.js {
-            None => core_mode::subscribe(&self.inner.client, subject, ctx).await?,
+            None => {
+                core_mode::subscribe(
+                    &self.inner.client,
+                    subject,
+                    ctx,
+                    self.inner.config.request_timeout,
+                )
+                .await?
+            }
             Some(js) => {
                 let name = durable.unwrap_or_else(|| self.consumer_name(&pattern));
                 js.subscribe(&self.inner.config, &name, subject, ctx)
@@ -479,6 +479,30 @@ struct Outgoing {
     subject: String,
     headers: HeaderMap,
     payload: Vec<u8>,
+}
+
+/// A full round trip through the server, so everything sent before on this connection (PUB,
+/// SUB) has been processed by it.
+///
+/// `Client::flush` only empties the client's socket buffer; it does not wait for the server. A
+/// request to a fresh inbox nobody listens on is answered by the server itself ("no
+/// responders") once it processed every earlier command of this connection.
+pub(super) async fn round_trip(client: &async_nats::Client, limit: Duration) -> Result<()> {
+    use async_nats::client::RequestErrorKind;
+    let probe = client.request(client.new_inbox(), Vec::new().into());
+    match tokio::time::timeout(limit, probe).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
+        Ok(Err(e)) if e.kind() == RequestErrorKind::TimedOut => Err(Error::Timeout {
+            operation: "nats server round trip",
+            after: limit,
+        }),
+        Ok(Err(e)) => Err(Error::backend(BACKEND, e)),
+        Err(_) => Err(Error::Timeout {
+            operation: "nats server round trip",
+            after: limit,
+        }),
+    }
 }
 
 fn subject_for(prefix: &str, event_type: &str) -> String {
