@@ -55,6 +55,7 @@ use async_trait::async_trait;
 use futures_util::FutureExt;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 pub use config::NatsConfig;
 
@@ -682,7 +683,14 @@ impl SubContext {
     /// Runs the handler, catching a panic (in creating or in polling its future).
     async fn run_handler(&self, event: Arc<Event>) -> Outcome {
         let handler = self.handler.clone();
-        match AssertUnwindSafe(async move { handler.handle(event).await })
+        let span = tracing::debug_span!(
+            "nats handle",
+            event_id = %event.id,
+            event_type = %event.event_type,
+            correlation_id = event.correlation_id.as_deref(),
+            pattern = %self.pattern,
+        );
+        match AssertUnwindSafe(async move { handler.handle(event).await }.instrument(span))
             .catch_unwind()
             .await
         {
