@@ -418,7 +418,7 @@ impl PostgresEventStore {
         let _ = self.relay();
         self.inner
             .signal
-            .committed(&self.inner.pool, &self.inner.sql, self.inner.poll_interval);
+            .committed(&self.inner.pool, &self.inner.sql);
     }
 
     /// The safe head and the highest committed position (see `sql::HEAD_AND_TOP`).
