@@ -4,8 +4,8 @@
 //! Three small background tasks per store, started on first use and stopped when the store is
 //! dropped:
 //! - the **notifier** sends one payload-free `NOTIFY` after this process's appends commit.
-//!   Requests coalesce (a `Notify` permit), so there is at most one notification per
-//!   transaction and usually fewer. It runs outside the append's transaction on purpose: a
+//!   Requests coalesce (a `Notify` permit, and at most one notification every 2 ms), so there
+//!   is at most one notification per transaction and usually fewer. It runs outside the append's transaction on purpose: a
 //!   `NOTIFY` takes a database-wide lock that is held through commit, which would serialize every
 //!   writer. If the process dies between commit and notify, other processes' followers still
 //!   find the events by polling.
@@ -118,6 +118,11 @@ fn bump(sender: &watch::Sender<u64>) {
     sender.send_modify(|v| *v = v.wrapping_add(1));
 }
 
+/// At most one `NOTIFY` per this interval: the first commit after a quiet spell is notified at
+/// once, later ones within the interval share the next notification. Keeps a busy writer from
+/// paying a second transaction per append, for at most this much extra lag elsewhere.
+const NOTIFY_INTERVAL: Duration = Duration::from_millis(2);
+
 async fn notifier(pool: PgPool, channel: String, wake: Arc<Notify>) {
     loop {
         wake.notified().await;
@@ -125,6 +130,7 @@ async fn notifier(pool: PgPool, channel: String, wake: Arc<Notify>) {
             // Followers elsewhere fall back to polling; nothing is lost.
             tracing::debug!(%error, channel, "postgres event store: NOTIFY failed");
         }
+        tokio::time::sleep(NOTIFY_INTERVAL).await;
     }
 }
 
