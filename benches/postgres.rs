@@ -3,8 +3,8 @@
 //! Needs the server at `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`).
 //! Works in its own schema (`evbench_postgres`, dropped at the end); the raw baseline writes to
 //! `raw_events` there, a table with the same columns and indexes whose position is a plain
-//! identity column and which has no version check. Each figure is the best of four rounds, ours
-//! and raw alternating, tables truncated before each. Run with
+//! identity column and which has no version check. Write figures are totals over six rounds,
+//! ours and raw interleaved, tables truncated before each; read figures are the best of six. Run with
 //! `cargo bench --workspace --all-features --bench postgres`.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -22,7 +22,7 @@ use sqlx::types::chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 const SCHEMA: &str = "evbench_postgres";
-const ROUNDS: usize = 4;
+const ROUNDS: usize = 6;
 
 const RAW_TABLE: &str = "
 CREATE TABLE evbench_postgres.raw_events (
@@ -229,7 +229,9 @@ async fn truncate(pool: &PgPool) {
         .unwrap();
 }
 
-/// Best (highest) rate of `ROUNDS` runs of ours and raw, alternating, tables truncated first.
+/// Rates of ours and raw over `ROUNDS` rounds each, interleaved (the order flips every round)
+/// so both sides see the same background load; tables truncated before every run. Each rate is
+/// all events over all time of that side.
 async fn compare<O, OF, R, RF>(pool: &PgPool, n: u64, mut ours: O, mut raw: R) -> (f64, f64)
 where
     O: FnMut() -> OF,
@@ -237,18 +239,22 @@ where
     R: FnMut() -> RF,
     RF: std::future::Future<Output = ()>,
 {
-    let (mut best_ours, mut best_raw) = (0f64, 0f64);
-    for _ in 0..ROUNDS {
-        truncate(pool).await;
-        let start = Instant::now();
-        ours().await;
-        best_ours = best_ours.max(per_second(n, start.elapsed()));
-        truncate(pool).await;
-        let start = Instant::now();
-        raw().await;
-        best_raw = best_raw.max(per_second(n, start.elapsed()));
+    let (mut ours_time, mut raw_time) = (Duration::ZERO, Duration::ZERO);
+    for round in 0..ROUNDS {
+        for side in [round % 2, 1 - round % 2] {
+            truncate(pool).await;
+            let start = Instant::now();
+            if side == 0 {
+                ours().await;
+                ours_time += start.elapsed();
+            } else {
+                raw().await;
+                raw_time += start.elapsed();
+            }
+        }
     }
-    (best_ours, best_raw)
+    let total = n * ROUNDS as u64;
+    (per_second(total, ours_time), per_second(total, raw_time))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -288,7 +294,7 @@ async fn main() {
 
     if run("single-event append") {
         header("postgres: single-event append");
-        let n = 1000u64;
+        let n = 500u64;
         let (ours, raw) = compare(
             &pool,
             n,
@@ -307,11 +313,11 @@ async fn main() {
             },
         )
         .await;
-        report("append 1 event, 1 writer (1,000)", ours, raw);
+        report("append 1 event, 1 writer (6 x 500)", ours, raw);
     }
     if run("single-event append 8") {
         let writers = 8u64;
-        let per = 500u64;
+        let per = 300u64;
         let n = writers * per;
         let (ours, raw) = compare(
             &pool,
@@ -354,7 +360,7 @@ async fn main() {
         )
         .await;
         report(
-            "append 1 event, 8 writers, distinct streams (4,000)",
+            "append 1 event, 8 writers, distinct streams (6 x 2,400)",
             ours,
             raw,
         );
@@ -362,7 +368,7 @@ async fn main() {
 
     if run("batched append") {
         header("postgres: batched append (one call per batch)");
-        for (size, batches) in [(10usize, 100usize), (100, 30), (1000, 8)] {
+        for (size, batches) in [(10usize, 60usize), (100, 20), (1000, 5)] {
             let n = (size * batches) as u64;
             let make = |b: usize| -> Vec<Event> {
                 (0..size).map(|i| event((b * size + i) as u64)).collect()
@@ -390,7 +396,7 @@ async fn main() {
             )
             .await;
             report(
-                &format!("append_batch {size} (raw: UNNEST), {n} events"),
+                &format!("append_batch {size} (raw: UNNEST), 6 x {n} events"),
                 ours,
                 raw,
             );
@@ -418,7 +424,7 @@ async fn main() {
                 )
                 .await;
                 report(
-                    &format!("append_batch {size} (raw: COPY), {n} events"),
+                    &format!("append_batch {size} (raw: COPY), 6 x {n} events"),
                     ours,
                     raw,
                 );
