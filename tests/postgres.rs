@@ -646,10 +646,9 @@ async fn subscribe_catches_up_then_follows_live() {
             .unwrap();
     }
     eventually("live events", || seen.lock().unwrap().len() == 30).await;
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().unwrap().clone();
     assert!(seen.windows(2).all(|w| w[0].position < w[1].position));
     assert!(seen.iter().all(|e| e.event_type != "sub.ignored"));
-    drop(seen);
     fx.cleanup().await;
 }
 
@@ -957,5 +956,130 @@ async fn checkpoints_persist() {
     checkpoints.save_checkpoint("relay", 99).await.unwrap();
     let again = fx.store.checkpoints();
     assert_eq!(again.load_checkpoint("relay").await.unwrap(), 99);
+    fx.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_conformance_kit() {
+    let pool = pool(16).await;
+    let schemas: Arc<Mutex<Vec<String>>> = Arc::default();
+    let make = {
+        let (pool, schemas) = (pool.clone(), schemas.clone());
+        move || {
+            let (pool, schemas) = (pool.clone(), schemas.clone());
+            async move {
+                let schema = unique("evpg_kit");
+                schemas.lock().unwrap().push(schema.clone());
+                let store = PostgresEventStore::builder(pool)
+                    .schema(&schema)
+                    .poll_interval(Duration::from_millis(200))
+                    .settle_timeout(Duration::from_secs(5))
+                    .build()
+                    .unwrap();
+                store.migrate().await.unwrap();
+                Arc::new(store) as Arc<dyn EventStore>
+            }
+        }
+    };
+    eventflow::testing::conformance::store::run_all(make).await;
+    let schemas = schemas.lock().unwrap().clone();
+    for schema in schemas {
+        sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn relay_publishes_every_committed_event_after_a_crash() {
+    use eventflow::bus::testing::RecordingBus;
+    let fx = Fixture::new().await;
+    // First relay: its bus refuses everything (closed), so nothing is published or
+    // checkpointed; the relay keeps retrying until it is killed.
+    let refusing = Arc::new(RecordingBus::new());
+    eventflow::EventBus::close(&*refusing).await.unwrap();
+    let stuck = fx.store.clone().with_bus(refusing);
+    let mut committed = Vec::new();
+    for i in 0..5 {
+        committed.push(
+            stuck
+                .append(
+                    &format!("r-{}", i % 2),
+                    ExpectedVersion::Any,
+                    ev("relay.event", i),
+                )
+                .await
+                .unwrap(),
+        );
+    }
+    committed.extend(
+        stuck
+            .append_batch(
+                "r-batch",
+                ExpectedVersion::NoStream,
+                (10..15).map(|i| ev("relay.batch", i)).collect(),
+            )
+            .await
+            .unwrap(),
+    );
+    // A rolled-back append and a failed batch must never reach the bus.
+    let doomed = stuck
+        .begin_append(
+            "r-doomed",
+            ExpectedVersion::NoStream,
+            vec![ev("relay.doomed", 99)],
+        )
+        .await
+        .unwrap();
+    let doomed_id = doomed.events()[0].id;
+    doomed.rollback().await.unwrap();
+    let bad = Event::new("relay.bad", json!({ "s": "\u{0000}" })).unwrap();
+    let bad_id = bad.id;
+    assert!(
+        stuck
+            .append_batch("r-bad", ExpectedVersion::Any, vec![ev("relay.bad", 1), bad])
+            .await
+            .is_err()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        stuck.checkpoints().load_checkpoint("relay").await.unwrap(),
+        0
+    );
+    // The crash: the relay dies with everything committed and nothing published.
+    drop(stuck);
+
+    // A new process: its relay starts from the durable checkpoint and publishes everything.
+    let bus = Arc::new(RecordingBus::new());
+    let store = fx.store.clone().with_bus(bus.clone());
+    store.flush(WAIT).await.unwrap();
+    let published = bus.events();
+    assert_eq!(
+        published.iter().map(|e| e.id).collect::<Vec<_>>(),
+        committed.iter().map(|e| e.id).collect::<Vec<_>>(),
+        "every committed event, in global order"
+    );
+    assert!(
+        published
+            .iter()
+            .all(|e| e.id != doomed_id && e.id != bad_id)
+    );
+    let status = store.relay_status().await.unwrap().unwrap();
+    assert_eq!(status.position, committed.last().unwrap().position.unwrap());
+    assert_eq!(
+        store.checkpoints().load_checkpoint("relay").await.unwrap(),
+        status.position
+    );
+    // And it keeps following live.
+    let live = store
+        .append("r-live", ExpectedVersion::NoStream, ev("relay.live", 1))
+        .await
+        .unwrap();
+    store.flush(WAIT).await.unwrap();
+    assert_eq!(bus.last().map(|e| e.id), Some(live.id));
+    assert_eq!(bus.len(), committed.len() + 1);
+    drop(store);
     fx.cleanup().await;
 }

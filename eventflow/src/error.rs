@@ -93,6 +93,20 @@ pub enum Error {
         target: &'static str,
     },
 
+    /// A stored event has a schema version that no upcaster brings to the current one.
+    #[error(
+        "no upcaster for event type {event_type:?} from schema version {version} \
+         (current version {current})"
+    )]
+    MissingUpcaster {
+        /// The event type.
+        event_type: String,
+        /// The version that has no upcaster to the next one.
+        version: u32,
+        /// The version the event type is at now.
+        current: u32,
+    },
+
     /// An event is larger than the backend accepts.
     #[error("event {id} is {size} bytes, over the limit of {limit} bytes")]
     EventTooLarge {

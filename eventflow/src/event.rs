@@ -310,7 +310,21 @@ pub trait DomainEvent: Sized + Send + Sync + 'static {
     /// [`Error::UnknownEventType`] for a type this set does not hold, [`Error::Decode`] for a
     /// payload that does not match.
     fn from_envelope(event: &Event) -> Result<Self>;
+
+    /// The upcaster declared for `event_type` that upgrades a payload of `from_version` to
+    /// `from_version + 1` (`#[event(upcast(v1 = path))]` in the derive), if any. Runtime
+    /// upcasters registered on a [`Repository`](crate::aggregate::Repository) take precedence.
+    fn upcaster(event_type: &str, from_version: u32) -> Option<Upcaster> {
+        let _ = (event_type, from_version);
+        None
+    }
 }
+
+/// Upgrades an event payload from one schema version to the next.
+///
+/// # Errors
+/// Whatever the function reports; it becomes [`Error::Decode`] naming the event type.
+pub type Upcaster = fn(Value) -> std::result::Result<Value, crate::error::BoxError>;
 
 /// Checks that `name` is a valid event type: dot-separated tokens of `[a-z0-9_-]`, at most
 /// [`MAX_EVENT_TYPE_LEN`] bytes.

@@ -1,3 +1,6 @@
 //! Test support: the backend conformance kit, and given/when/then fixtures.
 
+pub mod aggregate;
 pub mod conformance;
+
+pub use aggregate::{AggregateTest, AggregateTestOutcome};

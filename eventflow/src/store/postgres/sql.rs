@@ -95,8 +95,10 @@ pub(crate) const CRITERIA_LIMIT: &str = " LIMIT ";
 
 /// Wakes listeners of other processes; sent after commit by one background task per store,
 /// never inside the append (a `NOTIFY` holds a database-wide lock through commit, which would
-/// serialize every writer).
-pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, '')";
+/// serialize every writer). A notification needs no durability, so its transaction commits
+/// without waiting for the WAL flush.
+pub(crate) const NOTIFY: &str =
+    "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')";
 
 const LOAD_SNAPSHOT: &str = "SELECT stream_id, version, schema_version, state, taken_at \
      FROM {snapshots} WHERE stream_id = $1";
