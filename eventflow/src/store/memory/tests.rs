@@ -117,6 +117,8 @@ async fn a_store_with_a_bus_publishes_every_commit_in_order() {
     let published: Vec<_> = bus.events().into_iter().map(|e| e.id).collect();
     assert_eq!(stored.len(), 80);
     assert_eq!(published, stored);
+    let status = store.relay_status().await.unwrap().unwrap();
+    assert_eq!((status.position, status.head, status.lag), (80, 80, 0));
 }
 
 #[tokio::test]
@@ -150,6 +152,7 @@ async fn flush_without_a_bus_returns_at_once() {
         .await
         .unwrap();
     store.flush(Duration::from_millis(1)).await.unwrap();
+    assert!(store.relay_status().await.unwrap().is_none());
 }
 
 #[tokio::test]
