@@ -27,7 +27,7 @@ const JS_SYNC_N: usize = 3_000;
 const JS_PIPE_N: usize = 30_000;
 const E2E_N: usize = 20_000;
 const WINDOW: usize = 256;
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 fn url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
@@ -99,8 +99,44 @@ async fn raw_stream(js: &jetstream::Context, prefix: &str) -> String {
     name
 }
 
-fn best(v: &[f64]) -> f64 {
-    v.iter().copied().fold(0.0, f64::max)
+/// Runs `ours` and `raw` `rounds` times each, alternating which goes first (so neither always
+/// meets a server still busy with the other's work), and returns the best rate of each.
+async fn compare(
+    rounds: usize,
+    mut ours: impl AsyncFnMut() -> f64,
+    mut raw: impl AsyncFnMut() -> f64,
+) -> (f64, f64) {
+    let (mut o, mut r) = (0.0_f64, 0.0_f64);
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            o = o.max(ours().await);
+            r = r.max(raw().await);
+        } else {
+            r = r.max(raw().await);
+            o = o.max(ours().await);
+        }
+    }
+    (o, r)
+}
+
+/// Raw pipelined JetStream publish with at most `WINDOW` acks outstanding (what
+/// `NatsBus::publish_batch` does).
+async fn raw_pipelined(js: &jetstream::Context, prefix: &str, batch: &[Event]) {
+    let mut in_flight: VecDeque<PublishAckFuture> = VecDeque::with_capacity(WINDOW);
+    for e in batch {
+        if in_flight.len() >= WINDOW {
+            in_flight.pop_front().unwrap().await.unwrap();
+        }
+        let (subject, headers, payload) = raw_message(prefix, e);
+        in_flight.push_back(
+            js.publish_with_headers(subject, headers, payload.into())
+                .await
+                .unwrap(),
+        );
+    }
+    while let Some(ack) = in_flight.pop_front() {
+        ack.await.unwrap();
+    }
 }
 
 #[tokio::main]
@@ -112,204 +148,186 @@ async fn main() {
         )
     });
     let raw_js = jetstream::new(raw_client.clone());
-    let mut cleanup: Vec<String> = Vec::new();
 
     // -- core publish ------------------------------------------------------------------------
     header(&format!(
-        "core publish ({CORE_N} events, then flush; best of {ROUNDS})"
+        "core publish ({CORE_N} events, then a server round trip; best of {ROUNDS})"
     ));
-    let ours_bus = bus(config(false)).await;
+    let core_bus = bus(config(false)).await;
     let raw_prefix = unique("rawcore");
-    let (mut ours, mut raw) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        let batch = events(CORE_N, "order.created");
-        let start = Instant::now();
-        for e in batch {
-            ours_bus.publish(e).await.unwrap();
-        }
-        ours_bus.flush().await.unwrap();
-        ours.push(per_second(CORE_N as u64, start.elapsed()));
-
-        let batch = events(CORE_N, "order.created");
-        let start = Instant::now();
-        for e in &batch {
-            let (subject, headers, payload) = raw_message(&raw_prefix, e);
-            raw_client
-                .publish_with_headers(subject, headers, payload.into())
-                .await
-                .unwrap();
-        }
-        // The same server round trip as `NatsBus::flush` (a request nobody answers).
-        let _ = raw_client
-            .request(raw_client.new_inbox(), Vec::new().into())
-            .await;
-        raw.push(per_second(CORE_N as u64, start.elapsed()));
-    }
-    report("core publish", best(&ours), best(&raw));
-    ours_bus.close().await.unwrap();
+    let (ours, raw) = compare(
+        ROUNDS,
+        async || {
+            let batch = events(CORE_N, "order.created");
+            let start = Instant::now();
+            for e in batch {
+                core_bus.publish(e).await.unwrap();
+            }
+            core_bus.flush().await.unwrap();
+            per_second(CORE_N as u64, start.elapsed())
+        },
+        async || {
+            let batch = events(CORE_N, "order.created");
+            let start = Instant::now();
+            for e in &batch {
+                let (subject, headers, payload) = raw_message(&raw_prefix, e);
+                raw_client
+                    .publish_with_headers(subject, headers, payload.into())
+                    .await
+                    .unwrap();
+            }
+            // The same server round trip as `NatsBus::flush` (a request nobody answers).
+            let _ = raw_client
+                .request(raw_client.new_inbox(), Vec::new().into())
+                .await;
+            per_second(CORE_N as u64, start.elapsed())
+        },
+    )
+    .await;
+    report("core publish", ours, raw);
+    core_bus.close().await.unwrap();
 
     // -- JetStream publish, one ack at a time --------------------------------------------------
     let js_config = config(true);
-    cleanup.push(js_config.stream_name.clone());
+    let bus_stream = js_config.stream_name.clone();
     let js_bus = bus(js_config).await;
     let raw_prefix = unique("rawjs");
     let raw_stream_name = raw_stream(&raw_js, &raw_prefix).await;
-    cleanup.push(raw_stream_name.clone());
 
     header(&format!(
         "JetStream publish, await each ack ({JS_SYNC_N} events; best of {ROUNDS})"
     ));
-    let (mut ours, mut raw) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        let batch = events(JS_SYNC_N, "order.created");
-        let start = Instant::now();
-        for e in batch {
-            js_bus.publish(e).await.unwrap();
-        }
-        ours.push(per_second(JS_SYNC_N as u64, start.elapsed()));
-
-        let batch = events(JS_SYNC_N, "order.created");
-        let start = Instant::now();
-        for e in &batch {
-            let (subject, headers, payload) = raw_message(&raw_prefix, e);
-            raw_js
-                .publish_with_headers(subject, headers, payload.into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
-        raw.push(per_second(JS_SYNC_N as u64, start.elapsed()));
-    }
-    report("JetStream publish (sync acks)", best(&ours), best(&raw));
+    let (ours, raw) = compare(
+        ROUNDS,
+        async || {
+            let batch = events(JS_SYNC_N, "order.created");
+            let start = Instant::now();
+            for e in batch {
+                js_bus.publish(e).await.unwrap();
+            }
+            per_second(JS_SYNC_N as u64, start.elapsed())
+        },
+        async || {
+            let batch = events(JS_SYNC_N, "order.created");
+            let start = Instant::now();
+            for e in &batch {
+                let (subject, headers, payload) = raw_message(&raw_prefix, e);
+                raw_js
+                    .publish_with_headers(subject, headers, payload.into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+            per_second(JS_SYNC_N as u64, start.elapsed())
+        },
+    )
+    .await;
+    report("JetStream publish (sync acks)", ours, raw);
 
     // -- JetStream publish, pipelined ---------------------------------------------------------
     header(&format!(
         "JetStream publish_batch, {WINDOW} acks in flight ({JS_PIPE_N} events; best of {ROUNDS})"
     ));
-    let (mut ours, mut raw) = (Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        let batch = events(JS_PIPE_N, "order.created");
-        let start = Instant::now();
-        js_bus.publish_batch(batch).await.unwrap();
-        ours.push(per_second(JS_PIPE_N as u64, start.elapsed()));
-
-        let batch = events(JS_PIPE_N, "order.created");
-        let start = Instant::now();
-        let mut in_flight: VecDeque<PublishAckFuture> = VecDeque::with_capacity(WINDOW);
-        for e in &batch {
-            if in_flight.len() >= WINDOW {
-                in_flight.pop_front().unwrap().await.unwrap();
-            }
-            let (subject, headers, payload) = raw_message(&raw_prefix, e);
-            in_flight.push_back(
-                raw_js
-                    .publish_with_headers(subject, headers, payload.into())
-                    .await
-                    .unwrap(),
-            );
-        }
-        while let Some(ack) = in_flight.pop_front() {
-            ack.await.unwrap();
-        }
-        raw.push(per_second(JS_PIPE_N as u64, start.elapsed()));
-    }
-    report("JetStream publish (pipelined)", best(&ours), best(&raw));
+    let (ours, raw) = compare(
+        ROUNDS,
+        async || {
+            let batch = events(JS_PIPE_N, "order.created");
+            let start = Instant::now();
+            js_bus.publish_batch(batch).await.unwrap();
+            per_second(JS_PIPE_N as u64, start.elapsed())
+        },
+        async || {
+            let batch = events(JS_PIPE_N, "order.created");
+            let start = Instant::now();
+            raw_pipelined(&raw_js, &raw_prefix, &batch).await;
+            per_second(JS_PIPE_N as u64, start.elapsed())
+        },
+    )
+    .await;
+    report("JetStream publish (pipelined)", ours, raw);
 
     // -- end to end through a durable consumer ------------------------------------------------
     header(&format!(
-        "JetStream end to end: publish_batch -> durable consumer -> handler -> ack ({E2E_N} events)"
+        "JetStream end to end: publish_batch -> durable consumer -> handler -> ack ({E2E_N} events; best of 4)"
     ));
-    let (mut ours, mut raw) = (Vec::new(), Vec::new());
-    for round in 0..2 {
-        // ours
-        let handled = Arc::new(AtomicUsize::new(0));
-        let done = Arc::new(Notify::new());
-        let sub = {
-            let (handled, done) = (handled.clone(), done.clone());
-            js_bus
-                .on(
-                    "e2e.*",
-                    sync_handler(move |_e: &Event| {
-                        if handled.fetch_add(1, Ordering::Relaxed) + 1 == E2E_N {
-                            done.notify_one();
-                        }
-                        Ok(())
-                    }),
-                )
+    let mut raw_round = 0;
+    let (ours, raw) = compare(
+        4,
+        async || {
+            let handled = Arc::new(AtomicUsize::new(0));
+            let done = Arc::new(Notify::new());
+            let sub = {
+                let (handled, done) = (handled.clone(), done.clone());
+                js_bus
+                    .on(
+                        "e2e.*",
+                        sync_handler(move |_e: &Event| {
+                            if handled.fetch_add(1, Ordering::Relaxed) + 1 == E2E_N {
+                                done.notify_one();
+                            }
+                            Ok(())
+                        }),
+                    )
+                    .await
+                    .unwrap()
+            };
+            let batch = events(E2E_N, "e2e.tick");
+            let start = Instant::now();
+            js_bus.publish_batch(batch).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(60), done.notified())
+                .await
+                .expect("ours: not every event was handled");
+            let rate = per_second(E2E_N as u64, start.elapsed());
+            drop(sub);
+            rate
+        },
+        async || {
+            // The same: a durable pull consumer; decode the envelope, ack.
+            raw_round += 1;
+            let consumer_name = format!("raw-e2e-{raw_round}");
+            let consumer: jetstream::consumer::PullConsumer = raw_js
+                .get_stream(&raw_stream_name)
                 .await
                 .unwrap()
-        };
-        let batch: Vec<Event> = events(E2E_N, "e2e.tick");
-        let start = Instant::now();
-        js_bus.publish_batch(batch).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(60), done.notified())
-            .await
-            .expect("ours: not every event was handled");
-        ours.push(per_second(E2E_N as u64, start.elapsed()));
-        drop(sub);
-
-        // raw: the same durable pull consumer, decode the envelope, ack
-        let consumer_name = format!("raw-e2e-{round}");
-        let consumer: jetstream::consumer::PullConsumer = raw_js
-            .get_stream(&raw_stream_name)
-            .await
-            .unwrap()
-            .get_or_create_consumer(
-                &consumer_name,
-                pull::Config {
-                    durable_name: Some(consumer_name.clone()),
-                    filter_subject: format!("{raw_prefix}.e2e.*"),
-                    deliver_policy: jetstream::consumer::DeliverPolicy::New,
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        let mut messages = consumer.messages().await.unwrap();
-        let reader = tokio::spawn(async move {
-            let mut n = 0;
-            while n < E2E_N {
-                let m = messages.next().await.unwrap().unwrap();
-                let e: Event = serde_json::from_slice(&m.payload).unwrap();
-                std::hint::black_box(&e);
-                m.ack().await.unwrap();
-                n += 1;
-            }
-        });
-        let batch: Vec<Event> = events(E2E_N, "e2e.tick");
-        let start = Instant::now();
-        let mut in_flight: VecDeque<PublishAckFuture> = VecDeque::with_capacity(WINDOW);
-        for e in &batch {
-            if in_flight.len() >= WINDOW {
-                in_flight.pop_front().unwrap().await.unwrap();
-            }
-            let (subject, headers, payload) = raw_message(&raw_prefix, e);
-            in_flight.push_back(
-                raw_js
-                    .publish_with_headers(subject, headers, payload.into())
-                    .await
-                    .unwrap(),
-            );
-        }
-        while let Some(ack) = in_flight.pop_front() {
-            ack.await.unwrap();
-        }
-        tokio::time::timeout(Duration::from_secs(60), reader)
-            .await
-            .expect("raw: not every event was handled")
-            .unwrap();
-        raw.push(per_second(E2E_N as u64, start.elapsed()));
-    }
-    report(
-        "JetStream end to end (durable consumer)",
-        best(&ours),
-        best(&raw),
-    );
+                .get_or_create_consumer(
+                    &consumer_name,
+                    pull::Config {
+                        durable_name: Some(consumer_name.clone()),
+                        filter_subject: format!("{raw_prefix}.e2e.*"),
+                        deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            let mut messages = consumer.messages().await.unwrap();
+            let reader = tokio::spawn(async move {
+                let mut n = 0;
+                while n < E2E_N {
+                    let m = messages.next().await.unwrap().unwrap();
+                    let e: Event = serde_json::from_slice(&m.payload).unwrap();
+                    std::hint::black_box(&e);
+                    m.ack().await.unwrap();
+                    n += 1;
+                }
+            });
+            let batch = events(E2E_N, "e2e.tick");
+            let start = Instant::now();
+            raw_pipelined(&raw_js, &raw_prefix, &batch).await;
+            tokio::time::timeout(Duration::from_secs(60), reader)
+                .await
+                .expect("raw: not every event was handled")
+                .unwrap();
+            per_second(E2E_N as u64, start.elapsed())
+        },
+    )
+    .await;
+    report("JetStream end to end (durable consumer)", ours, raw);
 
     js_bus.close().await.unwrap();
-    for name in cleanup {
+    for name in [bus_stream, raw_stream_name] {
         let _ = raw_js.delete_stream(&name).await;
     }
 }
