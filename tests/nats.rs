@@ -461,6 +461,34 @@ async fn unreachable_server_is_a_typed_error_within_the_timeout() {
 }
 
 #[tokio::test]
+async fn user_password_and_token_auth_are_used_and_bad_credentials_are_a_connect_error() {
+    let server = NatsServer::start_with(&["--user", "alice", "--pass", "s3cret"]);
+    let mut config = core_config(&server.url());
+    config.user = Some("alice".into());
+    config.password = Some("s3cret".into());
+    let bus = connect(config.clone()).await;
+    assert!(bus.is_connected());
+    bus.close().await.unwrap();
+    config.password = Some("wrong".into());
+    assert!(matches!(
+        NatsBus::connect(config).await,
+        Err(Error::Connect { .. })
+    ));
+
+    let server = NatsServer::start_with(&["--auth", "t0ken"]);
+    let mut config = core_config(&server.url());
+    config.token = Some("t0ken".into());
+    let bus = connect(config.clone()).await;
+    assert!(bus.is_connected());
+    bus.close().await.unwrap();
+    config.token = None;
+    assert!(matches!(
+        NatsBus::connect(config).await,
+        Err(Error::Connect { .. })
+    ));
+}
+
+#[tokio::test]
 async fn jetstream_stores_a_duplicate_event_id_once() {
     let url = nats_url();
     let config = js_config(&url);

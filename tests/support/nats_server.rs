@@ -11,6 +11,7 @@ pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     child: Option<Child>,
+    extra_args: Vec<String>,
 }
 
 impl NatsServer {
@@ -20,11 +21,20 @@ impl NatsServer {
     /// # Panics
     /// When `nats-server` is not installed or does not come up within 10 seconds.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// As [`start`](Self::start), with extra `nats-server` arguments (e.g. `--user u --pass p`).
+    ///
+    /// # Panics
+    /// As [`start`](Self::start).
+    pub fn start_with(extra_args: &[&str]) -> Self {
         let store = tempfile::tempdir().unwrap_or_else(|e| panic!("cannot create a tempdir: {e}"));
         let mut server = NatsServer {
             port: crate::free_port(),
             store,
             child: None,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn();
         server
@@ -74,6 +84,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
