@@ -748,6 +748,23 @@ async fn core_reconnects_after_server_restart_and_reports_status_transitions() {
     assert_eq!(bus.status(), NatsStatus::Closed);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn giving_up_after_max_reconnects_is_reported_and_status_is_closed() {
+    let mut server = NatsServer::start();
+    let mut config = core_config(&server.url());
+    config.max_reconnects = Some(2);
+    config.reconnect_wait = Duration::from_millis(20);
+    let bus = connect(config).await;
+    let mut errors = bus.errors();
+    server.kill();
+    wait_error(&mut errors, "giving up", |e| {
+        e.kind == BusErrorKind::Disconnected && e.message.contains("gave up")
+    })
+    .await;
+    wait_status(&bus, "closed", |s| s == NatsStatus::Closed).await;
+    assert!(bus.publish(event("a.b", 1)).await.is_err());
+}
+
 /// 10,000 events to JetStream while the server is killed with SIGKILL (twice) and restarted:
 /// every event whose publish was acknowledged is delivered (duplicates allowed, loss not).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
