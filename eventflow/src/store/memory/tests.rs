@@ -25,14 +25,6 @@ fn snapshot(stream: &str, version: u64) -> Snapshot {
 }
 
 #[tokio::test]
-async fn the_kit_passes() {
-    crate::testing::conformance::store::run_all(|| async {
-        Arc::new(InMemoryEventStore::new()) as Arc<dyn EventStore>
-    })
-    .await;
-}
-
-#[tokio::test]
 async fn commit_signal_carries_the_head_position() {
     let store = InMemoryEventStore::new();
     let mut signal = store.commit_signal();
