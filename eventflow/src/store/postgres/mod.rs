@@ -517,21 +517,39 @@ async fn insert(
     expected: i64,
     c: &Columns,
 ) -> std::result::Result<Option<Vec<(i64, i64)>>, sqlx::Error> {
-    let mut rows: Vec<(i64, i64)> = sqlx::query_as(&sql.append)
-        .bind(stream_id)
-        .bind(expected)
-        .bind(&c.ids)
-        .bind(&c.event_types)
-        .bind(&c.schema_versions)
-        .bind(&c.payloads)
-        .bind(&c.metadata)
-        .bind(&c.tenant_ids)
-        .bind(&c.correlation_ids)
-        .bind(&c.causation_ids)
-        .bind(&c.sources)
-        .bind(&c.occurred_at)
-        .fetch_all(conn)
-        .await?;
+    let mut rows: Vec<(i64, i64)> = if c.ids.len() == 1 {
+        sqlx::query_as(&sql.append_one)
+            .bind(stream_id)
+            .bind(expected)
+            .bind(c.ids[0])
+            .bind(&c.event_types[0])
+            .bind(c.schema_versions[0])
+            .bind(&c.payloads[0])
+            .bind(&c.metadata[0])
+            .bind(&c.tenant_ids[0])
+            .bind(&c.correlation_ids[0])
+            .bind(&c.causation_ids[0])
+            .bind(&c.sources[0])
+            .bind(c.occurred_at[0])
+            .fetch_all(conn)
+            .await?
+    } else {
+        sqlx::query_as(&sql.append)
+            .bind(stream_id)
+            .bind(expected)
+            .bind(&c.ids)
+            .bind(&c.event_types)
+            .bind(&c.schema_versions)
+            .bind(&c.payloads)
+            .bind(&c.metadata)
+            .bind(&c.tenant_ids)
+            .bind(&c.correlation_ids)
+            .bind(&c.causation_ids)
+            .bind(&c.sources)
+            .bind(&c.occurred_at)
+            .fetch_all(conn)
+            .await?
+    };
     if rows.is_empty() {
         return Ok(None);
     }

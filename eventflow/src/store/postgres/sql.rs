@@ -61,6 +61,32 @@ SELECT base.position + b.n, base.id, b.event_id, $1, cur.version + b.n, b.event_
  WHERE $2::bigint < 0 OR cur.version = $2::bigint
 RETURNING position, stream_version";
 
+/// [`APPEND`] for a single event, with one value per column instead of arrays: the common case
+/// (`append`, most commands) skips the array encoding and the `unnest`.
+const APPEND_ONE: &str = "
+WITH tx AS (
+    SELECT pg_current_xact_id()::text::bigint AS id
+),
+base AS (
+    SELECT tx.id,
+           coalesce((SELECT max(e.position) FROM {events} e
+                      WHERE e.position >= (tx.id << 20) AND e.position < ((tx.id + 1) << 20)),
+                    tx.id << 20) AS position
+      FROM tx
+),
+cur AS (
+    SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1
+)
+INSERT INTO {events} (position, transaction_id, event_id, stream_id, stream_version, event_type,
+                      schema_version, payload, metadata, tenant_id, correlation_id, causation_id,
+                      source, occurred_at)
+SELECT base.position + 1, base.id, $3::uuid, $1, cur.version + 1, $4::text, $5::int4,
+       $6::text::jsonb, $7::text::jsonb, $8::text, $9::text, $10::text, $11::text,
+       $12::timestamptz
+  FROM base, cur
+ WHERE $2::bigint < 0 OR cur.version = $2::bigint
+RETURNING position, stream_version";
+
 const STREAM_VERSION: &str =
     "SELECT coalesce(max(stream_version), 0) FROM {events} WHERE stream_id = $1";
 
@@ -121,6 +147,7 @@ pub(crate) struct Sql {
     pub(crate) schema: String,
     pub(crate) quoted_schema: String,
     pub(crate) append: String,
+    pub(crate) append_one: String,
     pub(crate) stream_version: String,
     pub(crate) load_stream: String,
     pub(crate) events_by_id: String,
@@ -153,6 +180,7 @@ impl Sql {
             schema: schema.to_owned(),
             quoted_schema: quoted.clone(),
             append: fill(APPEND),
+            append_one: fill(APPEND_ONE),
             stream_version: fill(STREAM_VERSION),
             load_stream: fill(LOAD_STREAM),
             events_by_id: fill(EVENTS_BY_ID),
