@@ -517,7 +517,7 @@ async fn insert(
     expected: i64,
     c: &Columns,
 ) -> std::result::Result<Option<Vec<(i64, i64)>>, sqlx::Error> {
-    let mut rows: Vec<(i64, i64)> = if c.ids.len() == 1 {
+    let rows: Vec<(i64, i64)> = if c.ids.len() == 1 {
         sqlx::query_as(&sql.append_one)
             .bind(stream_id)
             .bind(expected)
@@ -534,26 +534,32 @@ async fn insert(
             .fetch_all(conn)
             .await?
     } else {
-        sqlx::query_as(&sql.append)
-            .bind(stream_id)
-            .bind(expected)
-            .bind(&c.ids)
-            .bind(&c.event_types)
-            .bind(&c.schema_versions)
-            .bind(&c.payloads)
-            .bind(&c.metadata)
-            .bind(&c.tenant_ids)
-            .bind(&c.correlation_ids)
-            .bind(&c.causation_ids)
-            .bind(&c.sources)
-            .bind(&c.occurred_at)
-            .fetch_all(conn)
-            .await?
+        let (first_position, first_version, count): (Option<i64>, Option<i64>, i64) =
+            sqlx::query_as(&sql.append)
+                .bind(stream_id)
+                .bind(expected)
+                .bind(&c.ids)
+                .bind(&c.event_types)
+                .bind(&c.schema_versions)
+                .bind(&c.payloads)
+                .bind(&c.metadata)
+                .bind(&c.tenant_ids)
+                .bind(&c.correlation_ids)
+                .bind(&c.causation_ids)
+                .bind(&c.sources)
+                .bind(&c.occurred_at)
+                .fetch_one(conn)
+                .await?;
+        match (first_position, first_version) {
+            (Some(position), Some(version)) if count > 0 => {
+                (0..count).map(|i| (position + i, version + i)).collect()
+            }
+            _ => Vec::new(),
+        }
     };
     if rows.is_empty() {
         return Ok(None);
     }
-    rows.sort_unstable_by_key(|&(_, version)| version);
     Ok(Some(rows))
 }
 

@@ -32,7 +32,9 @@ pub(crate) const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_ve
 /// already wrote. The stream's current version is read in the same statement and the rows are
 /// only inserted when it matches `$2` (`-1` = any version); a concurrent writer that got there
 /// first makes the insert fail on `events_stream_version_key`. One array per column keeps the
-/// bind count at 12 whatever the batch size.
+/// bind count at 12 whatever the batch size. Positions and versions of a batch are consecutive
+/// (both count the same ordinality), so one row comes back: the first of each and the count
+/// (NULLs and 0 when the version condition did not hold).
 const APPEND: &str = "
 WITH tx AS (
     SELECT pg_current_xact_id()::text::bigint AS id
@@ -46,7 +48,8 @@ base AS (
 ),
 cur AS (
     SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1
-)
+),
+ins AS (
 INSERT INTO {events} (position, transaction_id, event_id, stream_id, stream_version, event_type,
                       schema_version, payload, metadata, tenant_id, correlation_id, causation_id,
                       source, occurred_at)
@@ -59,7 +62,9 @@ SELECT base.position + b.n, base.id, b.event_id, $1, cur.version + b.n, b.event_
        WITH ORDINALITY AS b(event_id, event_type, schema_version, payload, metadata, tenant_id,
                             correlation_id, causation_id, source, occurred_at, n)
  WHERE $2::bigint < 0 OR cur.version = $2::bigint
-RETURNING position, stream_version";
+RETURNING position, stream_version
+)
+SELECT min(position), min(stream_version), count(*) FROM ins";
 
 /// [`APPEND`] for a single event, with one value per column instead of arrays: the common case
 /// (`append`, most commands) skips the array encoding and the `unnest`.
