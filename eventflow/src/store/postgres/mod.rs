@@ -707,6 +707,10 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn load_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<Event>> {
+        if stream_id.contains('\0') {
+            // No stored stream id can hold NUL (they are validated on append).
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query(&self.inner.sql.load_stream)
             .bind(stream_id)
             .bind(to_i64(from_version, "stream version")?)
@@ -717,6 +721,9 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64> {
+        if stream_id.contains('\0') {
+            return Ok(0);
+        }
         let version: i64 = sqlx::query_scalar(&self.inner.sql.stream_version)
             .bind(stream_id)
             .fetch_one(&self.inner.pool)
