@@ -138,7 +138,7 @@ fn best_of<F: FnMut(), G: FnMut()>(
     mut ours: F,
     mut raw: G,
 ) -> (Duration, Duration) {
-    let mut time = |f: &mut dyn FnMut()| {
+    let time = |f: &mut dyn FnMut()| {
         let start = Instant::now();
         for _ in 0..iterations {
             f();

@@ -610,3 +610,23 @@ fn fixture_given_envelopes_decodes_stored_events() {
     assert_eq!(test.state().balance, 3);
     assert_eq!(AccountEvent::event_types().len(), 4);
 }
+
+#[tokio::test]
+async fn the_event_type_list_filters_loads() {
+    let (repo, store) = repo();
+    let id = unique("acct");
+    repo.execute(&id, |a| a.open("ada")).await.unwrap();
+    store
+        .append(
+            "other-stream",
+            ExpectedVersion::Any,
+            Event::new("audit.logged", json!({})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let criteria =
+        eventflow::EventCriteria::all().event_types(AccountEvent::event_types().iter().copied());
+    let events = store.load(&criteria).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event_type, "account.opened");
+}

@@ -290,3 +290,43 @@ pub(crate) fn aggregate(a: &AggregateInput<'_>) -> Result<()> {
     }
     errors.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::event_type_error;
+
+    /// The compile-time check must agree with `eventflow::validate_event_type`, which it copies.
+    #[test]
+    fn event_type_rules_match_eventflow() {
+        let long = "a".repeat(256);
+        let max = "a".repeat(255);
+        let names = [
+            "order.placed",
+            "order.line_added",
+            "order.refund-issued",
+            "v2.x9",
+            "a",
+            "",
+            ".order",
+            "order.",
+            "order..placed",
+            "order.*",
+            "order.>",
+            "Order.placed",
+            "order placed",
+            "order\tplaced",
+            "order\u{7}placed",
+            "ordér.placed",
+            "order/placed",
+            long.as_str(),
+            max.as_str(),
+        ];
+        for name in names {
+            assert_eq!(
+                event_type_error(name).is_none(),
+                eventflow::validate_event_type(name).is_ok(),
+                "rules disagree on {name:?}"
+            );
+        }
+    }
+}

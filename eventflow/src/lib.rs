@@ -18,6 +18,7 @@
 //!
 //! | feature | what it adds | default |
 //! |---|---|---|
+//! | `derive` | `#[derive(DomainEvent)]`, `#[derive(Aggregate)]` (eventflow-derive) | yes |
 //! | `postgres` | `PostgresEventStore`, snapshots, checkpoints, relay (sqlx) | no |
 //! | `nats` | `NatsBus`, core and JetStream (async-nats) | no |
 //! | `redis` | `RedisBus`, pub/sub and Streams (redis-rs) | no |

@@ -114,7 +114,12 @@ impl Relay {
         let (stop_tx, stop_rx) = watch::channel(false);
         let store = Arc::clone(&self.store);
         let name = self.name.clone();
-        let task = tokio::spawn(self.run(position_tx, stop_rx));
+        // Every log line of the relay carries its name through this span.
+        let span = tracing::info_span!("relay", relay = %name);
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            self.run(position_tx, stop_rx),
+            span,
+        ));
         RelayHandle {
             name,
             store,

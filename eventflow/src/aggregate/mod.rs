@@ -15,9 +15,9 @@
 //! # Example
 //!
 //! ```
-//! use eventflow::aggregate::{Aggregate, Repository};
+//! use eventflow::aggregate::Repository;
 //! use eventflow::store::memory::InMemoryEventStore;
-//! use eventflow::{Aggregate, DomainEvent};
+//! use eventflow::{Aggregate, DomainEvent}; // the traits and their derives
 //! use serde::{Deserialize, Serialize};
 //! use std::sync::Arc;
 //!

@@ -146,10 +146,12 @@ impl<E: fmt::Display> fmt::Display for ExecuteError<E> {
     }
 }
 
-impl<E: std::error::Error + 'static> std::error::Error for ExecuteError<E> {
+// Bounded on `Debug + Display` only, so commands may reject with a plain `String` or `&str` and
+// callers can still use `?` into `Box<dyn Error>`; the command's error is shown, not chained.
+impl<E: fmt::Debug + fmt::Display> std::error::Error for ExecuteError<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ExecuteError::Rejected(e) => Some(e),
+            ExecuteError::Rejected(_) => None,
             ExecuteError::Store(e) => Some(e),
         }
     }
@@ -423,6 +425,13 @@ impl<A: Aggregate> Repository<A> {
             let expected = ExpectedVersion::Exact(loaded.version);
             match self.store.append_batch(&stream, expected, envelopes).await {
                 Ok(recorded) => {
+                    tracing::debug!(
+                        stream,
+                        version = loaded.version + recorded.len() as u64,
+                        events = recorded.len(),
+                        correlation_id = ctx.correlation_id.as_deref(),
+                        "command committed"
+                    );
                     self.maybe_snapshot(&stream, loaded, events).await;
                     return Ok(recorded);
                 }

@@ -1,1 +1,353 @@
-//! Unit tests of the relay.
+//! Unit tests of the relay, on the in-memory store.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::*;
+use crate::bus::testing::RecordingBus;
+use crate::bus::{ErrorReceiver, Handler, Subscription};
+use crate::event::Event;
+use crate::store::memory::{InMemoryCheckpointStore, InMemoryEventStore};
+use crate::store::{CheckpointStore, EventStore, ExpectedVersion};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn ev(n: u64) -> Event {
+    Event::new("relay.tested", json!({ "n": n })).unwrap()
+}
+
+/// A bus that rejects every publish while `failing` is set, then records like a RecordingBus.
+struct FlakyBus {
+    failing: AtomicBool,
+    attempts: AtomicU64,
+    inner: RecordingBus,
+}
+
+impl FlakyBus {
+    fn new(failing: bool) -> Arc<Self> {
+        Arc::new(FlakyBus {
+            failing: AtomicBool::new(failing),
+            attempts: AtomicU64::new(0),
+            inner: RecordingBus::new(),
+        })
+    }
+}
+
+#[async_trait]
+impl EventBus for FlakyBus {
+    async fn publish(&self, event: Event) -> Result<()> {
+        self.publish_batch(vec![event]).await
+    }
+    async fn publish_batch(&self, events: Vec<Event>) -> Result<()> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(Error::backend("flaky", "bus is down"));
+        }
+        self.inner.publish_batch(events).await
+    }
+    async fn subscribe(&self, pattern: &str, handler: Arc<dyn Handler>) -> Result<Subscription> {
+        self.inner.subscribe(pattern, handler).await
+    }
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+    fn errors(&self) -> ErrorReceiver {
+        self.inner.errors()
+    }
+}
+
+/// A checkpoint store whose saves fail while `failing` is set (reads always work).
+struct FlakyCheckpoints {
+    failing: AtomicBool,
+    inner: InMemoryCheckpointStore,
+}
+
+#[async_trait]
+impl CheckpointStore for FlakyCheckpoints {
+    async fn load_checkpoint(&self, name: &str) -> Result<u64> {
+        self.inner.load_checkpoint(name).await
+    }
+    async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(Error::backend("flaky", "checkpoint store is down"));
+        }
+        self.inner.save_checkpoint(name, position).await
+    }
+}
+
+fn ids(events: &[Event]) -> Vec<Uuid> {
+    events.iter().map(|e| e.id).collect()
+}
+
+async fn everything(store: &InMemoryEventStore) -> Vec<Event> {
+    store.read_all(0, usize::MAX).await.unwrap()
+}
+
+fn fast(relay: Relay) -> Relay {
+    relay.backoff(Duration::from_millis(5), Duration::from_millis(20))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_committed_event_reaches_the_bus_in_commit_order() {
+    let store = InMemoryEventStore::new();
+    let bus = Arc::new(RecordingBus::new());
+    let checkpoints = Arc::new(InMemoryCheckpointStore::new());
+    let relay = fast(Relay::new(
+        Arc::new(store.clone()),
+        bus.clone(),
+        checkpoints.clone(),
+    ))
+    .name("orders")
+    .batch_size(7)
+    .spawn();
+
+    let writers = (0..4u64).map(|w| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for n in 0..25 {
+                store
+                    .append(&format!("w-{w}"), ExpectedVersion::Any, ev(n))
+                    .await
+                    .unwrap();
+            }
+        })
+    });
+    for w in writers.collect::<Vec<_>>() {
+        w.await.unwrap();
+    }
+    store
+        .append_batch(
+            "batch",
+            ExpectedVersion::NoStream,
+            (0..30).map(ev).collect(),
+        )
+        .await
+        .unwrap();
+
+    let head = store.head_position().await.unwrap();
+    assert_eq!(head, 130);
+    relay.wait_for(head, WAIT).await.unwrap();
+    assert_eq!(
+        ids(&bus.events()),
+        ids(&everything(&store).await),
+        "the bus must see every committed event once, in commit order"
+    );
+    assert!(bus.events().iter().all(|e| e.position.is_some()));
+    assert_eq!(checkpoints.load_checkpoint("orders").await.unwrap(), head);
+    let status = relay.status().await.unwrap();
+    assert_eq!(
+        status,
+        RelayStatus {
+            position: head,
+            head,
+            lag: 0
+        }
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn the_relay_wakes_on_the_commit_signal_not_the_poll() {
+    let store = InMemoryEventStore::new();
+    let bus = Arc::new(RecordingBus::new());
+    // A poll interval far beyond the wait: only the commit signal can wake the relay in time.
+    let relay = Relay::new(
+        Arc::new(store.clone()),
+        bus.clone(),
+        Arc::new(InMemoryCheckpointStore::new()),
+    )
+    .poll_interval(Duration::from_secs(3600))
+    .spawn();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    store
+        .append("s", ExpectedVersion::Any, ev(1))
+        .await
+        .unwrap();
+    relay.wait_for(1, WAIT).await.unwrap();
+    assert_eq!(bus.len(), 1);
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_bus_does_not_advance_the_checkpoint_and_nothing_is_skipped() {
+    let store = InMemoryEventStore::new();
+    let bus = FlakyBus::new(true);
+    let checkpoints = Arc::new(InMemoryCheckpointStore::new());
+    let relay = fast(Relay::new(
+        Arc::new(store.clone()),
+        bus.clone(),
+        checkpoints.clone(),
+    ))
+    .batch_size(4)
+    .spawn();
+    for n in 0..10 {
+        store
+            .append("s", ExpectedVersion::Any, ev(n))
+            .await
+            .unwrap();
+    }
+    // Wait until the relay has tried (and failed) a few times.
+    tokio::time::timeout(WAIT, async {
+        while bus.attempts.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        checkpoints
+            .load_checkpoint(DEFAULT_RELAY_NAME)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(relay.position(), 0);
+    let status = relay.status().await.unwrap();
+    assert_eq!((status.position, status.lag), (0, 10));
+    assert!(bus.inner.is_empty());
+
+    bus.failing.store(false, Ordering::SeqCst);
+    relay.wait_for(10, WAIT).await.unwrap();
+    assert_eq!(
+        ids(&bus.inner.events()),
+        ids(&everything(&store).await),
+        "after the bus recovers every event arrives, in order, none skipped"
+    );
+    assert_eq!(
+        checkpoints
+            .load_checkpoint(DEFAULT_RELAY_NAME)
+            .await
+            .unwrap(),
+        10
+    );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_stopped_before_publishing_is_resumed_by_a_new_one() {
+    let store = InMemoryEventStore::new();
+    let checkpoints = Arc::new(InMemoryCheckpointStore::new());
+
+    // The first relay never gets a batch through, then is stopped.
+    let down = FlakyBus::new(true);
+    let first = fast(Relay::new(
+        Arc::new(store.clone()),
+        down.clone(),
+        checkpoints.clone(),
+    ))
+    .spawn();
+    for n in 0..5 {
+        store
+            .append("s", ExpectedVersion::Any, ev(n))
+            .await
+            .unwrap();
+    }
+    tokio::time::timeout(WAIT, async {
+        while down.attempts.load(Ordering::SeqCst) < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    first.stop().await;
+
+    // Events committed while no relay runs.
+    for n in 5..8 {
+        store
+            .append("s", ExpectedVersion::Any, ev(n))
+            .await
+            .unwrap();
+    }
+
+    let bus = Arc::new(RecordingBus::new());
+    let second = Relay::new(Arc::new(store.clone()), bus.clone(), checkpoints.clone()).spawn();
+    second.wait_for(8, WAIT).await.unwrap();
+    assert_eq!(ids(&bus.events()), ids(&everything(&store).await));
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_after_publishing_before_checkpointing_republishes() {
+    let store = InMemoryEventStore::new();
+    let bus = Arc::new(RecordingBus::new());
+    let checkpoints = Arc::new(FlakyCheckpoints {
+        failing: AtomicBool::new(true),
+        inner: InMemoryCheckpointStore::new(),
+    });
+    for n in 0..6 {
+        store
+            .append("s", ExpectedVersion::Any, ev(n))
+            .await
+            .unwrap();
+    }
+    let first = fast(Relay::new(
+        Arc::new(store.clone()),
+        bus.clone(),
+        checkpoints.clone(),
+    ))
+    .spawn();
+    // Published, but the checkpoint cannot be saved: then the process "dies".
+    tokio::time::timeout(WAIT, async {
+        while bus.len() < 6 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    first.abort();
+    assert_eq!(
+        checkpoints
+            .load_checkpoint(DEFAULT_RELAY_NAME)
+            .await
+            .unwrap(),
+        0
+    );
+
+    checkpoints.failing.store(false, Ordering::SeqCst);
+    let second = Relay::new(Arc::new(store.clone()), bus.clone(), checkpoints.clone()).spawn();
+    second.wait_for(6, WAIT).await.unwrap();
+    let stored = ids(&everything(&store).await);
+    let mut twice = stored.clone();
+    twice.extend(stored);
+    assert_eq!(
+        ids(&bus.events()),
+        twice,
+        "at least once: the unacknowledged batch is published again, in order"
+    );
+    assert_eq!(
+        checkpoints
+            .load_checkpoint(DEFAULT_RELAY_NAME)
+            .await
+            .unwrap(),
+        6
+    );
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn wait_for_times_out_while_the_bus_is_down() {
+    let store = InMemoryEventStore::new();
+    let bus = FlakyBus::new(true);
+    let relay = fast(Relay::new(
+        Arc::new(store.clone()),
+        bus,
+        Arc::new(InMemoryCheckpointStore::new()),
+    ))
+    .spawn();
+    store
+        .append("s", ExpectedVersion::Any, ev(0))
+        .await
+        .unwrap();
+    let err = relay
+        .wait_for(1, Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    relay.stop().await;
+}

@@ -213,29 +213,33 @@ pub fn subscribe_with(
     let cancelled = Arc::new(AtomicBool::new(false));
     let task_cancelled = Arc::clone(&cancelled);
     let task_description = description.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let batch = match follower.next_batch().await {
-                Ok(batch) => batch,
-                Err(error) => {
-                    tracing::warn!(
-                        subscription = %task_description,
-                        position = follower.position(),
-                        %error,
-                        "store subscription: read failed; retrying"
-                    );
-                    tokio::time::sleep(follower.poll_interval).await;
-                    continue;
+    let span = tracing::debug_span!("store_subscription", subscription = %description);
+    let task = tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            loop {
+                let batch = match follower.next_batch().await {
+                    Ok(batch) => batch,
+                    Err(error) => {
+                        tracing::warn!(
+                            subscription = %task_description,
+                            position = follower.position(),
+                            %error,
+                            "store subscription: read failed; retrying"
+                        );
+                        tokio::time::sleep(follower.poll_interval).await;
+                        continue;
+                    }
+                };
+                for event in batch.events {
+                    if task_cancelled.load(Ordering::Acquire) {
+                        return;
+                    }
+                    deliver(&*handler, event, &task_description).await;
                 }
-            };
-            for event in batch.events {
-                if task_cancelled.load(Ordering::Acquire) {
-                    return;
-                }
-                deliver(&*handler, event, &task_description).await;
             }
-        }
-    });
+        },
+        span,
+    ));
     let abort = task.abort_handle();
     Subscription::new(description, move || {
         cancelled.store(true, Ordering::Release);
@@ -304,3 +308,6 @@ fn describe(criteria: &EventCriteria) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests;

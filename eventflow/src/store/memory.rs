@@ -36,7 +36,7 @@ use uuid::Uuid;
 use crate::bus::{EventBus, Handler, Subscription};
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::relay::{Relay, RelayHandle};
+use crate::relay::{Relay, RelayHandle, RelayStatus};
 use crate::store::{
     CheckpointStore, EventCriteria, EventStore, ExpectedVersion, Snapshot, SnapshotStore, follow,
     validate_stream_id,
@@ -45,12 +45,46 @@ use crate::store::{
 /// The log and its indexes, behind one lock.
 #[derive(Default)]
 struct Log {
-    /// Every event, in global order; `events[i].position == Some(i + 1)`.
-    events: Vec<Arc<Event>>,
+    /// Every event, in global order; `events[i].position == Some(i + 1)`. Held by value: every
+    /// read hands out owned copies anyway, and an `Arc` per event would cost an allocation.
+    events: Vec<Event>,
     /// Per stream, the indexes into `events`; `streams[s][v - 1]` is version `v`.
     streams: HashMap<String, Vec<usize>>,
     /// Event id -> index into `events`.
-    ids: HashMap<Uuid, usize>,
+    ids: HashMap<Uuid, usize, IdHash>,
+}
+
+/// Hashing for event ids. They are UUIDs (v7: a timestamp and random bits), never chosen by an
+/// attacker to collide inside one process's map, so a multiply-fold is enough and much cheaper
+/// than SipHash on the append path.
+#[derive(Default, Clone, Copy)]
+struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        // Final avalanche (from splitmix64) so the low bits used by the table are well mixed.
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(29) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
 }
 
 struct Inner {
@@ -87,7 +121,8 @@ impl Inner {
         // A batch holding one id twice cannot be stored: the second would be a duplicate of
         // the first.
         if events.len() > 1 {
-            let mut seen = std::collections::HashSet::with_capacity(events.len());
+            let mut seen =
+                std::collections::HashSet::with_capacity_and_hasher(events.len(), IdHash);
             if let Some(dup) = events.iter().find(|e| !seen.insert(e.id)) {
                 return Err(Error::InvalidArgument(format!(
                     "batch for stream {stream_id:?} holds event id {} twice",
@@ -137,9 +172,10 @@ impl Inner {
             streams,
             ids,
         } = &mut *log;
-        let stream = match streams.entry(stream_id.to_owned()) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(Vec::with_capacity(events.len())),
+        // `get_mut` first: `entry` would allocate the key on every append.
+        let stream = match streams.get_mut(stream_id) {
+            Some(stream) => stream,
+            None => streams.entry(stream_id.to_owned()).or_default(),
         };
         let stream_id_owned = stream_id.to_owned();
         let mut recorded = Vec::with_capacity(events.len());
@@ -151,7 +187,7 @@ impl Inner {
             ids.insert(event.id, index);
             stream.push(index);
             recorded.push(event.clone());
-            all.push(Arc::new(event));
+            all.push(event);
         }
         let head = all.len() as u64;
         // Sent under the lock so the signal's value only ever grows.
@@ -190,7 +226,7 @@ impl Inner {
         let log = self.read();
         let limit = criteria.limit.unwrap_or(usize::MAX);
         let after = usize::try_from(criteria.after_position.unwrap_or(0)).unwrap_or(usize::MAX);
-        let matching = |e: &&Arc<Event>| criteria.matches(e);
+        let matching = |e: &&Event| criteria.matches(e);
         match &criteria.stream_id {
             // The stream index avoids scanning the whole log.
             Some(stream) => log
@@ -202,7 +238,7 @@ impl Inner {
                 .map(|&i| &log.events[i])
                 .filter(matching)
                 .take(limit)
-                .map(|e| Event::clone(e))
+                .cloned()
                 .collect(),
             None => log
                 .events
@@ -210,7 +246,7 @@ impl Inner {
                 .skip(after)
                 .filter(matching)
                 .take(limit)
-                .map(|e| Event::clone(e))
+                .cloned()
                 .collect(),
         }
     }
@@ -221,10 +257,7 @@ impl Inner {
             .unwrap_or(usize::MAX)
             .min(log.events.len());
         let end = start.saturating_add(limit).min(log.events.len());
-        log.events[start..end]
-            .iter()
-            .map(|e| Event::clone(e))
-            .collect()
+        log.events[start..end].to_vec()
     }
 
     fn head_position(&self) -> u64 {
@@ -310,6 +343,18 @@ impl InMemoryEventStore {
         match self.relay() {
             Some(relay) if head > 0 => relay.wait_for(head, timeout).await,
             _ => Ok(()),
+        }
+    }
+
+    /// The status of the relay feeding the bus (see [`with_bus`](Self::with_bus)): its position
+    /// and lag. `None` for a store without a bus.
+    ///
+    /// # Errors
+    /// None in practice (the in-memory head is always readable).
+    pub async fn relay_status(&self) -> Result<Option<RelayStatus>> {
+        match self.relay() {
+            Some(relay) => relay.status().await.map(Some),
+            None => Ok(None),
         }
     }
 

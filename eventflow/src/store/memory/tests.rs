@@ -1,1 +1,187 @@
-//! Unit tests of the in-memory stores.
+//! Unit tests of the in-memory stores (the conformance kit runs in `tests/memory.rs`).
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+
+use super::*;
+use crate::bus::testing::RecordingBus;
+
+fn ev(n: u64) -> Event {
+    Event::new("memory.tested", json!({ "n": n })).unwrap()
+}
+
+fn snapshot(stream: &str, version: u64) -> Snapshot {
+    Snapshot {
+        stream_id: stream.to_owned(),
+        version,
+        schema_version: 1,
+        state: json!({ "version": version }),
+        taken_at: Utc::now(),
+    }
+}
+
+#[tokio::test]
+async fn commit_signal_carries_the_head_position() {
+    let store = InMemoryEventStore::new();
+    let mut signal = store.commit_signal();
+    assert_eq!(*signal.borrow_and_update(), 0);
+    store
+        .append_batch("s", ExpectedVersion::NoStream, vec![ev(0), ev(1)])
+        .await
+        .unwrap();
+    assert!(signal.has_changed().unwrap());
+    assert_eq!(*signal.borrow_and_update(), 2);
+    // A rejected append does not signal.
+    let _ = store
+        .append("s", ExpectedVersion::NoStream, ev(2))
+        .await
+        .unwrap_err();
+    assert!(!signal.has_changed().unwrap());
+}
+
+#[tokio::test]
+async fn a_batch_holding_one_id_twice_is_rejected() {
+    let store = InMemoryEventStore::new();
+    let e = ev(0);
+    let err = store
+        .append_batch("s", ExpectedVersion::Any, vec![e.clone(), e])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(store.is_empty());
+}
+
+#[tokio::test]
+async fn an_empty_batch_checks_the_version_and_writes_nothing() {
+    let store = InMemoryEventStore::new();
+    assert!(
+        store
+            .append_batch("s", ExpectedVersion::NoStream, Vec::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let err = store
+        .append_batch("s", ExpectedVersion::Exact(3), Vec::new())
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict());
+    assert_eq!(store.stream_version("s").await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_with_a_bus_publishes_every_commit_in_order() {
+    let bus = Arc::new(RecordingBus::new());
+    let store = InMemoryEventStore::with_bus(bus.clone());
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for n in 0..20 {
+                    store
+                        .append(&format!("w-{w}"), ExpectedVersion::Any, ev(n))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    // Rejected appends never reach the bus.
+    let _ = store
+        .append("w-0", ExpectedVersion::NoStream, ev(99))
+        .await
+        .unwrap_err();
+    store.flush(Duration::from_secs(10)).await.unwrap();
+    let stored: Vec<_> = store
+        .read_all(0, usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let published: Vec<_> = bus.events().into_iter().map(|e| e.id).collect();
+    assert_eq!(stored.len(), 80);
+    assert_eq!(published, stored);
+    let status = store.relay_status().await.unwrap().unwrap();
+    assert_eq!((status.position, status.head, status.lag), (80, 80, 0));
+}
+
+#[tokio::test]
+async fn dropping_the_store_stops_its_relay() {
+    let bus = Arc::new(RecordingBus::new());
+    let store = InMemoryEventStore::with_bus(bus.clone());
+    store
+        .append("s", ExpectedVersion::Any, ev(0))
+        .await
+        .unwrap();
+    store.flush(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(bus.len(), 1);
+    assert!(Arc::strong_count(&bus) > 1, "the relay holds the bus");
+    drop(store);
+    // The relay task is aborted and releases its reference to the bus.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while Arc::strong_count(&bus) > 1 {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the relay of a dropped store still holds the bus");
+}
+
+#[tokio::test]
+async fn flush_without_a_bus_returns_at_once() {
+    let store = InMemoryEventStore::new();
+    store
+        .append("s", ExpectedVersion::Any, ev(0))
+        .await
+        .unwrap();
+    store.flush(Duration::from_millis(1)).await.unwrap();
+    assert!(store.relay_status().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn snapshots_keep_the_newest() {
+    let snapshots = InMemorySnapshotStore::new();
+    assert!(snapshots.load_snapshot("acc").await.unwrap().is_none());
+    snapshots.save_snapshot(snapshot("acc", 5)).await.unwrap();
+    snapshots.save_snapshot(snapshot("acc", 3)).await.unwrap();
+    assert_eq!(
+        snapshots
+            .load_snapshot("acc")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        5,
+        "an older snapshot must not replace a newer one"
+    );
+    snapshots.save_snapshot(snapshot("acc", 9)).await.unwrap();
+    assert_eq!(
+        snapshots
+            .load_snapshot("acc")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        9
+    );
+    assert!(snapshots.load_snapshot("other").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn checkpoints_start_at_zero_and_keep_the_last_save() {
+    let checkpoints = InMemoryCheckpointStore::new();
+    assert_eq!(checkpoints.load_checkpoint("p").await.unwrap(), 0);
+    checkpoints.save_checkpoint("p", 7).await.unwrap();
+    checkpoints.save_checkpoint("q", 2).await.unwrap();
+    assert_eq!(checkpoints.load_checkpoint("p").await.unwrap(), 7);
+    assert_eq!(checkpoints.load_checkpoint("q").await.unwrap(), 2);
+}

@@ -720,3 +720,189 @@ pub async fn closed_bus_rejects(bus: &dyn EventBus) {
         fail("closing a closed bus is not an error", e);
     }
 }
+
+/// The kit must catch a broken bus: each test runs one check against a bus with one fault.
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::bus::ErrorReceiver;
+    use crate::bus::memory::InMemoryBus;
+    use crate::error::Result;
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Fault {
+        /// Swaps every pair of published events.
+        Reorders,
+        /// `unsubscribe`/drop does nothing.
+        IgnoresUnsubscribe,
+        /// An invalid event type is silently accepted (and dropped).
+        AcceptsInvalidTypes,
+        /// A batch is sent event by event, so events before an invalid one go out.
+        SendsBatchBeforeValidating,
+        /// `close` does nothing.
+        IgnoresClose,
+        /// `order.*` behaves like `order.>` (a glob translated carelessly).
+        WidensOneTokenWildcard,
+        /// A handler that failed once is never called again.
+        DropsFailingSubscription,
+        /// Custom metadata is lost in transit.
+        LosesCustomMetadata,
+    }
+
+    struct Faulty {
+        inner: InMemoryBus,
+        fault: Fault,
+        held: Mutex<Option<Event>>,
+    }
+
+    fn faulty(fault: Fault) -> Faulty {
+        Faulty {
+            inner: InMemoryBus::new(),
+            fault,
+            held: Mutex::new(None),
+        }
+    }
+
+    #[async_trait]
+    impl EventBus for Faulty {
+        async fn publish(&self, mut event: Event) -> Result<()> {
+            match self.fault {
+                Fault::Reorders => {
+                    event.validate()?;
+                    let held = self.held.lock().unwrap().take();
+                    match held {
+                        None => *self.held.lock().unwrap() = Some(event),
+                        Some(first) => {
+                            self.inner.publish(event).await?;
+                            self.inner.publish(first).await?;
+                        }
+                    }
+                    return Ok(());
+                }
+                Fault::AcceptsInvalidTypes if event.validate().is_err() => return Ok(()),
+                Fault::LosesCustomMetadata => event.metadata.custom.clear(),
+                _ => {}
+            }
+            self.inner.publish(event).await
+        }
+
+        async fn publish_batch(&self, events: Vec<Event>) -> Result<()> {
+            if self.fault == Fault::SendsBatchBeforeValidating {
+                for e in events {
+                    self.inner.publish(e).await?;
+                }
+                return Ok(());
+            }
+            for e in events {
+                self.publish(e).await?;
+            }
+            Ok(())
+        }
+
+        async fn subscribe(
+            &self,
+            pattern: &str,
+            handler: Arc<dyn Handler>,
+        ) -> Result<Subscription> {
+            match self.fault {
+                Fault::IgnoresUnsubscribe => {
+                    self.inner.subscribe(pattern, handler).await?.detach();
+                    Ok(Subscription::new(pattern, || {}))
+                }
+                Fault::WidensOneTokenWildcard if pattern.ends_with(".*") => {
+                    let widened = format!("{}>", &pattern[..pattern.len() - 1]);
+                    self.inner.subscribe(&widened, handler).await
+                }
+                Fault::DropsFailingSubscription => {
+                    let dead = Arc::new(AtomicBool::new(false));
+                    let wrapped = move |event: Arc<Event>| {
+                        let (handler, dead) = (handler.clone(), dead.clone());
+                        async move {
+                            if dead.load(Ordering::SeqCst) {
+                                return Ok(());
+                            }
+                            let result = handler.handle(event).await;
+                            if result.is_err() {
+                                dead.store(true, Ordering::SeqCst);
+                            }
+                            result
+                        }
+                    };
+                    self.inner.subscribe(pattern, Arc::new(wrapped)).await
+                }
+                _ => self.inner.subscribe(pattern, handler).await,
+            }
+        }
+
+        async fn close(&self) -> Result<()> {
+            if self.fault == Fault::IgnoresClose {
+                return Ok(());
+            }
+            self.inner.close().await
+        }
+
+        fn errors(&self) -> ErrorReceiver {
+            self.inner.errors()
+        }
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "in publish order (publish)")]
+    async fn catches_reordering() {
+        publish_order(&faulty(Fault::Reorders)).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "Subscription::unsubscribe stops its delivery")]
+    async fn catches_an_unsubscribe_that_does_nothing() {
+        unsubscribe_stops_delivery(&faulty(Fault::IgnoresUnsubscribe)).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "dropping a Subscription stops its delivery")]
+    async fn catches_a_drop_that_does_nothing() {
+        drop_stops_delivery(&faulty(Fault::IgnoresUnsubscribe)).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "publish rejects an invalid event type")]
+    async fn catches_an_accepted_invalid_type() {
+        invalid_event_type(&faulty(Fault::AcceptsInvalidTypes)).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "validated before anything is sent")]
+    async fn catches_a_batch_sent_before_validation() {
+        invalid_event_type_in_batch(&faulty(Fault::SendsBatchBeforeValidating)).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "publish after close succeeded")]
+    async fn catches_a_close_that_does_nothing() {
+        closed_bus_rejects(&faulty(Fault::IgnoresClose)).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "pattern \"order.*\" delivers exactly")]
+    async fn catches_a_widened_wildcard() {
+        pattern_one_token(&faulty(Fault::WidensOneTokenWildcard)).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "a handler that returns Err neither stops")]
+    async fn catches_a_subscription_killed_by_a_handler_error() {
+        handler_error_isolated(&faulty(Fault::DropsFailingSubscription)).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "field metadata changed in transit")]
+    async fn catches_lost_metadata() {
+        envelope_intact(&faulty(Fault::LosesCustomMetadata)).await;
+    }
+}

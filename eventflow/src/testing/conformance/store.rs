@@ -97,6 +97,7 @@ where
     expected_version_semantics(&*make_store().await).await;
     racing_writers(&*make_store().await).await;
     concurrent_streams_global_order(&*make_store().await).await;
+    reader_never_skips_under_concurrent_writes(&*make_store().await).await;
     batch_atomicity(&*make_store().await).await;
     idempotent_retry(&*make_store().await).await;
     partial_duplicate(&*make_store().await).await;
@@ -518,6 +519,79 @@ pub async fn concurrent_streams_global_order(store: &dyn EventStore) {
     }
 }
 
+/// A reader paging through `read_all` while eight writers append never passes over an event:
+/// what it collected equals the final global order, each event once.
+pub async fn reader_never_skips_under_concurrent_writes(store: &dyn EventStore) {
+    const P: &str = "a reader following positions never passes over a later-committed event";
+    let writers = 8u64;
+    let per_writer = 15u64;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let write = async {
+        futures_util::future::join_all((0..writers).map(|w| async move {
+            for n in 0..per_writer {
+                let batch = vec![ev("follow.wrote", n), ev("follow.wrote", n + 1000)];
+                need(
+                    store
+                        .append_batch(&format!("follow-{w}"), ExpectedVersion::Any, batch)
+                        .await,
+                    P,
+                    "append_batch",
+                );
+            }
+        }))
+        .await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let read = async {
+        let mut seen: Vec<Event> = Vec::new();
+        let mut after = 0;
+        loop {
+            // Read the flag first: a read that starts after every writer finished and comes back
+            // empty means the reader has everything.
+            let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+            let page = need(store.read_all(after, 16).await, P, "read_all");
+            match page.last() {
+                Some(last) => {
+                    after = last.position.unwrap_or(u64::MAX);
+                    seen.extend(page);
+                }
+                None if finished => break,
+                None => tokio::task::yield_now().await,
+            }
+        }
+        seen
+    };
+    let ((), seen) = tokio::join!(write, read);
+    let all = read_everything(store, P).await;
+    ensure!(
+        all.len() == (writers * per_writer * 2) as usize,
+        P,
+        "the store holds {} events, expected {}",
+        all.len(),
+        writers * per_writer * 2
+    );
+    let missed: Vec<u64> = {
+        let got: HashSet<Uuid> = seen.iter().map(|e| e.id).collect();
+        all.iter()
+            .filter(|e| !got.contains(&e.id))
+            .map(|e| e.position.unwrap_or(0))
+            .collect()
+    };
+    ensure!(
+        missed.is_empty(),
+        P,
+        "the reader passed over {} events (positions {:?})",
+        missed.len(),
+        missed
+    );
+    ensure!(
+        ids(&seen) == ids(&all),
+        P,
+        "the reader saw {} events, not the global order once each",
+        seen.len()
+    );
+}
+
 /// A batch is all or nothing: an invalid event type in the middle, a version conflict or an
 /// invalid stream id writes none of it.
 pub async fn batch_atomicity(store: &dyn EventStore) {
@@ -548,6 +622,15 @@ pub async fn batch_atomicity(store: &dyn EventStore) {
              got {other:?}"
         ),
     }
+
+    let after_invalid = need(store.head_position().await, P, "head_position");
+    let version = need(store.stream_version("cart-1").await, P, "stream_version");
+    ensure!(
+        after_invalid == head && version == 1,
+        P,
+        "a batch with an invalid event type in the middle moved the head from {head} to \
+         {after_invalid} and the stream to version {version}"
+    );
 
     let conflicting = vec![ev("cart.item_added", 4), ev("cart.item_added", 5)];
     expect_conflict(
@@ -1234,3 +1317,6 @@ pub async fn large_batch(store: &dyn EventStore) {
     let all = read_everything(store, P).await;
     ensure!(all.len() == 1000, P, "read_all returned {}", all.len());
 }
+
+#[cfg(test)]
+mod tests;
