@@ -450,32 +450,29 @@ async fn readers_wait_for_a_slower_transaction_and_skip_a_rolled_back_one() {
         .build()
         .unwrap();
     for _ in 0..3 {
+        // At most the event before the open transaction (when the same test runs in another
+        // process, its open transactions may hold back even that one).
         let all = impatient.read_all(0, 100).await.unwrap();
-        assert_eq!(
-            all.iter().map(|e| e.id).collect::<Vec<_>>(),
-            vec![before.id],
-            "a reader passed over an open transaction"
+        assert!(
+            all.iter().all(|e| e.id == before.id),
+            "a reader passed over an open transaction: {all:?}"
         );
-        assert_eq!(
-            impatient.head_position().await.unwrap(),
-            before.position.unwrap()
-        );
-        assert_eq!(
-            impatient.load(&EventCriteria::all()).await.unwrap().len(),
-            1
-        );
+        assert!(impatient.head_position().await.unwrap() <= before.position.unwrap());
+        let loaded = impatient.load(&EventCriteria::all()).await.unwrap();
+        assert!(loaded.iter().all(|e| e.id == before.id), "{loaded:?}");
     }
-    // A subscriber that follows meanwhile gets everything, in order, once it commits.
+    // A subscriber that follows meanwhile gets everything, in order, once it commits. (It
+    // reads through the impatient store too: a patient reader would wait its full settle
+    // timeout inside each read, and keep this transaction, which holds back every global
+    // reader on the server, open that long.)
     let (seen, handler) = recorder();
-    let _sub = store
+    let _sub = impatient
         .subscribe(EventCriteria::all(), handler)
         .await
         .unwrap();
-    eventually("the first event", || !seen.lock().unwrap().is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(
-        seen.lock().unwrap().len(),
-        1,
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        seen.lock().unwrap().iter().all(|e| e.id == before.id),
         "delivered past an open transaction"
     );
     let slow = slow.commit().await.unwrap();
@@ -1055,6 +1052,9 @@ async fn relay_publishes_every_committed_event_after_a_crash() {
     let bus = Arc::new(RecordingBus::new());
     let store = fx.store.clone().with_bus(bus.clone());
     store.flush(WAIT).await.unwrap();
+    // `flush` waits for what is readable now; under heavy concurrent load (other tests holding
+    // transactions) that may be less than everything, so also wait for the count.
+    eventually("every event on the bus", || bus.len() >= committed.len()).await;
     let published = bus.events();
     assert_eq!(
         published.iter().map(|e| e.id).collect::<Vec<_>>(),
@@ -1066,18 +1066,32 @@ async fn relay_publishes_every_committed_event_after_a_crash() {
             .iter()
             .all(|e| e.id != doomed_id && e.id != bad_id)
     );
-    let status = store.relay_status().await.unwrap().unwrap();
-    assert_eq!(status.position, committed.last().unwrap().position.unwrap());
-    assert_eq!(
-        store.checkpoints().load_checkpoint("relay").await.unwrap(),
-        status.position
-    );
+    // The checkpoint follows the publish; it ends at the last committed event.
+    let last = committed.last().unwrap().position.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let status = store.relay_status().await.unwrap().unwrap();
+        let saved = store.checkpoints().load_checkpoint("relay").await.unwrap();
+        if status.position == last && saved == last {
+            break;
+        }
+        assert!(
+            status.position <= last && saved <= last,
+            "relay past the last event"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "relay checkpoint stuck at {saved}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // And it keeps following live.
     let live = store
         .append("r-live", ExpectedVersion::NoStream, ev("relay.live", 1))
         .await
         .unwrap();
     store.flush(WAIT).await.unwrap();
+    eventually("the live event on the bus", || bus.len() > committed.len()).await;
     assert_eq!(bus.last().map(|e| e.id), Some(live.id));
     assert_eq!(bus.len(), committed.len() + 1);
     drop(store);

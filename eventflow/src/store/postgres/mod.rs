@@ -33,15 +33,35 @@
 //!
 //! The price: a transaction that stays open holds back readers (not writers) until it ends, and
 //! that includes any write transaction on the same server, since transaction ids are
-//! server-wide. Keep transactions short. Positions increase in transaction-id order; they are
-//! not dense.
+//! server-wide. Keep transactions short. A read at the head (`read_all` returning less than its
+//! limit, `load`, `head_position`) that finds committed events waiting behind such a transaction
+//! waits for it, at most [`PostgresEventStoreBuilder::settle_timeout`] (1 s by default), so an
+//! append is normally visible to the next global read of the same process. Positions increase in
+//! transaction-id order; they are large and not dense (never compute a count from them).
 //!
 //! # Appends
 //! A batch is one statement and one round trip: `unnest` of one array per column (so 10,000
 //! events take 12 bind parameters, far below the 65,535 limit), with the stream's version check
-//! in the same statement. Conflicts are recognized by SQLSTATE `23505` and the constraint name,
-//! never by message text. The idempotency rule of [`EventStore`] is checked on the failure path
-//! only, so a successful append stays one round trip.
+//! in the same statement; a single event uses the same statement with plain values. Conflicts
+//! are recognized by SQLSTATE `23505` and the constraint name (`events_stream_version_key`,
+//! `events_event_id_key`), never by message text. The idempotency rule of [`EventStore`] (every
+//! id already stored in this stream: the stored copies come back; some: [`Error::DuplicateEvent`])
+//! is checked on the failure path only, so a successful append stays one round trip. A value the
+//! server rejects (`\u0000` in JSON, NUL in text) fails the whole batch with
+//! [`Error::InvalidArgument`] naming the SQLSTATE; a lost connection is [`Error::Connect`].
+//!
+//! # Following the store
+//! [`subscribe`](EventStore::subscribe), the relay and projection runners follow the global
+//! order with [`follow`](crate::store::follow). They are woken by [`EventStore::commit_signal`]:
+//! at once for appends of this process, through `LISTEN`/`NOTIFY` (one payload-free notification
+//! per channel at most every 2 ms, sent after commit) for other processes, and by polling every
+//! [`poll_interval`](PostgresEventStoreBuilder::poll_interval) should a notification be lost.
+//! Following uses one pooled connection for `LISTEN` while the store lives.
+//!
+//! # Store to bus
+//! [`with_bus`](PostgresEventStore::with_bus) runs a [`Relay`] (transactional outbox) with its
+//! checkpoint in this schema: every committed event reaches the bus at least once, in global
+//! order, and nothing of a rolled-back transaction ever does.
 
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
@@ -495,7 +515,14 @@ impl PostgresEventStore {
             });
         }
         let actual = self.stream_version(stream_id).await?;
-        expected.check(stream_id, actual)?;
+        expected.check(stream_id, actual).inspect_err(|_| {
+            tracing::debug!(
+                stream = stream_id,
+                %expected,
+                actual,
+                "postgres event store: version conflict"
+            );
+        })?;
         Ok(None)
     }
 }
@@ -517,25 +544,49 @@ async fn insert(
     expected: i64,
     c: &Columns,
 ) -> std::result::Result<Option<Vec<(i64, i64)>>, sqlx::Error> {
-    let mut rows: Vec<(i64, i64)> = sqlx::query_as(&sql.append)
-        .bind(stream_id)
-        .bind(expected)
-        .bind(&c.ids)
-        .bind(&c.event_types)
-        .bind(&c.schema_versions)
-        .bind(&c.payloads)
-        .bind(&c.metadata)
-        .bind(&c.tenant_ids)
-        .bind(&c.correlation_ids)
-        .bind(&c.causation_ids)
-        .bind(&c.sources)
-        .bind(&c.occurred_at)
-        .fetch_all(conn)
-        .await?;
+    let rows: Vec<(i64, i64)> = if c.ids.len() == 1 {
+        sqlx::query_as(&sql.append_one)
+            .bind(stream_id)
+            .bind(expected)
+            .bind(c.ids[0])
+            .bind(&c.event_types[0])
+            .bind(c.schema_versions[0])
+            .bind(&c.payloads[0])
+            .bind(&c.metadata[0])
+            .bind(&c.tenant_ids[0])
+            .bind(&c.correlation_ids[0])
+            .bind(&c.causation_ids[0])
+            .bind(&c.sources[0])
+            .bind(c.occurred_at[0])
+            .fetch_all(conn)
+            .await?
+    } else {
+        let (first_position, first_version, count): (Option<i64>, Option<i64>, i64) =
+            sqlx::query_as(&sql.append)
+                .bind(stream_id)
+                .bind(expected)
+                .bind(&c.ids)
+                .bind(&c.event_types)
+                .bind(&c.schema_versions)
+                .bind(&c.payloads)
+                .bind(&c.metadata)
+                .bind(&c.tenant_ids)
+                .bind(&c.correlation_ids)
+                .bind(&c.causation_ids)
+                .bind(&c.sources)
+                .bind(&c.occurred_at)
+                .fetch_one(conn)
+                .await?;
+        match (first_position, first_version) {
+            (Some(position), Some(version)) if count > 0 => {
+                (0..count).map(|i| (position + i, version + i)).collect()
+            }
+            _ => Vec::new(),
+        }
+    };
     if rows.is_empty() {
         return Ok(None);
     }
-    rows.sort_unstable_by_key(|&(_, version)| version);
     Ok(Some(rows))
 }
 
@@ -683,6 +734,10 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn load_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<Event>> {
+        if stream_id.contains('\0') {
+            // No stored stream id can hold NUL (they are validated on append).
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query(&self.inner.sql.load_stream)
             .bind(stream_id)
             .bind(to_i64(from_version, "stream version")?)
@@ -693,6 +748,9 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64> {
+        if stream_id.contains('\0') {
+            return Ok(0);
+        }
         let version: i64 = sqlx::query_scalar(&self.inner.sql.stream_version)
             .bind(stream_id)
             .fetch_one(&self.inner.pool)

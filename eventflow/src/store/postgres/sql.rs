@@ -32,8 +32,43 @@ pub(crate) const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_ve
 /// already wrote. The stream's current version is read in the same statement and the rows are
 /// only inserted when it matches `$2` (`-1` = any version); a concurrent writer that got there
 /// first makes the insert fail on `events_stream_version_key`. One array per column keeps the
-/// bind count at 12 whatever the batch size.
+/// bind count at 12 whatever the batch size. Positions and versions of a batch are consecutive
+/// (both count the same ordinality), so one row comes back: the first of each and the count
+/// (NULLs and 0 when the version condition did not hold).
 const APPEND: &str = "
+WITH tx AS (
+    SELECT pg_current_xact_id()::text::bigint AS id
+),
+base AS (
+    SELECT tx.id,
+           coalesce((SELECT max(e.position) FROM {events} e
+                      WHERE e.position >= (tx.id << 20) AND e.position < ((tx.id + 1) << 20)),
+                    tx.id << 20) AS position
+      FROM tx
+),
+cur AS (
+    SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1
+),
+ins AS (
+INSERT INTO {events} (position, transaction_id, event_id, stream_id, stream_version, event_type,
+                      schema_version, payload, metadata, tenant_id, correlation_id, causation_id,
+                      source, occurred_at)
+SELECT base.position + b.n, base.id, b.event_id, $1, cur.version + b.n, b.event_type,
+       b.schema_version, b.payload::jsonb, b.metadata::jsonb, b.tenant_id, b.correlation_id,
+       b.causation_id, b.source, b.occurred_at
+  FROM base, cur,
+       unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::text[], $9::text[],
+              $10::text[], $11::text[], $12::timestamptz[])
+       WITH ORDINALITY AS b(event_id, event_type, schema_version, payload, metadata, tenant_id,
+                            correlation_id, causation_id, source, occurred_at, n)
+ WHERE $2::bigint < 0 OR cur.version = $2::bigint
+RETURNING position, stream_version
+)
+SELECT min(position), min(stream_version), count(*) FROM ins";
+
+/// [`APPEND`] for a single event, with one value per column instead of arrays: the common case
+/// (`append`, most commands) skips the array encoding and the `unnest`.
+const APPEND_ONE: &str = "
 WITH tx AS (
     SELECT pg_current_xact_id()::text::bigint AS id
 ),
@@ -50,14 +85,10 @@ cur AS (
 INSERT INTO {events} (position, transaction_id, event_id, stream_id, stream_version, event_type,
                       schema_version, payload, metadata, tenant_id, correlation_id, causation_id,
                       source, occurred_at)
-SELECT base.position + b.n, base.id, b.event_id, $1, cur.version + b.n, b.event_type,
-       b.schema_version, b.payload::jsonb, b.metadata::jsonb, b.tenant_id, b.correlation_id,
-       b.causation_id, b.source, b.occurred_at
-  FROM base, cur,
-       unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::text[], $9::text[],
-              $10::text[], $11::text[], $12::timestamptz[])
-       WITH ORDINALITY AS b(event_id, event_type, schema_version, payload, metadata, tenant_id,
-                            correlation_id, causation_id, source, occurred_at, n)
+SELECT base.position + 1, base.id, $3::uuid, $1, cur.version + 1, $4::text, $5::int4,
+       $6::text::jsonb, $7::text::jsonb, $8::text, $9::text, $10::text, $11::text,
+       $12::timestamptz
+  FROM base, cur
  WHERE $2::bigint < 0 OR cur.version = $2::bigint
 RETURNING position, stream_version";
 
@@ -121,6 +152,7 @@ pub(crate) struct Sql {
     pub(crate) schema: String,
     pub(crate) quoted_schema: String,
     pub(crate) append: String,
+    pub(crate) append_one: String,
     pub(crate) stream_version: String,
     pub(crate) load_stream: String,
     pub(crate) events_by_id: String,
@@ -153,6 +185,7 @@ impl Sql {
             schema: schema.to_owned(),
             quoted_schema: quoted.clone(),
             append: fill(APPEND),
+            append_one: fill(APPEND_ONE),
             stream_version: fill(STREAM_VERSION),
             load_stream: fill(LOAD_STREAM),
             events_by_id: fill(EVENTS_BY_ID),
