@@ -444,11 +444,19 @@ async fn unreachable_server_is_a_typed_error_within_the_timeout() {
     config.connect_timeout = Duration::from_secs(2);
     let started = Instant::now();
     match NatsBus::connect(config).await {
-        Err(Error::Connect {
-            backend, target, ..
-        }) => {
-            assert_eq!(backend, "nats");
+        Err(e @ Error::Connect { .. }) => {
+            let Error::Connect {
+                backend, target, ..
+            } = &e
+            else {
+                unreachable!()
+            };
+            assert_eq!(*backend, "nats");
             assert!(!target.contains("secret"), "credentials leaked: {target}");
+            assert!(
+                !format!("{e} {e:?}").contains("secret"),
+                "credentials leaked: {e:?}"
+            );
         }
         other => panic!("expected Error::Connect, got {other:?}"),
     }

@@ -1,6 +1,7 @@
 //! [`NatsConfig`]: where to connect, how to authenticate, core or JetStream, and the delivery
 //! knobs of durable consumers.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use crate::error::{Error, Result};
 /// config.reconnect_wait = Duration::from_secs(2);
 /// assert_eq!(config.subject_prefix, "events");
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct NatsConfig {
     /// Server URL, or several separated by commas (`nats://a:4222,nats://b:4222`).
@@ -89,6 +90,42 @@ pub struct NatsConfig {
     pub subscription_capacity: usize,
     /// Failures kept for slow readers of the error stream.
     pub error_capacity: usize,
+}
+
+/// Secrets (URL credentials, token, password) are redacted.
+impl fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |o: &Option<String>| o.as_ref().map(|_| "***");
+        f.debug_struct("NatsConfig")
+            .field("url", &self.redacted_url())
+            .field("subject_prefix", &self.subject_prefix)
+            .field("enable_jetstream", &self.enable_jetstream)
+            .field("stream_name", &self.stream_name)
+            .field("stream_subjects", &self.stream_subjects)
+            .field("memory_storage", &self.memory_storage)
+            .field("duplicate_window", &self.duplicate_window)
+            .field("max_age", &self.max_age)
+            .field("max_reconnects", &self.max_reconnects)
+            .field("reconnect_wait", &self.reconnect_wait)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("durable_name", &self.durable_name)
+            .field("ack_wait", &self.ack_wait)
+            .field("max_deliver", &self.max_deliver)
+            .field("retry_backoff", &self.retry_backoff)
+            .field("max_retry_backoff", &self.max_retry_backoff)
+            .field("dead_letter_subject", &self.dead_letter_subject)
+            .field("publish_window", &self.publish_window)
+            .field("connection_name", &self.connection_name)
+            .field("credentials_file", &self.credentials_file)
+            .field("token", &hidden(&self.token))
+            .field("user", &self.user)
+            .field("password", &hidden(&self.password))
+            .field("tls_required", &self.tls_required)
+            .field("subscription_capacity", &self.subscription_capacity)
+            .field("error_capacity", &self.error_capacity)
+            .finish()
+    }
 }
 
 impl Default for NatsConfig {
@@ -259,6 +296,18 @@ mod tests {
                 matches!(c.validate(), Err(Error::InvalidArgument(_))),
                 "{c:?}"
             );
+        }
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let mut c = NatsConfig::new("nats://u:pw1@h:1");
+        c.token = Some("tok2".into());
+        c.user = Some("u".into());
+        c.password = Some("pw3".into());
+        let shown = format!("{c:?}");
+        for secret in ["pw1", "tok2", "pw3"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
         }
     }
 
