@@ -1,0 +1,167 @@
+//! Conversion between events and rows: one array per column for the append, one `Event` per
+//! row for reads, and the mapping of sqlx errors to eventflow's at the module's edge.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sqlx::Row;
+use sqlx::error::ErrorKind;
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::event::{Event, Metadata};
+
+pub(crate) const BACKEND: &str = "postgres";
+
+/// A batch of events as one array per column, bound to the `unnest` of the append statement.
+#[derive(Debug, Default)]
+pub(crate) struct Columns {
+    pub(crate) ids: Vec<Uuid>,
+    pub(crate) event_types: Vec<String>,
+    pub(crate) schema_versions: Vec<i32>,
+    pub(crate) payloads: Vec<String>,
+    pub(crate) metadata: Vec<String>,
+    pub(crate) tenant_ids: Vec<Option<String>>,
+    pub(crate) correlation_ids: Vec<Option<String>>,
+    pub(crate) causation_ids: Vec<Option<String>>,
+    pub(crate) sources: Vec<Option<String>>,
+    pub(crate) occurred_at: Vec<DateTime<Utc>>,
+}
+
+impl Columns {
+    /// Encodes `events`. Timestamps are truncated to microseconds first (in place), the
+    /// precision PostgreSQL keeps, so the events an append returns equal the ones loaded later.
+    ///
+    /// # Errors
+    /// [`Error::Encode`] for JSON that cannot be encoded, [`Error::InvalidArgument`] for a schema
+    /// version over `i32::MAX`.
+    pub(crate) fn encode(events: &mut [Event]) -> Result<Self> {
+        let n = events.len();
+        let mut c = Columns {
+            ids: Vec::with_capacity(n),
+            event_types: Vec::with_capacity(n),
+            schema_versions: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+            tenant_ids: Vec::with_capacity(n),
+            correlation_ids: Vec::with_capacity(n),
+            causation_ids: Vec::with_capacity(n),
+            sources: Vec::with_capacity(n),
+            occurred_at: Vec::with_capacity(n),
+        };
+        for event in events.iter_mut() {
+            event.timestamp = event.timestamp.trunc_subsecs(6);
+            let encode = |source| Error::Encode {
+                event_type: event.event_type.clone(),
+                source,
+            };
+            c.payloads
+                .push(serde_json::to_string(&event.payload).map_err(encode)?);
+            c.metadata
+                .push(serde_json::to_string(&event.metadata).map_err(encode)?);
+            c.schema_versions
+                .push(i32::try_from(event.version).map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "event {}: schema version {} is over {}",
+                        event.id,
+                        event.version,
+                        i32::MAX
+                    ))
+                })?);
+            c.ids.push(event.id);
+            c.event_types.push(event.event_type.clone());
+            c.tenant_ids.push(event.metadata.tenant_id.clone());
+            c.correlation_ids.push(event.correlation_id.clone());
+            c.causation_ids.push(event.causation_id.clone());
+            c.sources.push(event.source.clone());
+            c.occurred_at.push(event.timestamp);
+        }
+        Ok(c)
+    }
+}
+
+/// Decodes a row selected with [`EVENT_COLUMNS`](super::sql::EVENT_COLUMNS).
+pub(crate) fn row_to_event(row: &PgRow) -> Result<Event> {
+    let get_err = |e: sqlx::Error| Error::decode("<event row>", e);
+    let position: i64 = row.try_get(0).map_err(get_err)?;
+    let event_type: String = row.try_get(4).map_err(get_err)?;
+    let schema_version: i32 = row.try_get(5).map_err(get_err)?;
+    let stream_version: i64 = row.try_get(3).map_err(get_err)?;
+    let Json(metadata): Json<Metadata> = row
+        .try_get(7)
+        .map_err(|e| Error::decode(event_type.clone(), e))?;
+    Ok(Event {
+        id: row.try_get(1).map_err(get_err)?,
+        payload: row
+            .try_get(6)
+            .map_err(|e| Error::decode(event_type.clone(), e))?,
+        metadata,
+        timestamp: row.try_get(11).map_err(get_err)?,
+        source: row.try_get(10).map_err(get_err)?,
+        correlation_id: row.try_get(8).map_err(get_err)?,
+        causation_id: row.try_get(9).map_err(get_err)?,
+        version: u32::try_from(schema_version).unwrap_or(0),
+        stream_id: Some(row.try_get(2).map_err(get_err)?),
+        stream_version: Some(u64::try_from(stream_version).unwrap_or(0)),
+        position: Some(u64::try_from(position).unwrap_or(0)),
+        event_type,
+    })
+}
+
+/// Decodes every row.
+pub(crate) fn rows_to_events(rows: &[PgRow]) -> Result<Vec<Event>> {
+    rows.iter().map(row_to_event).collect()
+}
+
+/// A `u64` position, version or limit as the `bigint` PostgreSQL stores.
+pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64> {
+    i64::try_from(value)
+        .map_err(|_| Error::InvalidArgument(format!("{what} {value} is over {}", i64::MAX)))
+}
+
+/// The unique constraint a database error violated, if it is a unique violation.
+pub(crate) fn unique_violation(error: &sqlx::Error) -> Option<&str> {
+    match error {
+        sqlx::Error::Database(db) if db.kind() == ErrorKind::UniqueViolation => {
+            Some(db.constraint().unwrap_or(""))
+        }
+        _ => None,
+    }
+}
+
+/// Maps a sqlx error to eventflow's, classified by SQLSTATE (never by message text):
+/// - a lost or refused connection (class 08, `57P01`-`57P03` admin shutdown / crash / cannot
+///   connect now, I/O errors, pool timeouts) is [`Error::Connect`] naming `target`;
+/// - a value the server rejects (class 22 "data exception", e.g. `22P05` for `\u0000` in
+///   JSONB, `22021` for a NUL byte in text) is [`Error::InvalidArgument`] with the server's
+///   explanation;
+/// - a closed pool is [`Error::Closed`];
+/// - anything else is [`Error::Backend`].
+pub(crate) fn map_sqlx(target: &str, error: sqlx::Error) -> Error {
+    let connect = |error: sqlx::Error| Error::Connect {
+        backend: BACKEND,
+        target: target.to_owned(),
+        source: Box::new(error),
+    };
+    match &error {
+        sqlx::Error::PoolClosed => Error::Closed("postgres connection pool"),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed => connect(error),
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            if code.starts_with("08") || matches!(code.as_str(), "57P01" | "57P02" | "57P03") {
+                connect(error)
+            } else if code.starts_with("22") {
+                Error::InvalidArgument(format!(
+                    "postgres rejected a value (SQLSTATE {code}): {}",
+                    db.message()
+                ))
+            } else {
+                Error::backend(BACKEND, error)
+            }
+        }
+        _ => Error::backend(BACKEND, error),
+    }
+}
