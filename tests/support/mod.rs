@@ -5,6 +5,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[cfg(feature = "nats")]
+pub mod nats_server;
 #[cfg(feature = "redis")]
 pub mod redis_server;
 

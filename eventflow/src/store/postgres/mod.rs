@@ -33,18 +33,38 @@
 //!
 //! The price: a transaction that stays open holds back readers (not writers) until it ends, and
 //! that includes any write transaction on the same server, since transaction ids are
-//! server-wide. Keep transactions short. Positions increase in transaction-id order; they are
-//! not dense.
+//! server-wide. Keep transactions short. A read at the head (`read_all` returning less than its
+//! limit, `load`, `head_position`) that finds committed events waiting behind such a transaction
+//! waits for it, at most [`PostgresEventStoreBuilder::settle_timeout`] (1 s by default), so an
+//! append is normally visible to the next global read of the same process. Positions increase in
+//! transaction-id order; they are large and not dense (never compute a count from them).
 //!
 //! # Appends
 //! A batch is one statement and one round trip: `unnest` of one array per column (so 10,000
 //! events take 12 bind parameters, far below the 65,535 limit), with the stream's version check
-//! in the same statement. Conflicts are recognized by SQLSTATE `23505` and the constraint name,
-//! never by message text. The idempotency rule of [`EventStore`] is checked on the failure path
-//! only, so a successful append stays one round trip.
+//! in the same statement; a single event uses the same statement with plain values. Conflicts
+//! are recognized by SQLSTATE `23505` and the constraint name (`events_stream_version_key`,
+//! `events_event_id_key`), never by message text. The idempotency rule of [`EventStore`] (every
+//! id already stored in this stream: the stored copies come back; some: [`Error::DuplicateEvent`])
+//! is checked on the failure path only, so a successful append stays one round trip. A value the
+//! server rejects (`\u0000` in JSON, NUL in text) fails the whole batch with
+//! [`Error::InvalidArgument`] naming the SQLSTATE; a lost connection is [`Error::Connect`].
+//!
+//! # Following the store
+//! [`subscribe`](EventStore::subscribe), the relay and projection runners follow the global
+//! order with [`follow`](crate::store::follow). They are woken by [`EventStore::commit_signal`]:
+//! at once for appends of this process, through `LISTEN`/`NOTIFY` (one payload-free notification
+//! per channel at most every 2 ms, sent after commit) for other processes, and by polling every
+//! [`poll_interval`](PostgresEventStoreBuilder::poll_interval) should a notification be lost.
+//! Following uses one pooled connection for `LISTEN` while the store lives.
+//!
+//! # Store to bus
+//! [`with_bus`](PostgresEventStore::with_bus) runs a [`Relay`] (transactional outbox) with its
+//! checkpoint in this schema: every committed event reaches the bus at least once, in global
+//! order, and nothing of a rolled-back transaction ever does.
 
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -52,9 +72,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection, PgPool, Postgres, QueryBuilder};
 use tokio::sync::watch;
 
-use crate::bus::{Handler, Subscription};
+use crate::bus::{EventBus, Handler, Subscription};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::relay::{DEFAULT_RELAY_NAME, Relay, RelayHandle, RelayStatus};
 use crate::store::{EventCriteria, EventStore, ExpectedVersion, validate_stream_id};
 
 mod checkpoint;
@@ -62,7 +83,6 @@ mod rows;
 mod signal;
 mod snapshot;
 mod sql;
-mod subscribe;
 
 pub use checkpoint::PostgresCheckpointStore;
 pub use snapshot::PostgresSnapshotStore;
@@ -77,6 +97,9 @@ pub const DEFAULT_SCHEMA: &str = "eventflow";
 /// How often followers look for new events when no notification arrives.
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How long a read at the head waits for committed events held back by a slower transaction.
+const DEFAULT_SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How many times an append with [`ExpectedVersion::Any`] retries after losing a race for the
 /// next version of its stream.
 const ANY_VERSION_RETRIES: usize = 64;
@@ -88,6 +111,15 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 #[derive(Clone)]
 pub struct PostgresEventStore {
     inner: Arc<Inner>,
+    /// The relay of a store built [`with_bus`](Self::with_bus).
+    relay: Option<Arc<RelayCell>>,
+}
+
+/// A bus and the relay publishing to it, started on first use inside a runtime.
+struct RelayCell {
+    bus: Arc<dyn EventBus>,
+    name: String,
+    handle: OnceLock<RelayHandle>,
 }
 
 struct Inner {
@@ -95,6 +127,7 @@ struct Inner {
     sql: Sql,
     target: String,
     poll_interval: Duration,
+    settle_timeout: Duration,
     signal: Signal,
 }
 
@@ -113,6 +146,7 @@ pub struct PostgresEventStoreBuilder {
     pool: PgPool,
     schema: String,
     poll_interval: Duration,
+    settle_timeout: Duration,
 }
 
 impl PostgresEventStoreBuilder {
@@ -130,6 +164,16 @@ impl PostgresEventStoreBuilder {
         self
     }
 
+    /// How long a read at the head of the global order (`read_all`, `load`, `head_position`)
+    /// waits for events that are committed but held back behind a slower, still open
+    /// transaction (default 1 s); see the module docs. Waiting makes an append visible to the
+    /// same process's next global read whenever the slower transaction ends in time; after the
+    /// timeout the read returns what is safe. Zero never waits.
+    pub fn settle_timeout(mut self, timeout: Duration) -> Self {
+        self.settle_timeout = timeout;
+        self
+    }
+
     /// Builds the store. Does not touch the database.
     ///
     /// # Errors
@@ -138,11 +182,13 @@ impl PostgresEventStoreBuilder {
         let sql = Sql::new(&self.schema)?;
         let target = describe(&self.pool.connect_options());
         Ok(PostgresEventStore {
+            relay: None,
             inner: Arc::new(Inner {
                 pool: self.pool,
                 sql,
                 target,
                 poll_interval: self.poll_interval,
+                settle_timeout: self.settle_timeout,
                 signal: Signal::new(),
             }),
         })
@@ -175,6 +221,7 @@ impl PostgresEventStore {
             pool,
             schema: DEFAULT_SCHEMA.to_owned(),
             poll_interval: DEFAULT_POLL_INTERVAL,
+            settle_timeout: DEFAULT_SETTLE_TIMEOUT,
         }
     }
 
@@ -216,6 +263,85 @@ impl PostgresEventStore {
     /// [`Error::Backend`].
     pub async fn migrate_schema(pool: &PgPool, schema: &str) -> Result<()> {
         migrate_schema(pool, &Sql::new(schema)?).await
+    }
+
+    /// This store, also publishing every committed event to `bus`: the transactional outbox.
+    ///
+    /// A [`Relay`] follows the store in global order from a durable checkpoint (named
+    /// [`DEFAULT_RELAY_NAME`], in this schema's `checkpoints` table), publishes with
+    /// [`EventBus::publish_batch`] and advances the checkpoint only after the bus accepted the
+    /// batch. So every committed event reaches the bus **at least once, in global order**, also
+    /// when the process dies between commit and publish (the next relay publishes it), and an
+    /// event of a rolled-back transaction never does. The relay starts here when called inside a
+    /// Tokio runtime (else with the first append) and stops when the last clone of this store
+    /// is dropped. Run one relay per schema and checkpoint name; for other setups build a
+    /// [`Relay`] over [`checkpoints`](Self::checkpoints) yourself.
+    pub fn with_bus(self, bus: Arc<dyn EventBus>) -> Self {
+        self.with_bus_named(bus, DEFAULT_RELAY_NAME)
+    }
+
+    /// [`with_bus`](Self::with_bus) with the relay's checkpoint under `name`.
+    pub fn with_bus_named(self, bus: Arc<dyn EventBus>, name: impl Into<String>) -> Self {
+        let store = PostgresEventStore {
+            inner: self.inner,
+            relay: Some(Arc::new(RelayCell {
+                bus,
+                name: name.into(),
+                handle: OnceLock::new(),
+            })),
+        };
+        let _ = store.relay();
+        store
+    }
+
+    /// The relay of a store built with a bus, started on first use inside a runtime.
+    fn relay(&self) -> Option<&RelayHandle> {
+        let cell = self.relay.as_ref()?;
+        if let Some(handle) = cell.handle.get() {
+            return Some(handle);
+        }
+        tokio::runtime::Handle::try_current().ok()?;
+        Some(cell.handle.get_or_init(|| {
+            // The relay reads through a bus-less handle on the same tables: it must not own
+            // the relay that owns it.
+            let reader = PostgresEventStore {
+                inner: Arc::clone(&self.inner),
+                relay: None,
+            };
+            Relay::new(
+                Arc::new(reader),
+                Arc::clone(&cell.bus),
+                Arc::new(self.checkpoints()),
+            )
+            .name(cell.name.clone())
+            .poll_interval(self.inner.poll_interval)
+            .spawn()
+        }))
+    }
+
+    /// The relay's position, the store's head and the lag (`None` without a bus).
+    ///
+    /// # Errors
+    /// Backend errors reading the head.
+    pub async fn relay_status(&self) -> Result<Option<RelayStatus>> {
+        match self.relay() {
+            Some(relay) => relay.status().await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Waits until the bus (see [`with_bus`](Self::with_bus)) has accepted every event that was
+    /// readable when called. Returns at once for a store without a bus.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] after `timeout` (for example while the bus keeps failing; the relay
+    /// keeps retrying).
+    pub async fn flush(&self, timeout: Duration) -> Result<()> {
+        let head = self.head_position().await?;
+        match self.relay() {
+            Some(relay) if head > 0 => relay.wait_for(head, timeout).await,
+            _ => Ok(()),
+        }
     }
 
     /// The pool this store uses.
@@ -309,9 +435,43 @@ impl PostgresEventStore {
     }
 
     fn committed(&self) {
+        let _ = self.relay();
         self.inner
             .signal
-            .committed(&self.inner.pool, &self.inner.sql, self.inner.poll_interval);
+            .committed(&self.inner.pool, &self.inner.sql);
+    }
+
+    /// The safe head and the highest committed position (see `sql::HEAD_AND_TOP`).
+    async fn head_and_top(&self) -> Result<(i64, i64)> {
+        sqlx::query_as(&self.inner.sql.head_and_top)
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(|e| self.map(e))
+    }
+
+    /// Waits (at most the settle timeout) until no committed event is held back behind a
+    /// slower transaction, and returns the safe head.
+    async fn settle(&self) -> Result<i64> {
+        let deadline = tokio::time::Instant::now() + self.inner.settle_timeout;
+        let mut delay = Duration::from_millis(1);
+        loop {
+            let (head, top) = self.head_and_top().await?;
+            if top <= head || tokio::time::Instant::now() >= deadline {
+                return Ok(head);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(10));
+        }
+    }
+
+    async fn read_all_once(&self, after: i64, limit: i64) -> Result<Vec<Event>> {
+        let rows = sqlx::query(&self.inner.sql.read_all)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| self.map(e))?;
+        rows_to_events(&rows)
     }
 
     /// After an append wrote nothing: the idempotency rule first, then the version check.
@@ -355,7 +515,14 @@ impl PostgresEventStore {
             });
         }
         let actual = self.stream_version(stream_id).await?;
-        expected.check(stream_id, actual)?;
+        expected.check(stream_id, actual).inspect_err(|_| {
+            tracing::debug!(
+                stream = stream_id,
+                %expected,
+                actual,
+                "postgres event store: version conflict"
+            );
+        })?;
         Ok(None)
     }
 }
@@ -377,25 +544,49 @@ async fn insert(
     expected: i64,
     c: &Columns,
 ) -> std::result::Result<Option<Vec<(i64, i64)>>, sqlx::Error> {
-    let mut rows: Vec<(i64, i64)> = sqlx::query_as(&sql.append)
-        .bind(stream_id)
-        .bind(expected)
-        .bind(&c.ids)
-        .bind(&c.event_types)
-        .bind(&c.schema_versions)
-        .bind(&c.payloads)
-        .bind(&c.metadata)
-        .bind(&c.tenant_ids)
-        .bind(&c.correlation_ids)
-        .bind(&c.causation_ids)
-        .bind(&c.sources)
-        .bind(&c.occurred_at)
-        .fetch_all(conn)
-        .await?;
+    let rows: Vec<(i64, i64)> = if c.ids.len() == 1 {
+        sqlx::query_as(&sql.append_one)
+            .bind(stream_id)
+            .bind(expected)
+            .bind(c.ids[0])
+            .bind(&c.event_types[0])
+            .bind(c.schema_versions[0])
+            .bind(&c.payloads[0])
+            .bind(&c.metadata[0])
+            .bind(&c.tenant_ids[0])
+            .bind(&c.correlation_ids[0])
+            .bind(&c.causation_ids[0])
+            .bind(&c.sources[0])
+            .bind(c.occurred_at[0])
+            .fetch_all(conn)
+            .await?
+    } else {
+        let (first_position, first_version, count): (Option<i64>, Option<i64>, i64) =
+            sqlx::query_as(&sql.append)
+                .bind(stream_id)
+                .bind(expected)
+                .bind(&c.ids)
+                .bind(&c.event_types)
+                .bind(&c.schema_versions)
+                .bind(&c.payloads)
+                .bind(&c.metadata)
+                .bind(&c.tenant_ids)
+                .bind(&c.correlation_ids)
+                .bind(&c.causation_ids)
+                .bind(&c.sources)
+                .bind(&c.occurred_at)
+                .fetch_one(conn)
+                .await?;
+        match (first_position, first_version) {
+            (Some(position), Some(version)) if count > 0 => {
+                (0..count).map(|i| (position + i, version + i)).collect()
+            }
+            _ => Vec::new(),
+        }
+    };
     if rows.is_empty() {
         return Ok(None);
     }
-    rows.sort_unstable_by_key(|&(_, version)| version);
     Ok(Some(rows))
 }
 
@@ -543,6 +734,10 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn load_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<Event>> {
+        if stream_id.contains('\0') {
+            // No stored stream id can hold NUL (they are validated on append).
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query(&self.inner.sql.load_stream)
             .bind(stream_id)
             .bind(to_i64(from_version, "stream version")?)
@@ -553,6 +748,9 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64> {
+        if stream_id.contains('\0') {
+            return Ok(0);
+        }
         let version: i64 = sqlx::query_scalar(&self.inner.sql.stream_version)
             .bind(stream_id)
             .fetch_one(&self.inner.pool)
@@ -611,6 +809,8 @@ impl EventStore for PostgresEventStore {
             q.push(sql::CRITERIA_LIMIT)
                 .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
         }
+        // Let committed events held back by a slower transaction through first (bounded).
+        self.settle().await?;
         let rows = q
             .build()
             .fetch_all(&self.inner.pool)
@@ -623,21 +823,29 @@ impl EventStore for PostgresEventStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(&self.inner.sql.read_all)
-            .bind(to_i64(after_position, "position")?)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(|e| self.map(e))?;
-        rows_to_events(&rows)
+        let after = to_i64(after_position, "position")?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let events = self.read_all_once(after, limit).await?;
+        if events.len() as i64 >= limit {
+            return Ok(events);
+        }
+        // At the head: if nothing committed waits behind a slower transaction and the read saw
+        // everything up to the safe head, it is complete. Otherwise wait for the slower one (at
+        // most the settle timeout) and read again.
+        let (head, top) = self.head_and_top().await?;
+        let seen = events
+            .last()
+            .and_then(|e| e.position)
+            .map_or(after, |p| p as i64);
+        if top <= head && head <= seen {
+            return Ok(events);
+        }
+        self.settle().await?;
+        self.read_all_once(after, limit).await
     }
 
     async fn head_position(&self) -> Result<u64> {
-        let head: i64 = sqlx::query_scalar(&self.inner.sql.head)
-            .fetch_one(&self.inner.pool)
-            .await
-            .map_err(|e| self.map(e))?;
-        Ok(u64::try_from(head).unwrap_or(0))
+        Ok(u64::try_from(self.settle().await?).unwrap_or(0))
     }
 
     fn commit_signal(&self) -> watch::Receiver<u64> {
@@ -651,6 +859,11 @@ impl EventStore for PostgresEventStore {
         criteria: EventCriteria,
         handler: Arc<dyn Handler>,
     ) -> Result<Subscription> {
-        subscribe::subscribe(self.clone(), criteria, handler, self.inner.poll_interval).await
+        Ok(crate::store::follow::subscribe_with(
+            Arc::new(self.clone()),
+            criteria,
+            handler,
+            self.inner.poll_interval,
+        ))
     }
 }

@@ -4,8 +4,8 @@
 //! Three small background tasks per store, started on first use and stopped when the store is
 //! dropped:
 //! - the **notifier** sends one payload-free `NOTIFY` after this process's appends commit.
-//!   Requests coalesce (a `Notify` permit), so there is at most one notification per
-//!   transaction and usually fewer. It runs outside the append's transaction on purpose: a
+//!   Requests coalesce (a `Notify` permit, and at most one notification every 2 ms), so there
+//!   is at most one notification per transaction and usually fewer. It runs outside the append's transaction on purpose: a
 //!   `NOTIFY` takes a database-wide lock that is held through commit, which would serialize every
 //!   writer. If the process dies between commit and notify, other processes' followers still
 //!   find the events by polling.
@@ -45,7 +45,11 @@ pub(crate) struct Signal {
     sender: watch::Sender<u64>,
     notify: Arc<Notify>,
     kick: Arc<Notify>,
-    tasks: std::sync::Mutex<Option<Tasks>>,
+    /// The notifier, started by the first append.
+    notifier: std::sync::Mutex<Option<Tasks>>,
+    /// The listener and the watcher, started by the first `commit_signal` (only followers need
+    /// them).
+    followers: std::sync::Mutex<Option<Tasks>>,
 }
 
 impl Signal {
@@ -54,58 +58,70 @@ impl Signal {
             sender: watch::channel(0).0,
             notify: Arc::new(Notify::new()),
             kick: Arc::new(Notify::new()),
-            tasks: std::sync::Mutex::new(None),
+            notifier: std::sync::Mutex::new(None),
+            followers: std::sync::Mutex::new(None),
         }
     }
 
-    /// A receiver of the signal; starts the tasks if needed.
+    /// A receiver of the signal; starts the listener and watcher if needed.
     pub(crate) fn subscribe(
         &self,
         pool: &PgPool,
         sql: &Sql,
         poll: Duration,
     ) -> watch::Receiver<u64> {
-        self.start(pool, sql, poll);
+        start_once(&self.followers, || {
+            let channel = sql.channel();
+            vec![
+                tokio::spawn(listener(pool.clone(), channel, self.kick.clone())),
+                tokio::spawn(watcher(
+                    pool.clone(),
+                    sql.head_and_top.clone(),
+                    self.sender.clone(),
+                    self.kick.clone(),
+                    poll,
+                )),
+            ]
+        });
         self.sender.subscribe()
     }
 
-    /// Called after an append of this process committed: wakes local followers at once,
-    /// has the notifier tell other processes, and has the watcher re-check the safe head.
-    pub(crate) fn committed(&self, pool: &PgPool, sql: &Sql, poll: Duration) {
-        self.start(pool, sql, poll);
+    /// Called after an append of this process committed (or a pending one rolled back): wakes
+    /// local followers at once and has the notifier tell other processes. Our own notification
+    /// comes back through the listener and has the watcher re-check the safe head, which
+    /// matters when this commit waits behind a slower transaction.
+    pub(crate) fn committed(&self, pool: &PgPool, sql: &Sql) {
+        start_once(&self.notifier, || {
+            vec![tokio::spawn(notifier(
+                pool.clone(),
+                sql.channel(),
+                self.notify.clone(),
+            ))]
+        });
         bump(&self.sender);
         self.notify.notify_one();
-        self.kick.notify_one();
     }
+}
 
-    /// Starts the tasks once, when called inside a tokio runtime.
-    fn start(&self, pool: &PgPool, sql: &Sql, poll: Duration) {
-        let Ok(mut tasks) = self.tasks.lock() else {
-            return;
-        };
-        if tasks.is_some() {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let channel = sql.channel();
-        let notifier = runtime.spawn(notifier(pool.clone(), channel.clone(), self.notify.clone()));
-        let listener = runtime.spawn(listener(pool.clone(), channel, self.kick.clone()));
-        let watcher = runtime.spawn(watcher(
-            pool.clone(),
-            sql.head_and_top.clone(),
-            self.sender.clone(),
-            self.kick.clone(),
-            poll,
-        ));
-        *tasks = Some(Tasks(vec![notifier, listener, watcher]));
+/// Runs `spawn` once, inside a tokio runtime (outside one it does nothing and a later call
+/// retries).
+fn start_once(slot: &std::sync::Mutex<Option<Tasks>>, spawn: impl FnOnce() -> Vec<JoinHandle<()>>) {
+    let Ok(mut slot) = slot.lock() else {
+        return;
+    };
+    if slot.is_none() && tokio::runtime::Handle::try_current().is_ok() {
+        *slot = Some(Tasks(spawn()));
     }
 }
 
 fn bump(sender: &watch::Sender<u64>) {
     sender.send_modify(|v| *v = v.wrapping_add(1));
 }
+
+/// At most one `NOTIFY` per this interval: the first commit after a quiet spell is notified at
+/// once, later ones within the interval share the next notification. Keeps a busy writer from
+/// paying a second transaction per append, for at most this much extra lag elsewhere.
+const NOTIFY_INTERVAL: Duration = Duration::from_millis(2);
 
 async fn notifier(pool: PgPool, channel: String, wake: Arc<Notify>) {
     loop {
@@ -114,6 +130,7 @@ async fn notifier(pool: PgPool, channel: String, wake: Arc<Notify>) {
             // Followers elsewhere fall back to polling; nothing is lost.
             tracing::debug!(%error, channel, "postgres event store: NOTIFY failed");
         }
+        tokio::time::sleep(NOTIFY_INTERVAL).await;
     }
 }
 

@@ -32,8 +32,43 @@ pub(crate) const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_ve
 /// already wrote. The stream's current version is read in the same statement and the rows are
 /// only inserted when it matches `$2` (`-1` = any version); a concurrent writer that got there
 /// first makes the insert fail on `events_stream_version_key`. One array per column keeps the
-/// bind count at 12 whatever the batch size.
+/// bind count at 12 whatever the batch size. Positions and versions of a batch are consecutive
+/// (both count the same ordinality), so one row comes back: the first of each and the count
+/// (NULLs and 0 when the version condition did not hold).
 const APPEND: &str = "
+WITH tx AS (
+    SELECT pg_current_xact_id()::text::bigint AS id
+),
+base AS (
+    SELECT tx.id,
+           coalesce((SELECT max(e.position) FROM {events} e
+                      WHERE e.position >= (tx.id << 20) AND e.position < ((tx.id + 1) << 20)),
+                    tx.id << 20) AS position
+      FROM tx
+),
+cur AS (
+    SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1
+),
+ins AS (
+INSERT INTO {events} (position, transaction_id, event_id, stream_id, stream_version, event_type,
+                      schema_version, payload, metadata, tenant_id, correlation_id, causation_id,
+                      source, occurred_at)
+SELECT base.position + b.n, base.id, b.event_id, $1, cur.version + b.n, b.event_type,
+       b.schema_version, b.payload::jsonb, b.metadata::jsonb, b.tenant_id, b.correlation_id,
+       b.causation_id, b.source, b.occurred_at
+  FROM base, cur,
+       unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::text[], $9::text[],
+              $10::text[], $11::text[], $12::timestamptz[])
+       WITH ORDINALITY AS b(event_id, event_type, schema_version, payload, metadata, tenant_id,
+                            correlation_id, causation_id, source, occurred_at, n)
+ WHERE $2::bigint < 0 OR cur.version = $2::bigint
+RETURNING position, stream_version
+)
+SELECT min(position), min(stream_version), count(*) FROM ins";
+
+/// [`APPEND`] for a single event, with one value per column instead of arrays: the common case
+/// (`append`, most commands) skips the array encoding and the `unnest`.
+const APPEND_ONE: &str = "
 WITH tx AS (
     SELECT pg_current_xact_id()::text::bigint AS id
 ),
@@ -50,14 +85,10 @@ cur AS (
 INSERT INTO {events} (position, transaction_id, event_id, stream_id, stream_version, event_type,
                       schema_version, payload, metadata, tenant_id, correlation_id, causation_id,
                       source, occurred_at)
-SELECT base.position + b.n, base.id, b.event_id, $1, cur.version + b.n, b.event_type,
-       b.schema_version, b.payload::jsonb, b.metadata::jsonb, b.tenant_id, b.correlation_id,
-       b.causation_id, b.source, b.occurred_at
-  FROM base, cur,
-       unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::text[], $9::text[],
-              $10::text[], $11::text[], $12::timestamptz[])
-       WITH ORDINALITY AS b(event_id, event_type, schema_version, payload, metadata, tenant_id,
-                            correlation_id, causation_id, source, occurred_at, n)
+SELECT base.position + 1, base.id, $3::uuid, $1, cur.version + 1, $4::text, $5::int4,
+       $6::text::jsonb, $7::text::jsonb, $8::text, $9::text, $10::text, $11::text,
+       $12::timestamptz
+  FROM base, cur
  WHERE $2::bigint < 0 OR cur.version = $2::bigint
 RETURNING position, stream_version";
 
@@ -73,8 +104,6 @@ const EVENTS_BY_ID: &str = "SELECT {columns} FROM {events} WHERE event_id = ANY(
 
 const READ_ALL: &str = "SELECT {columns} FROM {events} \
      WHERE position > $1 AND position < {cutoff} ORDER BY position LIMIT $2";
-
-const HEAD: &str = "SELECT coalesce(max(position), 0) FROM {events} WHERE position < {cutoff}";
 
 /// The safe head and the highest committed position: when the second is larger, committed
 /// events wait behind a slower transaction (the change watcher then polls until they do not).
@@ -97,8 +126,10 @@ pub(crate) const CRITERIA_LIMIT: &str = " LIMIT ";
 
 /// Wakes listeners of other processes; sent after commit by one background task per store,
 /// never inside the append (a `NOTIFY` holds a database-wide lock through commit, which would
-/// serialize every writer).
-pub(crate) const NOTIFY: &str = "SELECT pg_notify($1, '')";
+/// serialize every writer). A notification needs no durability, so its transaction commits
+/// without waiting for the WAL flush.
+pub(crate) const NOTIFY: &str =
+    "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')";
 
 const LOAD_SNAPSHOT: &str = "SELECT stream_id, version, schema_version, state, taken_at \
      FROM {snapshots} WHERE stream_id = $1";
@@ -121,11 +152,11 @@ pub(crate) struct Sql {
     pub(crate) schema: String,
     pub(crate) quoted_schema: String,
     pub(crate) append: String,
+    pub(crate) append_one: String,
     pub(crate) stream_version: String,
     pub(crate) load_stream: String,
     pub(crate) events_by_id: String,
     pub(crate) read_all: String,
-    pub(crate) head: String,
     pub(crate) head_and_top: String,
     pub(crate) criteria_select: String,
     pub(crate) load_snapshot: String,
@@ -154,11 +185,11 @@ impl Sql {
             schema: schema.to_owned(),
             quoted_schema: quoted.clone(),
             append: fill(APPEND),
+            append_one: fill(APPEND_ONE),
             stream_version: fill(STREAM_VERSION),
             load_stream: fill(LOAD_STREAM),
             events_by_id: fill(EVENTS_BY_ID),
             read_all: fill(READ_ALL),
-            head: fill(HEAD),
             head_and_top: fill(HEAD_AND_TOP),
             criteria_select: fill(CRITERIA_SELECT),
             load_snapshot: fill(LOAD_SNAPSHOT),
@@ -191,7 +222,7 @@ impl Sql {
     }
 }
 
-/// Checks a schema name: 1 to 63 bytes of `[a-z0-9_]`, not starting with a digit. Lower case
+/// Checks a schema name: 1 to 63 bytes of `[a-z0-9_]`, not starting with a digit or `pg_`. Lower case
 /// only, so the name means the same quoted or not.
 ///
 /// # Errors
@@ -200,6 +231,8 @@ pub(crate) fn validate_schema(schema: &str) -> Result<()> {
     let ok = !schema.is_empty()
         && schema.len() <= 63
         && !schema.starts_with(|c: char| c.is_ascii_digit())
+        // PostgreSQL reserves the `pg_` prefix for system schemas.
+        && !schema.starts_with("pg_")
         && schema
             .bytes()
             .all(|b| b == b'_' || b.is_ascii_lowercase() || b.is_ascii_digit());
@@ -208,7 +241,7 @@ pub(crate) fn validate_schema(schema: &str) -> Result<()> {
     } else {
         Err(Error::InvalidArgument(format!(
             "invalid schema name {schema:?}: use 1 to 63 characters of [a-z0-9_], not starting \
-             with a digit"
+             with a digit or `pg_`"
         )))
     }
 }
@@ -224,6 +257,7 @@ mod tests {
         for bad in [
             "",
             "1abc",
+            "pg_x",
             "a-b",
             "A",
             "a\"b",
@@ -238,7 +272,12 @@ mod tests {
     #[test]
     fn templates_are_filled() {
         let sql = Sql::new("s1").unwrap_or_else(|e| panic!("{e}"));
-        for text in [&sql.append, &sql.read_all, &sql.head, &sql.criteria_select] {
+        for text in [
+            &sql.append,
+            &sql.read_all,
+            &sql.head_and_top,
+            &sql.criteria_select,
+        ] {
             assert!(!text.contains('{'), "unfilled template: {text}");
             assert!(text.contains("\"s1\".events"));
         }
