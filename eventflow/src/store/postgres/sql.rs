@@ -21,7 +21,7 @@ pub(crate) const MAX_EVENTS_PER_TX: usize = (1 << TX_SHIFT) - 1;
 /// snapshot was taken; every transaction below it has committed or rolled back.
 const SAFE_CUTOFF: &str = "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)";
 
-/// Columns read back into an `Event`, in the order `row_to_event` expects.
+/// Columns read back into an `Event`, in the order `EventRow` expects.
 pub(crate) const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_version, event_type, \
      schema_version, payload, metadata, correlation_id, causation_id, source, occurred_at";
 
@@ -102,8 +102,12 @@ const LOAD_STREAM: &str = "SELECT {columns} FROM {events} \
 const EVENTS_BY_ID: &str = "SELECT {columns} FROM {events} WHERE event_id = ANY($1::uuid[]) \
      ORDER BY position";
 
-const READ_ALL: &str = "SELECT {columns} FROM {events} \
-     WHERE position > $1 AND position < {cutoff} ORDER BY position LIMIT $2";
+/// A page of the global order, with the highest committed position and the safe head of the
+/// same snapshot as two extra columns: a reader that got less than a full page learns from them
+/// whether it saw everything, or committed events wait behind a slower transaction.
+const READ_ALL: &str = "SELECT {columns}, (SELECT max(position) FROM {events}) AS top, \
+     (SELECT coalesce(max(position), 0) FROM {events} WHERE position < {cutoff}) AS head \
+     FROM {events} WHERE position > $1 AND position < {cutoff} ORDER BY position LIMIT $2";
 
 /// The safe head and the highest committed position: when the second is larger, committed
 /// events wait behind a slower transaction (the change watcher then polls until they do not).
