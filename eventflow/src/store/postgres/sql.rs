@@ -28,8 +28,10 @@ pub(crate) const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_ve
 /// Appends a batch in one statement.
 ///
 /// The transaction id is taken first (`pg_current_xact_id()` assigns one if needed) and becomes
-/// the high bits of every position; the low bits continue after any event this transaction
-/// already wrote. The stream's current version is read in the same statement and the rows are
+/// the high bits of every position; the low bits number the events of the batch from 1. The
+/// store runs exactly one append per transaction (`append_batch` in its own, `begin_append` holds
+/// one open), so positions never collide; a second append in one transaction would fail on
+/// `events_pkey`. The stream's current version is read in the same statement and the rows are
 /// only inserted when it matches `$2` (`-1` = any version); a concurrent writer that got there
 /// first makes the insert fail on `events_stream_version_key`. One array per column keeps the
 /// bind count at 12 whatever the batch size. Positions and versions of a batch are consecutive
@@ -40,11 +42,7 @@ WITH tx AS (
     SELECT pg_current_xact_id()::text::bigint AS id
 ),
 base AS (
-    SELECT tx.id,
-           coalesce((SELECT max(e.position) FROM {events} e
-                      WHERE e.position >= (tx.id << 20) AND e.position < ((tx.id + 1) << 20)),
-                    tx.id << 20) AS position
-      FROM tx
+    SELECT tx.id, tx.id << 20 AS position FROM tx
 ),
 cur AS (
     SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1
@@ -73,11 +71,7 @@ WITH tx AS (
     SELECT pg_current_xact_id()::text::bigint AS id
 ),
 base AS (
-    SELECT tx.id,
-           coalesce((SELECT max(e.position) FROM {events} e
-                      WHERE e.position >= (tx.id << 20) AND e.position < ((tx.id + 1) << 20)),
-                    tx.id << 20) AS position
-      FROM tx
+    SELECT tx.id, tx.id << 20 AS position FROM tx
 ),
 cur AS (
     SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1
