@@ -1,1 +1,902 @@
-//! Integration tests: nats (placeholder until its issue fills it).
+//! Integration tests: `NatsBus` against real nats-server processes, core and JetStream.
+//!
+//! The shared server (`NATS_URL`, default `nats://127.0.0.1:4222`, JetStream enabled) serves
+//! most tests, each with its own subject prefix and stream (deleted at the end). Fault tests
+//! start a private server (`support::nats_server`) that they kill with SIGKILL and restart.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use eventflow::bus::nats::{NatsBus, NatsConfig, NatsStatus};
+use eventflow::bus::{BusError, BusErrorKind, ErrorReceiver};
+use eventflow::{Error, Event, EventBus, EventBusExt, sync_handler};
+use eventflow_tests::nats_server::NatsServer;
+use eventflow_tests::{nats_url, service_unavailable, unique};
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+fn core_config(url: &str) -> NatsConfig {
+    let mut c = NatsConfig::new(url);
+    c.subject_prefix = unique("t");
+    c.reconnect_wait = Duration::from_millis(50);
+    c.max_reconnects = None;
+    c.connect_timeout = Duration::from_secs(3);
+    c
+}
+
+fn js_config(url: &str) -> NatsConfig {
+    let mut c = core_config(url);
+    c.enable_jetstream = true;
+    c.stream_name = unique("S");
+    c.durable_name = unique("d");
+    c.ack_wait = Duration::from_secs(2);
+    c.retry_backoff = Duration::from_millis(20);
+    c.max_retry_backoff = Duration::from_millis(200);
+    c.request_timeout = Duration::from_secs(3);
+    c
+}
+
+async fn connect(config: NatsConfig) -> NatsBus {
+    let url = config.url.clone();
+    match NatsBus::connect(config).await {
+        Ok(bus) => bus,
+        Err(e @ Error::Connect { .. }) => service_unavailable("NATS", &url, e),
+        Err(e) => panic!("cannot set up the NATS bus at {url}: {e}"),
+    }
+}
+
+/// Deletes a test's JetStream stream when dropped, even when the test panicked (best effort).
+struct StreamGuard {
+    url: String,
+    stream: String,
+}
+
+impl StreamGuard {
+    fn new(config: &NatsConfig) -> Self {
+        StreamGuard {
+            url: config.url.clone(),
+            stream: config.stream_name.clone(),
+        }
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let (url, stream) = (self.url.clone(), self.stream.clone());
+        // A runtime of its own: Drop cannot await, and the test's runtime may be shutting down.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let connect = async_nats::ConnectOptions::new()
+                    .connection_timeout(Duration::from_secs(2))
+                    .connect(url);
+                if let Ok(Ok(client)) = tokio::time::timeout(Duration::from_secs(3), connect).await
+                {
+                    let js = async_nats::jetstream::new(client);
+                    let _ = tokio::time::timeout(Duration::from_secs(3), js.delete_stream(&stream))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn raw_client(url: &str) -> async_nats::Client {
+    async_nats::connect(url)
+        .await
+        .unwrap_or_else(|e| service_unavailable("NATS", url, e))
+}
+
+/// `Client::flush` only empties the socket buffer; a request answered by the server ("no
+/// responders") proves it processed the SUB sent before.
+async fn server_has_processed(client: &async_nats::Client) {
+    let reply = client.request(client.new_inbox(), "".into()).await;
+    assert!(
+        matches!(&reply, Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders),
+        "round trip failed: {reply:?}"
+    );
+}
+
+async fn stream_messages(url: &str, stream: &str) -> u64 {
+    let js = async_nats::jetstream::new(raw_client(url).await);
+    let mut s = js.get_stream(stream).await.unwrap();
+    s.info().await.unwrap().state.messages
+}
+
+fn event(event_type: &str, n: u64) -> Event {
+    Event::new(event_type, json!({ "n": n })).unwrap()
+}
+
+/// A handler that forwards every event it sees.
+fn collector() -> (
+    impl Fn(&Event) -> eventflow::HandlerResult + Send + Sync + 'static,
+    mpsc::UnboundedReceiver<Event>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        move |e: &Event| {
+            let _ = tx.send(e.clone());
+            Ok(())
+        },
+        rx,
+    )
+}
+
+async fn recv_n(rx: &mut mpsc::UnboundedReceiver<Event>, n: usize, what: &str) -> Vec<Event> {
+    let mut got = Vec::with_capacity(n);
+    let deadline = Instant::now() + WAIT;
+    while got.len() < n {
+        match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+            Ok(Some(e)) => got.push(e),
+            Ok(None) => panic!("{what}: handler dropped after {} of {n} events", got.len()),
+            Err(_) => panic!("{what}: only {} of {n} events within {WAIT:?}", got.len()),
+        }
+    }
+    got
+}
+
+/// Waits for a reported error matching `pred`.
+async fn wait_error(
+    rx: &mut ErrorReceiver,
+    what: &str,
+    pred: impl Fn(&BusError) -> bool,
+) -> BusError {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+            Ok(Ok(e)) if pred(&e) => return e,
+            Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(e)) => panic!("error stream ended while waiting for {what}: {e}"),
+            Err(_) => panic!("no {what} reported within {WAIT:?}"),
+        }
+    }
+}
+
+async fn wait_status(bus: &NatsBus, what: &str, pred: impl Fn(NatsStatus) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !pred(bus.status()) {
+        assert!(
+            Instant::now() < deadline,
+            "status never became {what} (now {})",
+            bus.status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// the shared bus conformance kit, in both modes
+
+#[tokio::test]
+async fn conformance_kit_core() {
+    let url = nats_url();
+    eventflow::testing::conformance::bus::run_all(|| async {
+        Arc::new(connect(core_config(&url)).await) as Arc<dyn EventBus>
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn conformance_kit_jetstream() {
+    let url = nats_url();
+    let guards = Arc::new(Mutex::new(Vec::new()));
+    eventflow::testing::conformance::bus::run_all(|| async {
+        let config = js_config(&url);
+        guards.lock().unwrap().push(StreamGuard::new(&config));
+        Arc::new(connect(config).await) as Arc<dyn EventBus>
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// core and JetStream basics
+
+async fn patterns_follow_in_memory_semantics(bus: &NatsBus) {
+    let patterns = ["*", "order.*", "order.>", "*.created", "order.created"];
+    let mut subs = Vec::new();
+    let mut rxs = Vec::new();
+    for p in patterns {
+        let (h, rx) = collector();
+        subs.push(bus.on(p, sync_handler(h)).await.unwrap());
+        rxs.push(rx);
+    }
+    let types = [
+        "order.created",
+        "order.line.added",
+        "user.created",
+        "order",
+        "billing.paid",
+    ];
+    for (i, t) in types.iter().enumerate() {
+        bus.publish(event(t, i as u64)).await.unwrap();
+    }
+    // A sentinel every pattern but the exact one sees, so each can be drained to a known end.
+    bus.publish(event("order.zz.created", 99)).await.unwrap();
+    bus.publish(event("order.created", 100)).await.unwrap();
+
+    for (p, rx) in patterns.iter().zip(rxs.iter_mut()) {
+        let pattern = eventflow::Pattern::parse(p).unwrap();
+        let expected: Vec<String> = types
+            .iter()
+            .chain(["order.zz.created", "order.created"].iter())
+            .filter(|t| pattern.matches(t))
+            .map(|t| t.to_string())
+            .collect();
+        let got = recv_n(rx, expected.len(), p).await;
+        let got: Vec<String> = got.into_iter().map(|e| e.event_type).collect();
+        assert_eq!(
+            got, expected,
+            "pattern {p} saw the wrong events, or out of order"
+        );
+    }
+    drop(subs);
+}
+
+#[tokio::test]
+async fn core_patterns_match_the_in_memory_semantics() {
+    let bus = connect(core_config(&nats_url())).await;
+    assert!(bus.is_connected());
+    assert_eq!(bus.status(), NatsStatus::Connected);
+    patterns_follow_in_memory_semantics(&bus).await;
+    bus.close().await.unwrap();
+    assert_eq!(bus.status(), NatsStatus::Closed);
+}
+
+#[tokio::test]
+async fn jetstream_patterns_match_the_in_memory_semantics() {
+    let config = js_config(&nats_url());
+    let _guard = StreamGuard::new(&config);
+    let bus = connect(config).await;
+    patterns_follow_in_memory_semantics(&bus).await;
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn envelope_travels_as_json_with_the_id_in_nats_msg_id() {
+    let url = nats_url();
+    let config = core_config(&url);
+    let bus = connect(config.clone()).await;
+    let raw = raw_client(&url).await;
+    let mut sub = raw
+        .subscribe(format!("{}.>", config.subject_prefix))
+        .await
+        .unwrap();
+    server_has_processed(&raw).await;
+    let sent = event("order.created", 7).with_correlation("c-1");
+    bus.publish(sent.clone()).await.unwrap();
+    let msg = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        msg.subject.as_str(),
+        format!("{}.order.created", config.subject_prefix)
+    );
+    let header = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Msg-Id"))
+        .unwrap();
+    assert_eq!(header.as_str(), sent.id.to_string());
+    assert_eq!(Event::from_json(&msg.payload).unwrap(), sent);
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn invalid_event_types_and_patterns_never_reach_nats() {
+    let bus = connect(core_config(&nats_url())).await;
+    let mut bad = event("order.created", 1);
+    bad.event_type = "Order Created".into();
+    assert!(matches!(
+        bus.publish(bad.clone()).await,
+        Err(Error::InvalidEventType { .. })
+    ));
+    assert!(matches!(
+        bus.publish_batch(vec![event("a.b", 1), bad]).await,
+        Err(Error::InvalidEventType { .. })
+    ));
+    for p in ["", "a.>.b", "A.b", "a b"] {
+        let (h, _rx) = collector();
+        assert!(
+            matches!(
+                bus.on(p, sync_handler(h)).await,
+                Err(Error::InvalidPattern { .. })
+            ),
+            "{p:?} accepted"
+        );
+    }
+    bus.close().await.unwrap();
+    assert!(matches!(
+        bus.publish(event("a.b", 1)).await,
+        Err(Error::Closed(_))
+    ));
+}
+
+#[tokio::test]
+async fn core_handler_errors_and_panics_are_reported_and_delivery_goes_on() {
+    let bus = connect(core_config(&nats_url())).await;
+    let mut errors = bus.errors();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    bus.on(
+        "job.*",
+        sync_handler(move |e: &Event| {
+            match e.event_type.as_str() {
+                "job.fail" => return Err("no luck".into()),
+                "job.panic" => panic!("kaboom"),
+                _ => {}
+            }
+            let _ = tx.send(e.clone());
+            Ok(())
+        }),
+    )
+    .await
+    .unwrap()
+    .detach();
+    let failing = event("job.fail", 1);
+    let panicking = event("job.panic", 2);
+    bus.publish(failing.clone()).await.unwrap();
+    bus.publish(panicking.clone()).await.unwrap();
+    bus.publish(event("job.ok", 3)).await.unwrap();
+    let got = recv_n(&mut rx, 1, "after a failure").await;
+    assert_eq!(got[0].event_type, "job.ok");
+    let e = wait_error(&mut errors, "HandlerFailed", |e| {
+        e.kind == BusErrorKind::HandlerFailed
+    })
+    .await;
+    assert_eq!(e.event_id, Some(failing.id));
+    assert_eq!(e.pattern.as_deref(), Some("job.*"));
+    let e = wait_error(&mut errors, "HandlerPanicked", |e| {
+        e.kind == BusErrorKind::HandlerPanicked
+    })
+    .await;
+    assert_eq!(e.event_id, Some(panicking.id));
+    assert!(e.message.contains("kaboom"), "{}", e.message);
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn core_slow_consumer_drops_are_reported() {
+    let mut config = core_config(&nats_url());
+    config.subscription_capacity = 8;
+    let bus = connect(config).await;
+    let mut errors = bus.errors();
+    // Every call waits for a permit, none given until the drop was reported, so the client's
+    // buffer overflows.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    bus.on("flood.*", move |_e: Arc<Event>| {
+        let g = g.clone();
+        async move {
+            if let Ok(permit) = g.acquire().await {
+                permit.forget();
+            }
+            Ok(())
+        }
+    })
+    .await
+    .unwrap()
+    .detach();
+    let flood: Vec<Event> = (0..2_000).map(|n| event("flood.tick", n)).collect();
+    bus.publish_batch(flood).await.unwrap();
+    bus.flush().await.unwrap();
+    let e = wait_error(&mut errors, "Dropped", |e| e.kind == BusErrorKind::Dropped).await;
+    assert!(e.message.contains("slow consumer"), "{}", e.message);
+    gate.add_permits(2_000);
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn oversized_events_are_a_typed_error_before_sending() {
+    let url = nats_url();
+    for config in [core_config(&url), js_config(&url)] {
+        let _guard = StreamGuard::new(&config);
+        let js = config.enable_jetstream;
+        let stream = config.stream_name.clone();
+        let bus = connect(config).await;
+        let limit = raw_client(&url).await.server_info().max_payload;
+        let big = Event::new("blob.stored", json!({ "data": "x".repeat(limit) })).unwrap();
+        let id = big.id;
+        match bus.publish(big.clone()).await {
+            Err(Error::EventTooLarge {
+                id: got,
+                size,
+                limit: l,
+            }) => {
+                assert_eq!(got, id);
+                assert!(size > l && l == limit, "size {size}, limit {l}");
+            }
+            other => panic!("expected EventTooLarge, got {other:?}"),
+        }
+        // A batch is checked whole before anything is sent.
+        assert!(matches!(
+            bus.publish_batch(vec![event("blob.small", 1), big]).await,
+            Err(Error::EventTooLarge { .. })
+        ));
+        if js {
+            assert_eq!(
+                stream_messages(&url, &stream).await,
+                0,
+                "part of a rejected batch was sent"
+            );
+        }
+        bus.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn unreachable_server_is_a_typed_error_within_the_timeout() {
+    let port = eventflow_tests::free_port();
+    let mut config = NatsConfig::new(format!("nats://user:secret@127.0.0.1:{port}"));
+    config.connect_timeout = Duration::from_secs(2);
+    let started = Instant::now();
+    match NatsBus::connect(config).await {
+        Err(e @ Error::Connect { .. }) => {
+            let Error::Connect {
+                backend, target, ..
+            } = &e
+            else {
+                unreachable!()
+            };
+            assert_eq!(*backend, "nats");
+            assert!(!target.contains("secret"), "credentials leaked: {target}");
+            assert!(
+                !format!("{e} {e:?}").contains("secret"),
+                "credentials leaked: {e:?}"
+            );
+        }
+        other => panic!("expected Error::Connect, got {other:?}"),
+    }
+    // A bound, not a speed claim: the configured timeout plus a margin.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn user_password_and_token_auth_are_used_and_bad_credentials_are_a_connect_error() {
+    let server = NatsServer::start_with(&["--user", "alice", "--pass", "s3cret"]);
+    let mut config = core_config(&server.url());
+    config.user = Some("alice".into());
+    config.password = Some("s3cret".into());
+    let bus = connect(config.clone()).await;
+    assert!(bus.is_connected());
+    bus.close().await.unwrap();
+    config.password = Some("wrong".into());
+    assert!(matches!(
+        NatsBus::connect(config).await,
+        Err(Error::Connect { .. })
+    ));
+
+    let server = NatsServer::start_with(&["--auth", "t0ken"]);
+    let mut config = core_config(&server.url());
+    config.token = Some("t0ken".into());
+    let bus = connect(config.clone()).await;
+    assert!(bus.is_connected());
+    bus.close().await.unwrap();
+    config.token = None;
+    assert!(matches!(
+        NatsBus::connect(config).await,
+        Err(Error::Connect { .. })
+    ));
+}
+
+#[tokio::test]
+async fn jetstream_stores_a_duplicate_event_id_once() {
+    let url = nats_url();
+    let config = js_config(&url);
+    let _guard = StreamGuard::new(&config);
+    let stream = config.stream_name.clone();
+    let bus = connect(config.clone()).await;
+    let e = event("order.created", 1);
+    bus.publish(e.clone()).await.unwrap();
+    bus.publish(e.clone()).await.unwrap();
+    bus.publish_batch(vec![e.clone(), event("order.created", 2), e])
+        .await
+        .unwrap();
+    assert_eq!(stream_messages(&url, &stream).await, 2);
+    // Connecting again updates the same stream idempotently.
+    let again = connect(config).await;
+    again.close().await.unwrap();
+    bus.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// JetStream delivery
+
+#[tokio::test]
+async fn durable_subscriber_resumes_where_it_left_off() {
+    let url = nats_url();
+    let config = js_config(&url);
+    let _guard = StreamGuard::new(&config);
+
+    let first = connect(config.clone()).await;
+    let (h, mut rx) = collector();
+    first.on("order.*", sync_handler(h)).await.unwrap().detach();
+    let before: Vec<Event> = (0..5).map(|n| event("order.created", n)).collect();
+    first.publish_batch(before.clone()).await.unwrap();
+    let got = recv_n(&mut rx, 5, "first subscriber").await;
+    assert_eq!(
+        got.iter().map(|e| e.id).collect::<Vec<_>>(),
+        before.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+    first.close().await.unwrap();
+
+    // Published while no subscriber runs.
+    let publisher = connect(config.clone()).await;
+    let during: Vec<Event> = (5..10).map(|n| event("order.created", n)).collect();
+    publisher.publish_batch(during.clone()).await.unwrap();
+
+    let second = connect(config).await;
+    let (h, mut rx) = collector();
+    second
+        .on("order.*", sync_handler(h))
+        .await
+        .unwrap()
+        .detach();
+    let got = recv_n(&mut rx, 5, "restarted subscriber").await;
+    assert_eq!(
+        got.iter().map(|e| e.id).collect::<Vec<_>>(),
+        during.iter().map(|e| e.id).collect::<Vec<_>>(),
+        "the restarted durable subscriber must resume after the acknowledged events"
+    );
+    let after = event("order.created", 10);
+    publisher.publish(after.clone()).await.unwrap();
+    assert_eq!(recv_n(&mut rx, 1, "live").await[0].id, after.id);
+    second.close().await.unwrap();
+    publisher.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn handler_error_and_panic_are_redelivered_with_backoff() {
+    let url = nats_url();
+    let config = js_config(&url);
+    let _guard = StreamGuard::new(&config);
+    let bus = connect(config).await;
+    let mut errors = bus.errors();
+    let attempts = Arc::new(Mutex::new(HashMap::<Uuid, usize>::new()));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let seen = attempts.clone();
+    bus.on(
+        "task.*",
+        sync_handler(move |e: &Event| {
+            let n = {
+                let mut a = seen.lock().unwrap();
+                let n = a.entry(e.id).or_insert(0);
+                *n += 1;
+                *n
+            };
+            if e.event_type == "task.flaky" {
+                match n {
+                    1 => return Err("first try fails".into()),
+                    2 => panic!("second try panics"),
+                    _ => {}
+                }
+            }
+            let _ = tx.send(e.clone());
+            Ok(())
+        }),
+    )
+    .await
+    .unwrap()
+    .detach();
+
+    let flaky = event("task.flaky", 1);
+    let steady = event("task.steady", 2);
+    bus.publish(flaky.clone()).await.unwrap();
+    bus.publish(steady.clone()).await.unwrap();
+    let got = recv_n(&mut rx, 2, "handled").await;
+    let ids: HashSet<Uuid> = got.iter().map(|e| e.id).collect();
+    assert_eq!(ids, HashSet::from([flaky.id, steady.id]));
+    assert_eq!(attempts.lock().unwrap()[&flaky.id], 3);
+    let e = wait_error(&mut errors, "HandlerFailed", |e| {
+        e.kind == BusErrorKind::HandlerFailed
+    })
+    .await;
+    assert_eq!(e.event_id, Some(flaky.id));
+    let e = wait_error(&mut errors, "HandlerPanicked", |e| {
+        e.kind == BusErrorKind::HandlerPanicked
+    })
+    .await;
+    assert_eq!(e.event_id, Some(flaky.id));
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn poison_event_is_terminated_after_max_deliver_while_later_events_flow() {
+    let url = nats_url();
+    let mut config = js_config(&url);
+    config.max_deliver = 3;
+    let dead_letters = unique("dlq");
+    config.dead_letter_subject = Some(dead_letters.clone());
+    let _guard = StreamGuard::new(&config);
+    let bus = connect(config).await;
+    let mut errors = bus.errors();
+
+    let raw = raw_client(&url).await;
+    let mut dlq = raw.subscribe(dead_letters).await.unwrap();
+    server_has_processed(&raw).await;
+
+    let poison_tries = Arc::new(AtomicUsize::new(0));
+    let tries = poison_tries.clone();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    bus.on(
+        "*",
+        sync_handler(move |e: &Event| {
+            if e.event_type == "poison.pill" {
+                tries.fetch_add(1, Ordering::SeqCst);
+                return Err("cannot digest".into());
+            }
+            let _ = tx.send(e.clone());
+            Ok(())
+        }),
+    )
+    .await
+    .unwrap()
+    .detach();
+
+    let poison = event("poison.pill", 0);
+    bus.publish(poison.clone()).await.unwrap();
+    let good: Vec<Event> = (1..=20).map(|n| event("meal.served", n)).collect();
+    bus.publish_batch(good.clone()).await.unwrap();
+
+    let got = recv_n(&mut rx, good.len(), "later events").await;
+    assert_eq!(
+        got.iter().map(|e| e.id).collect::<HashSet<_>>(),
+        good.iter().map(|e| e.id).collect::<HashSet<_>>()
+    );
+    let e = wait_error(&mut errors, "DeadLettered", |e| {
+        e.kind == BusErrorKind::DeadLettered
+    })
+    .await;
+    assert_eq!(e.event_id, Some(poison.id));
+    assert_eq!(poison_tries.load(Ordering::SeqCst), 3);
+
+    let msg = tokio::time::timeout(WAIT, dlq.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(Event::from_json(&msg.payload).unwrap().id, poison.id);
+    let headers = msg.headers.unwrap();
+    assert_eq!(headers.get("Eventflow-Deliveries").unwrap().as_str(), "3");
+    assert!(
+        headers
+            .get("Eventflow-Error")
+            .unwrap()
+            .as_str()
+            .contains("cannot digest")
+    );
+
+    // Still flowing after the termination.
+    let late = event("meal.served", 99);
+    bus.publish(late.clone()).await.unwrap();
+    assert_eq!(recv_n(&mut rx, 1, "after termination").await[0].id, late.id);
+    assert_eq!(
+        poison_tries.load(Ordering::SeqCst),
+        3,
+        "terminated event came back"
+    );
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_delivery_and_a_new_subscription_starts_at_new_events() {
+    let url = nats_url();
+    for config in [core_config(&url), js_config(&url)] {
+        let _guard = StreamGuard::new(&config);
+        let bus = connect(config).await;
+        let (h, mut rx) = collector();
+        let sub = bus.on("a.*", sync_handler(h)).await.unwrap();
+        bus.publish(event("a.one", 1)).await.unwrap();
+        recv_n(&mut rx, 1, "before unsubscribe").await;
+        sub.unsubscribe();
+        bus.publish(event("a.two", 2)).await.unwrap();
+
+        let (h, mut rx2) = collector();
+        let _sub2 = bus.on("a.*", sync_handler(h)).await.unwrap();
+        let third = event("a.three", 3);
+        bus.publish(third.clone()).await.unwrap();
+        assert_eq!(
+            recv_n(&mut rx2, 1, "new subscription").await[0].id,
+            third.id
+        );
+        // The first handler saw nothing after unsubscribe returned.
+        assert!(rx.try_recv().is_err());
+        bus.close().await.unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// faults (private servers)
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_reconnects_after_server_restart_and_reports_status_transitions() {
+    let mut server = NatsServer::start();
+    let bus = connect(core_config(&server.url())).await;
+    let mut errors = bus.errors();
+    assert_eq!(bus.status(), NatsStatus::Connected);
+    let (h, mut rx) = collector();
+    bus.on("ping.*", sync_handler(h)).await.unwrap().detach();
+
+    server.kill();
+    wait_status(&bus, "not connected", |s| s != NatsStatus::Connected).await;
+    assert!(!bus.is_connected());
+    wait_error(&mut errors, "Disconnected", |e| {
+        e.kind == BusErrorKind::Disconnected
+    })
+    .await;
+
+    tokio::task::block_in_place(|| server.restart());
+    wait_status(&bus, "connected", |s| s == NatsStatus::Connected).await;
+    wait_error(&mut errors, "Reconnected", |e| {
+        e.kind == BusErrorKind::Reconnected
+    })
+    .await;
+
+    // The subscription was restored with the connection.
+    let ping = event("ping.sent", 1);
+    bus.publish(ping.clone()).await.unwrap();
+    assert_eq!(recv_n(&mut rx, 1, "after reconnect").await[0].id, ping.id);
+    bus.close().await.unwrap();
+    assert_eq!(bus.status(), NatsStatus::Closed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn giving_up_after_max_reconnects_is_reported_and_status_is_closed() {
+    let mut server = NatsServer::start();
+    let mut config = core_config(&server.url());
+    config.max_reconnects = Some(2);
+    config.reconnect_wait = Duration::from_millis(20);
+    let bus = connect(config).await;
+    let mut errors = bus.errors();
+    server.kill();
+    wait_error(&mut errors, "giving up", |e| {
+        e.kind == BusErrorKind::Disconnected && e.message.contains("gave up")
+    })
+    .await;
+    wait_status(&bus, "closed", |s| s == NatsStatus::Closed).await;
+    assert!(bus.publish(event("a.b", 1)).await.is_err());
+}
+
+/// 10,000 events to JetStream while the server is killed with SIGKILL (twice) and restarted:
+/// every event whose publish was acknowledged is delivered (duplicates allowed, loss not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_kill_9_loses_no_acknowledged_event() {
+    const TOTAL: usize = 10_000;
+    const CHUNK: usize = 50;
+    let mut server = NatsServer::start();
+    let mut config = js_config(&server.url());
+    config.request_timeout = Duration::from_secs(2);
+    config.ack_wait = Duration::from_secs(2);
+
+    let subscriber = connect(config.clone()).await;
+    let received = Arc::new(Mutex::new(HashSet::<Uuid>::new()));
+    let deliveries = Arc::new(AtomicUsize::new(0));
+    {
+        let received = received.clone();
+        let deliveries = deliveries.clone();
+        subscriber
+            .on(
+                "load.*",
+                sync_handler(move |e: &Event| {
+                    deliveries.fetch_add(1, Ordering::Relaxed);
+                    received.lock().unwrap().insert(e.id);
+                    Ok(())
+                }),
+            )
+            .await
+            .unwrap()
+            .detach();
+    }
+
+    let publisher = connect(config).await;
+    let acked = Arc::new(Mutex::new(Vec::<Uuid>::with_capacity(TOTAL)));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let publishing = {
+        let acked = acked.clone();
+        let failures = failures.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            for chunk in 0..TOTAL / CHUNK {
+                let batch: Vec<Event> = (0..CHUNK)
+                    .map(|i| event("load.tick", (chunk * CHUNK + i) as u64))
+                    .collect();
+                // Retry the same events (same ids: the duplicate window stores them once)
+                // until acknowledged.
+                loop {
+                    match publisher.publish_batch(batch.clone()).await {
+                        Ok(()) => break,
+                        Err(_) => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                            assert!(Instant::now() < deadline, "publishing never recovered");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                acked.lock().unwrap().extend(batch.iter().map(|e| e.id));
+            }
+            publisher
+        })
+    };
+
+    for kill_at in [TOTAL / 4, TOTAL * 2 / 3] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acked.lock().unwrap().len() < kill_at {
+            assert!(Instant::now() < deadline, "publisher stalled before kill");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        server.kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::task::block_in_place(|| server.restart());
+    }
+    let publisher = tokio::time::timeout(Duration::from_secs(120), publishing)
+        .await
+        .expect("publisher did not finish")
+        .unwrap();
+
+    let acked: Vec<Uuid> = acked.lock().unwrap().clone();
+    assert_eq!(acked.len(), TOTAL);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let missing = {
+            let got = received.lock().unwrap();
+            acked.iter().filter(|id| !got.contains(id)).count()
+        };
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} acknowledged events never delivered ({} publish retries)",
+            failures.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "kill -9 test: {TOTAL} acknowledged, {} deliveries ({} duplicates), {} publish retries",
+        deliveries.load(Ordering::Relaxed),
+        deliveries.load(Ordering::Relaxed) - TOTAL,
+        failures.load(Ordering::Relaxed)
+    );
+    publisher.close().await.unwrap();
+    subscriber.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_publish_while_server_down_is_an_error_not_a_silent_drop() {
+    let mut server = NatsServer::start();
+    let mut config = js_config(&server.url());
+    config.request_timeout = Duration::from_millis(500);
+    let bus = connect(config).await;
+    bus.publish(event("x.y", 1)).await.unwrap();
+    server.kill();
+    wait_status(&bus, "not connected", |s| s != NatsStatus::Connected).await;
+    match bus.publish(event("x.y", 2)).await {
+        Err(Error::Timeout { .. }) | Err(Error::Backend { .. }) => {}
+        other => panic!("publish with the server down must fail, got {other:?}"),
+    }
+    tokio::task::block_in_place(|| server.restart());
+    wait_status(&bus, "connected", |s| s == NatsStatus::Connected).await;
+    let deadline = Instant::now() + WAIT;
+    // JetStream may need a moment after the restart before it answers.
+    while bus.publish(event("x.y", 3)).await.is_err() {
+        assert!(Instant::now() < deadline, "publish never recovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bus.close().await.unwrap();
+}

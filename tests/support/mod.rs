@@ -5,6 +5,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+#[cfg(feature = "nats")]
+pub mod nats_server;
+#[cfg(feature = "redis")]
+pub mod redis_server;
+
 /// PostgreSQL URL (`DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`).
 pub fn database_url() -> String {
     std::env::var("DATABASE_URL")

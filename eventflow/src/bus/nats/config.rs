@@ -1,0 +1,322 @@
+//! [`NatsConfig`]: where to connect, how to authenticate, core or JetStream, and the delivery
+//! knobs of durable consumers.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Configuration of a [`NatsBus`](super::NatsBus).
+///
+/// `NatsConfig::default()` mirrors the seed's `DefaultNATSConfig()`: a local server, the subject
+/// prefix `events`, core NATS (at most once), and reconnecting up to 60 times, 2 seconds apart
+/// (the Go client's defaults). Set [`enable_jetstream`](Self::enable_jetstream) for
+/// at-least-once delivery through durable consumers.
+///
+/// ```
+/// use std::time::Duration;
+/// use eventflow::bus::nats::NatsConfig;
+///
+/// let mut config = NatsConfig::default();
+/// config.url = "nats://nats.example.com:4222".into();
+/// config.enable_jetstream = true;
+/// config.max_reconnects = Some(10);
+/// config.reconnect_wait = Duration::from_secs(2);
+/// assert_eq!(config.subject_prefix, "events");
+/// ```
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct NatsConfig {
+    /// Server URL, or several separated by commas (`nats://a:4222,nats://b:4222`).
+    pub url: String,
+    /// Every event is published on `<subject_prefix>.<event type>`. Dot-separated tokens of
+    /// `[A-Za-z0-9_-]`; empty means no prefix.
+    pub subject_prefix: String,
+    /// JetStream (at least once, durable consumers) instead of core NATS (at most once).
+    pub enable_jetstream: bool,
+    /// The JetStream stream that stores the events (created or updated at connect).
+    pub stream_name: String,
+    /// The stream's subjects; empty means `<subject_prefix>.>`.
+    pub stream_subjects: Vec<String>,
+    /// Keep the stream in memory instead of files (JetStream).
+    pub memory_storage: bool,
+    /// Events with the same id published within this window are stored once (JetStream).
+    pub duplicate_window: Duration,
+    /// How long the stream keeps events; zero keeps them until other limits apply (JetStream).
+    pub max_age: Duration,
+    /// Reconnect attempts after a lost connection before giving up; `None` retries for ever.
+    pub max_reconnects: Option<usize>,
+    /// Wait between reconnect attempts (the first one is immediate).
+    pub reconnect_wait: Duration,
+    /// Limit for the initial connection (TCP, TLS and handshake).
+    pub connect_timeout: Duration,
+    /// Limit for one JetStream publish acknowledgement or API request.
+    pub request_timeout: Duration,
+    /// Base name of the durable consumers (JetStream). A subscription to pattern `p` uses the
+    /// durable consumer `<durable_name>-<hash of p>` (with `-<n>` appended for the n-th further
+    /// subscription to the same pattern on one bus), so a restarted subscriber resumes where
+    /// it left off, and processes sharing the name share the work.
+    pub durable_name: String,
+    /// How long the server waits for a handler's ack before redelivering (JetStream).
+    pub ack_wait: Duration,
+    /// Deliveries of one event before it is given up on (terminated, reported and sent to the
+    /// dead-letter subject); `-1` retries for ever (JetStream).
+    pub max_deliver: i64,
+    /// Delay before the first redelivery after a handler error; doubles on each further
+    /// failure up to [`max_retry_backoff`](Self::max_retry_backoff) (JetStream).
+    pub retry_backoff: Duration,
+    /// Upper bound of the redelivery delay (JetStream).
+    pub max_retry_backoff: Duration,
+    /// Where terminated (poison) events are published, with the failure in headers; `None`
+    /// only reports them on the error stream. Keep it outside `<subject_prefix>.>`.
+    pub dead_letter_subject: Option<String>,
+    /// Publish acknowledgements `publish_batch` keeps in flight at once (JetStream).
+    pub publish_window: usize,
+    /// Client connection name, shown by the server's monitoring.
+    pub connection_name: Option<String>,
+    /// A `.creds` file (JWT and NKey seed).
+    pub credentials_file: Option<PathBuf>,
+    /// Token authentication.
+    pub token: Option<String>,
+    /// User name for user/password authentication.
+    pub user: Option<String>,
+    /// Password for user/password authentication.
+    pub password: Option<String>,
+    /// Refuse to connect without TLS.
+    pub tls_required: bool,
+    /// Messages the client buffers per core subscription while its handler is busy; beyond
+    /// that it drops them and the error stream reports `Dropped` (slow consumer).
+    pub subscription_capacity: usize,
+    /// Failures kept for slow readers of the error stream.
+    pub error_capacity: usize,
+}
+
+/// Secrets (URL credentials, token, password) are redacted.
+impl fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |o: &Option<String>| o.as_ref().map(|_| "***");
+        f.debug_struct("NatsConfig")
+            .field("url", &self.redacted_url())
+            .field("subject_prefix", &self.subject_prefix)
+            .field("enable_jetstream", &self.enable_jetstream)
+            .field("stream_name", &self.stream_name)
+            .field("stream_subjects", &self.stream_subjects)
+            .field("memory_storage", &self.memory_storage)
+            .field("duplicate_window", &self.duplicate_window)
+            .field("max_age", &self.max_age)
+            .field("max_reconnects", &self.max_reconnects)
+            .field("reconnect_wait", &self.reconnect_wait)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("durable_name", &self.durable_name)
+            .field("ack_wait", &self.ack_wait)
+            .field("max_deliver", &self.max_deliver)
+            .field("retry_backoff", &self.retry_backoff)
+            .field("max_retry_backoff", &self.max_retry_backoff)
+            .field("dead_letter_subject", &self.dead_letter_subject)
+            .field("publish_window", &self.publish_window)
+            .field("connection_name", &self.connection_name)
+            .field("credentials_file", &self.credentials_file)
+            .field("token", &hidden(&self.token))
+            .field("user", &self.user)
+            .field("password", &hidden(&self.password))
+            .field("tls_required", &self.tls_required)
+            .field("subscription_capacity", &self.subscription_capacity)
+            .field("error_capacity", &self.error_capacity)
+            .finish()
+    }
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            subject_prefix: "events".to_owned(),
+            enable_jetstream: false,
+            stream_name: "EVENTS".to_owned(),
+            stream_subjects: Vec::new(),
+            memory_storage: false,
+            duplicate_window: Duration::from_secs(120),
+            max_age: Duration::ZERO,
+            max_reconnects: Some(60),
+            reconnect_wait: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(5),
+            durable_name: "eventflow".to_owned(),
+            ack_wait: Duration::from_secs(30),
+            max_deliver: 5,
+            retry_backoff: Duration::from_millis(500),
+            max_retry_backoff: Duration::from_secs(30),
+            dead_letter_subject: None,
+            publish_window: 256,
+            connection_name: Some("eventflow".to_owned()),
+            credentials_file: None,
+            token: None,
+            user: None,
+            password: None,
+            tls_required: false,
+            subscription_capacity: 65_536,
+            error_capacity: 1024,
+        }
+    }
+}
+
+impl NatsConfig {
+    /// The default configuration for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        NatsConfig {
+            url: url.into(),
+            ..NatsConfig::default()
+        }
+    }
+
+    /// The default configuration with JetStream enabled, for `url`.
+    pub fn jetstream(url: impl Into<String>) -> Self {
+        NatsConfig {
+            enable_jetstream: true,
+            ..NatsConfig::new(url)
+        }
+    }
+
+    /// The stream's subjects: [`stream_subjects`](Self::stream_subjects) or `<prefix>.>`.
+    pub fn effective_stream_subjects(&self) -> Vec<String> {
+        if !self.stream_subjects.is_empty() {
+            self.stream_subjects.clone()
+        } else if self.subject_prefix.is_empty() {
+            vec![">".to_owned()]
+        } else {
+            vec![format!("{}.>", self.subject_prefix)]
+        }
+    }
+
+    /// The URL(s) with any credentials removed, for error messages and logs.
+    pub fn redacted_url(&self) -> String {
+        self.url
+            .split(',')
+            .map(|u| {
+                let u = u.trim();
+                match (u.find("://"), u.rfind('@')) {
+                    (Some(s), Some(at)) if at > s => format!("{}://***@{}", &u[..s], &u[at + 1..]),
+                    (None, Some(at)) => format!("***@{}", &u[at + 1..]),
+                    _ => u.to_owned(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Checks the fields a server would otherwise reject later, with a clearer message.
+    pub(super) fn validate(&self) -> Result<()> {
+        let invalid = |msg: String| Err(Error::InvalidArgument(msg));
+        if self.url.trim().is_empty() {
+            return invalid("nats: url must not be empty".into());
+        }
+        if !self.subject_prefix.is_empty() && !is_subject_literal(&self.subject_prefix) {
+            return invalid(format!(
+                "nats: subject_prefix {:?} must be dot-separated tokens of [A-Za-z0-9_-]",
+                self.subject_prefix
+            ));
+        }
+        if self.enable_jetstream {
+            if !is_name(&self.stream_name) {
+                return invalid(format!(
+                    "nats: stream_name {:?} must be non-empty [A-Za-z0-9_-]",
+                    self.stream_name
+                ));
+            }
+            if !is_name(&self.durable_name) {
+                return invalid(format!(
+                    "nats: durable_name {:?} must be non-empty [A-Za-z0-9_-]",
+                    self.durable_name
+                ));
+            }
+            if self.max_deliver == 0 || self.max_deliver < -1 {
+                return invalid("nats: max_deliver must be positive or -1".into());
+            }
+        }
+        if self.subscription_capacity == 0 {
+            return invalid("nats: subscription_capacity must be at least 1".into());
+        }
+        if self.publish_window == 0 {
+            return invalid("nats: publish_window must be at least 1".into());
+        }
+        if self.user.is_some() != self.password.is_some() {
+            return invalid("nats: user and password go together".into());
+        }
+        Ok(())
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 200
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn is_subject_literal(s: &str) -> bool {
+    s.split('.').all(is_name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_core() {
+        let c = NatsConfig::default();
+        assert!(c.validate().is_ok());
+        assert!(!c.enable_jetstream);
+        assert_eq!(c.effective_stream_subjects(), vec!["events.>".to_owned()]);
+        assert!(NatsConfig::jetstream("nats://x:1").validate().is_ok());
+    }
+
+    #[test]
+    fn bad_fields_are_rejected() {
+        for c in [
+            NatsConfig {
+                subject_prefix: "a.*".into(),
+                ..NatsConfig::default()
+            },
+            NatsConfig {
+                subject_prefix: "a..b".into(),
+                ..NatsConfig::default()
+            },
+            NatsConfig {
+                stream_name: "a.b".into(),
+                ..NatsConfig::jetstream("nats://x:1")
+            },
+            NatsConfig {
+                user: Some("u".into()),
+                ..NatsConfig::default()
+            },
+        ] {
+            assert!(
+                matches!(c.validate(), Err(Error::InvalidArgument(_))),
+                "{c:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let mut c = NatsConfig::new("nats://u:pw1@h:1");
+        c.token = Some("tok2".into());
+        c.user = Some("u".into());
+        c.password = Some("pw3".into());
+        let shown = format!("{c:?}");
+        for secret in ["pw1", "tok2", "pw3"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+
+    #[test]
+    fn credentials_are_redacted() {
+        let c = NatsConfig::new("nats://u:secret@host:4222, tls://tok@h2:1,nats://h3:2");
+        assert_eq!(
+            c.redacted_url(),
+            "nats://***@host:4222,tls://***@h2:1,nats://h3:2"
+        );
+    }
+}

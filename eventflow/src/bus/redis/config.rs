@@ -1,0 +1,158 @@
+//! [`RedisConfig`]: where the Redis bus connects and how it behaves.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Configuration of a [`RedisBus`](super::RedisBus). `Default` mirrors the Go package's `DefaultRedisConfig`.
+///
+/// Build it from the default and change what differs (fields are public, so a struct literal
+/// with `..RedisConfig::default()` works too):
+///
+/// ```
+/// use eventflow::bus::redis::RedisConfig;
+/// let mut config = RedisConfig::new("redis://redis.example.com:6379");
+/// config.use_streams = true;
+/// config.consumer_name = "billing-1".into(); // stable across restarts: resume pending at once
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// Servers to try, in order: `redis://host:port[/db]`, `rediss://...` (TLS) or a bare
+    /// `host:port`. Default `["redis://127.0.0.1:6379"]`.
+    pub addrs: Vec<String>,
+    /// Streams (at least once, consumer groups) instead of pub/sub (at most once). Default
+    /// `false`.
+    pub use_streams: bool,
+    /// Prefix of every channel and key the bus uses. Default `events`.
+    pub key_prefix: String,
+    /// Consumer group name prefix (Streams mode); each subscription's group is
+    /// `<consumer_group>:<pattern>`. Default `eventflow`.
+    pub consumer_group: String,
+    /// This process's consumer name inside the groups (Streams mode). Default
+    /// `<HOSTNAME or "eventflow">-<pid>-<random>`; set a name that is stable across restarts so
+    /// a restarted consumer resumes its own pending entries at once instead of waiting for
+    /// another consumer to claim them after `claim_idle`.
+    pub consumer_name: String,
+    /// Approximate upper bound of the stream length (`XADD MAXLEN ~`); 0 disables trimming.
+    /// Default 100 000.
+    pub stream_max_len: usize,
+    /// How long an entry must sit pending with another consumer before it is claimed
+    /// (`XAUTOCLAIM` min-idle-time). Default 30 s.
+    pub claim_idle: Duration,
+    /// Deliveries after which a failing entry is dead-lettered and acked. Default 5.
+    pub max_deliveries: u32,
+    /// How soon a failed entry is read again. Default 200 ms.
+    pub retry_delay: Duration,
+    /// Dead-letter stream key. Default `None`: `<key_prefix>:dead-letter`.
+    pub dead_letter_stream: Option<String>,
+    /// Let a new consumer group start at the beginning of the stream (`0`) instead of its end
+    /// (`$`). Default `false`.
+    pub start_from_beginning: bool,
+    /// Entries read per `XREADGROUP`. Default 100.
+    pub batch_size: usize,
+    /// How long one `XREADGROUP` blocks waiting for new entries. Default 1 s.
+    pub block: Duration,
+    /// Limit for establishing a connection. Default 5 s.
+    pub connect_timeout: Duration,
+    /// Limit for one command's answer. Default 5 s.
+    pub response_timeout: Duration,
+    /// ACL user name (overrides the URL's). Default none.
+    pub username: Option<String>,
+    /// Password (overrides the URL's). Default none.
+    pub password: Option<String>,
+    /// For `rediss://` addresses: a PEM file of the certificate authority to trust instead of
+    /// the system's roots (e.g. a private CA). Default none (system roots).
+    pub tls_ca_cert: Option<std::path::PathBuf>,
+    /// Failures kept for slow readers of the error stream. Default 1024.
+    pub error_capacity: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "eventflow".to_owned());
+        let random = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        RedisConfig {
+            addrs: vec!["redis://127.0.0.1:6379".to_owned()],
+            use_streams: false,
+            key_prefix: "events".to_owned(),
+            consumer_group: "eventflow".to_owned(),
+            consumer_name: format!("{host}-{}-{random}", std::process::id()),
+            stream_max_len: 100_000,
+            claim_idle: Duration::from_secs(30),
+            max_deliveries: 5,
+            retry_delay: Duration::from_millis(200),
+            dead_letter_stream: None,
+            start_from_beginning: false,
+            batch_size: 100,
+            block: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(5),
+            username: None,
+            password: None,
+            tls_ca_cert: None,
+            error_capacity: 1024,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The default configuration for one server address.
+    pub fn new(addr: impl Into<String>) -> Self {
+        RedisConfig {
+            addrs: vec![addr.into()],
+            ..RedisConfig::default()
+        }
+    }
+
+    pub(super) fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::InvalidArgument(format!("RedisConfig: {m}")));
+        if self.addrs.is_empty() {
+            return bad("addrs is empty");
+        }
+        if self.key_prefix.is_empty() {
+            return bad("key_prefix is empty");
+        }
+        if self.consumer_group.is_empty() || self.consumer_name.is_empty() {
+            return bad("consumer_group and consumer_name must not be empty");
+        }
+        if self.max_deliveries == 0 {
+            return bad("max_deliveries must be at least 1");
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        let c = RedisConfig::default();
+        c.validate().unwrap();
+        assert!(!c.use_streams);
+        assert_eq!(c.addrs, vec!["redis://127.0.0.1:6379".to_owned()]);
+        assert_ne!(c.consumer_name, RedisConfig::default().consumer_name);
+    }
+
+    #[test]
+    fn bad_configs_are_rejected() {
+        for change in [
+            (|c: &mut RedisConfig| c.addrs.clear()) as fn(&mut RedisConfig),
+            |c| c.key_prefix.clear(),
+            |c| c.consumer_name.clear(),
+            |c| c.max_deliveries = 0,
+            |c| c.batch_size = 0,
+        ] {
+            let mut c = RedisConfig::default();
+            change(&mut c);
+            assert!(matches!(c.validate(), Err(Error::InvalidArgument(_))));
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Pub/sub mode: one connection per subscription, `PSUBSCRIBE` to a coarse glob, exact filter
+//! with [`Pattern::matches`], reconnect with backoff and report the gap.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use redis::aio::{PubSubSink, PubSubStream};
+use tokio::sync::watch;
+
+use super::{Outcome, Shared, backoff, cancelled, connect_error, run_handler};
+use crate::bus::{BusError, BusErrorKind, ErrorSender, Handler, Pattern};
+use crate::error::{Error, Result};
+use crate::event::Event;
+
+/// How often an idle subscription checks that its connection is alive.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+
+pub(super) struct Listener {
+    shared: Arc<Shared>,
+    pattern: Pattern,
+    glob: String,
+    handler: Arc<dyn Handler>,
+    errors: ErrorSender,
+    cancel: watch::Receiver<bool>,
+    sink: PubSubSink,
+    stream: PubSubStream,
+}
+
+impl Listener {
+    /// Connects and subscribes; returns once Redis confirmed the `PSUBSCRIBE`.
+    pub(super) async fn start(
+        shared: Arc<Shared>,
+        pattern: Pattern,
+        handler: Arc<dyn Handler>,
+        errors: ErrorSender,
+        cancel: watch::Receiver<bool>,
+    ) -> Result<Self> {
+        let glob = glob_for(&shared.channel_prefix, &pattern);
+        let (sink, stream) = connect(&shared, &glob).await?;
+        Ok(Listener {
+            shared,
+            pattern,
+            glob,
+            handler,
+            errors,
+            cancel,
+            sink,
+            stream,
+        })
+    }
+
+    pub(super) async fn run(mut self) {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.reset();
+        loop {
+            if cancelled(&self.cancel) {
+                return;
+            }
+            let alive = tokio::select! {
+                _ = self.cancel.changed() => continue,
+                msg = self.stream.next() => match msg {
+                    Some(msg) => {
+                        self.deliver(msg.get_channel_name(), msg.get_payload_bytes()).await;
+                        true
+                    }
+                    None => false,
+                },
+                _ = heartbeat.tick() => {
+                    // A half-open TCP connection never ends the message stream; a ping does.
+                    let ping = tokio::time::timeout(
+                        self.shared.config.response_timeout,
+                        self.sink.ping::<redis::Value>(),
+                    );
+                    matches!(ping.await, Ok(Ok(_)))
+                }
+            };
+            if !alive && !self.reconnect().await {
+                return;
+            }
+        }
+    }
+
+    async fn deliver(&self, channel: &str, payload: &[u8]) {
+        let Some(event_type) = channel.strip_prefix(self.shared.channel_prefix.as_str()) else {
+            return;
+        };
+        // The glob over-matches (Redis `*` crosses dots); this is the exact filter.
+        if !self.pattern.matches(event_type) || cancelled(&self.cancel) {
+            return;
+        }
+        let event = match Event::from_json(payload) {
+            Ok(event) => event,
+            Err(e) => {
+                let mut error = BusError::new(
+                    BusErrorKind::Decode,
+                    format!("message on {channel} does not decode as an event: {e}"),
+                )
+                .for_pattern(self.pattern.as_str());
+                error.event_type = Some(event_type.to_owned());
+                self.errors.report(error);
+                return;
+            }
+        };
+        if let Outcome::Failed(error) =
+            run_handler(&self.handler, Arc::new(event), &self.pattern).await
+        {
+            self.errors.report(error);
+        }
+    }
+
+    /// Reconnects until it works or the subscription is cancelled (then returns `false`).
+    async fn reconnect(&mut self) -> bool {
+        self.errors.report(
+            BusError::new(
+                BusErrorKind::Disconnected,
+                format!(
+                    "pub/sub connection to {} lost; reconnecting",
+                    self.shared.target
+                ),
+            )
+            .for_pattern(self.pattern.as_str()),
+        );
+        let mut attempt = 0;
+        loop {
+            tokio::select! {
+                _ = self.cancel.changed() => {}
+                _ = tokio::time::sleep(backoff(attempt)) => {}
+            }
+            if cancelled(&self.cancel) {
+                return false;
+            }
+            match connect(&self.shared, &self.glob).await {
+                Ok((sink, stream)) => {
+                    self.sink = sink;
+                    self.stream = stream;
+                    let pattern = self.pattern.as_str();
+                    self.errors.report(
+                        BusError::new(
+                            BusErrorKind::Reconnected,
+                            format!("pub/sub connection to {} is back", self.shared.target),
+                        )
+                        .for_pattern(pattern),
+                    );
+                    self.errors.report(
+                        BusError::new(
+                            BusErrorKind::Dropped,
+                            "events published while the subscription was disconnected were \
+                             missed (pub/sub is at most once)",
+                        )
+                        .for_pattern(pattern),
+                    );
+                    return true;
+                }
+                Err(e) => {
+                    tracing::debug!(
+                        pattern = self.pattern.as_str(),
+                        "redis pub/sub reconnect failed: {e}"
+                    );
+                    attempt += 1;
+                }
+            }
+        }
+    }
+}
+
+async fn connect(shared: &Shared, glob: &str) -> Result<(PubSubSink, PubSubStream)> {
+    let limit = shared.config.connect_timeout + shared.config.response_timeout;
+    let attempt = async {
+        let mut pubsub = shared.client.get_async_pubsub().await?;
+        // Waits for Redis's confirmation: once this returns, messages are ours.
+        pubsub.psubscribe(glob).await?;
+        Ok::<_, redis::RedisError>(pubsub.split())
+    };
+    match tokio::time::timeout(limit, attempt).await {
+        Ok(Ok(parts)) => Ok(parts),
+        Ok(Err(e)) => Err(connect_error(&shared.target, e)),
+        Err(_) => Err(Error::Timeout {
+            operation: "redis psubscribe",
+            after: limit,
+        }),
+    }
+}
+
+/// The Redis glob that covers `pattern` under `prefix`: each `*` or `>` token becomes a glob
+/// `*`. It over-matches (a glob `*` also crosses dots), never under-matches.
+pub(super) fn glob_for(prefix: &str, pattern: &Pattern) -> String {
+    let mut glob = escape_glob(prefix);
+    if pattern.is_all() {
+        glob.push('*');
+        return glob;
+    }
+    for (i, token) in pattern.as_str().split('.').enumerate() {
+        if i > 0 {
+            glob.push('.');
+        }
+        match token {
+            "*" | ">" => glob.push('*'),
+            literal => glob.push_str(literal),
+        }
+    }
+    glob
+}
+
+/// Escapes Redis glob metacharacters (event-type tokens have none; a prefix might).
+fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn g(pattern: &str) -> String {
+        glob_for("ef:", &Pattern::parse(pattern).unwrap())
+    }
+
+    #[test]
+    fn globs_cover_patterns() {
+        assert_eq!(g("*"), "ef:*");
+        assert_eq!(g("order.created"), "ef:order.created");
+        assert_eq!(g("order.*"), "ef:order.*");
+        assert_eq!(g("order.>"), "ef:order.*");
+        assert_eq!(g("*.created"), "ef:*.created");
+        assert_eq!(
+            glob_for("a*b?:", &Pattern::parse("x").unwrap()),
+            "a\\*b\\?:x"
+        );
+    }
+}

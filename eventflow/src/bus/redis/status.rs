@@ -1,0 +1,95 @@
+//! [`GroupStatus`]: progress of a consumer group, for health checks.
+
+/// Progress of one consumer group (see [`RedisBus::group_status`](super::RedisBus::group_status)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupStatus {
+    /// The group's name.
+    pub group: String,
+    /// Consumers known to the group.
+    pub consumers: u64,
+    /// Entries delivered to a consumer and not acked yet.
+    pub pending: u64,
+    /// Entries in the stream not yet delivered to the group; `None` when Redis cannot tell
+    /// (after trimming or deletions it may not know).
+    pub lag: Option<u64>,
+    /// The id of the last entry delivered to the group.
+    pub last_delivered_id: String,
+}
+
+impl GroupStatus {
+    /// Picks `group` out of an `XINFO GROUPS` reply (RESP2 flat arrays or RESP3 maps).
+    pub(super) fn find(reply: redis::Value, group: &str) -> Option<Self> {
+        use redis::Value;
+        let redis::Value::Array(groups) = reply else {
+            return None;
+        };
+        let text = |v: &Value| match v {
+            Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            Value::SimpleString(s) => Some(s.clone()),
+            _ => None,
+        };
+        groups.into_iter().find_map(|g| {
+            let pairs: Vec<(Value, Value)> = match g {
+                Value::Array(flat) => {
+                    let mut it = flat.into_iter();
+                    std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
+                }
+                Value::Map(pairs) => pairs,
+                _ => return None,
+            };
+            let field = |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| text(k).as_deref() == Some(name))
+                    .map(|(_, v)| v)
+            };
+            let number = |name: &str| match field(name) {
+                Some(Value::Int(n)) => u64::try_from(*n).ok(),
+                _ => None,
+            };
+            let name = field("name").and_then(text)?;
+            (name == group).then(|| GroupStatus {
+                consumers: number("consumers").unwrap_or(0),
+                pending: number("pending").unwrap_or(0),
+                lag: number("lag"),
+                last_delivered_id: field("last-delivered-id")
+                    .and_then(text)
+                    .unwrap_or_default(),
+                group: name,
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_status_is_read_from_xinfo_groups() {
+        use redis::Value;
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("name"),
+            bulk("g:a.*"),
+            bulk("consumers"),
+            Value::Int(2),
+            bulk("pending"),
+            Value::Int(5),
+            bulk("last-delivered-id"),
+            bulk("7-0"),
+            bulk("entries-read"),
+            Value::Int(7),
+            bulk("lag"),
+            Value::Nil,
+        ])]);
+        let status = GroupStatus::find(reply.clone(), "g:a.*").unwrap();
+        assert_eq!(status.consumers, 2);
+        assert_eq!(status.pending, 5);
+        assert_eq!(status.lag, None);
+        assert_eq!(status.last_delivered_id, "7-0");
+        assert!(GroupStatus::find(reply, "other").is_none());
+        assert!(GroupStatus::find(Value::Nil, "g").is_none());
+    }
+}
