@@ -87,7 +87,7 @@ mod sql;
 pub use checkpoint::PostgresCheckpointStore;
 pub use snapshot::PostgresSnapshotStore;
 
-use rows::{Columns, map_sqlx, rows_to_events, to_i64, unique_violation};
+use rows::{Columns, EventRow, events as row_events, map_sqlx, to_i64, unique_violation};
 use signal::Signal;
 use sql::{MAX_EVENTS_PER_TX, Sql};
 
@@ -464,14 +464,20 @@ impl PostgresEventStore {
         }
     }
 
-    async fn read_all_once(&self, after: i64, limit: i64) -> Result<Vec<Event>> {
-        let rows = sqlx::query(&self.inner.sql.read_all)
+    /// One page of the global order, and `(top, head)` of its snapshot when it was not empty.
+    async fn read_all_once(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<(Vec<Event>, Option<(i64, i64)>)> {
+        let rows: Vec<EventRow> = sqlx::query_as(&self.inner.sql.read_all)
             .bind(after)
             .bind(limit)
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| self.map(e))?;
-        rows_to_events(&rows)
+        let top_head = rows.first().and_then(|r| r.top_head);
+        Ok((row_events(rows), top_head))
     }
 
     /// After an append wrote nothing: the idempotency rule first, then the version check.
@@ -483,12 +489,12 @@ impl PostgresEventStore {
         expected: ExpectedVersion,
         columns: &Columns,
     ) -> Result<Option<Vec<Event>>> {
-        let stored = sqlx::query(&self.inner.sql.events_by_id)
+        let stored: Vec<EventRow> = sqlx::query_as(&self.inner.sql.events_by_id)
             .bind(&columns.ids)
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| self.map(e))?;
-        let stored = rows_to_events(&stored)?;
+        let stored = row_events(stored);
         if let Some(first) = stored.first() {
             let all_here = stored.len() == columns.ids.len()
                 && stored
@@ -738,13 +744,13 @@ impl EventStore for PostgresEventStore {
             // No stored stream id can hold NUL (they are validated on append).
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(&self.inner.sql.load_stream)
+        let rows: Vec<EventRow> = sqlx::query_as(&self.inner.sql.load_stream)
             .bind(stream_id)
             .bind(to_i64(from_version, "stream version")?)
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| self.map(e))?;
-        rows_to_events(&rows)
+        Ok(row_events(rows))
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64> {
@@ -811,12 +817,12 @@ impl EventStore for PostgresEventStore {
         }
         // Let committed events held back by a slower transaction through first (bounded).
         self.settle().await?;
-        let rows = q
-            .build()
+        let rows: Vec<EventRow> = q
+            .build_query_as()
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| self.map(e))?;
-        rows_to_events(&rows)
+        Ok(row_events(rows))
     }
 
     async fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<Event>> {
@@ -825,23 +831,29 @@ impl EventStore for PostgresEventStore {
         }
         let after = to_i64(after_position, "position")?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let events = self.read_all_once(after, limit).await?;
+        let (events, top_head) = self.read_all_once(after, limit).await?;
         if events.len() as i64 >= limit {
             return Ok(events);
         }
         // At the head: if nothing committed waits behind a slower transaction and the read saw
         // everything up to the safe head, it is complete. Otherwise wait for the slower one (at
         // most the settle timeout) and read again.
-        let (head, top) = self.head_and_top().await?;
+        let (top, head) = match top_head {
+            Some(top_head) => top_head,
+            None => {
+                let (head, top) = self.head_and_top().await?;
+                (top, head)
+            }
+        };
         let seen = events
             .last()
             .and_then(|e| e.position)
-            .map_or(after, |p| p as i64);
+            .map_or(after, |p| i64::try_from(p).unwrap_or(i64::MAX));
         if top <= head && head <= seen {
             return Ok(events);
         }
         self.settle().await?;
-        self.read_all_once(after, limit).await
+        Ok(self.read_all_once(after, limit).await?.0)
     }
 
     async fn head_position(&self) -> Result<u64> {
@@ -851,7 +863,7 @@ impl EventStore for PostgresEventStore {
     fn commit_signal(&self) -> watch::Receiver<u64> {
         self.inner
             .signal
-            .subscribe(&self.inner.pool, &self.inner.sql, self.inner.poll_interval)
+            .subscribe(&self.inner.pool, &self.inner.sql)
     }
 
     async fn subscribe(

@@ -80,37 +80,49 @@ impl Columns {
     }
 }
 
-/// Decodes a row selected with [`EVENT_COLUMNS`](super::sql::EVENT_COLUMNS).
-pub(crate) fn row_to_event(row: &PgRow) -> Result<Event> {
-    let get_err = |e: sqlx::Error| Error::decode("<event row>", e);
-    let position: i64 = row.try_get(0).map_err(get_err)?;
-    let event_type: String = row.try_get(4).map_err(get_err)?;
-    let schema_version: i32 = row.try_get(5).map_err(get_err)?;
-    let stream_version: i64 = row.try_get(3).map_err(get_err)?;
-    let Json(metadata): Json<Metadata> = row
-        .try_get(7)
-        .map_err(|e| Error::decode(event_type.clone(), e))?;
-    Ok(Event {
-        id: row.try_get(1).map_err(get_err)?,
-        payload: row
-            .try_get(6)
-            .map_err(|e| Error::decode(event_type.clone(), e))?,
-        metadata,
-        timestamp: row.try_get(11).map_err(get_err)?,
-        source: row.try_get(10).map_err(get_err)?,
-        correlation_id: row.try_get(8).map_err(get_err)?,
-        causation_id: row.try_get(9).map_err(get_err)?,
-        version: u32::try_from(schema_version).unwrap_or(0),
-        stream_id: Some(row.try_get(2).map_err(get_err)?),
-        stream_version: Some(u64::try_from(stream_version).unwrap_or(0)),
-        position: Some(u64::try_from(position).unwrap_or(0)),
-        event_type,
-    })
+/// A row selected with [`EVENT_COLUMNS`](super::sql::EVENT_COLUMNS), decoded as it arrives;
+/// reads at the head append the highest committed position and the safe head as two more
+/// columns (see `sql::READ_ALL`).
+pub(crate) struct EventRow {
+    pub(crate) event: Event,
+    /// `(top, head)` when the query selected them.
+    pub(crate) top_head: Option<(i64, i64)>,
 }
 
-/// Decodes every row.
-pub(crate) fn rows_to_events(rows: &[PgRow]) -> Result<Vec<Event>> {
-    rows.iter().map(row_to_event).collect()
+impl<'r> sqlx::FromRow<'r, PgRow> for EventRow {
+    fn from_row(row: &'r PgRow) -> std::result::Result<Self, sqlx::Error> {
+        let position: i64 = row.try_get(0)?;
+        let schema_version: i32 = row.try_get(5)?;
+        let stream_version: i64 = row.try_get(3)?;
+        let Json(metadata): Json<Metadata> = row.try_get(7)?;
+        let event = Event {
+            id: row.try_get(1)?,
+            event_type: row.try_get(4)?,
+            payload: row.try_get(6)?,
+            metadata,
+            timestamp: row.try_get(11)?,
+            source: row.try_get(10)?,
+            correlation_id: row.try_get(8)?,
+            causation_id: row.try_get(9)?,
+            version: u32::try_from(schema_version).unwrap_or(0),
+            stream_id: Some(row.try_get(2)?),
+            stream_version: Some(u64::try_from(stream_version).unwrap_or(0)),
+            position: Some(u64::try_from(position).unwrap_or(0)),
+        };
+        let top_head = if row.len() > 13 {
+            let top: Option<i64> = row.try_get(12)?;
+            let head: i64 = row.try_get(13)?;
+            Some((top.unwrap_or(0), head))
+        } else {
+            None
+        };
+        Ok(EventRow { event, top_head })
+    }
+}
+
+/// The events of decoded rows.
+pub(crate) fn events(rows: Vec<EventRow>) -> Vec<Event> {
+    rows.into_iter().map(|r| r.event).collect()
 }
 
 /// A `u64` position, version or limit as the `bigint` PostgreSQL stores.
@@ -145,6 +157,9 @@ pub(crate) fn map_sqlx(target: &str, error: sqlx::Error) -> Error {
     };
     match &error {
         sqlx::Error::PoolClosed => Error::Closed("postgres connection pool"),
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+            Error::decode("<event row>", error)
+        }
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut

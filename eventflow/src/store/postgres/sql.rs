@@ -21,15 +21,17 @@ pub(crate) const MAX_EVENTS_PER_TX: usize = (1 << TX_SHIFT) - 1;
 /// snapshot was taken; every transaction below it has committed or rolled back.
 const SAFE_CUTOFF: &str = "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)";
 
-/// Columns read back into an `Event`, in the order `row_to_event` expects.
+/// Columns read back into an `Event`, in the order `EventRow` expects.
 pub(crate) const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_version, event_type, \
      schema_version, payload, metadata, correlation_id, causation_id, source, occurred_at";
 
 /// Appends a batch in one statement.
 ///
 /// The transaction id is taken first (`pg_current_xact_id()` assigns one if needed) and becomes
-/// the high bits of every position; the low bits continue after any event this transaction
-/// already wrote. The stream's current version is read in the same statement and the rows are
+/// the high bits of every position; the low bits number the events of the batch from 1. The
+/// store runs exactly one append per transaction (`append_batch` in its own, `begin_append` holds
+/// one open), so positions never collide; a second append in one transaction would fail on
+/// `events_pkey`. The stream's current version is read in the same statement and the rows are
 /// only inserted when it matches `$2` (`-1` = any version); a concurrent writer that got there
 /// first makes the insert fail on `events_stream_version_key`. One array per column keeps the
 /// bind count at 12 whatever the batch size. Positions and versions of a batch are consecutive
@@ -40,11 +42,7 @@ WITH tx AS (
     SELECT pg_current_xact_id()::text::bigint AS id
 ),
 base AS (
-    SELECT tx.id,
-           coalesce((SELECT max(e.position) FROM {events} e
-                      WHERE e.position >= (tx.id << 20) AND e.position < ((tx.id + 1) << 20)),
-                    tx.id << 20) AS position
-      FROM tx
+    SELECT tx.id, tx.id << 20 AS position FROM tx
 ),
 cur AS (
     SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1
@@ -73,11 +71,7 @@ WITH tx AS (
     SELECT pg_current_xact_id()::text::bigint AS id
 ),
 base AS (
-    SELECT tx.id,
-           coalesce((SELECT max(e.position) FROM {events} e
-                      WHERE e.position >= (tx.id << 20) AND e.position < ((tx.id + 1) << 20)),
-                    tx.id << 20) AS position
-      FROM tx
+    SELECT tx.id, tx.id << 20 AS position FROM tx
 ),
 cur AS (
     SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1
@@ -102,8 +96,12 @@ const LOAD_STREAM: &str = "SELECT {columns} FROM {events} \
 const EVENTS_BY_ID: &str = "SELECT {columns} FROM {events} WHERE event_id = ANY($1::uuid[]) \
      ORDER BY position";
 
-const READ_ALL: &str = "SELECT {columns} FROM {events} \
-     WHERE position > $1 AND position < {cutoff} ORDER BY position LIMIT $2";
+/// A page of the global order, with the highest committed position and the safe head of the
+/// same snapshot as two extra columns: a reader that got less than a full page learns from them
+/// whether it saw everything, or committed events wait behind a slower transaction.
+const READ_ALL: &str = "SELECT {columns}, (SELECT max(position) FROM {events}) AS top, \
+     (SELECT coalesce(max(position), 0) FROM {events} WHERE position < {cutoff}) AS head \
+     FROM {events} WHERE position > $1 AND position < {cutoff} ORDER BY position LIMIT $2";
 
 /// The safe head and the highest committed position: when the second is larger, committed
 /// events wait behind a slower transaction (the change watcher then polls until they do not).
