@@ -472,11 +472,11 @@ impl<S: Saga> SagaManager<S> {
                 None if is_start => (S::State::default(), 0, Vec::new()),
                 None => return Ok(SagaOutcome::Ignored(IgnoreReason::NoInstance)),
             };
+            // Handling a deadline's event consumes the deadline in the same commit that records
+            // the event as handled, whether the timer fired it or it arrived another way (e.g.
+            // published by another process), so a handled deadline can never fire again.
             let mut deadlines = deadlines;
-            if let Some(name) = deadline {
-                // Firing consumes the deadline in the same commit that handles its event.
-                deadlines.retain(|d| !(d.name == name && d.event.id == event.id));
-            }
+            deadlines.retain(|d| d.event.id != event.id);
             let mut ctx = SagaContext::new(correlation_id.clone(), version == 0, deadlines);
             self.saga
                 .handle(&mut state, event, &mut ctx)
