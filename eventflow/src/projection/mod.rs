@@ -4,7 +4,8 @@
 //! [`ProjectionRunner`] feeds it from an [`EventStore`]: it loads the projection's checkpoint,
 //! catches up with [`read_all`](EventStore::read_all) in batches, then follows new commits (it
 //! waits on [`EventStore::commit_signal`], with a polling timeout as fallback). It saves the
-//! checkpoint once per batch, never per event.
+//! checkpoint once per batch, never per event; while catching up it reads the next batch, and
+//! finishes saving the previous checkpoint, while the current batch is applied.
 //!
 //! Delivery is **at least once**: a crash after the handler ran but before the batch's checkpoint
 //! was saved replays those events. A projection whose read model lives in PostgreSQL can close
