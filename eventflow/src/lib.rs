@@ -1,18 +1,42 @@
 //! # eventflow
 //!
-//! Event sourcing and an event bus for Rust services: typed events, an event store
-//! (in-memory or PostgreSQL), and a pluggable bus (in-memory, NATS, Redis) that drives
-//! projections and sagas.
+//! Event sourcing and an event bus for Rust services: typed events and aggregates (derive
+//! macros), an event store (in-memory or PostgreSQL), a relay that carries every committed event
+//! to a pluggable bus (in-memory, NATS, Redis), and the projections and sagas that bus drives.
 //!
 //! ```
-//! use eventflow::{Event, validate_event_type};
+//! use eventflow::{Event, EventBus, EventBusExt, EventStore, ExpectedVersion, sync_handler};
+//! use eventflow::{InMemoryBus, InMemoryEventStore};
 //! use serde_json::json;
 //!
-//! let event = Event::new("order.created", json!({ "order_id": "o-1" }))?.with_correlation("c-1");
-//! assert_eq!(event.event_type, "order.created");
-//! assert!(validate_event_type("Order Created").is_err());
-//! # Ok::<(), eventflow::Error>(())
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> eventflow::Result<()> {
+//! let bus = InMemoryBus::new();
+//! let _orders = bus
+//!     .on("order.*", sync_handler(|e| { tracing::info!("{} {}", e.event_type, e.payload); Ok(()) }))
+//!     .await?;
+//!
+//! let placed = Event::new("order.placed", json!({ "order_id": "o-1" }))?.with_correlation("c-1");
+//! bus.publish(placed.clone()).await?;
+//!
+//! let store = InMemoryEventStore::new();
+//! store.append("order-o-1", ExpectedVersion::NoStream, placed).await?;
+//! assert_eq!(store.load_stream("order-o-1", 0).await?.len(), 1);
+//! # Ok(())
+//! # }
 //! ```
+//!
+//! ## Where things are
+//!
+//! | module | what |
+//! |---|---|
+//! | [`event`], [`event_types`] | the [`Event`] envelope, [`Metadata`], validation, standard type names |
+//! | [`bus`] | [`EventBus`], handlers, patterns; `memory`, `testing`, `nats`, `redis` backends |
+//! | [`store`] | [`EventStore`], criteria, snapshots, checkpoints; `memory` and `postgres` stores |
+//! | [`aggregate`] | [`Aggregate`], [`Repository`], upcasting |
+//! | [`relay`] | store -> bus, at least once, in global order |
+//! | [`projection`], [`saga`] | read models and process managers |
+//! | [`testing`] | the backend conformance kit and given/when/then fixtures |
 //!
 //! ## Cargo features
 //!
@@ -59,9 +83,12 @@ pub mod __private {
 }
 
 pub use aggregate::{Aggregate, CommandContext, Repository};
+pub use bus::memory::InMemoryBus;
 pub use bus::{EventBus, EventBusExt, Handler, HandlerResult, Pattern, Subscription, sync_handler};
 pub use error::{BoxError, Error, Result};
 pub use event::{DomainEvent, Event, Metadata, Upcaster, validate_event_type};
+pub use relay::Relay;
+pub use store::memory::InMemoryEventStore;
 pub use store::{
     CheckpointStore, EventCriteria, EventStore, ExpectedVersion, Snapshot, SnapshotStore,
 };
