@@ -264,7 +264,9 @@ pub struct RelayStatus {
     pub position: u64,
     /// The store's head position.
     pub head: u64,
-    /// `head - position`: events committed but not yet published.
+    /// `head - position`, in positions; 0 means caught up. In the in-memory store positions are
+    /// dense, so this counts events; in PostgreSQL positions are `(transaction id << 20) + index`
+    /// and not dense, so it says whether the reader is behind, not by how many events.
     pub lag: u64,
 }
 

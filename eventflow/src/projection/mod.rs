@@ -239,7 +239,9 @@ pub struct ProjectionStatus {
     pub position: u64,
     /// The store's head position when the status was taken.
     pub head: u64,
-    /// `head - position`: how many positions the read model is behind.
+    /// `head - position`, in positions; 0 means caught up. In the in-memory store positions are
+    /// dense, so this counts events; in PostgreSQL positions are `(transaction id << 20) + index`
+    /// and not dense, so it says whether the reader is behind, not by how many events.
     pub lag: u64,
     /// The runner's state.
     pub state: RunState,
