@@ -2,5 +2,6 @@
 
 pub mod aggregate;
 pub mod conformance;
+pub mod saga;
 
 pub use aggregate::{AggregateTest, AggregateTestOutcome};

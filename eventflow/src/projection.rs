@@ -1,1 +1,0 @@
-//! TODO(placeholder): filled in by its issue.
