@@ -38,23 +38,15 @@ pub(crate) const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_ve
 /// (both count the same ordinality), so one row comes back: the first of each and the count
 /// (NULLs and 0 when the version condition did not hold).
 const APPEND: &str = "
-WITH tx AS (
-    SELECT pg_current_xact_id()::text::bigint AS id
-),
-base AS (
-    SELECT tx.id, tx.id << 20 AS position FROM tx
-),
-cur AS (
-    SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1
-),
-ins AS (
+WITH ins AS (
 INSERT INTO {events} (position, transaction_id, event_id, stream_id, stream_version, event_type,
                       schema_version, payload, metadata, tenant_id, correlation_id, causation_id,
                       source, occurred_at)
-SELECT base.position + b.n, base.id, b.event_id, $1, cur.version + b.n, b.event_type,
+SELECT (tx.id << 20) + b.n, tx.id, b.event_id, $1, cur.version + b.n, b.event_type,
        b.schema_version, b.payload::jsonb, b.metadata::jsonb, b.tenant_id, b.correlation_id,
        b.causation_id, b.source, b.occurred_at
-  FROM base, cur,
+  FROM (SELECT pg_current_xact_id()::text::bigint AS id) tx,
+       (SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1) cur,
        unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::text[], $9::text[],
               $10::text[], $11::text[], $12::timestamptz[])
        WITH ORDINALITY AS b(event_id, event_type, schema_version, payload, metadata, tenant_id,
@@ -67,22 +59,14 @@ SELECT min(position), min(stream_version), count(*) FROM ins";
 /// [`APPEND`] for a single event, with one value per column instead of arrays: the common case
 /// (`append`, most commands) skips the array encoding and the `unnest`.
 const APPEND_ONE: &str = "
-WITH tx AS (
-    SELECT pg_current_xact_id()::text::bigint AS id
-),
-base AS (
-    SELECT tx.id, tx.id << 20 AS position FROM tx
-),
-cur AS (
-    SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1
-)
 INSERT INTO {events} (position, transaction_id, event_id, stream_id, stream_version, event_type,
                       schema_version, payload, metadata, tenant_id, correlation_id, causation_id,
                       source, occurred_at)
-SELECT base.position + 1, base.id, $3::uuid, $1, cur.version + 1, $4::text, $5::int4,
+SELECT (tx.id << 20) + 1, tx.id, $3::uuid, $1, cur.version + 1, $4::text, $5::int4,
        $6::text::jsonb, $7::text::jsonb, $8::text, $9::text, $10::text, $11::text,
        $12::timestamptz
-  FROM base, cur
+  FROM (SELECT pg_current_xact_id()::text::bigint AS id) tx,
+       (SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1) cur
  WHERE $2::bigint < 0 OR cur.version = $2::bigint
 RETURNING position, stream_version";
 
