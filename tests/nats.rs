@@ -14,6 +14,7 @@ use eventflow::bus::nats::{NatsBus, NatsConfig, NatsStatus};
 use eventflow::bus::{BusError, BusErrorKind, ErrorReceiver};
 use eventflow::{Error, Event, EventBus, EventBusExt, sync_handler};
 use eventflow_tests::nats_server::NatsServer;
+use eventflow_tests::tls::TestCertificates;
 use eventflow_tests::{nats_url, service_unavailable, unique};
 use futures_util::StreamExt;
 use serde_json::json;
@@ -494,6 +495,98 @@ async fn user_password_and_token_auth_are_used_and_bad_credentials_are_a_connect
         NatsBus::connect(config).await,
         Err(Error::Connect { .. })
     ));
+}
+
+/// Subscribes to `<type>` on `bus`, publishes one event and waits for it to come back.
+async fn round_trip(bus: &NatsBus, event_type: &str, what: &str) {
+    let (h, mut rx) = collector();
+    bus.on(event_type, sync_handler(h)).await.unwrap().detach();
+    let e = event(event_type, 1);
+    bus.publish(e.clone()).await.unwrap();
+    assert_eq!(recv_n(&mut rx, 1, what).await[0].id, e.id, "{what}");
+}
+
+/// A private server that only speaks TLS, with a certificate from a throw-away CA.
+fn tls_server(certs: &TestCertificates) -> NatsServer {
+    let (cert, key) = (certs.server_cert(), certs.server_key());
+    NatsServer::start_with(&[
+        "--tls",
+        "--tlscert",
+        &cert.display().to_string(),
+        "--tlskey",
+        &key.display().to_string(),
+    ])
+}
+
+/// Asserts that connecting fails with `Error::Connect` within the connect timeout (plus a
+/// margin: a bound, not a speed claim).
+async fn assert_connect_error(config: NatsConfig, what: &str) {
+    let limit = config.connect_timeout + Duration::from_secs(2);
+    let started = Instant::now();
+    match NatsBus::connect(config).await {
+        Err(Error::Connect { backend, .. }) => assert_eq!(backend, "nats", "{what}"),
+        Err(e) => panic!("{what}: expected Error::Connect, got {e:?}"),
+        Ok(bus) => {
+            let status = bus.status();
+            bus.close().await.unwrap();
+            panic!("{what}: expected Error::Connect, but connected ({status})");
+        }
+    }
+    assert!(
+        started.elapsed() < limit,
+        "{what}: took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn tls_with_a_private_ca_connects_and_round_trips_in_both_modes() {
+    let certs = TestCertificates::new();
+    let server = tls_server(&certs);
+    for mut config in [core_config(&server.url()), js_config(&server.url())] {
+        config.tls_required = true;
+        config.tls_ca_file = Some(certs.ca_cert());
+        let mode = if config.enable_jetstream {
+            "jetstream"
+        } else {
+            "core"
+        };
+        let bus = match NatsBus::connect(config).await {
+            Ok(bus) => bus,
+            Err(e) => panic!("{mode}: TLS connection with the private CA failed: {e:?}"),
+        };
+        assert!(bus.is_connected());
+        round_trip(&bus, "tls.checked", mode).await;
+        bus.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn tls_required_against_a_plain_server_is_a_connect_error() {
+    let server = NatsServer::start();
+    let mut config = core_config(&server.url());
+    config.connect_timeout = Duration::from_secs(2);
+    config.max_reconnects = Some(1);
+    // The same server accepts the connection without TLS, so only `tls_required` refuses it.
+    let plain = connect(config.clone()).await;
+    plain.close().await.unwrap();
+    config.tls_required = true;
+    assert_connect_error(config, "tls_required against a plain server").await;
+}
+
+#[tokio::test]
+async fn tls_server_signed_by_an_untrusted_ca_is_a_connect_error() {
+    let certs = TestCertificates::new();
+    let server = tls_server(&certs);
+    let mut config = core_config(&server.url());
+    config.connect_timeout = Duration::from_secs(2);
+    config.max_reconnects = Some(1);
+    config.tls_required = true;
+    assert_connect_error(config.clone(), "no CA given").await;
+    // Another CA than the one that signed the certificate.
+    let other = TestCertificates::new();
+    config.tls_ca_file = Some(other.ca_cert());
+    assert_connect_error(config, "a different CA given").await;
 }
 
 #[tokio::test]

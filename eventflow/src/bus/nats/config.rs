@@ -83,8 +83,14 @@ pub struct NatsConfig {
     pub user: Option<String>,
     /// Password for user/password authentication.
     pub password: Option<String>,
-    /// Refuse to connect without TLS.
+    /// Refuse to connect without TLS: the connection is upgraded to TLS even when the server
+    /// does not ask for it, and fails (with [`Error::Connect`]) when the server cannot do TLS.
     pub tls_required: bool,
+    /// A PEM file of root CA certificates to trust for the server's TLS certificate, for
+    /// servers whose certificate is signed by a private CA. `None` trusts the usual public
+    /// roots only. TLS is used when the server or [`tls_required`](Self::tls_required) asks
+    /// for it; this field alone does not require it.
+    pub tls_ca_file: Option<PathBuf>,
     /// Messages the client buffers per core subscription while its handler is busy; beyond
     /// that it drops them and the error stream reports `Dropped` (slow consumer).
     pub subscription_capacity: usize,
@@ -122,6 +128,7 @@ impl fmt::Debug for NatsConfig {
             .field("user", &self.user)
             .field("password", &hidden(&self.password))
             .field("tls_required", &self.tls_required)
+            .field("tls_ca_file", &self.tls_ca_file)
             .field("subscription_capacity", &self.subscription_capacity)
             .field("error_capacity", &self.error_capacity)
             .finish()
@@ -156,6 +163,7 @@ impl Default for NatsConfig {
             user: None,
             password: None,
             tls_required: false,
+            tls_ca_file: None,
             subscription_capacity: 65_536,
             error_capacity: 1024,
         }
