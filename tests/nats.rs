@@ -589,6 +589,149 @@ async fn tls_server_signed_by_an_untrusted_ca_is_a_connect_error() {
     assert_connect_error(config, "a different CA given").await;
 }
 
+// ---------------------------------------------------------------------------------------------
+// JWT `.creds` authentication (operator mode)
+
+/// Base64url without padding, as JWTs use it.
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let n = (b(0) << 16) | (b(1) << 8) | b(2);
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// A NATS JWT (v2) for `subject`, signed by `issuer`'s nkey.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    let header = base64url(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = json!({
+        "jti": unique("jti").to_uppercase(),
+        "iat": chrono::Utc::now().timestamp(),
+        "iss": issuer.public_key(),
+        "sub": subject,
+        "name": name,
+        "nats": nats,
+    });
+    let signed = format!("{header}.{}", base64url(claims.to_string().as_bytes()));
+    let signature = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", base64url(&signature))
+}
+
+/// The standard `.creds` file layout: the user JWT and the user's nkey seed.
+fn creds_file(jwt: &str, seed: &str) -> String {
+    format!(
+        "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+         ************************* IMPORTANT *************************\n\
+         NKEY Seed printed below can be used to sign and prove identity.\n\
+         NKEYs are sensitive and should be treated as secrets.\n\n\
+         -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n\n\
+         *************************************************************\n"
+    )
+}
+
+#[test]
+fn base64url_matches_known_vectors() {
+    for (input, expected) in [
+        (&b""[..], ""),
+        (b"f", "Zg"),
+        (b"fo", "Zm8"),
+        (b"foo", "Zm9v"),
+        (b"foob", "Zm9vYg"),
+        (b"\xfb\xff", "-_8"),
+    ] {
+        assert_eq!(base64url(input), expected);
+    }
+}
+
+#[tokio::test]
+async fn credentials_file_authenticates_in_operator_mode_and_a_wrong_seed_is_a_connect_error() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        "eventflow-test-operator",
+        json!({ "type": "operator", "version": 2 }),
+    );
+    let account_claims = json!({
+        "type": "account",
+        "version": 2,
+        "limits": {
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1,
+        },
+    });
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        "eventflow-test-account",
+        account_claims.clone(),
+    );
+    // The server (with JetStream, as every private server runs) needs a system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = nats_jwt(&operator, &system.public_key(), "SYS", account_claims);
+    let user_jwt = nats_jwt(
+        &account,
+        &user.public_key(),
+        "eventflow-test-user",
+        json!({
+            "type": "user",
+            "version": 2,
+            "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+        }),
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let operator_file = dir.path().join("operator.jwt");
+    std::fs::write(&operator_file, &operator_jwt).unwrap();
+    let server_conf = dir.path().join("server.conf");
+    std::fs::write(
+        &server_conf,
+        format!(
+            "operator: {:?}\nsystem_account: {}\nresolver: MEMORY\n\
+             resolver_preload: {{\n  {}: {:?}\n  {}: {:?}\n}}\n",
+            operator_file.display().to_string(),
+            system.public_key(),
+            account.public_key(),
+            account_jwt,
+            system.public_key(),
+            system_jwt,
+        ),
+    )
+    .unwrap();
+    let server = NatsServer::start_with(&["-c", &server_conf.display().to_string()]);
+
+    let good = dir.path().join("user.creds");
+    std::fs::write(&good, creds_file(&user_jwt, &user.seed().unwrap())).unwrap();
+    let mut config = core_config(&server.url());
+    config.credentials_file = Some(good);
+    let bus = match NatsBus::connect(config.clone()).await {
+        Ok(bus) => bus,
+        Err(e) => panic!("connecting with the .creds file failed: {e:?}"),
+    };
+    round_trip(&bus, "creds.checked", "credentials_file").await;
+    bus.close().await.unwrap();
+
+    // The same JWT with another user's seed: the server rejects the nonce signature.
+    let wrong = dir.path().join("wrong.creds");
+    let other = nkeys::KeyPair::new_user();
+    std::fs::write(&wrong, creds_file(&user_jwt, &other.seed().unwrap())).unwrap();
+    config.credentials_file = Some(wrong);
+    config.connect_timeout = Duration::from_secs(2);
+    config.max_reconnects = Some(1);
+    assert_connect_error(config.clone(), "a .creds file with a wrong seed").await;
+
+    // And without credentials at all, operator mode refuses the connection.
+    config.credentials_file = None;
+    assert_connect_error(config, "no credentials in operator mode").await;
+}
+
 #[tokio::test]
 async fn jetstream_stores_a_duplicate_event_id_once() {
     let url = nats_url();

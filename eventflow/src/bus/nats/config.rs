@@ -75,7 +75,8 @@ pub struct NatsConfig {
     pub publish_window: usize,
     /// Client connection name, shown by the server's monitoring.
     pub connection_name: Option<String>,
-    /// A `.creds` file (JWT and NKey seed).
+    /// A `.creds` file (user JWT and NKey seed), for servers in operator (JWT) mode. A file
+    /// that cannot be read or parsed is an [`Error::Connect`].
     pub credentials_file: Option<PathBuf>,
     /// Token authentication.
     pub token: Option<String>,
