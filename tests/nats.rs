@@ -14,6 +14,7 @@ use eventflow::bus::nats::{NatsBus, NatsConfig, NatsStatus};
 use eventflow::bus::{BusError, BusErrorKind, ErrorReceiver};
 use eventflow::{Error, Event, EventBus, EventBusExt, sync_handler};
 use eventflow_tests::nats_server::NatsServer;
+use eventflow_tests::tls::TestCertificates;
 use eventflow_tests::{nats_url, service_unavailable, unique};
 use futures_util::StreamExt;
 use serde_json::json;
@@ -494,6 +495,241 @@ async fn user_password_and_token_auth_are_used_and_bad_credentials_are_a_connect
         NatsBus::connect(config).await,
         Err(Error::Connect { .. })
     ));
+}
+
+/// Subscribes to `<type>` on `bus`, publishes one event and waits for it to come back.
+async fn round_trip(bus: &NatsBus, event_type: &str, what: &str) {
+    let (h, mut rx) = collector();
+    bus.on(event_type, sync_handler(h)).await.unwrap().detach();
+    let e = event(event_type, 1);
+    bus.publish(e.clone()).await.unwrap();
+    assert_eq!(recv_n(&mut rx, 1, what).await[0].id, e.id, "{what}");
+}
+
+/// A private server that only speaks TLS, with a certificate from a throw-away CA.
+fn tls_server(certs: &TestCertificates) -> NatsServer {
+    let (cert, key) = (certs.server_cert(), certs.server_key());
+    NatsServer::start_with(&[
+        "--tls",
+        "--tlscert",
+        &cert.display().to_string(),
+        "--tlskey",
+        &key.display().to_string(),
+    ])
+}
+
+/// Asserts that connecting fails with `Error::Connect` within the connect timeout (plus a
+/// margin: a bound, not a speed claim).
+async fn assert_connect_error(config: NatsConfig, what: &str) {
+    let limit = config.connect_timeout + Duration::from_secs(2);
+    let started = Instant::now();
+    match NatsBus::connect(config).await {
+        Err(Error::Connect { backend, .. }) => assert_eq!(backend, "nats", "{what}"),
+        Err(e) => panic!("{what}: expected Error::Connect, got {e:?}"),
+        Ok(bus) => {
+            let status = bus.status();
+            bus.close().await.unwrap();
+            panic!("{what}: expected Error::Connect, but connected ({status})");
+        }
+    }
+    assert!(
+        started.elapsed() < limit,
+        "{what}: took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn tls_with_a_private_ca_connects_and_round_trips_in_both_modes() {
+    let certs = TestCertificates::new();
+    let server = tls_server(&certs);
+    for mut config in [core_config(&server.url()), js_config(&server.url())] {
+        config.tls_required = true;
+        config.tls_ca_file = Some(certs.ca_cert());
+        let mode = if config.enable_jetstream {
+            "jetstream"
+        } else {
+            "core"
+        };
+        let bus = match NatsBus::connect(config).await {
+            Ok(bus) => bus,
+            Err(e) => panic!("{mode}: TLS connection with the private CA failed: {e:?}"),
+        };
+        assert!(bus.is_connected());
+        round_trip(&bus, "tls.checked", mode).await;
+        bus.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn tls_required_against_a_plain_server_is_a_connect_error() {
+    let server = NatsServer::start();
+    let mut config = core_config(&server.url());
+    config.connect_timeout = Duration::from_secs(2);
+    config.max_reconnects = Some(1);
+    // The same server accepts the connection without TLS, so only `tls_required` refuses it.
+    let plain = connect(config.clone()).await;
+    plain.close().await.unwrap();
+    config.tls_required = true;
+    assert_connect_error(config, "tls_required against a plain server").await;
+}
+
+#[tokio::test]
+async fn tls_server_signed_by_an_untrusted_ca_is_a_connect_error() {
+    let certs = TestCertificates::new();
+    let server = tls_server(&certs);
+    let mut config = core_config(&server.url());
+    config.connect_timeout = Duration::from_secs(2);
+    config.max_reconnects = Some(1);
+    config.tls_required = true;
+    assert_connect_error(config.clone(), "no CA given").await;
+    // Another CA than the one that signed the certificate.
+    let other = TestCertificates::new();
+    config.tls_ca_file = Some(other.ca_cert());
+    assert_connect_error(config, "a different CA given").await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// JWT `.creds` authentication (operator mode)
+
+/// Base64url without padding, as JWTs use it.
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = |i: usize| u32::from(chunk.get(i).copied().unwrap_or(0));
+        let n = (b(0) << 16) | (b(1) << 8) | b(2);
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+        }
+    }
+    out
+}
+
+/// A NATS JWT (v2) for `subject`, signed by `issuer`'s nkey.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    let header = base64url(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = json!({
+        "jti": unique("jti").to_uppercase(),
+        "iat": chrono::Utc::now().timestamp(),
+        "iss": issuer.public_key(),
+        "sub": subject,
+        "name": name,
+        "nats": nats,
+    });
+    let signed = format!("{header}.{}", base64url(claims.to_string().as_bytes()));
+    let signature = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", base64url(&signature))
+}
+
+/// The standard `.creds` file layout: the user JWT and the user's nkey seed.
+fn creds_file(jwt: &str, seed: &str) -> String {
+    format!(
+        "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+         ************************* IMPORTANT *************************\n\
+         NKEY Seed printed below can be used to sign and prove identity.\n\
+         NKEYs are sensitive and should be treated as secrets.\n\n\
+         -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n\n\
+         *************************************************************\n"
+    )
+}
+
+#[test]
+fn base64url_matches_known_vectors() {
+    for (input, expected) in [
+        (&b""[..], ""),
+        (b"f", "Zg"),
+        (b"fo", "Zm8"),
+        (b"foo", "Zm9v"),
+        (b"foob", "Zm9vYg"),
+        (b"\xfb\xff", "-_8"),
+    ] {
+        assert_eq!(base64url(input), expected);
+    }
+}
+
+#[tokio::test]
+async fn credentials_file_authenticates_in_operator_mode_and_a_wrong_seed_is_a_connect_error() {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        "eventflow-test-operator",
+        json!({ "type": "operator", "version": 2 }),
+    );
+    let account_claims = json!({
+        "type": "account",
+        "version": 2,
+        "limits": {
+            "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1,
+        },
+    });
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        "eventflow-test-account",
+        account_claims.clone(),
+    );
+    // The server (with JetStream, as every private server runs) needs a system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = nats_jwt(&operator, &system.public_key(), "SYS", account_claims);
+    let user_jwt = nats_jwt(
+        &account,
+        &user.public_key(),
+        "eventflow-test-user",
+        json!({
+            "type": "user",
+            "version": 2,
+            "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+        }),
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let operator_file = dir.path().join("operator.jwt");
+    std::fs::write(&operator_file, &operator_jwt).unwrap();
+    let server_conf = dir.path().join("server.conf");
+    std::fs::write(
+        &server_conf,
+        format!(
+            "operator: {:?}\nsystem_account: {}\nresolver: MEMORY\n\
+             resolver_preload: {{\n  {}: {:?}\n  {}: {:?}\n}}\n",
+            operator_file.display().to_string(),
+            system.public_key(),
+            account.public_key(),
+            account_jwt,
+            system.public_key(),
+            system_jwt,
+        ),
+    )
+    .unwrap();
+    let server = NatsServer::start_with(&["-c", &server_conf.display().to_string()]);
+
+    let good = dir.path().join("user.creds");
+    std::fs::write(&good, creds_file(&user_jwt, &user.seed().unwrap())).unwrap();
+    let mut config = core_config(&server.url());
+    config.credentials_file = Some(good);
+    let bus = match NatsBus::connect(config.clone()).await {
+        Ok(bus) => bus,
+        Err(e) => panic!("connecting with the .creds file failed: {e:?}"),
+    };
+    round_trip(&bus, "creds.checked", "credentials_file").await;
+    bus.close().await.unwrap();
+
+    // The same JWT with another user's seed: the server rejects the nonce signature.
+    let wrong = dir.path().join("wrong.creds");
+    let other = nkeys::KeyPair::new_user();
+    std::fs::write(&wrong, creds_file(&user_jwt, &other.seed().unwrap())).unwrap();
+    config.credentials_file = Some(wrong);
+    config.connect_timeout = Duration::from_secs(2);
+    config.max_reconnects = Some(1);
+    assert_connect_error(config.clone(), "a .creds file with a wrong seed").await;
+
+    // And without credentials at all, operator mode refuses the connection.
+    config.credentials_file = None;
+    assert_connect_error(config, "no credentials in operator mode").await;
 }
 
 #[tokio::test]

@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub mod nats_server;
 #[cfg(feature = "redis")]
 pub mod redis_server;
+#[cfg(any(feature = "nats", feature = "redis"))]
+pub mod tls;
 
 /// PostgreSQL URL (`DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`).
 pub fn database_url() -> String {

@@ -17,7 +17,7 @@ pub struct RedisServer {
 #[derive(Debug)]
 struct Tls {
     port: u16,
-    dir: tempfile::TempDir,
+    certs: crate::tls::TestCertificates,
 }
 
 impl RedisServer {
@@ -41,14 +41,13 @@ impl RedisServer {
     /// # Panics
     /// When `openssl` or `redis-server` fails.
     pub fn start_tls() -> Self {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("no temp dir: {e}"));
-        make_certificates(dir.path());
+        let certs = crate::tls::TestCertificates::new();
         let mut server = RedisServer {
             port: crate::free_port(),
             child: None,
             tls: Some(Tls {
                 port: crate::free_port(),
-                dir,
+                certs,
             }),
         };
         server.spawn();
@@ -71,7 +70,7 @@ impl RedisServer {
     /// When the server has no TLS port.
     pub fn ca_cert(&self) -> std::path::PathBuf {
         let tls = self.tls.as_ref().expect("server started without TLS");
-        tls.dir.path().join("ca.crt")
+        tls.certs.ca_cert()
     }
 
     /// The server's URL.
@@ -108,7 +107,7 @@ impl RedisServer {
                 .args(["--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"]);
             if let Some(tls) = &self.tls {
-                let file = |name: &str| tls.dir.path().join(name).display().to_string();
+                let file = |name: &str| tls.certs.dir().join(name).display().to_string();
                 command
                     .args(["--tls-port", &tls.port.to_string()])
                     .args(["--tls-cert-file", &file("server.crt")])
@@ -171,71 +170,4 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// Writes `ca.crt`, `server.crt` and `server.key` (for IP 127.0.0.1 and `localhost`) to `dir`.
-fn make_certificates(dir: &std::path::Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run `openssl` (is it installed?): {e}"));
-        assert!(
-            out.status.success(),
-            "openssl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
-        &[
-            "req",
-            "-x509",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=eventflow test CA",
-        ][..],
-        &ec,
-        &["-keyout", "ca.key", "-out", "ca.crt"],
-        &["-addext", "basicConstraints=critical,CA:TRUE"],
-        &["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-    ]
-    .concat());
-    run(&[
-        &["req", "-subj", "/CN=localhost"][..],
-        &ec,
-        &["-keyout", "server.key", "-out", "server.csr"],
-    ]
-    .concat());
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap_or_else(|e| panic!("cannot write ext.cnf: {e}"));
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-out",
-        "server.crt",
-        "-extfile",
-        "ext.cnf",
-    ]);
 }

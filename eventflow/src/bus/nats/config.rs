@@ -75,7 +75,8 @@ pub struct NatsConfig {
     pub publish_window: usize,
     /// Client connection name, shown by the server's monitoring.
     pub connection_name: Option<String>,
-    /// A `.creds` file (JWT and NKey seed).
+    /// A `.creds` file (user JWT and NKey seed), for servers in operator (JWT) mode. A file
+    /// that cannot be read or parsed is an [`Error::Connect`].
     pub credentials_file: Option<PathBuf>,
     /// Token authentication.
     pub token: Option<String>,
@@ -83,8 +84,14 @@ pub struct NatsConfig {
     pub user: Option<String>,
     /// Password for user/password authentication.
     pub password: Option<String>,
-    /// Refuse to connect without TLS.
+    /// Refuse to connect without TLS: the connection is upgraded to TLS even when the server
+    /// does not ask for it, and fails (with [`Error::Connect`]) when the server cannot do TLS.
     pub tls_required: bool,
+    /// A PEM file of root CA certificates to trust for the server's TLS certificate, for
+    /// servers whose certificate is signed by a private CA. `None` trusts the usual public
+    /// roots only. TLS is used when the server or [`tls_required`](Self::tls_required) asks
+    /// for it; this field alone does not require it.
+    pub tls_ca_file: Option<PathBuf>,
     /// Messages the client buffers per core subscription while its handler is busy; beyond
     /// that it drops them and the error stream reports `Dropped` (slow consumer).
     pub subscription_capacity: usize,
@@ -122,6 +129,7 @@ impl fmt::Debug for NatsConfig {
             .field("user", &self.user)
             .field("password", &hidden(&self.password))
             .field("tls_required", &self.tls_required)
+            .field("tls_ca_file", &self.tls_ca_file)
             .field("subscription_capacity", &self.subscription_capacity)
             .field("error_capacity", &self.error_capacity)
             .finish()
@@ -156,6 +164,7 @@ impl Default for NatsConfig {
             user: None,
             password: None,
             tls_required: false,
+            tls_ca_file: None,
             subscription_capacity: 65_536,
             error_capacity: 1024,
         }

@@ -169,6 +169,9 @@ impl NatsBus {
         if let (Some(user), Some(password)) = (&config.user, &config.password) {
             options = options.user_and_password(user.clone(), password.clone());
         }
+        if let Some(ca) = &config.tls_ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
         if let Some(path) = &config.credentials_file {
             options = options
                 .credentials_file(path)
