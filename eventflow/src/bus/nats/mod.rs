@@ -45,9 +45,11 @@ mod jetstream;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};
@@ -327,7 +329,15 @@ impl NatsBus {
             .inner
             .client
             .publish_with_headers(subject, headers, payload.into());
-        match tokio::time::timeout(self.inner.config.request_timeout, send).await {
+        // The client only waits when its buffer is full (e.g. while disconnected). Poll once
+        // first, so the common case does not pay for a timer per publish.
+        let mut send = std::pin::pin!(send);
+        let first = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
+        let outcome = match first {
+            Poll::Ready(result) => Ok(result),
+            Poll::Pending => tokio::time::timeout(self.inner.config.request_timeout, send).await,
+        };
+        match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(match e.kind() {
                 async_nats::client::PublishErrorKind::MaxPayloadExceeded => Error::EventTooLarge {
