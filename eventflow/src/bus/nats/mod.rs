@@ -330,12 +330,21 @@ impl NatsBus {
             .client
             .publish_with_headers(subject, headers, payload.into());
         // The client only waits when its buffer is full (e.g. while disconnected). Poll once
-        // first, so the common case does not pay for a timer per publish.
-        let mut send = std::pin::pin!(send);
+        // first, so the common case pays for no timer; and keep the timer's future out of line,
+        // so this future (boxed per call by `EventBus::publish`) stays small enough for the
+        // allocator's fast path. Inline, the whole publish future was 1,952 bytes and core
+        // publish ran at about half the raw rate.
+        let mut send = Box::pin(send);
         let first = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
         let outcome = match first {
             Poll::Ready(result) => Ok(result),
-            Poll::Pending => tokio::time::timeout(self.inner.config.request_timeout, send).await,
+            Poll::Pending => {
+                Box::pin(tokio::time::timeout(
+                    self.inner.config.request_timeout,
+                    send,
+                ))
+                .await
+            }
         };
         match outcome {
             Ok(Ok(())) => Ok(()),
@@ -428,7 +437,11 @@ impl EventBus for NatsBus {
         );
         match &self.inner.js {
             None => self.publish_core(out).await,
-            Some(js) => js.publish(out).await,
+            // Boxed: the JetStream future (publish + PubAck) is large, and inline it would size
+            // every core publish's future too (measured: 1,952 bytes, past the allocator's fast
+            // path; core publish ran at about half the raw rate). One more allocation next to a
+            // server round trip is noise.
+            Some(js) => Box::pin(js.publish(out)).await,
         }
     }
 
