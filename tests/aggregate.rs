@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use eventflow::aggregate::{Aggregate, ExecuteError, Repository};
 use eventflow::store::memory::{InMemoryEventStore, InMemorySnapshotStore};
+use eventflow::testing::AggregateTest;
 use eventflow::{
-    AggregateTest, BoxError, CommandContext, DomainEvent, Error, Event, EventStore,
-    ExpectedVersion, Metadata, Snapshot, SnapshotStore,
+    BoxError, CommandContext, DomainEvent, Error, Event, EventStore, ExpectedVersion, Metadata,
+    Snapshot, SnapshotStore,
 };
 use eventflow_tests::unique;
 use serde::{Deserialize, Serialize};

@@ -991,7 +991,7 @@ async fn store_conformance_kit() {
 
 #[tokio::test]
 async fn relay_publishes_every_committed_event_after_a_crash() {
-    use eventflow::bus::testing::RecordingBus;
+    use eventflow::testing::RecordingBus;
     let fx = Fixture::new().await;
     // First relay: its bus refuses everything (closed), so nothing is published or
     // checkpointed; the relay keeps retrying until it is killed.

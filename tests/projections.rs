@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use eventflow::bus::memory::InMemoryBus;
-use eventflow::bus::testing::RecordingBus;
 use eventflow::projection::{self, Backoff, FailurePolicy, Projection, ProjectionRunner, RunState};
 use eventflow::saga::{
     IgnoreReason, InMemorySagaStore, Saga, SagaContext, SagaManager, SagaOutcome, SagaStore,
 };
 use eventflow::store::memory::{InMemoryCheckpointStore, InMemoryEventStore};
+use eventflow::testing::RecordingBus;
 use eventflow::{
     BoxError, CheckpointStore, Event, EventBus, EventStore, ExpectedVersion, HandlerResult,
 };

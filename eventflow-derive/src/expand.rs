@@ -1,6 +1,7 @@
 //! Code generation: the only place that writes tokens with `quote!`.
 //!
-//! Generated code names nothing but `::eventflow::__private::*` and core items, and puts its
+//! Generated code names nothing but the versioned runtime module (`::eventflow::__private_X_Y_Z`,
+//! see [`PRIVATE`]) and core items, and puts its
 //! impls inside `const _: () = { .. };` so it adds no names to the user's module (the handler
 //! trait, which the user implements, is the one deliberate exception).
 
@@ -11,6 +12,30 @@ use syn::{DeriveInput, Ident};
 
 use crate::ast::{AggregateInput, EventEnum, Style, Variant};
 use crate::{fallback, valid};
+
+/// The runtime module of the one `eventflow` release this derive belongs to: its name carries
+/// this crate's version (both crates share the workspace version, and `eventflow` pins this crate
+/// with `=`). A derive paired with another release of `eventflow` fails to compile with
+/// "could not find `__private_X_Y_Z` in `eventflow`" instead of generating code against a
+/// runtime it was not written for (thiserror's `__private{PATCH}` scheme).
+pub(crate) const PRIVATE: &str = concat!(
+    "::eventflow::__private_",
+    env!("CARGO_PKG_VERSION_MAJOR"),
+    "_",
+    env!("CARGO_PKG_VERSION_MINOR"),
+    "_",
+    env!("CARGO_PKG_VERSION_PATCH"),
+);
+
+/// [`PRIVATE`] as a path for `quote!`.
+fn private() -> TokenStream {
+    PRIVATE.parse().expect("PRIVATE is a valid path")
+}
+
+/// The serde crate as seen through [`PRIVATE`], for `#[serde(crate = "...")]`.
+fn serde_crate() -> String {
+    format!("{PRIVATE}::serde")
+}
 
 pub(crate) fn derive_domain_event(input: &DeriveInput) -> TokenStream {
     let data = match valid::event_shape(input) {
@@ -39,6 +64,7 @@ pub(crate) fn derive_aggregate(input: &DeriveInput) -> TokenStream {
 }
 
 fn domain_event(e: &EventEnum<'_>) -> TokenStream {
+    let private = private();
     let ident = &e.input.ident;
     let target = ident.to_string();
     let names: Vec<&str> = e.variants.iter().map(|v| v.name.as_str()).collect();
@@ -53,13 +79,15 @@ fn domain_event(e: &EventEnum<'_>) -> TokenStream {
         .collect();
     let versioned_names = versioned.iter().map(|(n, _)| n);
     let versioned_versions = versioned.iter().map(|(_, v)| v);
+    let private_ref = &private;
     let upcasts = e.variants.iter().flat_map(|v| {
         v.attrs.upcasts.iter().map(move |u| {
+            let private = private_ref;
             let name = &v.name;
             let from = u.from;
             let func = &u.func;
             quote_spanned! {func.span()=>
-                (#name, #from) => ::core::option::Option::Some(#func as ::eventflow::__private::Upcaster),
+                (#name, #from) => ::core::option::Option::Some(#func as #private::Upcaster),
             }
         })
     });
@@ -73,7 +101,7 @@ fn domain_event(e: &EventEnum<'_>) -> TokenStream {
             #(#decoders)*
 
             #[automatically_derived]
-            impl ::eventflow::__private::DomainEvent for #ident {
+            impl #private::DomainEvent for #ident {
                 fn event_types() -> &'static [&'static str] {
                     &[#(#names),*]
                 }
@@ -93,18 +121,18 @@ fn domain_event(e: &EventEnum<'_>) -> TokenStream {
                     }
                 }
 
-                fn to_payload(&self) -> ::eventflow::__private::Result<::eventflow::__private::Value> {
-                    ::eventflow::__private::variant_to_payload(self, Self::event_type(self))
+                fn to_payload(&self) -> #private::Result<#private::Value> {
+                    #private::variant_to_payload(self, Self::event_type(self))
                 }
 
                 #[inline]
                 fn from_envelope(
-                    event: &::eventflow::__private::Event,
-                ) -> ::eventflow::__private::Result<Self> {
+                    event: &#private::Event,
+                ) -> #private::Result<Self> {
                     match event.event_type.as_str() {
                         #(#decode_arms)*
                         other => ::core::result::Result::Err(
-                            ::eventflow::__private::unknown_event_type(other, #target),
+                            #private::unknown_event_type(other, #target),
                         ),
                     }
                 }
@@ -112,7 +140,7 @@ fn domain_event(e: &EventEnum<'_>) -> TokenStream {
                 fn upcaster(
                     event_type: &str,
                     from_version: u32,
-                ) -> ::core::option::Option<::eventflow::__private::Upcaster> {
+                ) -> ::core::option::Option<#private::Upcaster> {
                     match (event_type, from_version) {
                         #(#upcasts)*
                         _ => ::core::option::Option::None,
@@ -139,6 +167,8 @@ fn wildcard_pattern(v: &Variant<'_>) -> TokenStream {
 /// their `#[serde(..)]` attributes, so that decoding a payload is exactly what a hand-written
 /// `PayloadStruct::deserialize(&payload)` does (no enum tag, no variant lookup).
 fn payload_decoder(e: &EventEnum<'_>, v: &Variant<'_>) -> TokenStream {
+    let private = private();
+    let serde_crate = serde_crate();
     let name = payload_ident(v);
     let fields = v.fields.iter().map(|f| {
         let attrs = &f.serde_attrs;
@@ -163,14 +193,14 @@ fn payload_decoder(e: &EventEnum<'_>, v: &Variant<'_>) -> TokenStream {
     match v.style() {
         Style::Unit => TokenStream::new(),
         Style::Tuple => quote! {
-            #[derive(::eventflow::__private::serde::Deserialize)]
-            #[serde(crate = "::eventflow::__private::serde")]
+            #[derive(#private::serde::Deserialize)]
+            #[serde(crate = #serde_crate)]
             #[allow(non_camel_case_types)]
             struct #name(#(#fields),*);
         },
         Style::Struct => quote! {
-            #[derive(::eventflow::__private::serde::Deserialize)]
-            #[serde(crate = "::eventflow::__private::serde")]
+            #[derive(#private::serde::Deserialize)]
+            #[serde(crate = #serde_crate)]
             #rename_all
             #deny
             #[allow(non_camel_case_types)]
@@ -191,6 +221,7 @@ fn payload_ident(v: &Variant<'_>) -> Ident {
 
 /// `"type.name" => decode the payload (upcast first when its version is older)`.
 fn decode_arm(v: &Variant<'_>) -> TokenStream {
+    let private = private();
     let name = &v.name;
     let version = v.version;
     let variant = v.ident();
@@ -199,7 +230,7 @@ fn decode_arm(v: &Variant<'_>) -> TokenStream {
         Style::Unit => {
             // A unit variant carries no data: whatever payload it has is ignored.
             return quote! {
-                #name => ::eventflow::__private::decode_unit::<Self, _>(event, #version, Self::#variant),
+                #name => #private::decode_unit::<Self, _>(event, #version, Self::#variant),
             };
         }
         Style::Tuple => {
@@ -212,11 +243,11 @@ fn decode_arm(v: &Variant<'_>) -> TokenStream {
         }
     };
     quote! {
-        #name => ::eventflow::__private::decode_payload::<Self, _, _>(
+        #name => #private::decode_payload::<Self, _, _>(
             event,
             #version,
             |payload| {
-                <#payload as ::eventflow::__private::serde::Deserialize>::deserialize(payload)
+                <#payload as #private::serde::Deserialize>::deserialize(payload)
                     .map(|p| #build)
             },
         ),
@@ -266,6 +297,7 @@ pub(crate) fn handler_trait(e: &EventEnum<'_>) -> TokenStream {
 /// variant, and a fused decode-and-apply that goes from the envelope straight to the handler
 /// (what a hand-written rehydration loop does, without building the enum in between).
 fn dispatch(e: &EventEnum<'_>) -> TokenStream {
+    let private = private();
     let ident = &e.input.ident;
     let target = ident.to_string();
     let trait_ident = &e.handler_trait;
@@ -289,7 +321,7 @@ fn dispatch(e: &EventEnum<'_>) -> TokenStream {
             Style::Unit => {
                 return quote! {
                     #name => {
-                        ::eventflow::__private::decode_unit::<Self, _>(event, #version, ())?;
+                        #private::decode_unit::<Self, _>(event, #version, ())?;
                         __handler.#handler();
                     }
                 };
@@ -311,10 +343,10 @@ fn dispatch(e: &EventEnum<'_>) -> TokenStream {
         };
         quote! {
             #name => {
-                let p = ::eventflow::__private::decode_payload::<Self, _, _>(
+                let p = #private::decode_payload::<Self, _, _>(
                     event,
                     #version,
-                    |payload| <#payload as ::eventflow::__private::serde::Deserialize>::deserialize(payload),
+                    |payload| <#payload as #private::serde::Deserialize>::deserialize(payload),
                 )?;
                 __handler.#handler(#(#args),*);
             }
@@ -322,7 +354,7 @@ fn dispatch(e: &EventEnum<'_>) -> TokenStream {
     });
     quote! {
         #[automatically_derived]
-        impl<__H: #trait_ident + ?::core::marker::Sized> ::eventflow::__private::Dispatch<__H>
+        impl<__H: #trait_ident + ?::core::marker::Sized> #private::Dispatch<__H>
             for #ident
         {
             #[inline]
@@ -334,14 +366,14 @@ fn dispatch(e: &EventEnum<'_>) -> TokenStream {
 
             #[inline]
             fn dispatch_envelope(
-                event: &::eventflow::__private::Event,
+                event: &#private::Event,
                 __handler: &mut __H,
-            ) -> ::eventflow::__private::Result<()> {
+            ) -> #private::Result<()> {
                 match event.event_type.as_str() {
                     #(#envelope_arms)*
                     other => {
                         return ::core::result::Result::Err(
-                            ::eventflow::__private::unknown_event_type(other, #target),
+                            #private::unknown_event_type(other, #target),
                         );
                     }
                 }
@@ -354,22 +386,23 @@ fn dispatch(e: &EventEnum<'_>) -> TokenStream {
 /// A `DomainEvent` impl whose bodies are never run: emitted next to a `compile_error!` so that
 /// uses of the type do not add errors of their own.
 pub(crate) fn domain_event_stub(input: &DeriveInput) -> TokenStream {
+    let private = private();
     let ident = &input.ident;
     quote! {
         const _: () = {
-            impl ::eventflow::__private::DomainEvent for #ident {
+            impl #private::DomainEvent for #ident {
                 fn event_types() -> &'static [&'static str] {
                     &[]
                 }
                 fn event_type(&self) -> &'static str {
                     ::core::unreachable!()
                 }
-                fn to_payload(&self) -> ::eventflow::__private::Result<::eventflow::__private::Value> {
+                fn to_payload(&self) -> #private::Result<#private::Value> {
                     ::core::unreachable!()
                 }
                 fn from_envelope(
-                    _: &::eventflow::__private::Event,
-                ) -> ::eventflow::__private::Result<Self> {
+                    _: &#private::Event,
+                ) -> #private::Result<Self> {
                     ::core::unreachable!()
                 }
             }
@@ -378,6 +411,7 @@ pub(crate) fn domain_event_stub(input: &DeriveInput) -> TokenStream {
 }
 
 fn aggregate_impl(a: &AggregateInput<'_>) -> TokenStream {
+    let private = private();
     let input = a.input;
     let ident = &input.ident;
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
@@ -387,17 +421,17 @@ fn aggregate_impl(a: &AggregateInput<'_>) -> TokenStream {
     };
     // Spanned on the event type so a missing handler-trait impl points at `event = ..`.
     let apply = quote_spanned! {event.span()=>
-        <#event as ::eventflow::__private::Dispatch<Self>>::dispatch(event, self)
+        <#event as #private::Dispatch<Self>>::dispatch(event, self)
     };
     let apply_envelope = quote_spanned! {event.span()=>
-        <#event as ::eventflow::__private::Dispatch<Self>>::dispatch_envelope(event, self)
+        <#event as #private::Dispatch<Self>>::dispatch_envelope(event, self)
     };
     let snapshot = a.snapshots().then(|| {
         let version = a.attrs.state_version.as_ref().map_or(1, |n| n.value);
         let every = a.attrs.snapshot_every.as_ref().map_or(100, |n| n.value);
         quote! {
             #[automatically_derived]
-            impl #impl_generics ::eventflow::__private::SnapshotState for #ident #ty_generics #where_clause {
+            impl #impl_generics #private::SnapshotState for #ident #ty_generics #where_clause {
                 const STATE_VERSION: u32 = #version;
                 const SNAPSHOT_EVERY: u64 = #every;
             }
@@ -406,7 +440,7 @@ fn aggregate_impl(a: &AggregateInput<'_>) -> TokenStream {
     quote! {
         const _: () = {
             #[automatically_derived]
-            impl #impl_generics ::eventflow::__private::Aggregate for #ident #ty_generics #where_clause {
+            impl #impl_generics #private::Aggregate for #ident #ty_generics #where_clause {
                 const TYPE: &'static str = #name;
                 type Event = #event;
 
@@ -418,8 +452,8 @@ fn aggregate_impl(a: &AggregateInput<'_>) -> TokenStream {
                 #[inline]
                 fn apply_envelope(
                     &mut self,
-                    event: &::eventflow::__private::Event,
-                ) -> ::eventflow::__private::Result<()> {
+                    event: &#private::Event,
+                ) -> #private::Result<()> {
                     #apply_envelope
                 }
             }
@@ -430,6 +464,7 @@ fn aggregate_impl(a: &AggregateInput<'_>) -> TokenStream {
 
 /// An `Aggregate` impl with an empty `apply`, emitted next to a `compile_error!`.
 pub(crate) fn aggregate_stub(input: &DeriveInput, a: Option<&AggregateInput<'_>>) -> TokenStream {
+    let private = private();
     let ident = &input.ident;
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
     let Some(event) = a.and_then(|a| a.attrs.event.as_ref()) else {
@@ -437,7 +472,7 @@ pub(crate) fn aggregate_stub(input: &DeriveInput, a: Option<&AggregateInput<'_>>
     };
     quote! {
         const _: () = {
-            impl #impl_generics ::eventflow::__private::Aggregate for #ident #ty_generics #where_clause {
+            impl #impl_generics #private::Aggregate for #ident #ty_generics #where_clause {
                 const TYPE: &'static str = "invalid";
                 type Event = #event;
                 fn apply(&mut self, _: Self::Event) {}

@@ -2,7 +2,7 @@
 //! event enums and `#[derive(Aggregate)]` for aggregates.
 //!
 //! Use them through `eventflow` (feature `derive`, on by default); the generated code refers
-//! only to `::eventflow::__private`, so this crate is never named directly. The attribute
+//! only to `::eventflow::__private_X_Y_Z` (this release's version), so this crate is never named directly. The attribute
 //! reference is on the two derives below.
 //!
 //! Layout (after thiserror's `impl/`): `ast` is the typed view of the input, `attr` parses the

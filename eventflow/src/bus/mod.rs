@@ -2,8 +2,8 @@
 //!
 //! [`EventBus`] is object-safe, so services hold an `Arc<dyn EventBus>` and pick the backend at
 //! start-up: [`InMemoryBus`](memory::InMemoryBus), `NatsBus` (feature `nats`), `RedisBus`
-//! (feature `redis`), or the test buses [`RecordingBus`](testing::RecordingBus) and
-//! [`NoopBus`](testing::NoopBus).
+//! (feature `redis`); the test buses `RecordingBus` and `NoopBus` are in `eventflow::testing`
+//! (feature `testing`).
 
 use std::fmt;
 use std::future::Future;
@@ -24,7 +24,6 @@ pub mod nats;
 pub mod pattern;
 #[cfg(feature = "redis")]
 pub mod redis;
-pub mod testing;
 
 pub use pattern::Pattern;
 

@@ -10,11 +10,11 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::*;
-use crate::bus::testing::RecordingBus;
 use crate::bus::{ErrorReceiver, Handler, Subscription};
 use crate::event::Event;
 use crate::store::memory::{InMemoryCheckpointStore, InMemoryEventStore};
 use crate::store::{CheckpointStore, EventStore, ExpectedVersion};
+use crate::testing::RecordingBus;
 
 const WAIT: Duration = Duration::from_secs(10);
 

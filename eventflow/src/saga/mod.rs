@@ -632,6 +632,7 @@ impl<S: Saga> SagaManager<S> {
     }
 
     /// The deadlines due at `now`, as (name, timeout event).
+    #[cfg(any(test, feature = "testing"))]
     pub(crate) async fn store_due(&self, now: DateTime<Utc>) -> Result<Vec<(String, Event)>> {
         Ok(self
             .store

@@ -9,9 +9,9 @@ use tokio::sync::{Semaphore, broadcast::error::RecvError};
 use tokio::time::timeout;
 
 use super::*;
-use crate::bus::testing::RecordingBus;
 use crate::bus::{EventBusExt, HandlerResult, must_publish, publish_error, sync_handler};
 use crate::event::Metadata;
+use crate::testing::RecordingBus;
 use crate::testing::conformance;
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -8,7 +8,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::*;
-use crate::bus::testing::RecordingBus;
+use crate::testing::RecordingBus;
 
 fn ev(n: u64) -> Event {
     Event::new("memory.tested", json!({ "n": n })).unwrap()

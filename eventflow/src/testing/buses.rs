@@ -3,7 +3,7 @@
 //! # Recording bus: inspect the events a piece of code published
 //!
 //! ```
-//! use eventflow::bus::{testing::RecordingBus, EventBus};
+//! use eventflow::{testing::RecordingBus, EventBus};
 //! use eventflow::{event_types, Event};
 //! use serde_json::json;
 //!
@@ -32,7 +32,7 @@
 //! # Noop bus: turn events off, but count them
 //!
 //! ```
-//! use eventflow::bus::{testing::NoopBus, EventBus};
+//! use eventflow::{testing::NoopBus, EventBus};
 //! use eventflow::Event;
 //! use serde_json::json;
 //!
