@@ -11,13 +11,11 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::store::{EventStore, ExpectedVersion, validate_stream_id};
 
-
 /// How many times an append with [`ExpectedVersion::Any`] retries after losing a race for the
 /// next version of its stream.
 const ANY_VERSION_RETRIES: usize = 64;
 
 impl PostgresEventStore {
-
     /// Appends like [`append_batch`](EventStore::append_batch) but leaves the transaction open:
     /// nothing is visible to others (and readers of the global order wait at this append's
     /// position) until [`PendingAppend::commit`]; [`PendingAppend::rollback`] or dropping it
@@ -314,5 +312,4 @@ impl PostgresEventStore {
             }
         }
     }
-
 }

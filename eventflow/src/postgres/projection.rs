@@ -60,9 +60,7 @@ use super::sql::Sql;
 use crate::bus::HandlerResult;
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::projection::{
-    Applier, ApplyError, Filter, ProjectionRunner, guarded, position_of,
-};
+use crate::projection::{Applier, ApplyError, Filter, ProjectionRunner, guarded, position_of};
 use crate::store::EventStore;
 
 /// The transaction a [`PgProjection`] writes its read model in.

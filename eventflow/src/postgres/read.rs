@@ -56,7 +56,11 @@ impl PostgresEventStore {
     /// `Ok(Some(events))` returns the stored copies; `Ok(None)` means "try again" (the version
 
     /// [`EventStore::load_stream`](crate::store::EventStore::load_stream).
-    pub(super) async fn load_stream_now(&self, stream_id: &str, from_version: u64) -> Result<Vec<Event>> {
+    pub(super) async fn load_stream_now(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+    ) -> Result<Vec<Event>> {
         if stream_id.contains('\0') {
             // No stored stream id can hold NUL (they are validated on append).
             return Ok(Vec::new());
@@ -70,7 +74,6 @@ impl PostgresEventStore {
         Ok(row_events(rows))
     }
 
-
     /// [`EventStore::stream_version`](crate::store::EventStore::stream_version).
     pub(super) async fn stream_version_now(&self, stream_id: &str) -> Result<u64> {
         if stream_id.contains('\0') {
@@ -83,7 +86,6 @@ impl PostgresEventStore {
             .map_err(|e| self.map(e))?;
         Ok(u64::try_from(version).unwrap_or(0))
     }
-
 
     /// [`EventStore::load`](crate::store::EventStore::load).
     pub(super) async fn load_now(&self, criteria: &EventCriteria) -> Result<Vec<Event>> {
@@ -146,9 +148,12 @@ impl PostgresEventStore {
         Ok(row_events(rows))
     }
 
-
     /// [`EventStore::read_all`](crate::store::EventStore::read_all).
-    pub(super) async fn read_all_now(&self, after_position: u64, limit: usize) -> Result<Vec<Event>> {
+    pub(super) async fn read_all_now(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -179,10 +184,8 @@ impl PostgresEventStore {
         Ok(self.read_all_once(after, limit).await?.0)
     }
 
-
     /// [`EventStore::head_position`](crate::store::EventStore::head_position).
     pub(super) async fn head_position_now(&self) -> Result<u64> {
         Ok(u64::try_from(self.settle().await?).unwrap_or(0))
     }
-
 }

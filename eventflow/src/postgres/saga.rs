@@ -68,10 +68,10 @@ impl PostgresSagaStore {
     /// Backend errors.
     pub async fn instance_count(&self, saga: &str) -> Result<u64> {
         let n: i64 = sqlx::query_scalar(&self.sql.saga_instance_count)
-        .bind(saga)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| self.map(e))?;
+            .bind(saga)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.map(e))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 }
@@ -105,12 +105,12 @@ impl SagaStore for PostgresSagaStore {
             bool,
         );
         let row: Row = sqlx::query_as(&self.sql.saga_load)
-        .bind(saga)
-        .bind(correlation_id)
-        .bind(event_id)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| self.map(e))?;
+            .bind(saga)
+            .bind(correlation_id)
+            .bind(event_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.map(e))?;
         let (state, version, completed, deadlines, already_handled) = row;
         let instance = match (state, version) {
             (Some(state), Some(version)) => Some(SagaInstance {
@@ -175,48 +175,48 @@ impl PostgresSagaStore {
 
         let mut tx = self.pool.begin().await.map_err(|e| self.map(e))?;
         let recorded = sqlx::query(&self.sql.saga_record_handled)
-        .bind(saga)
-        .bind(&commit.correlation_id)
-        .bind(commit.handled_event)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| self.map(e))?;
+            .bind(saga)
+            .bind(&commit.correlation_id)
+            .bind(commit.handled_event)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.map(e))?;
         if recorded.rows_affected() == 0 {
             return Ok(CommitOutcome::AlreadyHandled);
         }
 
         let written = if commit.expected_version == 0 {
             sqlx::query(&self.sql.saga_create)
-            .bind(saga)
-            .bind(&commit.correlation_id)
-            .bind(&commit.state)
-            .bind(commit.completed)
-            .bind(&deadlines)
-            .bind(next_deadline)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.map(e))?
+                .bind(saga)
+                .bind(&commit.correlation_id)
+                .bind(&commit.state)
+                .bind(commit.completed)
+                .bind(&deadlines)
+                .bind(next_deadline)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.map(e))?
         } else {
             sqlx::query(&self.sql.saga_update)
-            .bind(saga)
-            .bind(&commit.correlation_id)
-            .bind(&commit.state)
-            .bind(commit.completed)
-            .bind(&deadlines)
-            .bind(next_deadline)
-            .bind(expected)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.map(e))?
+                .bind(saga)
+                .bind(&commit.correlation_id)
+                .bind(&commit.state)
+                .bind(commit.completed)
+                .bind(&deadlines)
+                .bind(next_deadline)
+                .bind(expected)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.map(e))?
         };
         if written.rows_affected() == 0 {
             drop(tx);
             let actual: Option<i64> = sqlx::query_scalar(&self.sql.saga_version)
-            .bind(saga)
-            .bind(&commit.correlation_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| self.map(e))?;
+                .bind(saga)
+                .bind(&commit.correlation_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.map(e))?;
             let actual = actual.map_or(0, |v| u64::try_from(v).unwrap_or(0));
             return Err(conflict(saga, &commit, actual));
         }
@@ -234,12 +234,12 @@ impl PostgresSagaStore {
                 })
                 .collect::<Result<Vec<_>>>()?;
             sqlx::query(&self.sql.saga_outbox_insert)
-            .bind(saga)
-            .bind(&ids)
-            .bind(&events)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| self.map(e))?;
+                .bind(saga)
+                .bind(&ids)
+                .bind(&events)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.map(e))?;
         }
         tx.commit().await.map_err(|e| self.map(e))?;
         Ok(CommitOutcome::Committed)
@@ -253,12 +253,12 @@ impl PostgresSagaStore {
     ) -> Result<Vec<(String, Deadline)>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(&self.sql.saga_due_deadlines)
-        .bind(saga)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.map(e))?;
+            .bind(saga)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.map(e))?;
         let mut due = Vec::new();
         for (correlation_id, deadlines) in rows {
             let deadlines: Vec<Deadline> =
@@ -277,11 +277,11 @@ impl PostgresSagaStore {
     async fn pending_outbox_now(&self, saga: &str, limit: usize) -> Result<Vec<Event>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<serde_json::Value> = sqlx::query_scalar(&self.sql.saga_pending_outbox)
-        .bind(saga)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.map(e))?;
+            .bind(saga)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.map(e))?;
         rows.into_iter()
             .map(|v| serde_json::from_value(v).map_err(|e| json_error("saga outbox event", e)))
             .collect()
@@ -289,11 +289,11 @@ impl PostgresSagaStore {
 
     async fn ack_outbox_now(&self, saga: &str, event_ids: &[Uuid]) -> Result<()> {
         sqlx::query(&self.sql.saga_ack_outbox)
-        .bind(saga)
-        .bind(event_ids)
-        .execute(&self.pool)
-        .await
-        .map_err(|e| self.map(e))?;
+            .bind(saga)
+            .bind(event_ids)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.map(e))?;
         Ok(())
     }
 }

@@ -81,7 +81,16 @@ async fn every_constructor_applies_the_one_schema_rule() {
     }
     // `pg_x` and `A` were accepted by the projection and saga paths before they shared the
     // store's rule.
-    for bad in ["", "1abc", "pg_x", "A", "a-b", "a\"b", "a;drop", &"x".repeat(64)] {
+    for bad in [
+        "",
+        "1abc",
+        "pg_x",
+        "A",
+        "a-b",
+        "a\"b",
+        "a;drop",
+        &"x".repeat(64),
+    ] {
         let expected = Some(format!(
             "invalid schema name {bad:?}: use 1 to 63 characters of [a-z0-9_], not starting \
              with a digit or `pg_`"

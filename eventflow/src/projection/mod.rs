@@ -57,7 +57,6 @@ use crate::error::{BoxError, Error, Result};
 use crate::event::{DomainEvent, Event};
 use crate::store::{CheckpointStore, EventStore};
 
-
 /// A read model fed with events in global order.
 ///
 /// Contract:
