@@ -81,6 +81,9 @@ impl PostgresEventStore {
         }
         Columns::encode(events)
     }
+
+    /// After an append wrote nothing: the idempotency rule first, then the version check.
+    /// `Ok(Some(events))` returns the stored copies; `Ok(None)` means "try again" (the version
     /// condition holds now).
     async fn resolve_failure(
         &self,

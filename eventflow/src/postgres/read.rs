@@ -52,9 +52,6 @@ impl PostgresEventStore {
         Ok((row_events(rows), top_head))
     }
 
-    /// After an append wrote nothing: the idempotency rule first, then the version check.
-    /// `Ok(Some(events))` returns the stored copies; `Ok(None)` means "try again" (the version
-
     /// [`EventStore::load_stream`](crate::store::EventStore::load_stream).
     pub(super) async fn load_stream_now(
         &self,
