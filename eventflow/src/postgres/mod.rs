@@ -1,7 +1,7 @@
 //! The PostgreSQL backend (feature `postgres`), in one home: the production
-//! [`EventStore`](crate::EventStore) ([`PostgresEventStore`]), with [`PostgresSnapshotStore`], [`PostgresCheckpointStore`],
-//! transactional projections ([`PgProjection`], [`projection_runner`]) and saga state
-//! ([`PostgresSagaStore`]) in the same schema.
+//! [`EventStore`](crate::EventStore) ([`PostgresEventStore`]), with [`PostgresSnapshotStore`],
+//! [`PostgresCheckpointStore`], transactional projections ([`PgProjection`],
+//! [`projection_runner`]) and saga state ([`PostgresSagaStore`]) in the same schema.
 //!
 //! Every statement lives in `sql.rs`, one schema-name rule in `schema.rs` (1 to 63 characters
 //! of `[a-z0-9_]`, not starting with a digit or `pg_`; every constructor taking a schema checks
@@ -54,24 +54,27 @@
 //! events take 12 bind parameters, far below the 65,535 limit), with the stream's version check
 //! in the same statement; a single event uses the same statement with plain values. Conflicts
 //! are recognized by SQLSTATE `23505` and the constraint name (`events_stream_version_key`,
-//! `events_event_id_key`), never by message text. The idempotency rule of [`EventStore`](crate::EventStore) (every
-//! id already stored in this stream: the stored copies come back; some: [`Error::DuplicateEvent`](crate::Error::DuplicateEvent))
-//! is checked on the failure path only, so a successful append stays one round trip. A value the
-//! server rejects (`\u0000` in JSON, NUL in text) fails the whole batch with
-//! [`Error::InvalidArgument`] naming the SQLSTATE; a lost connection is [`Error::Connect`].
+//! `events_event_id_key`), never by message text. The idempotency rule of
+//! [`EventStore`](crate::EventStore) (every id already stored in this stream: the stored copies
+//! come back; some: [`Error::DuplicateEvent`](crate::Error::DuplicateEvent)) is checked on the
+//! failure path only, so a successful append stays one round trip. A value the server rejects
+//! (`\u0000` in JSON, NUL in text) fails the whole batch with
+//! [`Error::InvalidArgument`](crate::Error::InvalidArgument) naming the SQLSTATE; a lost
+//! connection is [`Error::Connect`](crate::Error::Connect).
 //!
 //! # Following the store
-//! [`subscribe`](crate::EventStore::subscribe), the relay and projection runners follow the global
-//! order with [`follow`](crate::store::follow). They are woken by [`EventStore::commit_signal`](crate::EventStore::commit_signal):
-//! at once for appends of this process, through `LISTEN`/`NOTIFY` (one payload-free notification
-//! per channel at most every 2 ms, sent after commit) for other processes, and by polling every
+//! [`subscribe`](crate::EventStore::subscribe), the relay and projection runners follow the
+//! global order with [`follow`](crate::store::follow). They are woken by
+//! [`EventStore::commit_signal`](crate::EventStore::commit_signal): at once for appends of this
+//! process, through `LISTEN`/`NOTIFY` (one payload-free notification per channel at most every
+//! 2 ms, sent after commit) for other processes, and by polling every
 //! [`poll_interval`](PostgresEventStoreBuilder::poll_interval) should a notification be lost.
 //! Following uses one pooled connection for `LISTEN` while the store lives.
 //!
 //! # Store to bus
-//! [`with_bus`](PostgresEventStore::with_bus) runs a [`Relay`](crate::Relay) (transactional outbox) with its
-//! checkpoint in this schema: every committed event reaches the bus at least once, in global
-//! order, and nothing of a rolled-back transaction ever does.
+//! [`with_bus`](PostgresEventStore::with_bus) runs a [`Relay`](crate::Relay) (transactional
+//! outbox) with its checkpoint in this schema: every committed event reaches the bus at least
+//! once, in global order, and nothing of a rolled-back transaction ever does.
 //!
 //! # Code map
 //! `store.rs` (construction, the `EventStore` impl), `append.rs`, `read.rs`, `subscribe.rs`

@@ -69,10 +69,11 @@ pub type PgTransaction = sqlx::Transaction<'static, Postgres>;
 /// A projection whose read model lives in PostgreSQL and is written in the runner's
 /// transaction (see the module docs).
 ///
-/// Contract as [`Projection`](crate::projection::Projection), except delivery is exactly once: an event's
-/// writes commit with the checkpoint that moves past it. On a handler error (or panic) the
-/// batch's transaction is rolled back, the events before the failing one are re-applied and
-/// committed in a new transaction, and the failure policy decides about the failing one.
+/// Contract as [`Projection`](crate::projection::Projection), except delivery is exactly once:
+/// an event's writes commit with the checkpoint that moves past it. On a handler error (or
+/// panic) the batch's transaction is rolled back, the events before the failing one are
+/// re-applied and committed in a new transaction, and the failure policy decides about the
+/// failing one.
 #[async_trait]
 pub trait PgProjection: Send + Sync + 'static {
     /// The projection's name; it keys its checkpoint.
@@ -179,10 +180,10 @@ fn to_u64(position: i64) -> u64 {
 }
 
 /// Runs each transaction of a [`TxApplier`] in a task of its own, so cancelling the runner (a
-/// dropped [`ProjectionTask`](crate::projection::ProjectionTask)) never cancels a transaction half-way: a
-/// future dropped inside sqlx's `BEGIN` can hand the pool a connection that is still in a
-/// transaction, where other users' writes would then be trapped. The batch in flight ends with
-/// its commit or rollback; a real crash ends it with the server's rollback.
+/// dropped [`ProjectionTask`](crate::projection::ProjectionTask)) never cancels a transaction
+/// half-way: a future dropped inside sqlx's `BEGIN` can hand the pool a connection that is
+/// still in a transaction, where other users' writes would then be trapped. The batch in flight
+/// ends with its commit or rollback; a real crash ends it with the server's rollback.
 struct Detached(Arc<TxApplier>);
 
 async fn detached<T, F>(work: F) -> Result<T, ApplyError>

@@ -83,8 +83,8 @@ impl PostgresEventStore {
     /// readable when called. Returns at once for a store without a bus.
     ///
     /// # Errors
-    /// [`Error::Timeout`] after `timeout` (for example while the bus keeps failing; the relay
-    /// keeps retrying).
+    /// [`Error::Timeout`](crate::Error::Timeout) after `timeout` (for example while the bus keeps
+    /// failing; the relay keeps retrying).
     pub async fn flush(&self, timeout: Duration) -> Result<()> {
         let head = self.head_position().await?;
         match self.relay() {
