@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use eventflow::store::postgres::PostgresEventStore;
+use eventflow::postgres::PostgresEventStore;
 use eventflow::{Event, EventCriteria, EventStore, ExpectedVersion, Metadata};
 use eventflow_benches::{header, per_second, report};
 use serde_json::{Value, json};

@@ -24,10 +24,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use eventflow::projection::postgres::{PgProjection, PgTransaction};
+use eventflow::postgres::{PgProjection, PgTransaction, PostgresEventStore};
 use eventflow::projection::{Projection, ProjectionRunner};
 use eventflow::saga::{InMemorySagaStore, Saga, SagaContext, SagaManager};
-use eventflow::store::postgres::PostgresEventStore;
 use eventflow::{BoxError, Event, EventStore, ExpectedVersion, HandlerResult};
 use eventflow_benches::{header, per_second, report};
 use serde::{Deserialize, Serialize};
@@ -333,7 +332,7 @@ async fn bench_projection_catch_up() {
         .await
         .unwrap();
     }
-    let runner = eventflow::projection::postgres::runner(
+    let runner = eventflow::postgres::projection_runner(
         Arc::new(tx_store.clone()),
         pool.clone(),
         &tx_schema,

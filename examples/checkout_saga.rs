@@ -18,7 +18,7 @@
 //! ```
 //!
 //! With PostgreSQL and NATS, only the construction changes: keep the state in
-//! `eventflow::saga::postgres::PostgresSagaStore::for_store(&pg_store)` (feature `postgres`), so
+//! `eventflow::postgres::PostgresSagaStore::for_store(&pg_store)` (feature `postgres`), so
 //! instances and deadlines survive a restart, and pass a `NatsBus` (feature `nats`) to
 //! `with_bus` and `subscribe`.
 #![allow(clippy::print_stdout)]

@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use eventflow::aggregate::{Aggregate, Repository};
 use eventflow::bus::memory::InMemoryBus;
-use eventflow::store::postgres::PostgresEventStore;
+use eventflow::postgres::PostgresEventStore;
 use eventflow::{
     CommandContext, Event, EventBus, EventBusExt, EventCriteria, EventStore, Metadata, sync_handler,
 };

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eventflow::bus::nats::{NatsBus, NatsConfig};
+use eventflow::postgres::PostgresEventStore;
 use eventflow::relay::Relay;
-use eventflow::store::postgres::PostgresEventStore;
 use eventflow::{Event, EventBus, EventBusExt, EventStore, ExpectedVersion, sync_handler};
 use serde_json::json;
 use tokio::sync::mpsc;

@@ -12,7 +12,7 @@
 //! ```
 //!
 //! On PostgreSQL, write the read model in the runner's transaction instead
-//! (`eventflow::projection::postgres::{PgProjection, runner}`, feature `postgres`) so a crash
+//! (`eventflow::postgres::{PgProjection, projection_runner}`, feature `postgres`) so a crash
 //! never applies an event twice.
 #![allow(clippy::print_stdout)]
 

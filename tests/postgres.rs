@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventflow::bus::HandlerResult;
-use eventflow::store::postgres::{PostgresEventStore, PostgresSnapshotStore};
+use eventflow::postgres::{PostgresEventStore, PostgresSnapshotStore};
 use eventflow::{
     CheckpointStore, Error, Event, EventCriteria, EventStore, ExpectedVersion, Metadata, Snapshot,
     SnapshotStore,

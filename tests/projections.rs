@@ -841,9 +841,9 @@ async fn saga_fed_from_the_store_by_a_projection_runner() {
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
-    use eventflow::projection::postgres::{PgProjection, PgTransaction, runner};
-    use eventflow::saga::postgres::PostgresSagaStore;
-    use eventflow::store::postgres::PostgresEventStore;
+    use eventflow::postgres::{
+        PgProjection, PgTransaction, PostgresEventStore, PostgresSagaStore, projection_runner,
+    };
     use eventflow_tests::{database_url, service_unavailable, unique};
     use sqlx::PgPool;
     use sqlx::postgres::PgPoolOptions;
@@ -898,6 +898,126 @@ mod postgres {
             .unwrap();
         store.migrate().await.unwrap();
         store
+    }
+
+    /// A pool of one connection that is never tested before use: after
+    /// [`kill_connection_of`], the next call on the pool meets the dead connection.
+    async fn killable_pool() -> PgPool {
+        let url = database_url();
+        PgPoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| service_unavailable("PostgreSQL", &url, e))
+    }
+
+    /// Terminates the one connection of `pool` from `admin` and waits until it is gone.
+    async fn kill_connection_of(pool: &PgPool, admin: &PgPool) {
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        // sqlx pings a connection when it comes back to the pool, in a task of its own: kill it
+        // only once it is idle in the pool, or that ping would find it dead and replace it.
+        tokio::time::timeout(WAIT, async {
+            while pool.num_idle() == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+        let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(admin)
+            .await
+            .unwrap();
+        assert!(killed);
+        // `pg_terminate_backend` only signals the backend: wait until it is gone.
+        tokio::time::timeout(WAIT, async {
+            loop {
+                let alive: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
+                )
+                .bind(pid)
+                .fetch_one(admin)
+                .await
+                .unwrap();
+                if !alive {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn saga_and_projection_paths_classify_a_killed_connection_like_the_store() {
+        let store = store(4).await;
+        let schema = store.schema().to_owned();
+        create_table(&store, "killed_totals").await;
+        let pool = killable_pool().await;
+
+        // The saga store: a terminated backend is a typed connection error naming the server
+        // (no password), not a generic backend error; the next call works.
+        let sagas = PostgresSagaStore::new(pool.clone(), &schema).unwrap();
+        assert_eq!(sagas.instance_count("checkout").await.unwrap(), 0);
+        kill_connection_of(&pool, store.pool()).await;
+        match sagas.instance_count("checkout").await {
+            Err(eventflow::Error::Connect {
+                backend, target, ..
+            }) => {
+                assert_eq!(backend, "postgres");
+                assert!(target.starts_with("postgres://"), "{target}");
+            }
+            other => panic!("saga store: expected Error::Connect, got {other:?}"),
+        }
+        assert_eq!(sagas.instance_count("checkout").await.unwrap(), 0);
+
+        // The transactional projection: the batch's transaction meets the dead connection.
+        let runner = projection_runner(
+            Arc::new(store.clone()),
+            pool.clone(),
+            &schema,
+            PgTotals {
+                table: "killed_totals",
+                panic_one_in: 0,
+            },
+        )
+        .unwrap();
+        assert_eq!(runner.catch_up().await.unwrap(), 0);
+        let last = append_orders(&store, 1, 3).await;
+        // Wait until the batch is readable (other tests' open transactions may hold it back),
+        // so the next catch-up does reach the projection's transaction.
+        tokio::time::timeout(WAIT, async {
+            while store.head_position().await.unwrap() < last {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap();
+        kill_connection_of(&pool, store.pool()).await;
+        match runner.catch_up().await {
+            Err(eventflow::Error::Connect { backend, .. }) => assert_eq!(backend, "postgres"),
+            other => panic!("projection: expected Error::Connect, got {other:?}"),
+        }
+        // Nothing was applied; the next catch-up applies the batch once.
+        catch_up_to(&runner, last).await.unwrap();
+        let expected: i64 = (1..=3)
+            .map(|n| order_event(n).payload["amount"].as_i64().unwrap())
+            .sum();
+        assert_eq!(
+            read_model(&store, "killed_totals")
+                .await
+                .values()
+                .sum::<i64>(),
+            expected
+        );
+
+        pool.close().await;
+        drop_schema(&store).await;
     }
 
     async fn drop_schema(store: &PostgresEventStore) {
@@ -975,7 +1095,7 @@ mod postgres {
         let store = store(8).await;
         create_table(&store, "totals").await;
         let last = append_orders(&store, 1, 500).await;
-        let runner = runner(
+        let runner = projection_runner(
             Arc::new(store.clone()),
             store.pool().clone(),
             store.schema(),
@@ -1027,7 +1147,7 @@ mod postgres {
                 .schema(store.schema())
                 .build()
                 .unwrap();
-            let runner = runner(
+            let runner = projection_runner(
                 Arc::new(process_store),
                 process_pool.clone(),
                 store.schema(),
@@ -1087,7 +1207,7 @@ mod postgres {
         }
         assert_eq!(crashes, 50);
         // Finish without crashes, then compare with a fresh rebuild into another table.
-        let finisher = runner(
+        let finisher = projection_runner(
             source.clone(),
             store.pool().clone(),
             store.schema(),
@@ -1098,7 +1218,7 @@ mod postgres {
         )
         .unwrap();
         catch_up_to(&finisher, last).await.unwrap();
-        let fresh = runner(
+        let fresh = projection_runner(
             source.clone(),
             store.pool().clone(),
             store.schema(),
@@ -1148,7 +1268,7 @@ mod postgres {
         let store = store(4).await;
         create_table(&store, "fails").await;
         let last = append_orders(&store, 1, 20).await;
-        let runner = runner(
+        let runner = projection_runner(
             Arc::new(store.clone()),
             store.pool().clone(),
             store.schema(),

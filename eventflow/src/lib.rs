@@ -32,18 +32,19 @@
 //! |---|---|
 //! | [`event`], [`event_types`] | the [`Event`] envelope, [`Metadata`], validation, standard type names |
 //! | [`bus`] | [`EventBus`], handlers, patterns; `memory`, `nats`, `redis` backends |
-//! | [`store`] | [`EventStore`], criteria, snapshots, checkpoints; `memory` and `postgres` stores |
+//! | [`store`] | [`EventStore`], criteria, snapshots, checkpoints; the `memory` store |
 //! | [`aggregate`] | [`Aggregate`], [`Repository`], upcasting |
 //! | [`relay`] | store -> bus, at least once, in global order |
 //! | [`projection`], [`saga`] | read models and process managers |
-//! | `testing` | (feature `testing`) the conformance kit, `RecordingBus`/`NoopBus`, given/when/then fixtures |
+//! | `postgres` | the PostgreSQL backend: event, snapshot, checkpoint and saga stores, transactional projections (feature `postgres`) |
+//! | `testing` | the conformance kit, `RecordingBus`/`NoopBus`, given/when/then fixtures (feature `testing`) |
 //!
 //! ## Cargo features
 //!
 //! | feature | what it adds | default |
 //! |---|---|---|
 //! | `derive` | `#[derive(DomainEvent)]`, `#[derive(Aggregate)]` (eventflow-derive) | yes |
-//! | `postgres` | `PostgresEventStore`, snapshots, checkpoints, relay (sqlx) | no |
+//! | `postgres` | `eventflow::postgres`: `PostgresEventStore`, snapshots, checkpoints, relay, `PgProjection`, `PostgresSagaStore` (sqlx) | no |
 //! | `nats` | `NatsBus`, core and JetStream (async-nats) | no |
 //! | `redis` | `RedisBus`, pub/sub and Streams (redis-rs) | no |
 //! | `full` | all of the above | no |
@@ -54,6 +55,8 @@ pub mod bus;
 pub mod error;
 pub mod event;
 pub mod event_types;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod projection;
 pub mod relay;
 pub mod saga;

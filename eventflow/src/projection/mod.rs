@@ -9,7 +9,7 @@
 //!
 //! Delivery is **at least once**: a crash after the handler ran but before the batch's checkpoint
 //! was saved replays those events. A projection whose read model lives in PostgreSQL can close
-//! that gap with `projection::postgres` (feature `postgres`): its handler writes in the same
+//! that gap with `eventflow::postgres::PgProjection` (feature `postgres`): its handler writes in the same
 //! transaction that advances the checkpoint, so an event is applied exactly once.
 //!
 //! **The checkpoint never moves past an event that was not handled.** When the handler fails,
@@ -56,9 +56,6 @@ use crate::bus::{EventBus, HandlerResult, Pattern, Subscription};
 use crate::error::{BoxError, Error, Result};
 use crate::event::{DomainEvent, Event};
 use crate::store::{CheckpointStore, EventStore};
-
-#[cfg(feature = "postgres")]
-pub mod postgres;
 
 /// A read model fed with events in global order.
 ///

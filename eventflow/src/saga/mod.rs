@@ -37,8 +37,6 @@ use crate::error::{BoxError, Error, Result};
 use crate::event::{DomainEvent, Event};
 
 pub mod memory;
-#[cfg(feature = "postgres")]
-pub mod postgres;
 
 pub use memory::InMemorySagaStore;
 

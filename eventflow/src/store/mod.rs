@@ -1,8 +1,8 @@
 //! The event store: the system of record for every committed event.
 //!
 //! [`EventStore`] is object-safe. [`InMemoryEventStore`](memory::InMemoryEventStore) is the
-//! embedded default and the reference semantics; `PostgresEventStore` (feature `postgres`) is the
-//! production store. Both pass the same conformance kit
+//! embedded default and the reference semantics; `eventflow::postgres::PostgresEventStore`
+//! (feature `postgres`) is the production store. Both pass the same conformance kit
 //! ([`testing::conformance::store`](crate::testing::conformance::store)).
 
 use std::fmt;
@@ -18,8 +18,6 @@ use crate::event::Event;
 
 pub mod follow;
 pub mod memory;
-#[cfg(feature = "postgres")]
-pub mod postgres;
 
 /// Longest accepted stream id, in bytes.
 pub const MAX_STREAM_ID_LEN: usize = 255;

@@ -6,9 +6,11 @@ use sqlx::PgPool;
 use crate::error::{Error, Result};
 use crate::store::CheckpointStore;
 
-use super::rows::{map_sqlx, to_i64};
+use super::connect::describe;
+use super::error::map_sqlx;
+use super::rows::to_i64;
+use super::schema::Schema;
 use super::sql::Sql;
-use super::{DEFAULT_SCHEMA, describe};
 
 /// Keeps named reader positions in the `checkpoints` table of a store's schema, so a relay or
 /// projection restarts where it stopped. Get one from
@@ -24,9 +26,7 @@ pub struct PostgresCheckpointStore {
 impl PostgresCheckpointStore {
     /// A checkpoint store over `pool` in the default schema.
     pub fn new(pool: PgPool) -> Self {
-        let sql = Sql::new(DEFAULT_SCHEMA)
-            .unwrap_or_else(|_| unreachable!("the default schema name is valid"));
-        Self::from_parts(pool, sql)
+        Self::from_parts(pool, Sql::new(Schema::default_schema()))
     }
 
     /// A checkpoint store over `pool` in `schema`.
@@ -34,7 +34,7 @@ impl PostgresCheckpointStore {
     /// # Errors
     /// [`Error::InvalidArgument`] for an invalid schema name.
     pub fn in_schema(pool: PgPool, schema: &str) -> Result<Self> {
-        Ok(Self::from_parts(pool, Sql::new(schema)?))
+        Ok(Self::from_parts(pool, Sql::new(Schema::new(schema)?)))
     }
 
     pub(super) fn from_parts(pool: PgPool, sql: Sql) -> Self {

@@ -16,8 +16,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use eventflow::projection::postgres::{PgProjection, PgTransaction, runner};
-//! use eventflow::store::postgres::PostgresEventStore;
+//! use eventflow::postgres::{PgProjection, PgTransaction, PostgresEventStore, projection_runner};
 //! use eventflow::{Event, HandlerResult};
 //!
 //! struct OrderTotals;
@@ -44,7 +43,7 @@
 //! # async fn demo(store: PostgresEventStore) -> eventflow::Result<()> {
 //! store.migrate().await?; // events, checkpoints, saga tables
 //! let (pool, schema) = (store.pool().clone(), store.schema().to_owned());
-//! let runner = runner(Arc::new(store), pool, &schema, OrderTotals)?;
+//! let runner = projection_runner(Arc::new(store), pool, &schema, OrderTotals)?;
 //! let _task = runner.start();
 //! # Ok(()) }
 //! ```
@@ -54,45 +53,27 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sqlx::{PgPool, Postgres};
 
-use super::{Applier, ApplyError, Filter, ProjectionRunner, guarded, position_of};
+use super::connect::describe;
+use super::error::map_sqlx;
+use super::schema::Schema;
+use super::sql::Sql;
 use crate::bus::HandlerResult;
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::projection::{Applier, ApplyError, Filter, ProjectionRunner, guarded, position_of};
 use crate::store::EventStore;
 
 /// The transaction a [`PgProjection`] writes its read model in.
 pub type PgTransaction = sqlx::Transaction<'static, Postgres>;
 
-/// Checks a schema name (1 to 63 characters of `[a-z0-9_]`, not starting with a digit, the
-/// event store's rule) and returns it quoted for SQL.
-pub(crate) fn quote_schema(schema: &str) -> Result<String> {
-    let ok = !schema.is_empty()
-        && schema.len() <= 63
-        && !schema.starts_with(|c: char| c.is_ascii_digit())
-        && schema
-            .bytes()
-            .all(|b| b == b'_' || b.is_ascii_lowercase() || b.is_ascii_digit());
-    if ok {
-        Ok(format!("\"{schema}\""))
-    } else {
-        Err(Error::InvalidArgument(format!(
-            "invalid schema name {schema:?}: use 1 to 63 characters of [a-z0-9_], not starting \
-             with a digit"
-        )))
-    }
-}
-
-pub(crate) fn pg_error(e: sqlx::Error) -> Error {
-    Error::backend("postgres", e)
-}
-
 /// A projection whose read model lives in PostgreSQL and is written in the runner's
 /// transaction (see the module docs).
 ///
-/// Contract as [`Projection`](super::Projection), except delivery is exactly once: an event's
-/// writes commit with the checkpoint that moves past it. On a handler error (or panic) the
-/// batch's transaction is rolled back, the events before the failing one are re-applied and
-/// committed in a new transaction, and the failure policy decides about the failing one.
+/// Contract as [`Projection`](crate::projection::Projection), except delivery is exactly once:
+/// an event's writes commit with the checkpoint that moves past it. On a handler error (or
+/// panic) the batch's transaction is rolled back, the events before the failing one are
+/// re-applied and committed in a new transaction, and the failure policy decides about the
+/// failing one.
 #[async_trait]
 pub trait PgProjection: Send + Sync + 'static {
     /// The projection's name; it keys its checkpoint.
@@ -120,30 +101,21 @@ pub trait PgProjection: Send + Sync + 'static {
 /// # Errors
 /// [`Error::InvalidPattern`] for an invalid pattern, [`Error::InvalidArgument`] for an invalid
 /// schema name.
-pub fn runner<P: PgProjection>(
+pub fn projection_runner<P: PgProjection>(
     store: Arc<dyn EventStore>,
     pool: PgPool,
     schema: &str,
     projection: P,
 ) -> Result<ProjectionRunner> {
     let filter = Filter::parse(&projection.patterns())?;
-    let q = quote_schema(schema)?;
+    let sql = Sql::new(Schema::new(schema)?);
     let applier = TxApplier {
         name: projection.name().to_owned(),
         projection: Arc::new(projection),
+        target: describe(&pool.connect_options()),
         pool,
         filter,
-        set_path: format!("SET LOCAL search_path TO {q}"),
-        lock: format!("SELECT position FROM {q}.checkpoints WHERE name = $1 FOR UPDATE"),
-        save: format!(
-            "INSERT INTO {q}.checkpoints (name, position, updated_at) VALUES ($1, $2, now()) \
-             ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()"
-        ),
-        create: format!(
-            "INSERT INTO {q}.checkpoints (name, position) VALUES ($1, 0) \
-             ON CONFLICT (name) DO NOTHING"
-        ),
-        load: format!("SELECT position FROM {q}.checkpoints WHERE name = $1"),
+        sql,
     };
     Ok(ProjectionRunner::from_applier(
         store,
@@ -155,31 +127,33 @@ struct TxApplier {
     name: String,
     projection: Arc<dyn PgProjection>,
     pool: PgPool,
+    /// The server, for errors (no password).
+    target: String,
     filter: Filter,
-    set_path: String,
-    lock: String,
-    save: String,
-    create: String,
-    load: String,
+    sql: Sql,
 }
 
 impl TxApplier {
+    fn map(&self, error: sqlx::Error) -> Error {
+        map_sqlx(&self.target, error)
+    }
+
     async fn begin(&self) -> Result<PgTransaction> {
-        let mut tx = self.pool.begin().await.map_err(pg_error)?;
-        sqlx::query(&self.set_path)
+        let mut tx = self.pool.begin().await.map_err(|e| self.map(e))?;
+        sqlx::query(&self.sql.set_local_search_path)
             .execute(&mut *tx)
             .await
-            .map_err(pg_error)?;
+            .map_err(|e| self.map(e))?;
         Ok(tx)
     }
 
     async fn begin_at(&self, from: u64) -> Result<PgTransaction, ApplyError> {
         let mut tx = self.begin().await?;
-        let stored: Option<i64> = sqlx::query_scalar(&self.lock)
+        let stored: Option<i64> = sqlx::query_scalar(&self.sql.lock_checkpoint)
             .bind(&self.name)
             .fetch_optional(&mut *tx)
             .await
-            .map_err(pg_error)?;
+            .map_err(|e| self.map(e))?;
         let stored = to_u64(stored.unwrap_or(0));
         if stored != from {
             return Err(ApplyError::Moved(stored));
@@ -190,13 +164,13 @@ impl TxApplier {
     async fn commit_at(&self, mut tx: PgTransaction, through: u64) -> Result<(), ApplyError> {
         let through = i64::try_from(through)
             .map_err(|_| Error::InvalidArgument(format!("position {through} over i64")))?;
-        sqlx::query(&self.save)
+        sqlx::query(&self.sql.save_checkpoint)
             .bind(&self.name)
             .bind(through)
             .execute(&mut *tx)
             .await
-            .map_err(pg_error)?;
-        tx.commit().await.map_err(pg_error)?;
+            .map_err(|e| self.map(e))?;
+        tx.commit().await.map_err(|e| self.map(e))?;
         Ok(())
     }
 }
@@ -206,10 +180,10 @@ fn to_u64(position: i64) -> u64 {
 }
 
 /// Runs each transaction of a [`TxApplier`] in a task of its own, so cancelling the runner (a
-/// dropped [`ProjectionTask`](super::ProjectionTask)) never cancels a transaction half-way: a
-/// future dropped inside sqlx's `BEGIN` can hand the pool a connection that is still in a
-/// transaction, where other users' writes would then be trapped. The batch in flight ends with
-/// its commit or rollback; a real crash ends it with the server's rollback.
+/// dropped [`ProjectionTask`](crate::projection::ProjectionTask)) never cancels a transaction
+/// half-way: a future dropped inside sqlx's `BEGIN` can hand the pool a connection that is
+/// still in a transaction, where other users' writes would then be trapped. The batch in flight
+/// ends with its commit or rollback; a real crash ends it with the server's rollback.
 struct Detached(Arc<TxApplier>);
 
 async fn detached<T, F>(work: F) -> Result<T, ApplyError>
@@ -263,16 +237,16 @@ impl Applier for Detached {
 impl TxApplier {
     async fn load_checkpoint(&self) -> Result<u64> {
         // Create the row so batches can lock it.
-        sqlx::query(&self.create)
+        sqlx::query(&self.sql.create_checkpoint)
             .bind(&self.name)
             .execute(&self.pool)
             .await
-            .map_err(pg_error)?;
-        let position: i64 = sqlx::query_scalar(&self.load)
+            .map_err(|e| self.map(e))?;
+        let position: i64 = sqlx::query_scalar(&self.sql.load_checkpoint)
             .bind(&self.name)
             .fetch_one(&self.pool)
             .await
-            .map_err(pg_error)?;
+            .map_err(|e| self.map(e))?;
         Ok(to_u64(position))
     }
 
@@ -322,12 +296,12 @@ impl TxApplier {
                 backend: "projection reset",
                 source,
             })?;
-        sqlx::query(&self.save)
+        sqlx::query(&self.sql.save_checkpoint)
             .bind(&self.name)
             .bind(0i64)
             .execute(&mut *tx)
             .await
-            .map_err(pg_error)?;
-        tx.commit().await.map_err(pg_error)
+            .map_err(|e| self.map(e))?;
+        tx.commit().await.map_err(|e| self.map(e))
     }
 }

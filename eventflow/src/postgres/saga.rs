@@ -1,4 +1,4 @@
-//! [`PostgresSagaStore`] (feature `postgres`): saga instances, handled event ids, deadlines and
+//! [`PostgresSagaStore`]: saga instances, handled event ids, deadlines and
 //! the outbox in PostgreSQL: the `saga_*` tables of `migrations/0002_projections_sagas.sql`, in
 //! the event store's schema (created by `PostgresEventStore::migrate`).
 //!
@@ -12,21 +12,24 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{CommitOutcome, Deadline, LoadedSaga, SagaCommit, SagaInstance, SagaStore};
+use super::connect::{describe, migrate_schema};
+use super::error::{BACKEND, map_sqlx};
+use super::schema::Schema;
+use super::sql::Sql;
+use super::store::PostgresEventStore;
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::projection::postgres::{pg_error, quote_schema};
+use crate::saga::{CommitOutcome, Deadline, LoadedSaga, SagaCommit, SagaInstance, SagaStore};
 use crate::store::ExpectedVersion;
-use crate::store::postgres::PostgresEventStore;
 
 /// Saga state in PostgreSQL, in the tables of one schema (run `PostgresEventStore::migrate` or
 /// [`migrate`](Self::migrate) first).
 #[derive(Debug, Clone)]
 pub struct PostgresSagaStore {
     pool: PgPool,
-    schema: String,
-    /// The schema, quoted for SQL.
-    q: String,
+    sql: Sql,
+    /// The server, for errors (no password).
+    target: String,
 }
 
 impl PostgresSagaStore {
@@ -35,15 +38,18 @@ impl PostgresSagaStore {
     /// # Errors
     /// [`Error::InvalidArgument`] for an invalid schema name.
     pub fn new(pool: PgPool, schema: &str) -> Result<Self> {
-        let q = quote_schema(schema)?;
+        let sql = Sql::new(Schema::new(schema)?);
         Ok(PostgresSagaStore {
+            target: describe(&pool.connect_options()),
             pool,
-            schema: schema.to_owned(),
-            q,
+            sql,
         })
     }
 
     /// A store in the same pool and schema as an event store.
+    ///
+    /// # Errors
+    /// None in practice: the event store's schema name is already valid.
     pub fn for_store(store: &PostgresEventStore) -> Result<Self> {
         Self::new(store.pool().clone(), store.schema())
     }
@@ -53,7 +59,7 @@ impl PostgresSagaStore {
     /// # Errors
     /// Backend errors.
     pub async fn migrate(&self) -> Result<()> {
-        PostgresEventStore::migrate_schema(&self.pool, &self.schema).await
+        migrate_schema(&self.pool, &self.sql).await
     }
 
     /// How many instances of `saga` exist.
@@ -61,15 +67,18 @@ impl PostgresSagaStore {
     /// # Errors
     /// Backend errors.
     pub async fn instance_count(&self, saga: &str) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM {}.saga_instances WHERE saga = $1",
-            self.q
-        ))
-        .bind(saga)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(pg_error)?;
+        let n: i64 = sqlx::query_scalar(&self.sql.saga_instance_count)
+            .bind(saga)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.map(e))?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+impl PostgresSagaStore {
+    fn map(&self, error: sqlx::Error) -> Error {
+        map_sqlx(&self.target, error)
     }
 }
 
@@ -88,7 +97,6 @@ fn conflict(saga: &str, commit: &SagaCommit, actual: u64) -> Error {
 #[async_trait]
 impl SagaStore for PostgresSagaStore {
     async fn load(&self, saga: &str, correlation_id: &str, event_id: Uuid) -> Result<LoadedSaga> {
-        // One round trip: the instance (if any) and whether the event is recorded.
         type Row = (
             Option<serde_json::Value>,
             Option<i64>,
@@ -96,20 +104,13 @@ impl SagaStore for PostgresSagaStore {
             Option<serde_json::Value>,
             bool,
         );
-        let row: Row = sqlx::query_as(&format!(
-            "SELECT i.state, i.version, i.completed, i.deadlines, \
-                    EXISTS (SELECT 1 FROM {q}.saga_handled h \
-                            WHERE h.saga = $1 AND h.correlation_id = $2 AND h.event_id = $3) \
-             FROM (SELECT 1) AS one \
-             LEFT JOIN {q}.saga_instances i ON i.saga = $1 AND i.correlation_id = $2",
-            q = self.q
-        ))
-        .bind(saga)
-        .bind(correlation_id)
-        .bind(event_id)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(pg_error)?;
+        let row: Row = sqlx::query_as(&self.sql.saga_load)
+            .bind(saga)
+            .bind(correlation_id)
+            .bind(event_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.map(e))?;
         let (state, version, completed, deadlines, already_handled) = row;
         let instance = match (state, version) {
             (Some(state), Some(version)) => Some(SagaInstance {
@@ -140,7 +141,7 @@ impl SagaStore for PostgresSagaStore {
         let saga = saga.to_owned();
         tokio::spawn(async move { store.commit_now(&saga, commit).await })
             .await
-            .map_err(|e| Error::backend("postgres", e))?
+            .map_err(|e| Error::backend(BACKEND, e))?
     }
 
     async fn due_deadlines(
@@ -172,69 +173,50 @@ impl PostgresSagaStore {
         let expected = i64::try_from(commit.expected_version)
             .map_err(|_| Error::InvalidArgument("saga version over i64".into()))?;
 
-        let mut tx = self.pool.begin().await.map_err(pg_error)?;
-        let recorded = sqlx::query(&format!(
-            "INSERT INTO {q}.saga_handled (saga, correlation_id, event_id) \
-             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            q = self.q
-        ))
-        .bind(saga)
-        .bind(&commit.correlation_id)
-        .bind(commit.handled_event)
-        .execute(&mut *tx)
-        .await
-        .map_err(pg_error)?;
+        let mut tx = self.pool.begin().await.map_err(|e| self.map(e))?;
+        let recorded = sqlx::query(&self.sql.saga_record_handled)
+            .bind(saga)
+            .bind(&commit.correlation_id)
+            .bind(commit.handled_event)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.map(e))?;
         if recorded.rows_affected() == 0 {
             return Ok(CommitOutcome::AlreadyHandled);
         }
 
         let written = if commit.expected_version == 0 {
-            // The primary key decides a creation race: the loser inserts nothing.
-            sqlx::query(&format!(
-                "INSERT INTO {q}.saga_instances \
-                    (saga, correlation_id, state, version, completed, deadlines, next_deadline) \
-                 VALUES ($1, $2, $3, 1, $4, $5, $6) ON CONFLICT DO NOTHING",
-                q = self.q
-            ))
-            .bind(saga)
-            .bind(&commit.correlation_id)
-            .bind(&commit.state)
-            .bind(commit.completed)
-            .bind(&deadlines)
-            .bind(next_deadline)
-            .execute(&mut *tx)
-            .await
-            .map_err(pg_error)?
+            sqlx::query(&self.sql.saga_create)
+                .bind(saga)
+                .bind(&commit.correlation_id)
+                .bind(&commit.state)
+                .bind(commit.completed)
+                .bind(&deadlines)
+                .bind(next_deadline)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.map(e))?
         } else {
-            sqlx::query(&format!(
-                "UPDATE {q}.saga_instances \
-                 SET state = $3, version = version + 1, completed = $4, deadlines = $5, \
-                     next_deadline = $6, updated_at = now() \
-                 WHERE saga = $1 AND correlation_id = $2 AND version = $7",
-                q = self.q
-            ))
-            .bind(saga)
-            .bind(&commit.correlation_id)
-            .bind(&commit.state)
-            .bind(commit.completed)
-            .bind(&deadlines)
-            .bind(next_deadline)
-            .bind(expected)
-            .execute(&mut *tx)
-            .await
-            .map_err(pg_error)?
+            sqlx::query(&self.sql.saga_update)
+                .bind(saga)
+                .bind(&commit.correlation_id)
+                .bind(&commit.state)
+                .bind(commit.completed)
+                .bind(&deadlines)
+                .bind(next_deadline)
+                .bind(expected)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.map(e))?
         };
         if written.rows_affected() == 0 {
             drop(tx);
-            let actual: Option<i64> = sqlx::query_scalar(&format!(
-                "SELECT version FROM {q}.saga_instances WHERE saga = $1 AND correlation_id = $2",
-                q = self.q
-            ))
-            .bind(saga)
-            .bind(&commit.correlation_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(pg_error)?;
+            let actual: Option<i64> = sqlx::query_scalar(&self.sql.saga_version)
+                .bind(saga)
+                .bind(&commit.correlation_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.map(e))?;
             let actual = actual.map_or(0, |v| u64::try_from(v).unwrap_or(0));
             return Err(conflict(saga, &commit, actual));
         }
@@ -251,21 +233,15 @@ impl PostgresSagaStore {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            sqlx::query(&format!(
-                "INSERT INTO {q}.saga_outbox (saga, event_id, event) \
-                 SELECT $1, id, event FROM UNNEST($2::uuid[], $3::jsonb[]) WITH ORDINALITY \
-                     AS t(id, event, n) ORDER BY n \
-                 ON CONFLICT (saga, event_id) DO NOTHING",
-                q = self.q
-            ))
-            .bind(saga)
-            .bind(&ids)
-            .bind(&events)
-            .execute(&mut *tx)
-            .await
-            .map_err(pg_error)?;
+            sqlx::query(&self.sql.saga_outbox_insert)
+                .bind(saga)
+                .bind(&ids)
+                .bind(&events)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.map(e))?;
         }
-        tx.commit().await.map_err(pg_error)?;
+        tx.commit().await.map_err(|e| self.map(e))?;
         Ok(CommitOutcome::Committed)
     }
 
@@ -276,18 +252,13 @@ impl PostgresSagaStore {
         limit: usize,
     ) -> Result<Vec<(String, Deadline)>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(&format!(
-            "SELECT correlation_id, deadlines FROM {q}.saga_instances \
-             WHERE saga = $1 AND next_deadline IS NOT NULL AND next_deadline <= $2 \
-             ORDER BY next_deadline LIMIT $3",
-            q = self.q
-        ))
-        .bind(saga)
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(pg_error)?;
+        let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(&self.sql.saga_due_deadlines)
+            .bind(saga)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.map(e))?;
         let mut due = Vec::new();
         for (correlation_id, deadlines) in rows {
             let deadlines: Vec<Deadline> =
@@ -305,30 +276,24 @@ impl PostgresSagaStore {
 
     async fn pending_outbox_now(&self, saga: &str, limit: usize) -> Result<Vec<Event>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows: Vec<serde_json::Value> = sqlx::query_scalar(&format!(
-            "SELECT event FROM {q}.saga_outbox WHERE saga = $1 ORDER BY seq LIMIT $2",
-            q = self.q
-        ))
-        .bind(saga)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(pg_error)?;
+        let rows: Vec<serde_json::Value> = sqlx::query_scalar(&self.sql.saga_pending_outbox)
+            .bind(saga)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.map(e))?;
         rows.into_iter()
             .map(|v| serde_json::from_value(v).map_err(|e| json_error("saga outbox event", e)))
             .collect()
     }
 
     async fn ack_outbox_now(&self, saga: &str, event_ids: &[Uuid]) -> Result<()> {
-        sqlx::query(&format!(
-            "DELETE FROM {q}.saga_outbox WHERE saga = $1 AND event_id = ANY($2)",
-            q = self.q
-        ))
-        .bind(saga)
-        .bind(event_ids)
-        .execute(&self.pool)
-        .await
-        .map_err(pg_error)?;
+        sqlx::query(&self.sql.saga_ack_outbox)
+            .bind(saga)
+            .bind(event_ids)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.map(e))?;
         Ok(())
     }
 }

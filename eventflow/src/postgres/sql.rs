@@ -1,12 +1,13 @@
-//! Every SQL statement of the PostgreSQL store, in one place.
+//! Every SQL statement of the PostgreSQL backend, in one place: the event store, snapshots,
+//! checkpoints, transactional projections and sagas.
 //!
 //! Table names cannot be bind parameters, so each statement is a template with `{events}`,
-//! `{snapshots}` and `{checkpoints}` placeholders that [`Sql::new`] fills in once, at
-//! construction, with the schema-qualified and quoted names (the schema name is validated as a
-//! plain identifier first). Every value is a bind parameter; nothing a caller passes at run time
-//! is ever spliced into SQL text.
+//! `{snapshots}`, `{checkpoints}` and `{schema}` placeholders that [`Sql::new`] fills in once,
+//! at construction, with the schema-qualified and quoted names (the schema name is validated by
+//! [`Schema`] first). Every value is a bind parameter; nothing a caller passes at run time is
+//! ever spliced into SQL text.
 
-use crate::error::{Error, Result};
+use super::schema::Schema;
 
 /// Bits of `position` that hold the index of an event within its transaction: the rest hold the
 /// transaction id. 20 bits allow 1,048,575 events per transaction and transaction ids up to
@@ -128,11 +129,65 @@ const LOAD_CHECKPOINT: &str = "SELECT position FROM {checkpoints} WHERE name = $
 const SAVE_CHECKPOINT: &str = "INSERT INTO {checkpoints} (name, position) VALUES ($1, $2) \
      ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()";
 
-/// The store's statements with its table names filled in.
-#[derive(Debug, Clone)]
+/// Creates a projection's checkpoint row if missing, so its batches can lock it.
+const CREATE_CHECKPOINT: &str = "INSERT INTO {checkpoints} (name, position) VALUES ($1, 0) \
+     ON CONFLICT (name) DO NOTHING";
+
+/// Locks a projection's checkpoint row for the batch's transaction: a second runner of the same
+/// projection waits, then sees the position moved.
+const LOCK_CHECKPOINT: &str = "SELECT position FROM {checkpoints} WHERE name = $1 FOR UPDATE";
+
+/// Lets a projection's handler name its read-model tables unqualified (`SET LOCAL`: this
+/// transaction only).
+const SET_LOCAL_SEARCH_PATH: &str = "SET LOCAL search_path TO {schema}";
+
+const SAGA_INSTANCE_COUNT: &str = "SELECT count(*) FROM {schema}.saga_instances WHERE saga = $1";
+
+/// One round trip: the instance (if any) and whether the event is recorded as handled.
+const SAGA_LOAD: &str = "SELECT i.state, i.version, i.completed, i.deadlines, \
+        EXISTS (SELECT 1 FROM {schema}.saga_handled h \
+                WHERE h.saga = $1 AND h.correlation_id = $2 AND h.event_id = $3) \
+     FROM (SELECT 1) AS one \
+     LEFT JOIN {schema}.saga_instances i ON i.saga = $1 AND i.correlation_id = $2";
+
+/// Records a handled event id; a redelivered event finds it (primary key) and inserts nothing.
+const SAGA_RECORD_HANDLED: &str = "INSERT INTO {schema}.saga_handled \
+     (saga, correlation_id, event_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+
+/// Creates an instance; the primary key decides a creation race: the loser inserts nothing.
+const SAGA_CREATE: &str = "INSERT INTO {schema}.saga_instances \
+        (saga, correlation_id, state, version, completed, deadlines, next_deadline) \
+     VALUES ($1, $2, $3, 1, $4, $5, $6) ON CONFLICT DO NOTHING";
+
+/// Updates an instance only at the expected version (`$7`).
+const SAGA_UPDATE: &str = "UPDATE {schema}.saga_instances \
+     SET state = $3, version = version + 1, completed = $4, deadlines = $5, \
+         next_deadline = $6, updated_at = now() \
+     WHERE saga = $1 AND correlation_id = $2 AND version = $7";
+
+const SAGA_VERSION: &str =
+    "SELECT version FROM {schema}.saga_instances WHERE saga = $1 AND correlation_id = $2";
+
+/// Writes the outbox in the order given.
+const SAGA_OUTBOX_INSERT: &str = "INSERT INTO {schema}.saga_outbox (saga, event_id, event) \
+     SELECT $1, id, event FROM UNNEST($2::uuid[], $3::jsonb[]) WITH ORDINALITY \
+         AS t(id, event, n) ORDER BY n \
+     ON CONFLICT (saga, event_id) DO NOTHING";
+
+const SAGA_DUE_DEADLINES: &str = "SELECT correlation_id, deadlines FROM {schema}.saga_instances \
+     WHERE saga = $1 AND next_deadline IS NOT NULL AND next_deadline <= $2 \
+     ORDER BY next_deadline LIMIT $3";
+
+const SAGA_PENDING_OUTBOX: &str =
+    "SELECT event FROM {schema}.saga_outbox WHERE saga = $1 ORDER BY seq LIMIT $2";
+
+const SAGA_ACK_OUTBOX: &str =
+    "DELETE FROM {schema}.saga_outbox WHERE saga = $1 AND event_id = ANY($2)";
+
+/// The backend's statements with the table names of one schema filled in.
+#[derive(Clone)]
 pub(crate) struct Sql {
-    pub(crate) schema: String,
-    pub(crate) quoted_schema: String,
+    pub(crate) schema: Schema,
     pub(crate) append: String,
     pub(crate) append_one: String,
     pub(crate) stream_version: String,
@@ -145,16 +200,34 @@ pub(crate) struct Sql {
     pub(crate) save_snapshot: String,
     pub(crate) load_checkpoint: String,
     pub(crate) save_checkpoint: String,
+    pub(crate) create_checkpoint: String,
+    pub(crate) lock_checkpoint: String,
+    pub(crate) set_local_search_path: String,
+    pub(crate) saga_instance_count: String,
+    pub(crate) saga_load: String,
+    pub(crate) saga_record_handled: String,
+    pub(crate) saga_create: String,
+    pub(crate) saga_update: String,
+    pub(crate) saga_version: String,
+    pub(crate) saga_outbox_insert: String,
+    pub(crate) saga_due_deadlines: String,
+    pub(crate) saga_pending_outbox: String,
+    pub(crate) saga_ack_outbox: String,
+}
+
+impl std::fmt::Debug for Sql {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The statements are derived from the schema; printing them would drown the rest.
+        f.debug_struct("Sql")
+            .field("schema", &self.schema.name())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Sql {
     /// The statements for tables in `schema`.
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] when `schema` is not a plain identifier.
-    pub(crate) fn new(schema: &str) -> Result<Self> {
-        validate_schema(schema)?;
-        let quoted = format!("\"{schema}\"");
+    pub(crate) fn new(schema: Schema) -> Self {
+        let quoted = schema.quoted();
         let fill = |template: &str| {
             template
                 .replace("{columns}", EVENT_COLUMNS)
@@ -162,10 +235,9 @@ impl Sql {
                 .replace("{events}", &format!("{quoted}.events"))
                 .replace("{snapshots}", &format!("{quoted}.snapshots"))
                 .replace("{checkpoints}", &format!("{quoted}.checkpoints"))
+                .replace("{schema}", quoted)
         };
-        Ok(Sql {
-            schema: schema.to_owned(),
-            quoted_schema: quoted.clone(),
+        Sql {
             append: fill(APPEND),
             append_one: fill(APPEND_ONE),
             stream_version: fill(STREAM_VERSION),
@@ -178,53 +250,36 @@ impl Sql {
             save_snapshot: fill(SAVE_SNAPSHOT),
             load_checkpoint: fill(LOAD_CHECKPOINT),
             save_checkpoint: fill(SAVE_CHECKPOINT),
-        })
+            create_checkpoint: fill(CREATE_CHECKPOINT),
+            lock_checkpoint: fill(LOCK_CHECKPOINT),
+            set_local_search_path: fill(SET_LOCAL_SEARCH_PATH),
+            saga_instance_count: fill(SAGA_INSTANCE_COUNT),
+            saga_load: fill(SAGA_LOAD),
+            saga_record_handled: fill(SAGA_RECORD_HANDLED),
+            saga_create: fill(SAGA_CREATE),
+            saga_update: fill(SAGA_UPDATE),
+            saga_version: fill(SAGA_VERSION),
+            saga_outbox_insert: fill(SAGA_OUTBOX_INSERT),
+            saga_due_deadlines: fill(SAGA_DUE_DEADLINES),
+            saga_pending_outbox: fill(SAGA_PENDING_OUTBOX),
+            saga_ack_outbox: fill(SAGA_ACK_OUTBOX),
+            schema,
+        }
     }
 
     /// `CREATE SCHEMA IF NOT EXISTS` for this schema (run by `migrate` only).
     pub(crate) fn create_schema(&self) -> String {
-        format!("CREATE SCHEMA IF NOT EXISTS {}", self.quoted_schema)
+        format!("CREATE SCHEMA IF NOT EXISTS {}", self.schema.quoted())
     }
 
     /// `SET search_path` to this schema (on the migration's own connection only).
     pub(crate) fn set_search_path(&self) -> String {
-        format!("SET search_path TO {}", self.quoted_schema)
+        format!("SET search_path TO {}", self.schema.quoted())
     }
 
-    /// The `LISTEN`/`NOTIFY` channel of this schema: a fixed-length name derived from it, so it
-    /// stays under PostgreSQL's 63-byte identifier limit.
+    /// The `LISTEN`/`NOTIFY` channel of this schema.
     pub(crate) fn channel(&self) -> String {
-        // FNV-1a: stable across processes and Rust versions, unlike `DefaultHasher`.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in self.schema.bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("eventflow_{hash:016x}")
-    }
-}
-
-/// Checks a schema name: 1 to 63 bytes of `[a-z0-9_]`, not starting with a digit or `pg_`. Lower case
-/// only, so the name means the same quoted or not.
-///
-/// # Errors
-/// [`Error::InvalidArgument`] naming the schema.
-pub(crate) fn validate_schema(schema: &str) -> Result<()> {
-    let ok = !schema.is_empty()
-        && schema.len() <= 63
-        && !schema.starts_with(|c: char| c.is_ascii_digit())
-        // PostgreSQL reserves the `pg_` prefix for system schemas.
-        && !schema.starts_with("pg_")
-        && schema
-            .bytes()
-            .all(|b| b == b'_' || b.is_ascii_lowercase() || b.is_ascii_digit());
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(format!(
-            "invalid schema name {schema:?}: use 1 to 63 characters of [a-z0-9_], not starting \
-             with a digit or `pg_`"
-        )))
+        self.schema.channel()
     }
 }
 
@@ -233,40 +288,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn schema_names_are_plain_identifiers() {
-        assert!(Sql::new("eventflow").is_ok());
-        assert!(Sql::new("t_abc_123").is_ok());
-        for bad in [
-            "",
-            "1abc",
-            "pg_x",
-            "a-b",
-            "A",
-            "a\"b",
-            "a;drop",
-            "a b",
-            &"x".repeat(64),
-        ] {
-            assert!(Sql::new(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
     fn templates_are_filled() {
-        let sql = Sql::new("s1").unwrap_or_else(|e| panic!("{e}"));
+        let sql = Sql::new(Schema::new("s1").unwrap_or_else(|e| panic!("{e}")));
         for text in [
             &sql.append,
+            &sql.append_one,
+            &sql.stream_version,
+            &sql.load_stream,
+            &sql.events_by_id,
             &sql.read_all,
             &sql.head_and_top,
             &sql.criteria_select,
+            &sql.load_snapshot,
+            &sql.save_snapshot,
+            &sql.load_checkpoint,
+            &sql.save_checkpoint,
+            &sql.create_checkpoint,
+            &sql.lock_checkpoint,
+            &sql.set_local_search_path,
+            &sql.saga_instance_count,
+            &sql.saga_load,
+            &sql.saga_record_handled,
+            &sql.saga_create,
+            &sql.saga_update,
+            &sql.saga_version,
+            &sql.saga_outbox_insert,
+            &sql.saga_due_deadlines,
+            &sql.saga_pending_outbox,
+            &sql.saga_ack_outbox,
         ] {
             assert!(!text.contains('{'), "unfilled template: {text}");
-            assert!(text.contains("\"s1\".events"));
+            assert!(text.contains("\"s1\""), "schema missing: {text}");
         }
-        assert_eq!(sql.channel().len(), "eventflow_".len() + 16);
-        assert_ne!(
-            sql.channel(),
-            Sql::new("s2").map(|s| s.channel()).unwrap_or_default()
-        );
     }
 }

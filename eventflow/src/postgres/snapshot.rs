@@ -8,9 +8,11 @@ use sqlx::types::Json;
 use crate::error::{Error, Result};
 use crate::store::{Snapshot, SnapshotStore};
 
-use super::rows::{map_sqlx, to_i64};
+use super::connect::describe;
+use super::error::map_sqlx;
+use super::rows::to_i64;
+use super::schema::Schema;
 use super::sql::Sql;
-use super::{DEFAULT_SCHEMA, describe};
 
 /// Keeps the latest [`Snapshot`] of each stream in the `snapshots` table of a store's schema.
 /// Get one from [`PostgresEventStore::snapshots`](super::PostgresEventStore::snapshots), or
@@ -25,9 +27,7 @@ pub struct PostgresSnapshotStore {
 impl PostgresSnapshotStore {
     /// A snapshot store over `pool` in the default schema.
     pub fn new(pool: PgPool) -> Self {
-        let sql = Sql::new(DEFAULT_SCHEMA)
-            .unwrap_or_else(|_| unreachable!("the default schema name is valid"));
-        Self::from_parts(pool, sql)
+        Self::from_parts(pool, Sql::new(Schema::default_schema()))
     }
 
     /// A snapshot store over `pool` in `schema`.
@@ -35,7 +35,7 @@ impl PostgresSnapshotStore {
     /// # Errors
     /// [`Error::InvalidArgument`] for an invalid schema name.
     pub fn in_schema(pool: PgPool, schema: &str) -> Result<Self> {
-        Ok(Self::from_parts(pool, Sql::new(schema)?))
+        Ok(Self::from_parts(pool, Sql::new(Schema::new(schema)?)))
     }
 
     pub(super) fn from_parts(pool: PgPool, sql: Sql) -> Self {

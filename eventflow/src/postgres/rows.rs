@@ -1,17 +1,14 @@
 //! Conversion between events and rows: one array per column for the append, one `Event` per
-//! row for reads, and the mapping of sqlx errors to eventflow's at the module's edge.
+//! row for reads.
 
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::Row;
-use sqlx::error::ErrorKind;
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::event::{Event, Metadata};
-
-pub(crate) const BACKEND: &str = "postgres";
 
 /// A batch of events as one array per column, bound to the `unnest` of the append statement.
 #[derive(Debug, Default)]
@@ -129,54 +126,4 @@ pub(crate) fn events(rows: Vec<EventRow>) -> Vec<Event> {
 pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64> {
     i64::try_from(value)
         .map_err(|_| Error::InvalidArgument(format!("{what} {value} is over {}", i64::MAX)))
-}
-
-/// The unique constraint a database error violated, if it is a unique violation.
-pub(crate) fn unique_violation(error: &sqlx::Error) -> Option<&str> {
-    match error {
-        sqlx::Error::Database(db) if db.kind() == ErrorKind::UniqueViolation => {
-            Some(db.constraint().unwrap_or(""))
-        }
-        _ => None,
-    }
-}
-
-/// Maps a sqlx error to eventflow's, classified by SQLSTATE (never by message text):
-/// - a lost or refused connection (class 08, `57P01`-`57P03` admin shutdown / crash / cannot
-///   connect now, I/O errors, pool timeouts) is [`Error::Connect`] naming `target`;
-/// - a value the server rejects (class 22 "data exception", e.g. `22P05` for `\u0000` in
-///   JSONB, `22021` for a NUL byte in text) is [`Error::InvalidArgument`] with the server's
-///   explanation;
-/// - a closed pool is [`Error::Closed`];
-/// - anything else is [`Error::Backend`].
-pub(crate) fn map_sqlx(target: &str, error: sqlx::Error) -> Error {
-    let connect = |error: sqlx::Error| Error::Connect {
-        backend: BACKEND,
-        target: target.to_owned(),
-        source: Box::new(error),
-    };
-    match &error {
-        sqlx::Error::PoolClosed => Error::Closed("postgres connection pool"),
-        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
-            Error::decode("<event row>", error)
-        }
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::WorkerCrashed => connect(error),
-        sqlx::Error::Database(db) => {
-            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
-            if code.starts_with("08") || matches!(code.as_str(), "57P01" | "57P02" | "57P03") {
-                connect(error)
-            } else if code.starts_with("22") {
-                Error::InvalidArgument(format!(
-                    "postgres rejected a value (SQLSTATE {code}): {}",
-                    db.message()
-                ))
-            } else {
-                Error::backend(BACKEND, error)
-            }
-        }
-        _ => Error::backend(BACKEND, error),
-    }
 }

@@ -1,0 +1,109 @@
+//! The PostgreSQL backend (feature `postgres`), in one home: the production
+//! [`EventStore`](crate::EventStore) ([`PostgresEventStore`]), with [`PostgresSnapshotStore`],
+//! [`PostgresCheckpointStore`], transactional projections ([`PgProjection`],
+//! [`projection_runner`]) and saga state ([`PostgresSagaStore`]) in the same schema.
+//!
+//! Every statement lives in `sql.rs`, one schema-name rule in `schema.rs` (1 to 63 characters
+//! of `[a-z0-9_]`, not starting with a digit or `pg_`; every constructor taking a schema checks
+//! it the same way), and one mapping of sqlx errors in `error.rs`: whichever path fails, a lost
+//! connection is [`Error::Connect`](crate::Error::Connect), a value the server rejects is
+//! [`Error::InvalidArgument`](crate::Error::InvalidArgument), a closed pool is
+//! [`Error::Closed`](crate::Error::Closed).
+//!
+//! ```no_run
+//! use eventflow::postgres::PostgresEventStore;
+//! use eventflow::{Event, EventStore, ExpectedVersion};
+//! use serde_json::json;
+//!
+//! # async fn run() -> eventflow::Result<()> {
+//! let store = PostgresEventStore::connect("postgres://postgres@127.0.0.1:5432/app").await?;
+//! store.migrate().await?; // explicit: constructors never change the schema
+//! let placed = Event::new("order.placed", json!({ "order_id": "o-1" }))?;
+//! store.append("order-o-1", ExpectedVersion::NoStream, placed).await?;
+//! let history = store.load_stream("order-o-1", 0).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Tables
+//! The migrations in the workspace's `migrations/` folder (sqlx format, embedded in the library
+//! through the `eventflow/migrations` link, so the published crate carries them) create
+//! `events`, `snapshots`, `checkpoints` and the `saga_*` tables in one schema, `eventflow` unless
+//! [`PostgresEventStoreBuilder::schema`] names another. [`PostgresEventStore::migrate`] applies
+//! them; nothing else changes the schema.
+//!
+//! # Global order without gaps, without a global lock
+//! A plain `bigserial` position has a hole: a transaction that took position 7 may commit after
+//! one that took position 8, and a reader that already moved past 8 never sees 7. Here a
+//! position is `(transaction id << 20) + index in the transaction`, and every reader (`read_all`,
+//! `load`, `head_position`, subscriptions, the relay) only reads positions below
+//! `pg_snapshot_xmin(pg_current_snapshot()) << 20`: rows of transactions that have all
+//! finished. A transaction still running has a transaction id at or above that bound, so every
+//! position it may still commit is above what any reader has seen; one that rolls back leaves
+//! nothing. Writers to different streams take no common lock and proceed in parallel.
+//!
+//! The price: a transaction that stays open holds back readers (not writers) until it ends, and
+//! that includes any write transaction on the same server, since transaction ids are
+//! server-wide. Keep transactions short. A read at the head (`read_all` returning less than its
+//! limit, `load`, `head_position`) that finds committed events waiting behind such a transaction
+//! waits for it, at most [`PostgresEventStoreBuilder::settle_timeout`] (1 s by default), so an
+//! append is normally visible to the next global read of the same process. Positions increase in
+//! transaction-id order; they are large and not dense (never compute a count from them).
+//!
+//! # Appends
+//! A batch is one statement and one round trip: `unnest` of one array per column (so 10,000
+//! events take 12 bind parameters, far below the 65,535 limit), with the stream's version check
+//! in the same statement; a single event uses the same statement with plain values. Conflicts
+//! are recognized by SQLSTATE `23505` and the constraint name (`events_stream_version_key`,
+//! `events_event_id_key`), never by message text. The idempotency rule of
+//! [`EventStore`](crate::EventStore) (every id already stored in this stream: the stored copies
+//! come back; some: [`Error::DuplicateEvent`](crate::Error::DuplicateEvent)) is checked on the
+//! failure path only, so a successful append stays one round trip. A value the server rejects
+//! (`\u0000` in JSON, NUL in text) fails the whole batch with
+//! [`Error::InvalidArgument`](crate::Error::InvalidArgument) naming the SQLSTATE; a lost
+//! connection is [`Error::Connect`](crate::Error::Connect).
+//!
+//! # Following the store
+//! [`subscribe`](crate::EventStore::subscribe), the relay and projection runners follow the
+//! global order with [`follow`](crate::store::follow). They are woken by
+//! [`EventStore::commit_signal`](crate::EventStore::commit_signal): at once for appends of this
+//! process, through `LISTEN`/`NOTIFY` (one payload-free notification per channel at most every
+//! 2 ms, sent after commit) for other processes, and by polling every
+//! [`poll_interval`](PostgresEventStoreBuilder::poll_interval) should a notification be lost.
+//! Following uses one pooled connection for `LISTEN` while the store lives.
+//!
+//! # Store to bus
+//! [`with_bus`](PostgresEventStore::with_bus) runs a [`Relay`](crate::Relay) (transactional
+//! outbox) with its checkpoint in this schema: every committed event reaches the bus at least
+//! once, in global order, and nothing of a rolled-back transaction ever does.
+//!
+//! # Code map
+//! `store.rs` (construction, the `EventStore` impl), `append.rs`, `read.rs`, `subscribe.rs`
+//! (the relay too) by concern; `signal.rs` (`LISTEN`/`NOTIFY`), `rows.rs` (row codecs),
+//! `checkpoint.rs`, `snapshot.rs`, `projection.rs`, `saga.rs`; `connect.rs` (pools,
+//! migrations), `sql.rs`, `schema.rs`, `error.rs`. Nothing outside this module imports sqlx.
+
+mod append;
+mod checkpoint;
+mod connect;
+mod error;
+mod projection;
+mod read;
+mod rows;
+mod saga;
+mod schema;
+mod signal;
+mod snapshot;
+mod sql;
+mod store;
+mod subscribe;
+
+#[cfg(test)]
+mod tests;
+
+pub use append::PendingAppend;
+pub use checkpoint::PostgresCheckpointStore;
+pub use projection::{PgProjection, PgTransaction, projection_runner};
+pub use saga::PostgresSagaStore;
+pub use schema::DEFAULT_SCHEMA;
+pub use snapshot::PostgresSnapshotStore;
+pub use store::{PostgresEventStore, PostgresEventStoreBuilder};

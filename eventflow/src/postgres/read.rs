@@ -1,0 +1,188 @@
+//! Reading: by stream, by criteria and in global order, waiting (bounded) at the head for
+//! committed events held back behind a slower transaction.
+
+use std::time::Duration;
+
+use sqlx::{Postgres, QueryBuilder};
+
+use super::rows::{EventRow, events as row_events, to_i64};
+use super::sql;
+use super::store::PostgresEventStore;
+use crate::error::Result;
+use crate::event::Event;
+use crate::store::EventCriteria;
+
+impl PostgresEventStore {
+    /// The safe head and the highest committed position (see `sql::HEAD_AND_TOP`).
+    async fn head_and_top(&self) -> Result<(i64, i64)> {
+        sqlx::query_as(&self.inner.sql.head_and_top)
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(|e| self.map(e))
+    }
+
+    /// Waits (at most the settle timeout) until no committed event is held back behind a
+    /// slower transaction, and returns the safe head.
+    async fn settle(&self) -> Result<i64> {
+        let deadline = tokio::time::Instant::now() + self.inner.settle_timeout;
+        let mut delay = Duration::from_millis(1);
+        loop {
+            let (head, top) = self.head_and_top().await?;
+            if top <= head || tokio::time::Instant::now() >= deadline {
+                return Ok(head);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(10));
+        }
+    }
+
+    /// One page of the global order, and `(top, head)` of its snapshot when it was not empty.
+    async fn read_all_once(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<(Vec<Event>, Option<(i64, i64)>)> {
+        let rows: Vec<EventRow> = sqlx::query_as(&self.inner.sql.read_all)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| self.map(e))?;
+        let top_head = rows.first().and_then(|r| r.top_head);
+        Ok((row_events(rows), top_head))
+    }
+
+    /// [`EventStore::load_stream`](crate::store::EventStore::load_stream).
+    pub(super) async fn load_stream_now(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+    ) -> Result<Vec<Event>> {
+        if stream_id.contains('\0') {
+            // No stored stream id can hold NUL (they are validated on append).
+            return Ok(Vec::new());
+        }
+        let rows: Vec<EventRow> = sqlx::query_as(&self.inner.sql.load_stream)
+            .bind(stream_id)
+            .bind(to_i64(from_version, "stream version")?)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| self.map(e))?;
+        Ok(row_events(rows))
+    }
+
+    /// [`EventStore::stream_version`](crate::store::EventStore::stream_version).
+    pub(super) async fn stream_version_now(&self, stream_id: &str) -> Result<u64> {
+        if stream_id.contains('\0') {
+            return Ok(0);
+        }
+        let version: i64 = sqlx::query_scalar(&self.inner.sql.stream_version)
+            .bind(stream_id)
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(|e| self.map(e))?;
+        Ok(u64::try_from(version).unwrap_or(0))
+    }
+
+    /// [`EventStore::load`](crate::store::EventStore::load).
+    pub(super) async fn load_now(&self, criteria: &EventCriteria) -> Result<Vec<Event>> {
+        // Text can never hold NUL in PostgreSQL, so a criterion containing one matches nothing
+        // (and would only make the server reject the query).
+        let has_nul = |s: &Option<String>| s.as_deref().is_some_and(|s| s.contains('\0'));
+        if has_nul(&criteria.correlation_id)
+            || has_nul(&criteria.tenant_id)
+            || has_nul(&criteria.stream_id)
+        {
+            return Ok(Vec::new());
+        }
+        if criteria.limit == Some(0) {
+            return Ok(Vec::new());
+        }
+        let mut q = QueryBuilder::<Postgres>::new(&self.inner.sql.criteria_select);
+        if !criteria.event_types.is_empty() {
+            let types: Vec<&str> = criteria
+                .event_types
+                .iter()
+                .map(String::as_str)
+                .filter(|t| !t.contains('\0'))
+                .collect();
+            if types.is_empty() {
+                return Ok(Vec::new());
+            }
+            q.push(sql::CRITERIA_EVENT_TYPES).push_bind(types).push(")");
+        }
+        if let Some(since) = criteria.since {
+            q.push(sql::CRITERIA_SINCE).push_bind(since);
+        }
+        if let Some(until) = criteria.until {
+            q.push(sql::CRITERIA_UNTIL).push_bind(until);
+        }
+        if let Some(c) = &criteria.correlation_id {
+            q.push(sql::CRITERIA_CORRELATION).push_bind(c.as_str());
+        }
+        if let Some(t) = &criteria.tenant_id {
+            q.push(sql::CRITERIA_TENANT).push_bind(t.as_str());
+        }
+        if let Some(s) = &criteria.stream_id {
+            q.push(sql::CRITERIA_STREAM).push_bind(s.as_str());
+        }
+        if let Some(after) = criteria.after_position {
+            q.push(sql::CRITERIA_AFTER)
+                .push_bind(to_i64(after, "position")?);
+        }
+        q.push(sql::CRITERIA_ORDER);
+        if let Some(limit) = criteria.limit {
+            q.push(sql::CRITERIA_LIMIT)
+                .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        }
+        // Let committed events held back by a slower transaction through first (bounded).
+        self.settle().await?;
+        let rows: Vec<EventRow> = q
+            .build_query_as()
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| self.map(e))?;
+        Ok(row_events(rows))
+    }
+
+    /// [`EventStore::read_all`](crate::store::EventStore::read_all).
+    pub(super) async fn read_all_now(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let after = to_i64(after_position, "position")?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (events, top_head) = self.read_all_once(after, limit).await?;
+        if events.len() as i64 >= limit {
+            return Ok(events);
+        }
+        // At the head: if nothing committed waits behind a slower transaction and the read saw
+        // everything up to the safe head, it is complete. Otherwise wait for the slower one (at
+        // most the settle timeout) and read again.
+        let (top, head) = match top_head {
+            Some(top_head) => top_head,
+            None => {
+                let (head, top) = self.head_and_top().await?;
+                (top, head)
+            }
+        };
+        let seen = events
+            .last()
+            .and_then(|e| e.position)
+            .map_or(after, |p| i64::try_from(p).unwrap_or(i64::MAX));
+        if top <= head && head <= seen {
+            return Ok(events);
+        }
+        self.settle().await?;
+        Ok(self.read_all_once(after, limit).await?.0)
+    }
+
+    /// [`EventStore::head_position`](crate::store::EventStore::head_position).
+    pub(super) async fn head_position_now(&self) -> Result<u64> {
+        Ok(u64::try_from(self.settle().await?).unwrap_or(0))
+    }
+}

@@ -1,0 +1,242 @@
+//! [`PostgresEventStore`]: construction and configuration, the handles it shares (pool,
+//! schema, snapshot and checkpoint stores) and its [`EventStore`] implementation, whose bodies
+//! live beside it by concern (`append.rs`, `read.rs`, `subscribe.rs`).
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use super::checkpoint::PostgresCheckpointStore;
+use super::connect::{connect_pool, describe, migrate_schema};
+use super::error::map_sqlx;
+use super::schema::{DEFAULT_SCHEMA, Schema};
+use super::signal::Signal;
+use super::snapshot::PostgresSnapshotStore;
+use super::sql::Sql;
+use crate::bus::{EventBus, Handler, Subscription};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::relay::RelayHandle;
+use crate::store::{EventCriteria, EventStore, ExpectedVersion};
+
+/// How often followers look for new events when no notification arrives.
+const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long a read at the head waits for committed events held back by a slower transaction.
+const DEFAULT_SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The PostgreSQL event store. Cheap to clone (shares one pool and one set of background tasks).
+#[derive(Clone)]
+pub struct PostgresEventStore {
+    pub(super) inner: Arc<Inner>,
+    /// The relay of a store built [`with_bus`](Self::with_bus).
+    pub(super) relay: Option<Arc<RelayCell>>,
+}
+
+/// A bus and the relay publishing to it, started on first use inside a runtime.
+pub(super) struct RelayCell {
+    pub(super) bus: Arc<dyn EventBus>,
+    pub(super) name: String,
+    pub(super) handle: OnceLock<RelayHandle>,
+}
+
+/// What every clone of a store shares.
+pub(super) struct Inner {
+    pub(super) pool: PgPool,
+    pub(super) sql: Sql,
+    /// The server, for errors (no password).
+    pub(super) target: String,
+    pub(super) poll_interval: Duration,
+    pub(super) settle_timeout: Duration,
+    pub(super) signal: Signal,
+}
+
+impl std::fmt::Debug for PostgresEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresEventStore")
+            .field("target", &self.inner.target)
+            .field("schema", &self.inner.sql.schema.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`PostgresEventStore`]; from [`PostgresEventStore::builder`].
+#[derive(Debug)]
+pub struct PostgresEventStoreBuilder {
+    pool: PgPool,
+    schema: String,
+    poll_interval: Duration,
+    settle_timeout: Duration,
+}
+
+impl PostgresEventStoreBuilder {
+    /// Keeps the tables in `schema` (default [`DEFAULT_SCHEMA`]): 1 to 63 characters of
+    /// `[a-z0-9_]`, not starting with a digit or `pg_`. Checked by [`build`](Self::build).
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// How often followers look for new events when no notification arrives (default 500 ms).
+    /// Notifications normally wake them at once; this only bounds the delay of a lost one.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a read at the head of the global order (`read_all`, `load`, `head_position`)
+    /// waits for events that are committed but held back behind a slower, still open
+    /// transaction (default 1 s); see the module docs. Waiting makes an append visible to the
+    /// same process's next global read whenever the slower transaction ends in time; after the
+    /// timeout the read returns what is safe. Zero never waits.
+    pub fn settle_timeout(mut self, timeout: Duration) -> Self {
+        self.settle_timeout = timeout;
+        self
+    }
+
+    /// Builds the store. Does not touch the database.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an invalid schema name.
+    pub fn build(self) -> Result<PostgresEventStore> {
+        let sql = Sql::new(Schema::new(&self.schema)?);
+        let target = describe(&self.pool.connect_options());
+        Ok(PostgresEventStore {
+            relay: None,
+            inner: Arc::new(Inner {
+                pool: self.pool,
+                sql,
+                target,
+                poll_interval: self.poll_interval,
+                settle_timeout: self.settle_timeout,
+                signal: Signal::new(),
+            }),
+        })
+    }
+}
+
+impl PostgresEventStore {
+    /// A store over `pool` with the tables in the [`DEFAULT_SCHEMA`]. Does not touch the
+    /// database; call [`migrate`](Self::migrate) once to create the tables.
+    pub fn new(pool: PgPool) -> Self {
+        Self::builder(pool)
+            .build()
+            .unwrap_or_else(|_| unreachable!("the default schema name is valid"))
+    }
+
+    /// A builder for a store over `pool` (schema, poll interval).
+    pub fn builder(pool: PgPool) -> PostgresEventStoreBuilder {
+        PostgresEventStoreBuilder {
+            pool,
+            schema: DEFAULT_SCHEMA.to_owned(),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            settle_timeout: DEFAULT_SETTLE_TIMEOUT,
+        }
+    }
+
+    /// Connects a pool of up to 10 connections to `url` and returns a store over it, in the
+    /// [`DEFAULT_SCHEMA`].
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when the server cannot be reached, [`Error::InvalidArgument`] for a bad
+    /// URL.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Ok(Self::new(connect_pool(url).await?))
+    }
+
+    /// Applies the embedded migrations to this store's schema, creating the schema if needed.
+    /// Safe to call again and from several processes at once (sqlx takes an advisory lock).
+    ///
+    /// # Errors
+    /// [`Error::Connect`] or [`Error::Backend`].
+    pub async fn migrate(&self) -> Result<()> {
+        migrate_schema(&self.inner.pool, &self.inner.sql).await
+    }
+
+    /// Applies the embedded migrations to `schema` over `pool`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an invalid schema name, [`Error::Connect`] or
+    /// [`Error::Backend`].
+    pub async fn migrate_schema(pool: &PgPool, schema: &str) -> Result<()> {
+        migrate_schema(pool, &Sql::new(Schema::new(schema)?)).await
+    }
+
+    /// The pool this store uses.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The schema holding this store's tables.
+    pub fn schema(&self) -> &str {
+        self.inner.sql.schema.name()
+    }
+
+    /// A snapshot store over the same pool and schema.
+    pub fn snapshots(&self) -> PostgresSnapshotStore {
+        PostgresSnapshotStore::from_parts(self.inner.pool.clone(), self.inner.sql.clone())
+    }
+
+    /// A checkpoint store over the same pool and schema.
+    pub fn checkpoints(&self) -> PostgresCheckpointStore {
+        PostgresCheckpointStore::from_parts(self.inner.pool.clone(), self.inner.sql.clone())
+    }
+
+    pub(super) fn map(&self, error: sqlx::Error) -> Error {
+        map_sqlx(&self.inner.target, error)
+    }
+
+    pub(super) fn committed(&self) {
+        let _ = self.relay();
+        self.inner
+            .signal
+            .committed(&self.inner.pool, &self.inner.sql);
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresEventStore {
+    async fn append_batch(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+    ) -> Result<Vec<Event>> {
+        self.append_batch_now(stream_id, expected, events).await
+    }
+
+    async fn load_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<Event>> {
+        self.load_stream_now(stream_id, from_version).await
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<u64> {
+        self.stream_version_now(stream_id).await
+    }
+
+    async fn load(&self, criteria: &EventCriteria) -> Result<Vec<Event>> {
+        self.load_now(criteria).await
+    }
+
+    async fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<Event>> {
+        self.read_all_now(after_position, limit).await
+    }
+
+    async fn head_position(&self) -> Result<u64> {
+        self.head_position_now().await
+    }
+
+    fn commit_signal(&self) -> watch::Receiver<u64> {
+        self.commit_signal_now()
+    }
+
+    async fn subscribe(
+        &self,
+        criteria: EventCriteria,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription> {
+        self.subscribe_now(criteria, handler).await
+    }
+}
