@@ -100,6 +100,25 @@ mod subscribe;
 #[cfg(test)]
 mod tests;
 
+/// The connection pool the constructors take (and its options), re-exported so a service needs
+/// no `sqlx` line of its own in `Cargo.toml`: `PgPoolOptions::new().max_connections(20)
+/// .connect(url)`, or [`PostgresEventStore::connect`] with a URL.
+///
+/// ```no_run
+/// use eventflow::postgres::{PgPoolOptions, PostgresEventStore};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = PgPoolOptions::new()
+///     .max_connections(20)
+///     .connect("postgres://postgres@127.0.0.1:5432/test")
+///     .await?;
+/// let store = PostgresEventStore::builder(pool).schema("orders").build()?;
+/// store.migrate().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+
 pub use append::PendingAppend;
 pub use checkpoint::PostgresCheckpointStore;
 pub use projection::{PgProjection, PgTransaction, projection_runner};
