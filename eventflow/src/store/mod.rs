@@ -12,9 +12,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::bus::{Handler, Subscription};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::handler::{Handler, Subscription};
 
 pub mod follow;
 pub mod memory;
