@@ -15,7 +15,9 @@ use async_nats::jetstream::{self as js, AckKind};
 use futures_util::{FutureExt, StreamExt};
 use tokio::task::JoinHandle;
 
-use super::{BACKEND, NatsConfig, Outcome, Outgoing, SubContext};
+use super::publish::Outgoing;
+use super::subscribe::SubContext;
+use super::{BACKEND, NatsConfig};
 use crate::bus::BusErrorKind;
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -290,16 +292,13 @@ impl Worker {
             let _ = message.ack().await;
             return;
         }
-        let (kind, failure) = match self.ctx.run_handler(event.clone()).await {
-            Outcome::Handled => {
-                if let Err(e) = message.ack().await {
-                    // The server will redeliver after ack_wait: at least once.
-                    tracing::debug!(event_id = %event.id, "nats: ack failed: {e}");
-                }
-                return;
+        let outcome = self.ctx.run_handler(event.clone()).await;
+        let (Some(kind), Some(failure)) = (outcome.kind(), outcome.failure()) else {
+            if let Err(e) = message.ack().await {
+                // The server will redeliver after ack_wait: at least once.
+                tracing::debug!(event_id = %event.id, "nats: ack failed: {e}");
             }
-            Outcome::Failed(m) => (BusErrorKind::HandlerFailed, m),
-            Outcome::Panicked(m) => (BusErrorKind::HandlerPanicked, m),
+            return;
         };
         if self.max_deliver > 0 && delivered >= self.max_deliver {
             let _ = message.ack_with(AckKind::Term).await;
