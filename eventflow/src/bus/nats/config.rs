@@ -64,7 +64,8 @@ pub struct NatsConfig {
     /// dead-letter subject); `-1` retries for ever (JetStream).
     pub max_deliver: i64,
     /// Delay before the first redelivery after a handler error; doubles on each further
-    /// failure up to [`max_retry_backoff`](Self::max_retry_backoff) (JetStream).
+    /// failure up to [`max_retry_backoff`](Self::max_retry_backoff), with jitter (each delay is
+    /// between half and all of that; see [`Backoff`](crate::backoff::Backoff)) (JetStream).
     pub retry_backoff: Duration,
     /// Upper bound of the redelivery delay (JetStream).
     pub max_retry_backoff: Duration,
