@@ -103,3 +103,81 @@ mod tests {
         }
     }
 }
+
+/// Every config and every error that can hold a secret prints none of it, in `Debug` or in
+/// `Display` (through the whole source chain).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod no_secrets_leak {
+    use std::time::Duration;
+
+    /// Everything `value` prints, including each cause of an error.
+    fn printed_error(e: &(dyn std::error::Error + 'static)) -> String {
+        let mut out = format!("{e} {e:?}");
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            out.push_str(&format!(" | {c} {c:?}"));
+            cause = c.source();
+        }
+        out
+    }
+
+    fn assert_clean(what: &str, printed: &str) {
+        assert!(
+            !printed.contains("secret"),
+            "{what} leaks a secret: {printed}"
+        );
+    }
+
+    #[cfg(feature = "nats")]
+    #[tokio::test]
+    async fn nats_config_and_errors() {
+        use crate::bus::nats::{NatsBus, NatsConfig};
+
+        let mut config =
+            NatsConfig::new("nats://user:secret@127.0.0.1:1,nats://secret-token@127.0.0.1:2");
+        config.token = Some("secret".into());
+        config.user = Some("user".into());
+        config.password = Some("secret".into());
+        config.connect_timeout = Duration::from_millis(300);
+        config.max_reconnects = Some(0);
+        assert_clean("NatsConfig Debug", &format!("{config:?} {config:#?}"));
+        assert_clean("NatsConfig::redacted_url", &config.redacted_url());
+        assert!(format!("{config:?}").contains("<redacted>"));
+
+        let error = NatsBus::connect(config).await.unwrap_err();
+        assert!(matches!(error, crate::Error::Connect { .. }), "{error:?}");
+        assert_clean("nats connect error", &printed_error(&error));
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn redis_config_and_errors() {
+        use crate::bus::redis::{RedisBus, RedisConfig};
+
+        let mut config = RedisConfig::new("redis://user:secret@127.0.0.1:1/0");
+        config.addrs.push("rediss://:secret@127.0.0.1:2".into());
+        config.addrs.push("user:secret@127.0.0.1:3".into());
+        config.username = Some("user".into());
+        config.password = Some("secret".into());
+        config.connect_timeout = Duration::from_millis(300);
+        assert_clean("RedisConfig Debug", &format!("{config:?} {config:#?}"));
+        assert!(format!("{config:?}").contains("<redacted>"));
+
+        let error = RedisBus::connect(config).await.unwrap_err();
+        assert!(matches!(error, crate::Error::Connect { .. }), "{error:?}");
+        assert_clean("redis connect error", &printed_error(&error));
+    }
+
+    #[test]
+    fn redacted_urls() {
+        for url in [
+            "redis://user:secret@h:6379",
+            "nats://secret@h:4222",
+            "postgres://app:secret@db/app",
+            "user:secret@h:1",
+        ] {
+            assert_clean(url, &super::redact_url(url));
+        }
+    }
+}

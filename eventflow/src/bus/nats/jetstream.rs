@@ -16,9 +16,9 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::task::JoinHandle;
 
 use super::publish::Outgoing;
-use crate::backoff::Backoff;
 use super::subscribe::SubContext;
 use super::{BACKEND, NatsConfig};
+use crate::backoff::Backoff;
 use crate::bus::BusErrorKind;
 use crate::error::{Error, Result};
 use crate::event::Event;
