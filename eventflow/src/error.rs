@@ -3,7 +3,7 @@
 //! Backend errors (sqlx, async-nats, redis) are mapped at the edge of their module into
 //! [`Error::Backend`], so none of their types appear in the public API.
 
-use crate::store::ExpectedVersion;
+use crate::version::ExpectedVersion;
 
 /// A boxed error as returned by handlers and carried as a source.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -61,6 +61,7 @@ pub mod relay;
 pub mod saga;
 pub mod store;
 pub mod testing;
+mod version;
 
 #[cfg(feature = "derive")]
 pub use eventflow_derive::{Aggregate, DomainEvent};
