@@ -90,9 +90,10 @@ pub mod __private {
 
 pub use aggregate::{Aggregate, CommandContext, Repository};
 pub use bus::memory::InMemoryBus;
-pub use bus::{EventBus, EventBusExt, Handler, HandlerResult, Pattern, Subscription, sync_handler};
+pub use bus::{EventBus, EventBusExt, Pattern};
 pub use error::{BoxError, Error, Result};
 pub use event::{DomainEvent, Event, Metadata, Upcaster, validate_event_type};
+pub use handler::{Handler, HandlerResult, Subscription, sync_handler};
 pub use relay::Relay;
 pub use store::memory::InMemoryEventStore;
 pub use store::{

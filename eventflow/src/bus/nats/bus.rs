@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handler::sync::lock;
 
-/// The event bus over NATS; see the [module docs](self) for the delivery guarantees.
+/// The event bus over NATS; see the [module docs](super) for the delivery guarantees.
 ///
 /// Cloning is cheap and shares the connection; [`close`](EventBus::close) closes it for every
 /// clone. Dropping the last clone stops every subscription.

@@ -1,6 +1,6 @@
 //! [`NatsBus`]: the event bus over NATS, core (at most once) or JetStream (at least once).
 //!
-//! Every event travels as its JSON envelope ([`Event::to_json`]) on the subject
+//! Every event travels as its JSON envelope ([`Event::to_json`](crate::Event::to_json)) on the subject
 //! `<subject_prefix>.<event type>`, with the event id also in the `Nats-Msg-Id` header (which
 //! JetStream uses to store an event published twice within the duplicate window once).
 //! Subscription patterns map to NATS wildcards with the same meaning: `*` is
@@ -10,14 +10,14 @@
 //! |---|---|---|
 //! | delivery | at most once | at least once |
 //! | `publish` returns | once the client has queued the event | once the server stored it (PubAck) |
-//! | handler `Err` / panic | reported on [`errors`](EventBus::errors) | reported, then nak'ed and redelivered with backoff |
+//! | handler `Err` / panic | reported on [`errors`](crate::bus::EventBus::errors) | reported, then nak'ed and redelivered with backoff |
 //! | after `max_deliver` failures | — | terminated, reported as `DeadLettered`, published to `dead_letter_subject` |
 //! | restart | events published meanwhile are missed | a durable consumer resumes where it left off |
 //!
 //! **Publishing while disconnected.** Core: the client buffers the event and sends it once
 //! reconnected; `publish` waits while that buffer is full, up to `request_timeout`, then fails
-//! with [`Error::Timeout`]. JetStream: `publish` waits up to `request_timeout` for the PubAck and
-//! otherwise fails with [`Error::Timeout`] — it never reports success for an event the server did
+//! with [`Error::Timeout`](crate::Error::Timeout). JetStream: `publish` waits up to `request_timeout` for the PubAck and
+//! otherwise fails with [`Error::Timeout`](crate::Error::Timeout) — it never reports success for an event the server did
 //! not acknowledge. Retrying with the same event (same id) inside the duplicate window is safe.
 //!
 //! ```no_run

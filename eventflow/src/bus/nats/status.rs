@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::bus::{BusError, BusErrorKind, ErrorReceiver, ErrorStream};
 
-/// The connection state reported by [`NatsBus::status`].
+/// The connection state reported by [`NatsBus::status`](super::NatsBus::status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum NatsStatus {
@@ -15,7 +15,7 @@ pub enum NatsStatus {
     Connected,
     /// The connection was lost; the client is reconnecting.
     Disconnected,
-    /// [`close`](EventBus::close) was called, or the client gave up reconnecting.
+    /// [`close`](crate::bus::EventBus::close) was called, or the client gave up reconnecting.
     Closed,
 }
 

@@ -15,10 +15,10 @@ use crate::handler::sync::lock;
 
 impl NatsBus {
     /// Subscribes `handler` to `pattern` through the durable consumer named `durable` instead
-    /// of the derived name (JetStream); in core mode this is [`EventBus::subscribe`].
+    /// of the derived name (JetStream); in core mode this is [`EventBus::subscribe`](crate::bus::EventBus::subscribe).
     ///
     /// # Errors
-    /// As [`EventBus::subscribe`]; [`Error::InvalidArgument`] for a name outside
+    /// As [`EventBus::subscribe`](crate::bus::EventBus::subscribe); [`Error::InvalidArgument`] for a name outside
     /// `[A-Za-z0-9_-]`.
     pub async fn subscribe_durable(
         &self,

@@ -52,7 +52,7 @@ impl Drop for Inner {
     }
 }
 
-/// The Redis event bus (pub/sub or Streams, see the [module docs](self)).
+/// The Redis event bus (pub/sub or Streams, see the [module docs](super)).
 ///
 /// Cloning is cheap and gives another handle to the same bus.
 #[derive(Clone)]

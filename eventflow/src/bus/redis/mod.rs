@@ -42,14 +42,14 @@
 //! `publish` is one `PUBLISH P:T <envelope JSON>`; `publish_batch` pipelines them in one round
 //! trip. Each subscription has its own connection and `PSUBSCRIBE`s a Redis glob derived from the
 //! pattern (`order.*` and `order.>` both become `P:order.*`). Redis's `*` also matches dots, so
-//! the glob is only a coarse filter: every message is checked with [`Pattern::matches`], which
+//! the glob is only a coarse filter: every message is checked with [`Pattern::matches`](crate::bus::Pattern::matches), which
 //! gives exactly the in-memory semantics. `subscribe` returns after Redis confirmed the
 //! `PSUBSCRIBE`, so an event published after it returns is delivered.
 //!
-//! A handler error or panic is reported on [`errors`](EventBus::errors) (there is no
+//! A handler error or panic is reported on [`errors`](crate::bus::EventBus::errors) (there is no
 //! redelivery). When the connection drops, the subscription reports
-//! [`Disconnected`](BusErrorKind::Disconnected), reconnects with backoff, subscribes again and
-//! reports [`Reconnected`](BusErrorKind::Reconnected) and [`Dropped`](BusErrorKind::Dropped):
+//! [`Disconnected`](crate::bus::BusErrorKind::Disconnected), reconnects with backoff, subscribes again and
+//! reports [`Reconnected`](crate::bus::BusErrorKind::Reconnected) and [`Dropped`](crate::bus::BusErrorKind::Dropped):
 //! events published during the gap are lost, which is what at most once means. An idle
 //! subscription pings its connection every 5 s, so a half-open connection is noticed too.
 //! Messages wait in memory (unbounded, inside redis-rs) while a handler is busy: keep pub/sub
@@ -63,7 +63,7 @@
 //! `publish_batch` pipelines them. One stream rather than one per type because it keeps the
 //! semantics exact and the code small: a wildcard subscription (`*`, `order.>`) never has to
 //! discover streams created later, events of different types stay in publish order, and the
-//! pattern filter is [`Pattern::matches`] on the `type` field, the same function the in-memory
+//! pattern filter is [`Pattern::matches`](crate::bus::Pattern::matches) on the `type` field, the same function the in-memory
 //! bus uses. The cost is that each subscription's group reads (and acks, without decoding) the
 //! entries of types it does not want; Redis reads are cheap next to handler work.
 //!
@@ -89,14 +89,14 @@
 //!    after [`RedisConfig::retry_delay`] while later entries keep flowing. Redis counts the
 //!    deliveries; once an entry has been delivered [`RedisConfig::max_deliveries`] times and
 //!    failed, it is copied to the dead-letter stream, acked and reported as
-//!    [`DeadLettered`](BusErrorKind::DeadLettered);
+//!    [`DeadLettered`](crate::bus::BusErrorKind::DeadLettered);
 //! 4. every half [`RedisConfig::claim_idle`] it runs `XAUTOCLAIM ... JUSTID` to take over
 //!    entries that another consumer of the group left pending for longer than `claim_idle`
 //!    (a consumer that died), and processes them like its own pending entries. `claim_idle`
 //!    must exceed the longest time a handler takes, or a slow but live consumer's entry is
 //!    taken over and handled twice;
 //! 5. an entry that does not decode (no `type`, bad JSON) is reported as
-//!    [`Decode`](BusErrorKind::Decode), dead-lettered and acked at once: never retried forever,
+//!    [`Decode`](crate::bus::BusErrorKind::Decode), dead-lettered and acked at once: never retried forever,
 //!    and the consumer goes on.
 //!
 //! Dead-letter entries carry `id` (the original entry id), `group`, `consumer`, `reason`,
@@ -104,8 +104,8 @@
 //!
 //! If the server loses the stream (a restart without persistence), the consumer sees `NOGROUP`,
 //! recreates its group at `0` (everything in the new stream) and carries on. A lost connection
-//! is reported as [`Disconnected`](BusErrorKind::Disconnected), retried with backoff, and
-//! [`Reconnected`](BusErrorKind::Reconnected) once reads work again; nothing is lost, since
+//! is reported as [`Disconnected`](crate::bus::BusErrorKind::Disconnected), retried with backoff, and
+//! [`Reconnected`](crate::bus::BusErrorKind::Reconnected) once reads work again; nothing is lost, since
 //! unacked entries stay in the group.
 //!
 //! [`RedisBus::group_status`] reads a group's consumers, pending count and lag (`XINFO GROUPS`)
@@ -115,10 +115,10 @@
 //!
 //! [`RedisBus::connect`] tries each of [`RedisConfig::addrs`] in order and keeps the first that
 //! answers; the whole attempt is bounded by [`RedisConfig::connect_timeout`] per address and
-//! fails with [`Error::Connect`]. Publishing goes through one multiplexed connection that
-//! reconnects by itself; a failed publish returns [`Error::Backend`] (or [`Error::Timeout`]),
-//! and the bus also reports [`Disconnected`](BusErrorKind::Disconnected) /
-//! [`Reconnected`](BusErrorKind::Reconnected) on the error stream when the state changes.
+//! fails with [`Error::Connect`](crate::Error::Connect). Publishing goes through one multiplexed connection that
+//! reconnects by itself; a failed publish returns [`Error::Backend`](crate::Error::Backend) (or [`Error::Timeout`](crate::Error::Timeout)),
+//! and the bus also reports [`Disconnected`](crate::bus::BusErrorKind::Disconnected) /
+//! [`Reconnected`](crate::bus::BusErrorKind::Reconnected) on the error stream when the state changes.
 //! Credentials come from the URL (`redis://user:pass@host:6379/0`) or from
 //! [`RedisConfig::username`] / [`RedisConfig::password`] (ACL user). TLS is asked for with a
 //! `rediss://` URL (rustls with the ring provider, installed as the process default unless the
@@ -140,6 +140,6 @@ pub use bus::RedisBus;
 pub use config::RedisConfig;
 pub use status::GroupStatus;
 
-/// The backend name in [`Error::Backend`](crate::Error::Backend) and
-/// [`Error::Connect`](crate::Error::Connect).
+/// The backend name in [`Error::Backend`](crate::Error::Backend)(crate::Error::Backend) and
+/// [`Error::Connect`](crate::Error::Connect)(crate::Error::Connect).
 const BACKEND: &str = "redis";
