@@ -399,11 +399,8 @@ impl EventBus for InMemoryBus {
     }
 
     fn errors(&self) -> ErrorReceiver {
-        match self.inner.errors.sender() {
-            Some(errors) => errors.subscribe(),
-            // Closed: a receiver whose sender is already gone reports `Closed` at once.
-            None => ErrorSender::new(1).subscribe(),
-        }
+        // Closed: a receiver whose sender is already gone reports `Closed` at once.
+        self.inner.errors.subscribe()
     }
 }
 
