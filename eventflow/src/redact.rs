@@ -1,4 +1,10 @@
 //! Credential redaction for URLs that end up in errors, logs and `Debug` output.
+//!
+//! Reachable crate-wide (`crate::redact::redact_url`) for the NATS, Redis and PostgreSQL
+//! backends.
+
+// With `postgres` alone nothing calls it until the PostgreSQL store's errors adopt it.
+#![cfg_attr(not(any(feature = "nats", feature = "redis")), allow(dead_code))]
 
 use url::Url;
 

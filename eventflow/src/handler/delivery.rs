@@ -219,6 +219,15 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_shared_handler_is_a_handler() {
+        fn is_handler<H: Handler>(_: &H) {}
+        let shared: Arc<dyn Handler> = Arc::new(sync_handler(|_| Err("shared".into())));
+        is_handler(&shared);
+        let outcome = run(&shared, event(), "*").await;
+        assert_eq!(outcome.failure().as_deref(), Some("handler failed: shared"));
+    }
+
+    #[tokio::test]
     async fn catch_guards_any_future() {
         assert!(catch(async { Ok(()) }).await.is_handled());
         let outcome = catch(async { panic!("inside") }).await;
