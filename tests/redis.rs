@@ -1019,7 +1019,16 @@ async fn tls_connection_with_a_private_ca() {
     let mut cfg = RedisConfig::new(server.tls_url());
     cfg.tls_ca_cert = Some("/nonexistent/ca.pem".into());
     match RedisBus::connect(cfg).await {
-        Err(e @ Error::Connect { .. }) => assert!(e.to_string().contains("/nonexistent/ca.pem")),
+        // The path is in the cause (`source()`), not repeated in the top-level message.
+        Err(e @ Error::Connect { .. }) => {
+            let cause = std::error::Error::source(&e).map(ToString::to_string);
+            assert!(
+                cause
+                    .as_deref()
+                    .is_some_and(|c| c.contains("/nonexistent/ca.pem")),
+                "{e}: {cause:?}"
+            );
+        }
         other => panic!("expected Error::Connect, got {other:?}"),
     }
 }

@@ -2,8 +2,12 @@
 //!
 //! Backend errors (sqlx, async-nats, redis) are mapped at the edge of their module into
 //! [`Error::Backend`], so none of their types appear in the public API.
+//!
+//! An error's `Display` says what failed; the cause is its [`source`](std::error::Error::source),
+//! never repeated in the message. Print the whole chain with a reporter (`anyhow`'s `{:#}`,
+//! `tracing`'s error fields) or by walking `source()`.
 
-use crate::store::ExpectedVersion;
+use crate::version::ExpectedVersion;
 
 /// A boxed error as returned by handlers and carried as a source.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -65,7 +69,7 @@ pub enum Error {
     },
 
     /// An event payload could not be encoded to JSON.
-    #[error("cannot encode payload of event type {event_type:?}: {source}")]
+    #[error("cannot encode payload of event type {event_type:?}")]
     Encode {
         /// The event type being encoded.
         event_type: String,
@@ -75,7 +79,7 @@ pub enum Error {
     },
 
     /// An event payload (or a whole envelope) could not be decoded.
-    #[error("cannot decode event of type {event_type:?}: {source}")]
+    #[error("cannot decode event of type {event_type:?}")]
     Decode {
         /// The event type being decoded.
         event_type: String,
@@ -132,7 +136,7 @@ pub enum Error {
     },
 
     /// A connection to a backend could not be made or was lost.
-    #[error("{backend}: cannot connect to {target}: {source}")]
+    #[error("{backend}: cannot connect to {target}")]
     Connect {
         /// The backend ("postgres", "nats", "redis").
         backend: &'static str,
@@ -144,7 +148,7 @@ pub enum Error {
     },
 
     /// A backend call failed.
-    #[error("{backend}: {source}")]
+    #[error("{backend} backend call failed")]
     Backend {
         /// The backend ("postgres", "nats", "redis").
         backend: &'static str,
@@ -154,7 +158,7 @@ pub enum Error {
     },
 
     /// A handler returned an error (used where the caller is waiting on the handler).
-    #[error("handler failed for event {event_id} ({event_type}): {source}")]
+    #[error("handler failed for event {event_id} ({event_type})")]
     Handler {
         /// The event being handled.
         event_id: uuid::Uuid,
@@ -190,5 +194,93 @@ impl Error {
     /// True for an optimistic-concurrency [`Error::Conflict`].
     pub fn is_conflict(&self) -> bool {
         matches!(self, Error::Conflict { .. })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A cause with a cause of its own, to check a three-link chain.
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("protocol step failed")
+        }
+    }
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    fn cause() -> BoxError {
+        Box::new(Outer(std::io::Error::other("connection reset by peer")))
+    }
+
+    /// Walks the chain: no message repeats the text of the error after it.
+    fn assert_no_repeats(error: &(dyn std::error::Error + 'static)) {
+        let mut links = vec![error.to_string()];
+        let mut next = error.source();
+        while let Some(e) = next {
+            links.push(e.to_string());
+            next = e.source();
+        }
+        assert!(links.len() >= 2, "no cause to check: {links:?}");
+        for pair in links.windows(2) {
+            assert!(
+                !pair[0].contains(&pair[1]),
+                "{:?} repeats its cause {:?} (chain {links:?})",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+
+    #[test]
+    fn display_does_not_repeat_the_source() {
+        let encode = serde_json::from_str::<u8>("x").unwrap_err();
+        let errors = [
+            Error::Encode {
+                event_type: "order.placed".into(),
+                source: encode,
+            },
+            Error::decode("order.placed", cause()),
+            Error::Connect {
+                backend: "nats",
+                target: "nats://127.0.0.1:4222".into(),
+                source: cause(),
+            },
+            Error::backend("redis", cause()),
+            Error::Handler {
+                event_id: uuid::Uuid::nil(),
+                event_type: "order.placed".into(),
+                source: cause(),
+            },
+        ];
+        for error in &errors {
+            assert_no_repeats(error);
+        }
+        // The command error wrapper is transparent for store errors.
+        let wrapped: crate::aggregate::ExecuteError<String> =
+            Error::backend("redis", cause()).into();
+        assert_eq!(wrapped.to_string(), "redis backend call failed");
+        assert_no_repeats(&wrapped);
+    }
+
+    #[test]
+    fn display_says_what_failed() {
+        let e = Error::Connect {
+            backend: "redis",
+            target: "redis://h:6379".into(),
+            source: cause(),
+        };
+        assert_eq!(e.to_string(), "redis: cannot connect to redis://h:6379");
+        assert_eq!(
+            std::error::Error::source(&e).unwrap().to_string(),
+            "protocol step failed"
+        );
     }
 }

@@ -32,6 +32,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::backoff::Backoff;
 use crate::bus::EventBus;
 use crate::error::{Error, Result};
 use crate::store::follow::{self, Follower};
@@ -101,7 +102,7 @@ impl Relay {
     }
 
     /// The first and the largest pause between retries of a failed publish or checkpoint save
-    /// (doubling in between).
+    /// (doubling in between, with jitter; see [`Backoff`]).
     pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
         self.min_backoff = min;
         self.max_backoff = max.max(min);
@@ -131,14 +132,17 @@ impl Relay {
 
     async fn run(self, position: watch::Sender<u64>, mut stop: watch::Receiver<bool>) {
         let name = self.name.as_str();
-        let mut backoff = Backoff::new(self.min_backoff, self.max_backoff);
+        let mut backoff = Backoff::new(self.min_backoff, self.max_backoff).delays();
         let start = loop {
             match until_stopped(&mut stop, self.checkpoints.load_checkpoint(name)).await {
                 None => return,
                 Some(Ok(p)) => break p,
                 Some(Err(error)) => {
                     tracing::warn!(relay = name, %error, "relay: cannot load checkpoint; retrying");
-                    if until_stopped(&mut stop, backoff.sleep()).await.is_none() {
+                    if until_stopped(&mut stop, tokio::time::sleep(backoff.next_delay()))
+                        .await
+                        .is_none()
+                    {
                         return;
                     }
                 }
@@ -157,7 +161,10 @@ impl Relay {
                 Some(Ok(batch)) => batch,
                 Some(Err(error)) => {
                     tracing::warn!(relay = name, position = follower.position(), %error, "relay: read failed; retrying");
-                    if until_stopped(&mut stop, backoff.sleep()).await.is_none() {
+                    if until_stopped(&mut stop, tokio::time::sleep(backoff.next_delay()))
+                        .await
+                        .is_none()
+                    {
                         return;
                     }
                     continue;
@@ -181,7 +188,10 @@ impl Relay {
                                 %error,
                                 "relay: publish failed; retrying the batch"
                             );
-                            if until_stopped(&mut stop, backoff.sleep()).await.is_none() {
+                            if until_stopped(&mut stop, tokio::time::sleep(backoff.next_delay()))
+                                .await
+                                .is_none()
+                            {
                                 return;
                             }
                         }
@@ -197,7 +207,10 @@ impl Relay {
                     Some(Ok(())) => break,
                     Some(Err(error)) => {
                         tracing::warn!(relay = name, position = batch.position, %error, "relay: cannot save checkpoint; retrying");
-                        if until_stopped(&mut stop, backoff.sleep()).await.is_none() {
+                        if until_stopped(&mut stop, tokio::time::sleep(backoff.next_delay()))
+                            .await
+                            .is_none()
+                        {
                             return;
                         }
                     }
@@ -229,31 +242,6 @@ async fn until_stopped<F: std::future::Future>(
         // `wait_for` also ends when the handle (the sender) is gone: stop then too.
         _ = stop.wait_for(|s| *s) => None,
         out = future => Some(out),
-    }
-}
-
-/// Doubling pauses between retries.
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        Backoff {
-            min,
-            max,
-            next: min,
-        }
-    }
-    fn reset(&mut self) {
-        self.next = self.min;
-    }
-    async fn sleep(&mut self) {
-        let pause = self.next;
-        self.next = (self.next * 2).min(self.max);
-        tokio::time::sleep(pause).await;
     }
 }
 

@@ -152,7 +152,8 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for ExecuteError<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ExecuteError::Rejected(_) => None,
-            ExecuteError::Store(e) => Some(e),
+            // Displayed as the store error itself, so its cause is the next link.
+            ExecuteError::Store(e) => e.source(),
         }
     }
 }

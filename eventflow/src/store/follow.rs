@@ -25,17 +25,16 @@
 //! ```
 
 use std::fmt::Write as _;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures_util::FutureExt as _;
 use tokio::sync::watch;
 
-use crate::bus::{Handler, Subscription};
 use crate::error::Result;
 use crate::event::Event;
+use crate::handler::delivery;
+use crate::handler::{Handler, Subscription};
 use crate::store::{EventCriteria, EventStore};
 
 /// Default number of events read per [`read_all`](EventStore::read_all) call.
@@ -247,44 +246,19 @@ pub fn subscribe_with(
     })
 }
 
-/// Calls `handler` for one event, turning an error or a panic into a `tracing` warning.
+/// Calls `handler` for one event through the shared delivery core, turning an error or a panic
+/// into a `tracing` warning.
 async fn deliver(handler: &dyn Handler, event: Event, subscription: &str) {
     let (id, event_type, position) = (event.id, event.event_type.clone(), event.position);
-    let event = Arc::new(event);
-    // A synchronous handler runs inside `handle` itself, so the call is guarded too.
-    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(event))) {
-        Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
-        Err(panic) => Err(panic),
-    };
-    match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::warn!(
+    let outcome = delivery::run(handler, Arc::new(event), subscription).await;
+    if let Some(failure) = outcome.failure() {
+        tracing::warn!(
             subscription,
             event_id = %id,
             event_type,
             position,
-            %error,
-            "store subscription: handler failed; moving on"
-        ),
-        Err(panic) => tracing::warn!(
-            subscription,
-            event_id = %id,
-            event_type,
-            position,
-            panic = panic_message(&*panic),
-            "store subscription: handler panicked; moving on"
-        ),
-    }
-}
-
-/// The text of a panic payload, when it has one.
-pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    if let Some(s) = panic.downcast_ref::<&'static str>() {
-        s
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s
-    } else {
-        "<non-string panic payload>"
+            "store subscription: {failure}; moving on"
+        );
     }
 }
 

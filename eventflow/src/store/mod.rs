@@ -5,16 +5,15 @@
 //! (feature `postgres`) is the production store. Both pass the same conformance kit
 //! ([`testing::conformance::store`](crate::testing::conformance::store)).
 
-use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::bus::{Handler, Subscription};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::handler::{Handler, Subscription};
 
 pub mod follow;
 pub mod memory;
@@ -22,16 +21,7 @@ pub mod memory;
 /// Longest accepted stream id, in bytes.
 pub const MAX_STREAM_ID_LEN: usize = 255;
 
-/// The optimistic-concurrency condition of an append.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ExpectedVersion {
-    /// Append whatever the stream's version is.
-    Any,
-    /// The stream must not exist yet (version 0).
-    NoStream,
-    /// The stream must be at exactly this version (0 = does not exist).
-    Exact(u64),
-}
+pub use crate::version::ExpectedVersion;
 
 impl ExpectedVersion {
     /// Checks the condition against the stream's `actual` version (0 when it does not exist).
@@ -39,12 +29,7 @@ impl ExpectedVersion {
     /// # Errors
     /// [`Error::Conflict`] when it does not hold.
     pub fn check(self, stream: &str, actual: u64) -> Result<()> {
-        let ok = match self {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => actual == 0,
-            ExpectedVersion::Exact(v) => actual == v,
-        };
-        if ok {
+        if self.allows(actual) {
             Ok(())
         } else {
             Err(Error::Conflict {
@@ -52,16 +37,6 @@ impl ExpectedVersion {
                 expected: self,
                 actual,
             })
-        }
-    }
-}
-
-impl fmt::Display for ExpectedVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExpectedVersion::Any => f.write_str("any version"),
-            ExpectedVersion::NoStream => f.write_str("no stream"),
-            ExpectedVersion::Exact(v) => write!(f, "version {v}"),
         }
     }
 }

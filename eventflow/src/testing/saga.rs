@@ -304,13 +304,23 @@ impl<S: Saga> SagaThen<S> {
         self
     }
 
-    /// Asserts the saga's handler failed, and returns the error message.
+    /// Asserts the saga's handler failed, and returns the error message with its causes
+    /// (`message: cause: cause ...`).
     ///
     /// # Panics
     /// When it did not fail.
     pub fn then_error(self) -> String {
         match &self.outcome {
-            Err(e) => e.to_string(),
+            Err(e) => {
+                let mut message = e.to_string();
+                let mut cause = std::error::Error::source(e);
+                while let Some(c) = cause {
+                    message.push_str(": ");
+                    message.push_str(&c.to_string());
+                    cause = c.source();
+                }
+                message
+            }
             Ok(o) => panic!("saga fixture: expected an error, got {o:?}"),
         }
     }

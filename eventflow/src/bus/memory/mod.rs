@@ -62,22 +62,21 @@
 //! draining while that queue may be full: it would wait for itself. Use sync mode or a larger
 //! buffer for handlers that publish follow-up events in a loop.
 
-use std::any::Any;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use async_trait::async_trait;
-use futures_util::FutureExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::bus::{
-    BusError, BusErrorKind, ErrorReceiver, ErrorSender, EventBus, Handler, Pattern, Subscription,
+    ErrorReceiver, ErrorSender, ErrorStream, EventBus, Handler, Pattern, Subscription,
 };
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::handler::delivery;
+use crate::handler::sync::{lock, read, write};
 
 const NAME: &str = "in-memory bus";
 
@@ -130,7 +129,7 @@ impl InMemoryBusBuilder {
                 next_id: AtomicU64::new(0),
                 closed: AtomicBool::new(false),
                 buffer: self.buffer,
-                errors: Mutex::new(Some(ErrorSender::new(self.error_capacity))),
+                errors: ErrorStream::new(self.error_capacity),
                 dispatchers: Mutex::new(Vec::new()),
                 drained,
             }),
@@ -154,8 +153,8 @@ struct Inner {
     closed: AtomicBool,
     /// `Some(n)` in async mode.
     buffer: Option<usize>,
-    /// Taken at `close`, so that receivers see `Closed` once the last subscription is gone.
-    errors: Mutex<Option<ErrorSender>>,
+    /// Closed at `close`, so that receivers see `Closed` once the last subscription is gone.
+    errors: ErrorStream,
     /// Async mode: the dispatcher tasks, awaited by `close`.
     dispatchers: Mutex<Vec<JoinHandle<()>>>,
     /// Set once `close` has drained every queue, for concurrent `close` calls.
@@ -225,24 +224,14 @@ impl std::fmt::Debug for InMemoryBus {
 
 impl Inner {
     fn snapshot(&self) -> Arc<[Arc<Sub>]> {
-        self.subs
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        read(&self.subs).clone()
     }
 
     fn remove(&self, id: u64) {
-        let mut subs = self.subs.write().unwrap_or_else(PoisonError::into_inner);
+        let mut subs = write(&self.subs);
         if subs.iter().any(|s| s.id == id) {
             *subs = subs.iter().filter(|s| s.id != id).cloned().collect();
         }
-    }
-
-    fn error_sender(&self) -> Option<ErrorSender> {
-        self.errors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
     }
 
     /// The subscriptions to deliver to, or `Closed`.
@@ -289,64 +278,14 @@ async fn deliver(subs: &[Arc<Sub>], event: Arc<Event>) {
     }
 }
 
-/// Runs `handler` on `event`, catching an error or a panic (also one raised while the handler
-/// builds its future) and reporting it.
+/// Runs `handler` on `event` through the shared delivery core, reporting a failure.
 async fn invoke(
     handler: &dyn Handler,
     event: &Arc<Event>,
     errors: &ErrorSender,
     pattern: &Pattern,
 ) {
-    // Handler logs carry the event's id, type and correlation id.
-    let span = tracing::debug_span!(
-        "handle",
-        event_id = %event.id,
-        event_type = %event.event_type,
-        correlation_id = event.correlation_id.as_deref(),
-        pattern = pattern.as_str(),
-    );
-    let built = span
-        .in_scope(|| std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(event.clone()))));
-    let outcome = match built {
-        Ok(future) => {
-            AssertUnwindSafe(future)
-                .catch_unwind()
-                .instrument(span)
-                .await
-        }
-        Err(panic) => Err(panic),
-    };
-    let (kind, message) = match outcome {
-        Ok(Ok(())) => return,
-        Ok(Err(e)) => (BusErrorKind::HandlerFailed, format!("handler failed: {e}")),
-        Err(panic) => (
-            BusErrorKind::HandlerPanicked,
-            format!("handler panicked: {}", panic_message(&*panic)),
-        ),
-    };
-    let _span = tracing::warn_span!(
-        "handle",
-        event_id = %event.id,
-        event_type = %event.event_type,
-        correlation_id = event.correlation_id.as_deref(),
-        pattern = pattern.as_str(),
-    )
-    .entered();
-    errors.report(
-        BusError::new(kind, message)
-            .for_event(event)
-            .for_pattern(pattern.as_str()),
-    );
-}
-
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s
-    } else {
-        "(non-string panic payload)"
-    }
+    let _ = delivery::deliver(handler, event, pattern.as_str(), errors).await;
 }
 
 /// Async mode: delivers one subscription's queue, in order, until every sender is gone.
@@ -396,7 +335,7 @@ impl EventBus for InMemoryBus {
     async fn subscribe(&self, pattern: &str, handler: Arc<dyn Handler>) -> Result<Subscription> {
         let pattern = Pattern::parse(pattern)?;
         let inner = &self.inner;
-        let Some(errors) = inner.error_sender() else {
+        let Some(errors) = inner.errors.sender() else {
             return Err(Error::Closed(NAME));
         };
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -416,7 +355,7 @@ impl EventBus for InMemoryBus {
             target,
         });
         {
-            let mut subs = inner.subs.write().unwrap_or_else(PoisonError::into_inner);
+            let mut subs = write(&inner.subs);
             // Checked under the write lock: `close` sets the flag before it takes this lock,
             // so no subscription is added after `close` emptied the list.
             if inner.closed.load(Ordering::SeqCst) {
@@ -425,10 +364,7 @@ impl EventBus for InMemoryBus {
             *subs = subs.iter().cloned().chain([sub]).collect();
         }
         if let Some(task) = dispatcher {
-            let mut dispatchers = inner
-                .dispatchers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut dispatchers = lock(&inner.dispatchers);
             dispatchers.retain(|d| !d.is_finished());
             dispatchers.push(tokio::spawn(task));
         }
@@ -451,18 +387,9 @@ impl EventBus for InMemoryBus {
             return Ok(());
         }
         tracing::debug!("closing in-memory bus");
-        *inner.subs.write().unwrap_or_else(PoisonError::into_inner) = Arc::from(Vec::new());
-        inner
-            .errors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        let dispatchers = std::mem::take(
-            &mut *inner
-                .dispatchers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
+        *write(&inner.subs) = Arc::from(Vec::new());
+        inner.errors.close();
+        let dispatchers = std::mem::take(&mut *lock(&inner.dispatchers));
         for dispatcher in dispatchers {
             // A dispatcher catches handler panics, so it only fails if the runtime cancels it.
             let _ = dispatcher.await;
@@ -472,11 +399,8 @@ impl EventBus for InMemoryBus {
     }
 
     fn errors(&self) -> ErrorReceiver {
-        match self.inner.error_sender() {
-            Some(errors) => errors.subscribe(),
-            // Closed: a receiver whose sender is already gone reports `Closed` at once.
-            None => ErrorSender::new(1).subscribe(),
-        }
+        // Closed: a receiver whose sender is already gone reports `Closed` at once.
+        self.inner.errors.subscribe()
     }
 }
 

@@ -9,6 +9,7 @@ use tokio::sync::{Semaphore, broadcast::error::RecvError};
 use tokio::time::timeout;
 
 use super::*;
+use crate::bus::BusErrorKind;
 use crate::bus::{EventBusExt, HandlerResult, must_publish, publish_error, sync_handler};
 use crate::event::Metadata;
 use crate::testing::RecordingBus;

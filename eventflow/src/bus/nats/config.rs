@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::redact::{REDACTED, redact_url};
 
 /// Configuration of a [`NatsBus`](super::NatsBus).
 ///
@@ -64,7 +65,8 @@ pub struct NatsConfig {
     /// dead-letter subject); `-1` retries for ever (JetStream).
     pub max_deliver: i64,
     /// Delay before the first redelivery after a handler error; doubles on each further
-    /// failure up to [`max_retry_backoff`](Self::max_retry_backoff) (JetStream).
+    /// failure up to [`max_retry_backoff`](Self::max_retry_backoff), with jitter (each delay is
+    /// between half and all of that; see [`Backoff`](crate::backoff::Backoff)) (JetStream).
     pub retry_backoff: Duration,
     /// Upper bound of the redelivery delay (JetStream).
     pub max_retry_backoff: Duration,
@@ -102,7 +104,7 @@ pub struct NatsConfig {
 /// Secrets (URL credentials, token, password) are redacted.
 impl fmt::Debug for NatsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hidden = |o: &Option<String>| o.as_ref().map(|_| "***");
+        let hidden = |o: &Option<String>| o.as_ref().map(|_| REDACTED);
         f.debug_struct("NatsConfig")
             .field("url", &self.redacted_url())
             .field("subject_prefix", &self.subject_prefix)
@@ -199,20 +201,9 @@ impl NatsConfig {
         }
     }
 
-    /// The URL(s) with any credentials removed, for error messages and logs.
+    /// The URL(s) with any credentials replaced by `<redacted>`, for error messages and logs.
     pub fn redacted_url(&self) -> String {
-        self.url
-            .split(',')
-            .map(|u| {
-                let u = u.trim();
-                match (u.find("://"), u.rfind('@')) {
-                    (Some(s), Some(at)) if at > s => format!("{}://***@{}", &u[..s], &u[at + 1..]),
-                    (None, Some(at)) => format!("***@{}", &u[at + 1..]),
-                    _ => u.to_owned(),
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(",")
+        redact_url(&self.url)
     }
 
     /// Checks the fields a server would otherwise reject later, with a clearer message.
@@ -325,7 +316,7 @@ mod tests {
         let c = NatsConfig::new("nats://u:secret@host:4222, tls://tok@h2:1,nats://h3:2");
         assert_eq!(
             c.redacted_url(),
-            "nats://***@host:4222,tls://***@h2:1,nats://h3:2"
+            "nats://<redacted>@host:4222,tls://<redacted>@h2:1,nats://h3:2"
         );
     }
 }

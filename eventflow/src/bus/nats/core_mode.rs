@@ -6,7 +6,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
-use super::{BACKEND, Outcome, SubContext, round_trip};
+use super::BACKEND;
+use super::publish::round_trip;
+use super::subscribe::SubContext;
 use crate::bus::BusErrorKind;
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -54,18 +56,10 @@ pub(super) async fn subscribe(
             if !ctx.pattern.matches(&event.event_type) {
                 continue;
             }
-            match ctx.run_handler(event.clone()).await {
-                Outcome::Handled => {}
-                Outcome::Failed(m) => ctx.report(
-                    BusErrorKind::HandlerFailed,
-                    Some(&event),
-                    format!("handler failed (core NATS does not redeliver): {m}"),
-                ),
-                Outcome::Panicked(m) => ctx.report(
-                    BusErrorKind::HandlerPanicked,
-                    Some(&event),
-                    format!("{m} (core NATS does not redeliver)"),
-                ),
+            let outcome = ctx.run_handler(event.clone()).await;
+            if let Some(mut error) = outcome.to_bus_error(&event, ctx.pattern.as_str()) {
+                error.message.push_str(" (core NATS does not redeliver)");
+                ctx.reporter.report(error);
             }
         }
         // Dropping the subscriber sends UNSUB.

@@ -15,10 +15,16 @@ use async_nats::jetstream::{self as js, AckKind};
 use futures_util::{FutureExt, StreamExt};
 use tokio::task::JoinHandle;
 
-use super::{BACKEND, NatsConfig, Outcome, Outgoing, SubContext};
+use super::publish::Outgoing;
+use super::subscribe::SubContext;
+use super::{BACKEND, NatsConfig};
+use crate::backoff::Backoff;
 use crate::bus::BusErrorKind;
 use crate::error::{Error, Result};
 use crate::event::Event;
+
+/// Pauses between attempts to restart a pull stream: 100 ms doubling to 5 s, with jitter.
+const RESTART: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// The JetStream side of a bus.
 pub(super) struct JetStream {
@@ -180,8 +186,7 @@ impl JetStream {
             ctx,
             client: self.context.client(),
             max_deliver: config.max_deliver,
-            retry_backoff: config.retry_backoff,
-            max_retry_backoff: config.max_retry_backoff,
+            redelivery: Backoff::new(config.retry_backoff, config.max_retry_backoff),
             dead_letter_subject: config.dead_letter_subject.clone(),
             consumer_name: name.to_owned(),
         };
@@ -193,8 +198,8 @@ struct Worker {
     ctx: SubContext,
     client: async_nats::Client,
     max_deliver: i64,
-    retry_backoff: Duration,
-    max_retry_backoff: Duration,
+    /// The nak delay after a failed delivery.
+    redelivery: Backoff,
     dead_letter_subject: Option<String>,
     consumer_name: String,
 }
@@ -254,7 +259,7 @@ impl Worker {
 
     /// A fresh pull stream, retried until it works or the subscription stops.
     async fn restart(&mut self, consumer: &PullConsumer) -> Option<pull::Stream> {
-        let mut delay = Duration::from_millis(100);
+        let mut delays = RESTART.delays();
         loop {
             match consumer.messages().await {
                 Ok(m) => return Some(m),
@@ -264,9 +269,8 @@ impl Worker {
             }
             tokio::select! {
                 () = self.ctx.stopping() => return None,
-                () = tokio::time::sleep(delay) => {}
+                () = tokio::time::sleep(delays.next_delay()) => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -290,16 +294,13 @@ impl Worker {
             let _ = message.ack().await;
             return;
         }
-        let (kind, failure) = match self.ctx.run_handler(event.clone()).await {
-            Outcome::Handled => {
-                if let Err(e) = message.ack().await {
-                    // The server will redeliver after ack_wait: at least once.
-                    tracing::debug!(event_id = %event.id, "nats: ack failed: {e}");
-                }
-                return;
+        let outcome = self.ctx.run_handler(event.clone()).await;
+        let (Some(kind), Some(failure)) = (outcome.kind(), outcome.failure()) else {
+            if let Err(e) = message.ack().await {
+                // The server will redeliver after ack_wait: at least once.
+                tracing::debug!(event_id = %event.id, "nats: ack failed: {e}");
             }
-            Outcome::Failed(m) => (BusErrorKind::HandlerFailed, m),
-            Outcome::Panicked(m) => (BusErrorKind::HandlerPanicked, m),
+            return;
         };
         if self.max_deliver > 0 && delivered >= self.max_deliver {
             let _ = message.ack_with(AckKind::Term).await;
@@ -316,7 +317,8 @@ impl Worker {
             );
             self.dead_letter(&message, delivered, &failure).await;
         } else {
-            let delay = backoff(self.retry_backoff, self.max_retry_backoff, delivered);
+            let attempt = u32::try_from(delivered).unwrap_or(u32::MAX);
+            let delay = self.redelivery.next_delay(attempt);
             let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
             self.ctx.report(
                 kind,
@@ -353,27 +355,5 @@ impl Worker {
                 format!("cannot publish to dead-letter subject {subject}: {e}"),
             );
         }
-    }
-}
-
-/// `base * 2^(delivered-1)`, capped.
-fn backoff(base: Duration, max: Duration, delivered: i64) -> Duration {
-    let exp = u32::try_from(delivered.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
-    base.saturating_mul(1 << exp).min(max)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        let b = |n| backoff(Duration::from_millis(100), Duration::from_secs(1), n);
-        assert_eq!(b(1), Duration::from_millis(100));
-        assert_eq!(b(2), Duration::from_millis(200));
-        assert_eq!(b(4), Duration::from_millis(800));
-        assert_eq!(b(5), Duration::from_secs(1));
-        assert_eq!(b(1000), Duration::from_secs(1));
-        assert_eq!(b(0), Duration::from_millis(100));
     }
 }

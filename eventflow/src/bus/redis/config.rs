@@ -1,8 +1,10 @@
 //! [`RedisConfig`]: where the Redis bus connects and how it behaves.
 
+use std::fmt;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::redact::{REDACTED, redact_url};
 
 /// Configuration of a [`RedisBus`](super::RedisBus). `Default` mirrors the Go package's `DefaultRedisConfig`.
 ///
@@ -15,7 +17,10 @@ use crate::error::{Error, Result};
 /// config.use_streams = true;
 /// config.consumer_name = "billing-1".into(); // stable across restarts: resume pending at once
 /// ```
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` output redacts the password and any credentials in the addresses, so a
+/// `tracing::info!(?config)` does not leak them.
+#[derive(Clone)]
 pub struct RedisConfig {
     /// Servers to try, in order: `redis://host:port[/db]`, `rediss://...` (TLS) or a bare
     /// `host:port`. Default `["redis://127.0.0.1:6379"]`.
@@ -65,6 +70,33 @@ pub struct RedisConfig {
     pub tls_ca_cert: Option<std::path::PathBuf>,
     /// Failures kept for slow readers of the error stream. Default 1024.
     pub error_capacity: usize,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let addrs: Vec<String> = self.addrs.iter().map(|a| redact_url(a)).collect();
+        f.debug_struct("RedisConfig")
+            .field("addrs", &addrs)
+            .field("use_streams", &self.use_streams)
+            .field("key_prefix", &self.key_prefix)
+            .field("consumer_group", &self.consumer_group)
+            .field("consumer_name", &self.consumer_name)
+            .field("stream_max_len", &self.stream_max_len)
+            .field("claim_idle", &self.claim_idle)
+            .field("max_deliveries", &self.max_deliveries)
+            .field("retry_delay", &self.retry_delay)
+            .field("dead_letter_stream", &self.dead_letter_stream)
+            .field("start_from_beginning", &self.start_from_beginning)
+            .field("batch_size", &self.batch_size)
+            .field("block", &self.block)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| REDACTED))
+            .field("tls_ca_cert", &self.tls_ca_cert)
+            .field("error_capacity", &self.error_capacity)
+            .finish()
+    }
 }
 
 impl Default for RedisConfig {

@@ -8,10 +8,12 @@ use futures_util::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 use tokio::sync::watch;
 
-use super::{Outcome, Shared, backoff, cancelled, connect_error, run_handler};
+use super::connect::{Shared, connect_error};
+use super::subscribe::{backoff, cancelled};
 use crate::bus::{BusError, BusErrorKind, ErrorSender, Handler, Pattern};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::handler::delivery;
 
 /// How often an idle subscription checks that its connection is alive.
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -103,11 +105,13 @@ impl Listener {
                 return;
             }
         };
-        if let Outcome::Failed(error) =
-            run_handler(&self.handler, Arc::new(event), &self.pattern).await
-        {
-            self.errors.report(error);
-        }
+        let _ = delivery::deliver(
+            &*self.handler,
+            &Arc::new(event),
+            self.pattern.as_str(),
+            &self.errors,
+        )
+        .await;
     }
 
     /// Reconnects until it works or the subscription is cancelled (then returns `false`).

@@ -1,4 +1,65 @@
-//! [`GroupStatus`]: progress of a consumer group, for health checks.
+//! Health: [`RedisBus::ping`], [`RedisBus::is_connected`], and [`GroupStatus`], the progress
+//! of a consumer group.
+
+use std::sync::atomic::Ordering;
+
+use super::RedisBus;
+use crate::error::Result;
+
+impl RedisBus {
+    /// Sends `PING` and waits for the answer.
+    ///
+    /// # Errors
+    /// [`Error::Backend`](crate::Error::Backend) when the server does not answer,
+    /// [`Error::Timeout`](crate::Error::Timeout) after `connect_timeout + response_timeout`.
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.inner.conn.clone();
+        self.command("redis ping", async move {
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Whether the last command on the publishing connection reached the server. Subscriptions
+    /// track their own connections and report changes on [`errors`](crate::bus::EventBus::errors).
+    pub fn is_connected(&self) -> bool {
+        self.inner.connected.load(Ordering::Relaxed)
+    }
+
+    /// Progress of consumer group `group` on this bus's stream (Streams mode), for health
+    /// checks: consumers, entries pending (delivered, not acked) and lag (entries not yet
+    /// delivered). `None` when the stream or the group does not exist.
+    ///
+    /// # Errors
+    /// [`Error::Backend`](crate::Error::Backend) or [`Error::Timeout`](crate::Error::Timeout)
+    /// when Redis does not answer.
+    pub async fn group_status(&self, group: &str) -> Result<Option<GroupStatus>> {
+        let mut conn = self.inner.conn.clone();
+        let key = self.inner.shared.stream_key.clone();
+        let reply = self
+            .command("redis xinfo", async move {
+                match redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&key)
+                    .query_async::<redis::Value>(&mut conn)
+                    .await
+                {
+                    // `ERR no such key`: no stream yet, so no group either (a key of another
+                    // type answers WRONGTYPE, which stays an error).
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+                    {
+                        Ok(redis::Value::Nil)
+                    }
+                    other => other,
+                }
+            })
+            .await?;
+        Ok(GroupStatus::find(reply, group))
+    }
+}
 
 /// Progress of one consumer group (see [`RedisBus::group_status`](super::RedisBus::group_status)).
 #[derive(Debug, Clone, PartialEq, Eq)]

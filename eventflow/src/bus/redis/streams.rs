@@ -10,11 +10,13 @@ use redis::{RedisError, RedisResult, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::connect::{Shared, is_connection_error};
 use super::reply::{Entry, parse_pending_counts, parse_read, protocol_error, text};
-use super::{Outcome, Shared, backoff, cancelled, is_connection_error, run_handler};
+use super::subscribe::{backoff, cancelled};
 use crate::bus::{BusError, BusErrorKind, ErrorSender, Handler, Pattern};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::handler::delivery;
 
 /// Rounds of `XAUTOCLAIM` per claim pass (each takes up to `batch_size` entries); the rest wait
 /// for the next pass so new entries are not starved.
@@ -331,9 +333,10 @@ impl Consumer {
                 break;
             }
             let event = Arc::new(event);
-            match run_handler(&self.handler, event.clone(), &self.pattern).await {
-                Outcome::Handled => acks.push(entry.id),
-                Outcome::Failed(error) => {
+            let outcome = delivery::run(&*self.handler, event.clone(), self.pattern.as_str()).await;
+            match outcome.to_bus_error(&event, self.pattern.as_str()) {
+                None => acks.push(entry.id),
+                Some(error) => {
                     let message = error.message.clone();
                     self.report(error);
                     if count >= max {
