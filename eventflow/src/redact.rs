@@ -175,6 +175,29 @@ mod no_secrets_leak {
         assert_clean("redis connect error", &printed_error(&error));
     }
 
+    #[cfg(feature = "postgres")]
+    #[tokio::test]
+    async fn postgres_store_and_errors() {
+        use crate::postgres::{PgPoolOptions, PostgresEventStore};
+
+        let error =
+            PostgresEventStore::connect("postgres://app:secret@127.0.0.1:1/app?sslmode=bogus")
+                .await
+                .unwrap_err();
+        assert_clean("postgres URL error", &printed_error(&error));
+
+        // Nothing listens on port 1: the error of a call must name the server, not the password.
+        let pool = PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(300))
+            .connect_lazy("postgres://app:secret@127.0.0.1:1/app")
+            .unwrap_or_else(|e| panic!("lazy pool: {e}"));
+        let store = PostgresEventStore::new(pool);
+        assert_clean("PostgresEventStore Debug", &format!("{store:?} {store:#?}"));
+        let error = crate::EventStore::head_position(&store).await.unwrap_err();
+        assert!(matches!(error, crate::Error::Connect { .. }), "{error:?}");
+        assert_clean("postgres call error", &printed_error(&error));
+    }
+
     #[test]
     fn redacted_urls() {
         for url in [
