@@ -46,12 +46,13 @@
 //! ```
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
 use crate::bus::memory::InMemoryBus;
-use crate::bus::{ErrorReceiver, ErrorSender, EventBus, Handler, Pattern, Subscription};
+use crate::bus::{ErrorReceiver, ErrorStream, EventBus, Handler, Pattern, Subscription};
+use crate::handler::sync;
 use crate::error::{Error, Result};
 use crate::event::Event;
 
@@ -87,7 +88,7 @@ impl RecordingBus {
     }
 
     fn recorded(&self) -> MutexGuard<'_, Vec<Event>> {
-        self.events.lock().unwrap_or_else(PoisonError::into_inner)
+        sync::lock(&self.events)
     }
 
     /// Every recorded event, in publish order.
@@ -213,8 +214,7 @@ impl EventBus for RecordingBus {
 #[derive(Debug)]
 pub struct NoopBus {
     published: AtomicU64,
-    closed: AtomicBool,
-    errors: Mutex<Option<ErrorSender>>,
+    errors: ErrorStream,
 }
 
 impl NoopBus {
@@ -222,8 +222,7 @@ impl NoopBus {
     pub fn new() -> Self {
         NoopBus {
             published: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
-            errors: Mutex::new(Some(ErrorSender::new(1))),
+            errors: ErrorStream::new(1),
         }
     }
 
@@ -233,7 +232,7 @@ impl NoopBus {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::SeqCst) {
+        if self.errors.is_closed() {
             Err(Error::Closed("noop bus"))
         } else {
             Ok(())
@@ -274,21 +273,13 @@ impl EventBus for NoopBus {
     }
 
     async fn close(&self) -> Result<()> {
-        self.closed.store(true, Ordering::SeqCst);
-        // Dropping the sender ends every error receiver.
-        self.errors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        // Closing the stream ends every error receiver.
+        self.errors.close();
         Ok(())
     }
 
     fn errors(&self) -> ErrorReceiver {
-        self.errors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map_or_else(|| ErrorSender::new(1).subscribe(), ErrorSender::subscribe)
+        self.errors.subscribe()
     }
 }
 
