@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use eventflow::bus::HandlerResult;
 use eventflow::store::postgres::{PendingAppend, PostgresEventStore, PostgresSnapshotStore};
 use eventflow::testing::conformance::{
@@ -18,7 +19,6 @@ use eventflow::{
     SnapshotStore,
 };
 use eventflow_tests::{database_url, service_unavailable, unique};
-use async_trait::async_trait;
 use serde_json::json;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use uuid::Uuid;

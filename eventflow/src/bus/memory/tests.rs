@@ -72,7 +72,25 @@ async fn sync_bus_passes_the_conformance_kit() {
         Arc::new(InMemoryBus::new()) as Arc<dyn EventBus>
     })
     .await;
-    assert!(report.has_run("handlers_ran_when_publish_returns"), "{report}");
+    assert!(
+        report.has_run("handlers_ran_when_publish_returns"),
+        "{report}"
+    );
+    assert!(report.has_run("publish_order"), "{report}");
+    for (check, needs) in [
+        ("redelivery_after_error_and_panic", "redelivers"),
+        ("dead_letter_after_max_deliveries", "dead_letters"),
+        ("durable_subscriber_resumes", "persistent"),
+        ("competing_consumers_share_work", "competing_consumers"),
+    ] {
+        assert!(report.skipped().contains(&(check, needs)), "{report}");
+    }
+    assert!(
+        report
+            .to_string()
+            .contains("redelivery_after_error_and_panic (needs redelivers)"),
+        "{report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

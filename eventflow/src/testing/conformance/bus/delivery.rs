@@ -98,7 +98,6 @@ pub async fn pattern_leading_wildcard(bus: &dyn EventBus) {
     .await;
 }
 
-
 /// Several subscribers (overlapping patterns) each receive every matching event.
 pub async fn multiple_subscribers(bus: &dyn EventBus) {
     let promise = "every subscriber receives every matching event";
@@ -159,7 +158,6 @@ pub async fn unsubscribe_stops_delivery(bus: &dyn EventBus) {
 pub async fn drop_stops_delivery(bus: &dyn EventBus) {
     check_stop(bus, true).await;
 }
-
 
 /// Every field of the envelope arrives intact: id, type, payload, metadata, timestamp, source,
 /// correlation, causation and schema version.
@@ -254,7 +252,10 @@ pub async fn handlers_ran_when_publish_returns(bus: &dyn EventBus) {
     if seen.count(one) != 2 {
         fail(
             promise,
-            format!("{} of 2 handlers had run when publish returned", seen.count(one)),
+            format!(
+                "{} of 2 handlers had run when publish returned",
+                seen.count(one)
+            ),
         );
     }
     let batch: Vec<Event> = (0..5).map(|i| numbered("sync.batch", 0, i)).collect();
@@ -266,7 +267,9 @@ pub async fn handlers_ran_when_publish_returns(bus: &dyn EventBus) {
     if missing > 0 {
         fail(
             promise,
-            format!("{missing} of 5 batch events had not reached both handlers when publish_batch returned"),
+            format!(
+                "{missing} of 5 batch events had not reached both handlers when publish_batch returned"
+            ),
         );
     }
 }

@@ -116,13 +116,19 @@ where
             let missing = ids.iter().filter(|id| !all.contains(id)).count();
             fail(
                 promise,
-                format!("{missing} of {} events reached neither subscriber", ids.len()),
+                format!(
+                    "{missing} of {} events reached neither subscriber",
+                    ids.len()
+                ),
             );
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     tokio::time::sleep(super::QUIET_PERIOD).await;
-    let both = seen_a.distinct_ids().intersection(&seen_b.distinct_ids()).count();
+    let both = seen_a
+        .distinct_ids()
+        .intersection(&seen_b.distinct_ids())
+        .count();
     if both > 0 {
         fail(
             promise,

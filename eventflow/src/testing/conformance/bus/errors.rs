@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use super::support::{
-    Collector, event, fail, invalid, numbered, publish, subscribe, wait_error,
-};
+use super::support::{Collector, event, fail, invalid, numbered, publish, subscribe, wait_error};
 use crate::bus::{BusErrorKind, EventBus, Handler, HandlerResult};
 use crate::error::Error;
 use crate::event::Event;
@@ -67,7 +65,6 @@ pub async fn invalid_event_type_in_batch(bus: &dyn EventBus) {
     .await;
 }
 
-
 /// A failing or panicking handler; records every call.
 pub(super) fn misbehaving(calls: &Collector, panics: bool) -> Arc<dyn Handler> {
     let calls = calls.clone();
@@ -127,7 +124,6 @@ pub async fn handler_panic_isolated(bus: &dyn EventBus) {
     check_isolation(bus, true).await;
 }
 
-
 /// A handler's `Err` is reported on [`errors`](EventBus::errors) as `HandlerFailed` and its
 /// panic as `HandlerPanicked`, each naming the event and the subscription's pattern.
 pub async fn handler_failures_reported(bus: &dyn EventBus) {
@@ -145,7 +141,10 @@ pub async fn handler_failures_reported(bus: &dyn EventBus) {
     if failed.pattern.as_deref() != Some("report.failing")
         || failed.event_type.as_deref() != Some("report.failing")
     {
-        fail(promise, format!("HandlerFailed names the wrong subscription or event: {failed:?}"));
+        fail(
+            promise,
+            format!("HandlerFailed names the wrong subscription or event: {failed:?}"),
+        );
     }
     let panicked = wait_error(&mut errors, promise, "HandlerPanicked", |e| {
         e.kind == BusErrorKind::HandlerPanicked && e.event_id == Some(panicking)
@@ -200,4 +199,3 @@ pub async fn closed_bus_rejects(bus: &dyn EventBus) {
         fail("closing a closed bus is not an error", e);
     }
 }
-

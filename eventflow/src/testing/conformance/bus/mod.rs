@@ -69,8 +69,8 @@ pub use delivery::{
 };
 pub use durable::{competing_consumers_share_work, durable_subscriber_resumes};
 pub use errors::{
-    closed_bus_rejects, handler_error_isolated, handler_failures_reported,
-    handler_panic_isolated, invalid_event_type, invalid_event_type_in_batch, invalid_pattern,
+    closed_bus_rejects, handler_error_isolated, handler_failures_reported, handler_panic_isolated,
+    invalid_event_type, invalid_event_type_in_batch, invalid_pattern,
 };
 pub use ordering::{concurrent_publishers_order, publish_batch_order, publish_order};
 pub use redelivery::{dead_letter_after_max_deliveries, redelivery_after_error_and_panic};
@@ -211,11 +211,19 @@ where
         dead_letter_after_max_deliveries(&*bus, max).await;
         let _ = bus.close().await;
     }
-    report.record(dead_letters, Some("dead_letters"), caps.dead_letters.is_some());
+    report.record(
+        dead_letters,
+        Some("dead_letters"),
+        caps.dead_letters.is_some(),
+    );
     if caps.persistent {
         durable_subscriber_resumes(&make_bus).await;
     }
-    report.record("durable_subscriber_resumes", Some("persistent"), caps.persistent);
+    report.record(
+        "durable_subscriber_resumes",
+        Some("persistent"),
+        caps.persistent,
+    );
     if caps.competing_consumers {
         competing_consumers_share_work(&make_bus).await;
     }

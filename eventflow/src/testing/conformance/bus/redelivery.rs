@@ -69,20 +69,28 @@ pub async fn redelivery_after_error_and_panic(bus: &dyn EventBus) {
     let flaky = publish(bus, event("redeliver.flaky"), promise).await;
     let steady = publish(bus, event("redeliver.steady"), promise).await;
     seen.wait_for(&[flaky, steady], promise).await;
-    wait_error(&mut errors, promise, "HandlerFailed for the flaky event", |e| {
-        e.kind == BusErrorKind::HandlerFailed && e.event_id == Some(flaky)
-    })
+    wait_error(
+        &mut errors,
+        promise,
+        "HandlerFailed for the flaky event",
+        |e| e.kind == BusErrorKind::HandlerFailed && e.event_id == Some(flaky),
+    )
     .await;
-    wait_error(&mut errors, promise, "HandlerPanicked for the flaky event", |e| {
-        e.kind == BusErrorKind::HandlerPanicked && e.event_id == Some(flaky)
-    })
+    wait_error(
+        &mut errors,
+        promise,
+        "HandlerPanicked for the flaky event",
+        |e| e.kind == BusErrorKind::HandlerPanicked && e.event_id == Some(flaky),
+    )
     .await;
     settle(bus, &seen, "redeliver.marker", promise).await;
     let (flaky_tries, steady_tries) = (attempts.of(flaky), attempts.of(steady));
     if flaky_tries != 3 {
         fail(
             promise,
-            format!("the flaky event was attempted {flaky_tries} times, expected 3 (Err, panic, Ok)"),
+            format!(
+                "the flaky event was attempted {flaky_tries} times, expected 3 (Err, panic, Ok)"
+            ),
         );
     }
     if steady_tries != 1 {
@@ -125,12 +133,18 @@ pub async fn dead_letter_after_max_deliveries(bus: &dyn EventBus, max_deliveries
         fail(promise, format!("publish_batch failed: {e}"));
     }
     seen.wait_for(&good, promise).await;
-    let dead = wait_error(&mut errors, promise, "DeadLettered for the poison event", |e| {
-        e.kind == BusErrorKind::DeadLettered && e.event_id == Some(poison)
-    })
+    let dead = wait_error(
+        &mut errors,
+        promise,
+        "DeadLettered for the poison event",
+        |e| e.kind == BusErrorKind::DeadLettered && e.event_id == Some(poison),
+    )
     .await;
     if dead.event_type.as_deref() != Some("dead.poison") {
-        fail(promise, format!("DeadLettered names the wrong event: {dead:?}"));
+        fail(
+            promise,
+            format!("DeadLettered names the wrong event: {dead:?}"),
+        );
     }
     settle(bus, &seen, "dead.marker", promise).await;
     let tries = attempts.of(poison);

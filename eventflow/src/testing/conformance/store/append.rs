@@ -7,7 +7,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::support::{
-    expect_conflict, ev, ids, need, positions, read_everything, strictly_increasing,
+    ev, expect_conflict, ids, need, positions, read_everything, strictly_increasing,
 };
 use crate::error::Error;
 use crate::event::{Event, Metadata};

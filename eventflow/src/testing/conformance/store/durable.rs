@@ -35,7 +35,11 @@ where
     );
     written.push(need(
         first
-            .append("durable-2", ExpectedVersion::NoStream, ev("durable.written", 2))
+            .append(
+                "durable-2",
+                ExpectedVersion::NoStream,
+                ev("durable.written", 2),
+            )
             .await,
         P,
         "append",
@@ -51,8 +55,16 @@ where
         all.len(),
         written.len()
     );
-    let version = need(second.stream_version("durable-1").await, P, "stream_version");
-    ensure!(version == 2, P, "durable-1 is at version {version}, expected 2");
+    let version = need(
+        second.stream_version("durable-1").await,
+        P,
+        "stream_version",
+    );
+    ensure!(
+        version == 2,
+        P,
+        "durable-1 is at version {version}, expected 2"
+    );
     let head = need(second.head_position().await, P, "head_position");
     let last = written.last().and_then(|e| e.position).unwrap_or(0);
     ensure!(head == last, P, "head is {head}, expected {last}");
@@ -62,14 +74,21 @@ where
     let (tx, mut rx) = mpsc::unbounded_channel();
     let _sub = need(
         third
-            .subscribe(EventCriteria::all().after_position(last), channel_handler(tx))
+            .subscribe(
+                EventCriteria::all().after_position(last),
+                channel_handler(tx),
+            )
             .await,
         P,
         "subscribe",
     );
     let more = need(
         second
-            .append("durable-1", ExpectedVersion::Exact(2), ev("durable.written", 3))
+            .append(
+                "durable-1",
+                ExpectedVersion::Exact(2),
+                ev("durable.written", 3),
+            )
             .await,
         P,
         "append continuing the stream",

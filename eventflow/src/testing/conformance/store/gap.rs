@@ -120,12 +120,16 @@ pub async fn open_append_is_not_passed_over(store: &dyn EventStore, hold: &dyn H
     let reader: &dyn EventStore = owned.as_deref().unwrap_or(store);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let _sub = need(
-        reader.subscribe(EventCriteria::all(), channel_handler(tx)).await,
+        reader
+            .subscribe(EventCriteria::all(), channel_handler(tx))
+            .await,
         P,
         "subscribe",
     );
     need(
-        store.append("gap-0", ExpectedVersion::NoStream, ev("gap.before", 0)).await,
+        store
+            .append("gap-0", ExpectedVersion::NoStream, ev("gap.before", 0))
+            .await,
         P,
         "append",
     );
@@ -183,7 +187,8 @@ pub async fn open_append_is_not_passed_over(store: &dyn EventStore, hold: &dyn H
         all.len()
     );
     ensure!(
-        all.iter().all(|e| e.stream_id.as_deref() != Some("gap-held-2")),
+        all.iter()
+            .all(|e| e.stream_id.as_deref() != Some("gap-held-2")),
         P,
         "an event of the rolled-back append is stored"
     );

@@ -14,8 +14,13 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::store::{EventStore, ExpectedVersion};
 
-/// How long a check waits for a subscription to deliver before failing.
-pub(super) const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a check waits for a subscription to deliver before failing (3 s in this crate's
+/// own unit tests, where every store is in memory).
+pub(super) const DELIVERY_TIMEOUT: Duration = if cfg!(test) {
+    Duration::from_secs(3)
+} else {
+    Duration::from_secs(10)
+};
 
 /// Unwraps a result the check needs, panicking with the promise it was checking.
 pub(super) fn need<T>(result: Result<T>, promise: &str, what: &str) -> T {

@@ -450,7 +450,9 @@ async fn the_gap_check_passes_on_a_store_that_waits_for_open_appends() {
 }
 
 #[tokio::test]
-#[should_panic(expected = "store promise broken: a reader following positions never passes over an append held open")]
+#[should_panic(
+    expected = "store promise broken: a reader following positions never passes over an append held open"
+)]
 async fn catches_a_reader_that_skips_an_open_append() {
     let store = holding(true);
     open_append_is_not_passed_over(&store, &store).await;
