@@ -230,8 +230,6 @@ pub async fn envelope_intact(bus: &dyn EventBus) {
     }
 }
 
-/// After `close`: `publish`, `publish_batch` and `subscribe` fail with [`Error::Closed`], and a
-
 /// Capability `sync_dispatch`: every matching handler, even one that yields before it finishes,
 /// has run when `publish` or `publish_batch` returns.
 pub async fn handlers_ran_when_publish_returns(bus: &dyn EventBus) {
