@@ -13,10 +13,10 @@ use crate::bus::{BusError, ErrorReceiver, EventBus, Handler, HandlerResult, Subs
 use crate::event::Event;
 
 /// How long a check waits for an expected delivery (or a reported error) before it fails: 10 s,
-/// or 3 s in this crate's own unit tests, where every bus is in memory and the kit's tests of
+/// or 4 s in this crate's own unit tests, where every bus is in memory and the kit's tests of
 /// broken buses wait it out.
 pub const DELIVERY_TIMEOUT: Duration = if cfg!(test) {
-    Duration::from_secs(3)
+    Duration::from_secs(4)
 } else {
     Duration::from_secs(10)
 };

@@ -14,10 +14,10 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::store::{EventStore, ExpectedVersion};
 
-/// How long a check waits for a subscription to deliver before failing (3 s in this crate's
+/// How long a check waits for a subscription to deliver before failing (4 s in this crate's
 /// own unit tests, where every store is in memory).
 pub(super) const DELIVERY_TIMEOUT: Duration = if cfg!(test) {
-    Duration::from_secs(3)
+    Duration::from_secs(4)
 } else {
     Duration::from_secs(10)
 };
