@@ -7,8 +7,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use eventflow::bus::HandlerResult;
-use eventflow::postgres::{PostgresEventStore, PostgresSnapshotStore};
+use eventflow::postgres::{PendingAppend, PostgresEventStore, PostgresSnapshotStore};
+use eventflow::testing::conformance::{
+    self, Scope,
+    store::{Capabilities as StoreCapabilities, HoldsAppendOpen, OpenAppend, TestStore},
+};
 use eventflow::{
     CheckpointStore, Error, Event, EventCriteria, EventStore, ExpectedVersion, Metadata, Snapshot,
     SnapshotStore,
@@ -407,101 +412,6 @@ async fn a_batch_of_10000_events_is_one_call() {
     // One transaction: every position shares the transaction id in its high bits.
     let tx: HashSet<u64> = loaded.iter().map(|e| e.position.unwrap() >> 20).collect();
     assert_eq!(tx.len(), 1);
-    fx.cleanup().await;
-}
-
-#[tokio::test]
-async fn readers_wait_for_a_slower_transaction_and_skip_a_rolled_back_one() {
-    let fx = Fixture::new().await;
-    let store = &fx.store;
-    let before = store
-        .append("s0", ExpectedVersion::Any, ev("t.before", 0))
-        .await
-        .unwrap();
-
-    // A slow writer takes its transaction id (and so its positions) first...
-    let slow = store
-        .begin_append("slow", ExpectedVersion::NoStream, vec![ev("t.slow", 1)])
-        .await
-        .unwrap();
-    let slow_position = slow.events()[0].position.unwrap();
-    // ...then faster writers commit, with higher positions.
-    let mut fast = Vec::new();
-    for i in 0..3 {
-        fast.push(
-            store
-                .append(
-                    &format!("fast-{i}"),
-                    ExpectedVersion::NoStream,
-                    ev("t.fast", i),
-                )
-                .await
-                .unwrap(),
-        );
-    }
-    assert!(fast.iter().all(|e| e.position.unwrap() > slow_position));
-    // Plain position order would now show the fast events and skip the slow one for good.
-    // The store shows nothing past the slow transaction while it is open (a reader that waits
-    // only briefly for it, so the test holds the transaction open only briefly: every global
-    // reader on the server waits for it).
-    let impatient = PostgresEventStore::builder(fx.pool.clone())
-        .schema(&fx.schema)
-        .settle_timeout(Duration::from_millis(20))
-        .build()
-        .unwrap();
-    for _ in 0..3 {
-        // At most the event before the open transaction (when the same test runs in another
-        // process, its open transactions may hold back even that one).
-        let all = impatient.read_all(0, 100).await.unwrap();
-        assert!(
-            all.iter().all(|e| e.id == before.id),
-            "a reader passed over an open transaction: {all:?}"
-        );
-        assert!(impatient.head_position().await.unwrap() <= before.position.unwrap());
-        let loaded = impatient.load(&EventCriteria::all()).await.unwrap();
-        assert!(loaded.iter().all(|e| e.id == before.id), "{loaded:?}");
-    }
-    // A subscriber that follows meanwhile gets everything, in order, once it commits. (It
-    // reads through the impatient store too: a patient reader would wait its full settle
-    // timeout inside each read, and keep this transaction, which holds back every global
-    // reader on the server, open that long.)
-    let (seen, handler) = recorder();
-    let _sub = impatient
-        .subscribe(EventCriteria::all(), handler)
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        seen.lock().unwrap().iter().all(|e| e.id == before.id),
-        "delivered past an open transaction"
-    );
-    let slow = slow.commit().await.unwrap();
-    eventually("all five events", || seen.lock().unwrap().len() == 5).await;
-    let delivered: Vec<Uuid> = seen.lock().unwrap().iter().map(|e| e.id).collect();
-    let mut expected = vec![before.id, slow[0].id];
-    expected.extend(fast.iter().map(|e| e.id));
-    assert_eq!(delivered, expected, "global order: slow transaction first");
-
-    // Now one that rolls back: readers wait, then move on without it.
-    let doomed = store
-        .begin_append("doomed", ExpectedVersion::NoStream, vec![ev("t.doomed", 9)])
-        .await
-        .unwrap();
-    let late = store
-        .append("late", ExpectedVersion::NoStream, ev("t.late", 10))
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(
-        seen.lock().unwrap().len(),
-        5,
-        "delivered past an open transaction"
-    );
-    doomed.rollback().await.unwrap();
-    eventually("the late event", || seen.lock().unwrap().len() == 6).await;
-    assert_eq!(seen.lock().unwrap()[5].id, late.id);
-    assert!(store.load_stream("doomed", 0).await.unwrap().is_empty());
-    assert_eq!(store.read_all(0, 100).await.unwrap().len(), 6);
     fx.cleanup().await;
 }
 
@@ -956,29 +866,87 @@ async fn checkpoints_persist() {
     fx.cleanup().await;
 }
 
+/// The hook behind the kit's `can_hold_append_open`: `begin_append`, with a reader that waits
+/// only briefly for open transactions (every global reader on the server waits for them, so the
+/// kit keeps them open only briefly).
+struct HoldOpen {
+    store: PostgresEventStore,
+    impatient: PostgresEventStore,
+}
+
+struct Held(PendingAppend);
+
+#[async_trait]
+impl OpenAppend for Held {
+    fn events(&self) -> &[Event] {
+        self.0.events()
+    }
+
+    async fn commit(self: Box<Self>) -> eventflow::Result<Vec<Event>> {
+        self.0.commit().await
+    }
+
+    async fn rollback(self: Box<Self>) -> eventflow::Result<()> {
+        self.0.rollback().await
+    }
+}
+
+#[async_trait]
+impl HoldsAppendOpen for HoldOpen {
+    async fn begin_append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+    ) -> eventflow::Result<Box<dyn OpenAppend>> {
+        let pending = self.store.begin_append(stream_id, expected, events).await?;
+        Ok(Box::new(Held(pending)))
+    }
+
+    fn reader(&self) -> Option<Arc<dyn EventStore>> {
+        Some(Arc::new(self.impatient.clone()))
+    }
+}
+
+/// The store conformance kit, gap safety across an open transaction and durability included;
+/// stores of one kit scope share a schema.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn store_conformance_kit() {
     let pool = pool(16).await;
-    let schemas: Arc<Mutex<Vec<String>>> = Arc::default();
+    let schemas: Arc<Mutex<HashSet<String>>> = Arc::default();
     let make = {
         let (pool, schemas) = (pool.clone(), schemas.clone());
-        move || {
+        move |scope: Scope| {
             let (pool, schemas) = (pool.clone(), schemas.clone());
             async move {
-                let schema = unique("evpg_kit");
-                schemas.lock().unwrap().push(schema.clone());
-                let store = PostgresEventStore::builder(pool)
+                let schema = scope.name().to_owned();
+                schemas.lock().unwrap().insert(schema.clone());
+                let store = PostgresEventStore::builder(pool.clone())
                     .schema(&schema)
                     .poll_interval(Duration::from_millis(200))
                     .settle_timeout(Duration::from_secs(5))
                     .build()
                     .unwrap();
                 store.migrate().await.unwrap();
-                Arc::new(store) as Arc<dyn EventStore>
+                let impatient = PostgresEventStore::builder(pool)
+                    .schema(&schema)
+                    .settle_timeout(Duration::from_millis(20))
+                    .build()
+                    .unwrap();
+                let hook = HoldOpen {
+                    store: store.clone(),
+                    impatient,
+                };
+                TestStore::new(Arc::new(store)).with_hold_open(Arc::new(hook))
             }
         }
     };
-    eventflow::testing::conformance::store::run_all(make).await;
+    let caps = StoreCapabilities {
+        can_hold_append_open: true,
+        durable: true,
+    };
+    let report = conformance::store::run(caps, make).await;
+    assert!(report.skipped().is_empty(), "{report}");
     let schemas = schemas.lock().unwrap().clone();
     for schema in schemas {
         sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))

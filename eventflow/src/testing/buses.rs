@@ -301,13 +301,17 @@ mod tests {
 
     #[tokio::test]
     async fn recording_bus_passes_the_conformance_kit() {
-        conformance::bus::run_all(|| async { Arc::new(RecordingBus::new()) as Arc<dyn EventBus> })
-            .await;
+        let caps = conformance::bus::Capabilities::in_memory_sync();
+        conformance::bus::run(caps, |_scope| async {
+            Arc::new(RecordingBus::new()) as Arc<dyn EventBus>
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn forwarding_recording_bus_passes_the_conformance_kit() {
-        conformance::bus::run_all(|| async {
+        let caps = conformance::bus::Capabilities::at_most_once();
+        conformance::bus::run(caps, |_scope| async {
             let inner = Arc::new(InMemoryBus::builder().async_dispatch(64).build());
             Arc::new(RecordingBus::forwarding(inner)) as Arc<dyn EventBus>
         })

@@ -68,17 +68,48 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn sync_bus_passes_the_conformance_kit() {
-    conformance::bus::run_all(|| async { Arc::new(InMemoryBus::new()) as Arc<dyn EventBus> }).await;
+    let caps = conformance::bus::Capabilities::in_memory_sync();
+    let report = conformance::bus::run(caps, |_scope| async {
+        Arc::new(InMemoryBus::new()) as Arc<dyn EventBus>
+    })
+    .await;
+    assert!(
+        report.has_run("handlers_ran_when_publish_returns"),
+        "{report}"
+    );
+    assert!(report.has_run("publish_order"), "{report}");
+    for (check, needs) in [
+        ("redelivery_after_error_and_panic", "redelivers"),
+        ("dead_letter_after_max_deliveries", "dead_letters"),
+        ("durable_subscriber_resumes", "persistent"),
+        ("competing_consumers_share_work", "competing_consumers"),
+    ] {
+        assert!(report.skipped().contains(&(check, needs)), "{report}");
+    }
+    assert!(
+        report
+            .to_string()
+            .contains("redelivery_after_error_and_panic (needs redelivers)"),
+        "{report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_bus_passes_the_conformance_kit() {
-    conformance::bus::run_all(|| async { Arc::new(async_bus(16)) as Arc<dyn EventBus> }).await;
+    let caps = conformance::bus::Capabilities::at_most_once();
+    conformance::bus::run(caps, |_scope| async {
+        Arc::new(async_bus(16)) as Arc<dyn EventBus>
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_bus_with_a_buffer_of_one_passes_the_conformance_kit() {
-    conformance::bus::run_all(|| async { Arc::new(async_bus(1)) as Arc<dyn EventBus> }).await;
+    let caps = conformance::bus::Capabilities::at_most_once();
+    conformance::bus::run(caps, |_scope| async {
+        Arc::new(async_bus(1)) as Arc<dyn EventBus>
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -9,7 +9,9 @@ use tokio::sync::watch;
 
 use super::*;
 use crate::bus::{Handler, Subscription};
+use crate::store::EventCriteria;
 use crate::store::memory::InMemoryEventStore;
+use uuid::Uuid;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Fault {
@@ -219,5 +221,239 @@ async fn catches_unvalidated_stream_ids() {
 
 #[tokio::test]
 async fn the_kit_passes_on_the_unbroken_store() {
-    run_all(|| async { Arc::new(InMemoryEventStore::new()) as Arc<dyn EventStore> }).await;
+    let report = run(Capabilities::default(), |_scope| async {
+        TestStore::new(Arc::new(InMemoryEventStore::new()))
+    })
+    .await;
+    assert!(report.has_run("reader_never_skips_under_concurrent_writes"));
+    assert_eq!(
+        report.skipped(),
+        [
+            ("open_append_is_not_passed_over", "can_hold_append_open"),
+            ("committed_events_survive_a_new_instance", "durable"),
+        ]
+    );
+}
+
+#[tokio::test]
+#[should_panic(expected = "declares can_hold_append_open, but its TestStore has no hold_open hook")]
+async fn a_declared_capability_needs_its_hook() {
+    let caps = Capabilities {
+        can_hold_append_open: true,
+        ..Capabilities::default()
+    };
+    run(caps, |_scope| async {
+        TestStore::new(Arc::new(InMemoryEventStore::new()))
+    })
+    .await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "a store made again over the same storage holds")]
+async fn catches_a_store_that_forgets() {
+    // Each instance is a new, empty in-memory store.
+    committed_events_survive_a_new_instance(&|_scope| async {
+        TestStore::new(Arc::new(InMemoryEventStore::new()))
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gap safety: a tiny store whose positions are taken when an append begins
+
+/// What a position holds.
+#[derive(Clone, PartialEq)]
+enum Slot {
+    Open(Event),
+    Committed(Event),
+    RolledBack,
+}
+
+/// A store that assigns positions when an append begins (as PostgreSQL does), so a held-open
+/// append leaves a hole below later commits. Only what the gap check uses is real; with
+/// `skips_open` its readers pass over the hole.
+#[derive(Clone)]
+struct Holding {
+    slots: Arc<std::sync::Mutex<Vec<Slot>>>,
+    signal: Arc<watch::Sender<u64>>,
+    skips_open: bool,
+}
+
+fn holding(skips_open: bool) -> Holding {
+    Holding {
+        slots: Arc::default(),
+        signal: Arc::new(watch::channel(0).0),
+        skips_open,
+    }
+}
+
+impl Holding {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+        self.slots.lock().unwrap()
+    }
+
+    /// Takes positions for `events`, as an open append.
+    fn begin(&self, stream_id: &str, events: Vec<Event>) -> Vec<Event> {
+        let mut slots = self.slots();
+        let version = slots
+            .iter()
+            .filter(|s| match s {
+                Slot::Open(e) | Slot::Committed(e) => e.stream_id.as_deref() == Some(stream_id),
+                Slot::RolledBack => false,
+            })
+            .count() as u64;
+        let mut recorded = Vec::new();
+        for (n, mut e) in events.into_iter().enumerate() {
+            e.stream_id = Some(stream_id.to_owned());
+            e.stream_version = Some(version + n as u64 + 1);
+            e.position = Some(slots.len() as u64 + 1);
+            slots.push(Slot::Open(e.clone()));
+            recorded.push(e);
+        }
+        recorded
+    }
+
+    fn finish(&self, events: &[Event], commit: bool) {
+        let mut slots = self.slots();
+        for e in events {
+            let slot = &mut slots[e.position.unwrap() as usize - 1];
+            *slot = if commit {
+                Slot::Committed(e.clone())
+            } else {
+                Slot::RolledBack
+            };
+        }
+        let head = slots.len() as u64;
+        drop(slots);
+        self.signal.send_replace(head);
+    }
+
+    /// Committed events after `after`, stopping at an open append unless `skips_open`.
+    fn visible(&self, after: u64) -> Vec<Event> {
+        let mut out = Vec::new();
+        for slot in self.slots().iter().skip(after as usize) {
+            match slot {
+                Slot::Committed(e) => out.push(e.clone()),
+                Slot::Open(_) if !self.skips_open => break,
+                Slot::Open(_) | Slot::RolledBack => {}
+            }
+        }
+        out
+    }
+}
+
+struct HeldAppend {
+    store: Holding,
+    events: Vec<Event>,
+}
+
+#[async_trait]
+impl OpenAppend for HeldAppend {
+    fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    async fn commit(self: Box<Self>) -> Result<Vec<Event>> {
+        self.store.finish(&self.events, true);
+        Ok(self.events)
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        self.store.finish(&self.events, false);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl HoldsAppendOpen for Holding {
+    async fn begin_append(
+        &self,
+        stream_id: &str,
+        _expected: ExpectedVersion,
+        events: Vec<Event>,
+    ) -> Result<Box<dyn OpenAppend>> {
+        let events = self.begin(stream_id, events);
+        Ok(Box::new(HeldAppend {
+            store: self.clone(),
+            events,
+        }))
+    }
+}
+
+#[async_trait]
+impl EventStore for Holding {
+    async fn append_batch(
+        &self,
+        stream_id: &str,
+        _expected: ExpectedVersion,
+        events: Vec<Event>,
+    ) -> Result<Vec<Event>> {
+        let events = self.begin(stream_id, events);
+        self.finish(&events, true);
+        Ok(events)
+    }
+
+    async fn load_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<Event>> {
+        Ok(self
+            .visible(0)
+            .into_iter()
+            .filter(|e| {
+                e.stream_id.as_deref() == Some(stream_id)
+                    && e.stream_version.unwrap_or(0) >= from_version
+            })
+            .collect())
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<u64> {
+        Ok(self.load_stream(stream_id, 0).await?.len() as u64)
+    }
+
+    async fn load(&self, criteria: &EventCriteria) -> Result<Vec<Event>> {
+        Ok(self
+            .visible(0)
+            .into_iter()
+            .filter(|e| criteria.matches(e))
+            .collect())
+    }
+
+    async fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<Event>> {
+        let mut events = self.visible(after_position);
+        events.truncate(limit);
+        Ok(events)
+    }
+
+    async fn head_position(&self) -> Result<u64> {
+        Ok(self.visible(0).last().and_then(|e| e.position).unwrap_or(0))
+    }
+
+    fn commit_signal(&self) -> watch::Receiver<u64> {
+        self.signal.subscribe()
+    }
+
+    async fn subscribe(
+        &self,
+        criteria: EventCriteria,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription> {
+        Ok(crate::store::follow::subscribe(
+            Arc::new(self.clone()),
+            criteria,
+            handler,
+        ))
+    }
+}
+
+#[tokio::test]
+async fn the_gap_check_passes_on_a_store_that_waits_for_open_appends() {
+    let store = holding(false);
+    open_append_is_not_passed_over(&store, &store).await;
+}
+
+#[tokio::test]
+#[should_panic(
+    expected = "store promise broken: a reader following positions never passes over an append held open"
+)]
+async fn catches_a_reader_that_skips_an_open_append() {
+    let store = holding(true);
+    open_append_is_not_passed_over(&store, &store).await;
 }
