@@ -52,9 +52,9 @@ use async_trait::async_trait;
 
 use crate::bus::memory::InMemoryBus;
 use crate::bus::{ErrorReceiver, ErrorStream, EventBus, Handler, Pattern, Subscription};
-use crate::handler::sync;
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::handler::sync;
 
 /// A bus that records every event published through it.
 ///

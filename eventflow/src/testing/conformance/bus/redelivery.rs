@@ -2,7 +2,7 @@
 //! at-least-once promises JetStream and Redis Streams share.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
@@ -11,6 +11,7 @@ use super::support::{
 };
 use crate::bus::{BusErrorKind, EventBus, Handler, HandlerResult};
 use crate::event::Event;
+use crate::handler::sync;
 
 /// Counts the attempts per event id.
 #[derive(Clone, Default)]
@@ -19,14 +20,14 @@ struct Attempts(Arc<Mutex<HashMap<Uuid, usize>>>);
 impl Attempts {
     /// Records one more attempt of `id` and returns its number (1 for the first).
     fn next(&self, id: Uuid) -> usize {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = sync::lock(&self.0);
         let n = map.entry(id).or_insert(0);
         *n += 1;
         *n
     }
 
     fn of(&self, id: Uuid) -> usize {
-        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = sync::lock(&self.0);
         map.get(&id).copied().unwrap_or(0)
     }
 }

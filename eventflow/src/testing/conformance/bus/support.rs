@@ -2,7 +2,7 @@
 //! broken promise, building events.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::bus::{BusError, ErrorReceiver, EventBus, Handler, HandlerResult, Subscription};
 use crate::event::Event;
+use crate::handler::sync;
 
 /// How long a check waits for an expected delivery (or a reported error) before it fails: 10 s,
 /// or 4 s in this crate's own unit tests, where every bus is in memory and the kit's tests of
@@ -40,10 +41,7 @@ impl Collector {
     }
 
     pub(super) fn push(&self, event: Arc<Event>) {
-        self.events
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(event);
+        sync::lock(&self.events).push(event);
     }
 
     /// A handler that records every delivery and succeeds.
@@ -57,10 +55,7 @@ impl Collector {
 
     /// Every delivery so far (with duplicates).
     pub(super) fn all(&self) -> Vec<Arc<Event>> {
-        self.events
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        sync::lock(&self.events).clone()
     }
 
     /// Distinct event ids in order of first delivery.
