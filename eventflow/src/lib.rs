@@ -87,9 +87,29 @@ pub use bus::memory::InMemoryBus;
 pub use bus::{EventBus, EventBusExt, Handler, HandlerResult, Pattern, Subscription, sync_handler};
 pub use error::{BoxError, Error, Result};
 pub use event::{DomainEvent, Event, Metadata, Upcaster, validate_event_type};
-pub use relay::Relay;
+pub use relay::{IntoBus, Relay, Relayed, WithBus};
 pub use store::memory::InMemoryEventStore;
 pub use store::{
-    CheckpointStore, EventCriteria, EventStore, ExpectedVersion, Snapshot, SnapshotStore,
+    CheckpointStore, EventCriteria, EventStore, EventStoreExt, ExpectedVersion, Snapshot,
+    SnapshotStore, SubscribeOptions,
 };
+
+/// The attribute that implements the crate's async traits ([`EventStore`], [`Projection`](projection::Projection),
+/// [`Saga`](saga::Saga), ...): re-exported so implementing them needs no other crate.
+///
+/// ```
+/// use eventflow::{HandlerResult, Event, async_trait};
+/// use eventflow::projection::Projection;
+///
+/// struct Noop;
+///
+/// #[async_trait]
+/// impl Projection for Noop {
+///     fn name(&self) -> &str { "noop" }
+///     fn patterns(&self) -> Vec<String> { vec!["*".into()] }
+///     async fn handle(&self, _event: &Event) -> HandlerResult { Ok(()) }
+///     async fn reset(&self) -> HandlerResult { Ok(()) }
+/// }
+/// ```
+pub use async_trait::async_trait;
 pub use testing::AggregateTest;

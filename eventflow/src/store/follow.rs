@@ -6,7 +6,7 @@
 //! store's [`commit_signal`](EventStore::commit_signal) (with a polling timeout, so a lost
 //! signal only delays them). [`Follower`] is that loop as a pull API; [`subscribe`] runs it in a
 //! task that feeds a [`Handler`], which is how a backend implements
-//! [`EventStore::subscribe`].
+//! [`EventStore::subscribe_dyn`].
 //!
 //! ```
 //! # async fn demo() -> eventflow::Result<()> {
@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use crate::bus::{Handler, Subscription};
 use crate::error::Result;
 use crate::event::Event;
-use crate::store::{EventCriteria, EventStore};
+use crate::store::{EventCriteria, EventStore, SubscribeOptions};
 
 /// Default number of events read per [`read_all`](EventStore::read_all) call.
 pub const DEFAULT_BATCH_SIZE: usize = 500;
@@ -177,10 +177,11 @@ impl Follower {
 
 /// Runs a store subscription in a task: delivers every event matching `criteria` after
 /// `criteria.after_position` to `handler`, in global order, then follows live, until the returned
-/// [`Subscription`] is dropped. `criteria.limit` is the read batch size.
+/// [`Subscription`] is dropped. `options.batch_size` is the read batch size (`criteria.limit`
+/// does not apply to a subscription).
 ///
-/// This is the shared implementation of [`EventStore::subscribe`]; a backend calls it with an
-/// `Arc` of itself (for a `Clone` store, `Arc::new(self.clone())`).
+/// This is the shared implementation of [`EventStore::subscribe_dyn`]; a backend calls it with
+/// an `Arc` of itself (for a `Clone` store, `Arc::new(self.clone())`).
 ///
 /// Delivery is sequential. A handler error or panic is logged with `tracing` and the subscription
 /// moves on to the next event. A read error is logged and retried after the poll interval.
@@ -189,23 +190,24 @@ impl Follower {
 pub fn subscribe(
     store: Arc<dyn EventStore>,
     criteria: EventCriteria,
+    options: SubscribeOptions,
     handler: Arc<dyn Handler>,
 ) -> Subscription {
-    subscribe_with(store, criteria, handler, DEFAULT_POLL_INTERVAL)
+    subscribe_with(store, criteria, options, handler, DEFAULT_POLL_INTERVAL)
 }
 
 /// [`subscribe`] with an explicit polling fallback interval.
 pub fn subscribe_with(
     store: Arc<dyn EventStore>,
     criteria: EventCriteria,
+    options: SubscribeOptions,
     handler: Arc<dyn Handler>,
     poll_interval: Duration,
 ) -> Subscription {
     let description = describe(&criteria);
     let after = criteria.after_position.unwrap_or(0);
-    let batch_size = criteria.limit.unwrap_or(DEFAULT_BATCH_SIZE);
     let mut follower = Follower::new(store, after)
-        .batch_size(batch_size)
+        .batch_size(options.batch_size)
         .criteria(criteria)
         .poll_interval(poll_interval);
     // Checked before every delivery, so nothing is delivered once the subscription is dropped,

@@ -866,14 +866,16 @@ impl EventStore for PostgresEventStore {
             .subscribe(&self.inner.pool, &self.inner.sql)
     }
 
-    async fn subscribe(
+    async fn subscribe_dyn(
         &self,
         criteria: EventCriteria,
+        options: crate::store::SubscribeOptions,
         handler: Arc<dyn Handler>,
     ) -> Result<Subscription> {
         Ok(crate::store::follow::subscribe_with(
             Arc::new(self.clone()),
             criteria,
+            options,
             handler,
             self.inner.poll_interval,
         ))

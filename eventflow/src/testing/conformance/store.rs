@@ -33,7 +33,9 @@ use uuid::Uuid;
 use crate::bus::HandlerResult;
 use crate::error::{Error, Result};
 use crate::event::{Event, Metadata};
-use crate::store::{EventCriteria, EventStore, ExpectedVersion, MAX_STREAM_ID_LEN};
+use crate::store::{
+    EventCriteria, EventStore, EventStoreExt, ExpectedVersion, MAX_STREAM_ID_LEN, SubscribeOptions,
+};
 
 /// How long a check waits for a subscription to deliver before failing.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -1129,8 +1131,9 @@ pub async fn subscribe_catch_up_then_live(store: &dyn EventStore) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let all_sub = need(
         store
-            .subscribe(
-                EventCriteria::all().after_position(start).limit(2),
+            .subscribe_with(
+                EventCriteria::all().after_position(start),
+                SubscribeOptions::new().batch_size(2),
                 channel_handler(tx),
             )
             .await,

@@ -133,12 +133,13 @@ impl EventStore for Broken {
         self.inner.commit_signal()
     }
 
-    async fn subscribe(
+    async fn subscribe_dyn(
         &self,
         criteria: EventCriteria,
+        options: crate::store::SubscribeOptions,
         handler: Arc<dyn Handler>,
     ) -> Result<Subscription> {
-        let sub = self.inner.subscribe(criteria, handler).await?;
+        let sub = self.inner.subscribe_dyn(criteria, options, handler).await?;
         if self.fault == Fault::SubscriptionLeaks {
             sub.detach();
             return Ok(Subscription::new("leaky", || {}));
