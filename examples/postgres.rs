@@ -159,8 +159,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
 
     let accounts = Repository::<Account>::new(Arc::new(store.clone()))
-        .with_snapshots(Arc::new(store.snapshots()))
-        .with_conflict_retries(3);
+        .snapshots(Arc::new(store.snapshots()))
+        .conflict_retries(3);
     // A new account per run, so the example can run again against the same database.
     let id = format!(
         "alice-{}",

@@ -163,7 +163,7 @@ async fn main() -> eventflow::Result<()> {
         Arc::new(InMemoryCheckpointStore::new()),
         summaries.clone(),
     )?
-    .with_batch_size(2);
+    .batch_size(2);
     let status = runner.status().await?;
     println!(
         "before start: position {} lag {}",

@@ -67,6 +67,21 @@ pub struct Follower {
     criteria: EventCriteria,
     poll_interval: Duration,
     signal: watch::Receiver<u64>,
+    read_ahead: bool,
+    prefetch: Option<Prefetch>,
+}
+
+/// A read of the next batch, started while the caller handles the current one.
+struct Prefetch {
+    after: u64,
+    size: usize,
+    read: tokio::task::JoinHandle<Result<Vec<Event>>>,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.read.abort();
+    }
 }
 
 impl std::fmt::Debug for Follower {
@@ -92,7 +107,33 @@ impl Follower {
             criteria: EventCriteria::all(),
             poll_interval: DEFAULT_POLL_INTERVAL,
             signal,
+            read_ahead: false,
+            prefetch: None,
         }
+    }
+
+    /// While catching up (a read came back full), starts reading the next batch in a task as
+    /// soon as one is returned, so the store's latency overlaps the caller's work on the
+    /// batch. Off by default; needs a Tokio runtime.
+    pub fn read_ahead(mut self, on: bool) -> Self {
+        self.read_ahead = on;
+        self
+    }
+
+    /// Moves the follower to after global position `position` (for example back to an event
+    /// that must be handled again, or to a checkpoint another reader saved). A read ahead from
+    /// another position is dropped.
+    pub fn seek(&mut self, position: u64) {
+        if self.position != position {
+            self.position = position;
+            self.prefetch = None;
+        }
+    }
+
+    /// Changes the batch size of the next reads (at least 1); see
+    /// [`batch_size`](Self::batch_size).
+    pub fn set_batch_size(&mut self, size: usize) {
+        self.batch_size = size.max(1);
     }
 
     /// Reads up to `size` events per call (at least 1).
@@ -150,11 +191,28 @@ impl Follower {
         // Mark the signal as seen *before* reading: a commit that lands after this point
         // changes it again, so `wait` cannot sleep through it.
         self.signal.borrow_and_update();
-        let events = self.store.read_all(self.position, self.batch_size).await?;
+        let events = match self.prefetch.take() {
+            Some(mut ahead) if ahead.after == self.position && ahead.size == self.batch_size => {
+                // A failed or cancelled task is a failed read: the position stays, so the
+                // next call reads again.
+                (&mut ahead.read)
+                    .await
+                    .map_err(|e| crate::error::Error::backend("read ahead", e))??
+            }
+            _ => self.store.read_all(self.position, self.batch_size).await?,
+        };
         let Some(last) = events.last() else {
             return Ok(None);
         };
         let position = last.position.unwrap_or(self.position).max(self.position);
+        if self.read_ahead && events.len() >= self.batch_size {
+            let (store, size) = (Arc::clone(&self.store), self.batch_size);
+            self.prefetch = Some(Prefetch {
+                after: position,
+                size,
+                read: tokio::spawn(async move { store.read_all(position, size).await }),
+            });
+        }
         let events: Vec<Event> = events
             .into_iter()
             .filter(|e| self.criteria.matches(e))
@@ -166,12 +224,17 @@ impl Follower {
 
     /// Waits for the commit signal, at most the poll interval.
     pub async fn wait(&mut self) {
-        let interval = self.poll_interval;
-        match tokio::time::timeout(interval, self.signal.changed()).await {
-            Ok(Ok(())) | Err(_) => {}
-            // The store's sender is gone (the store is shutting down): plain polling.
-            Ok(Err(_)) => tokio::time::sleep(interval).await,
-        }
+        wait_for_commit(&mut self.signal, self.poll_interval).await;
+    }
+}
+
+/// Waits until `signal` (a store's [`commit_signal`](EventStore::commit_signal)) changes, at
+/// most `poll_interval`: how every follower of the store sleeps when caught up. A closed signal
+/// (the store is shutting down) degrades to plain polling.
+pub async fn wait_for_commit(signal: &mut watch::Receiver<u64>, poll_interval: Duration) {
+    match tokio::time::timeout(poll_interval, signal.changed()).await {
+        Ok(Ok(())) | Err(_) => {}
+        Ok(Err(_)) => tokio::time::sleep(poll_interval).await,
     }
 }
 
