@@ -22,7 +22,8 @@ use eventflow::aggregate::{Aggregate, Repository};
 use eventflow::bus::memory::InMemoryBus;
 use eventflow::store::postgres::PostgresEventStore;
 use eventflow::{
-    CommandContext, Event, EventBus, EventBusExt, EventCriteria, EventStore, Metadata, sync_handler,
+    CommandContext, Event, EventBus, EventBusExt, EventCriteria, EventStore, EventStoreExt,
+    Metadata, sync_handler,
 };
 use serde::{Deserialize, Serialize};
 
@@ -150,11 +151,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "account.deposited",
                 "account.withdrawn",
             ]),
-            Arc::new(sync_handler(move |event| {
+            sync_handler(move |event| {
                 println!("  subscriber: {}", describe(event));
                 seen.fetch_add(1, Ordering::SeqCst);
                 Ok(())
-            })),
+            }),
         )
         .await?;
 

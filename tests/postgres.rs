@@ -10,8 +10,8 @@ use std::time::Duration;
 use eventflow::bus::HandlerResult;
 use eventflow::store::postgres::{PostgresEventStore, PostgresSnapshotStore};
 use eventflow::{
-    CheckpointStore, Error, Event, EventCriteria, EventStore, ExpectedVersion, Metadata, Snapshot,
-    SnapshotStore,
+    CheckpointStore, Error, Event, EventCriteria, EventStore, EventStoreExt, ExpectedVersion,
+    Metadata, Snapshot, SnapshotStore, SubscribeOptions,
 };
 use eventflow_tests::{database_url, service_unavailable, unique};
 use serde_json::json;
@@ -622,11 +622,11 @@ async fn subscribe_catches_up_then_follows_live() {
     let skip = store.read_all(0, 5).await.unwrap();
     let (seen, handler) = recorder();
     let _sub = store
-        .subscribe(
+        .subscribe_with(
             EventCriteria::all()
                 .after_position(skip[4].position.unwrap())
-                .limit(7)
                 .event_types(["sub.old", "sub.new"]),
+            SubscribeOptions::new().batch_size(7),
             handler,
         )
         .await
