@@ -66,7 +66,10 @@ async fn options_set_on_a_clone_of_a_started_runner_apply_without_panicking() {
     let store = InMemoryEventStore::new();
     for t in ["good.one", "bad.one", "good.two"] {
         let event = Event::new(t, serde_json::json!({})).unwrap();
-        store.append("s", ExpectedVersion::Any, event).await.unwrap();
+        store
+            .append("s", ExpectedVersion::Any, event)
+            .await
+            .unwrap();
     }
     let runner = super::ProjectionRunner::new(
         Arc::new(store.clone()),
@@ -88,5 +91,8 @@ async fn options_set_on_a_clone_of_a_started_runner_apply_without_panicking() {
     assert_eq!(runner.catch_up().await.unwrap(), 3);
     let status = runner.status().await.unwrap();
     assert_eq!(status.skipped, 1);
-    assert_eq!(status.failure.map(|f| f.event_type).as_deref(), Some("bad.one"));
+    assert_eq!(
+        status.failure.map(|f| f.event_type).as_deref(),
+        Some("bad.one")
+    );
 }
