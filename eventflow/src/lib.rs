@@ -94,8 +94,9 @@ pub use store::{
     SnapshotStore, SubscribeOptions,
 };
 
-/// The attribute that implements the crate's async traits ([`EventStore`], [`Projection`](projection::Projection),
-/// [`Saga`](saga::Saga), ...): re-exported so implementing them needs no other crate.
+/// The attribute that implements the crate's async traits ([`EventStore`],
+/// [`Projection`](projection::Projection), [`SagaStore`](saga::SagaStore), ...): re-exported so
+/// implementing them needs no other crate.
 ///
 /// ```
 /// use eventflow::{HandlerResult, Event, async_trait};

@@ -1,11 +1,13 @@
 //! Projections: read models built from the event store in global order, with checkpoints.
 //!
 //! A [`Projection`] has a name, the event patterns it wants and an async handler. A
-//! [`ProjectionRunner`] feeds it from an [`EventStore`]: it loads the projection's checkpoint,
-//! catches up with [`read_all`](EventStore::read_all) in batches, then follows new commits (it
-//! waits on [`EventStore::commit_signal`], with a polling timeout as fallback). It saves the
-//! checkpoint once per batch, never per event; while catching up it reads the next batch, and
-//! finishes saving the previous checkpoint, while the current batch is applied.
+//! [`ProjectionRunner`] feeds it from an [`EventStore`](crate::EventStore): it loads the
+//! projection's checkpoint, catches up with [`read_all`](crate::EventStore::read_all) in
+//! batches, then follows new commits, through [`store::follow`](crate::store::follow) like every
+//! reader of the store (it waits on [`commit_signal`](crate::EventStore::commit_signal), with a
+//! polling timeout as fallback). It saves the checkpoint once per batch, never per event; while
+//! catching up it reads the next batch, and finishes saving the previous checkpoint, while the
+//! current batch is applied.
 //!
 //! Delivery is **at least once**: a crash after the handler ran but before the batch's checkpoint
 //! was saved replays those events. A projection whose read model lives in PostgreSQL can close

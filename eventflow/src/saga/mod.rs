@@ -12,9 +12,9 @@
 //! - **An event is handled at most once per instance.** Its id is recorded with the state in the
 //!   same commit; a redelivered event is ignored ([`SagaOutcome::Duplicate`]).
 //! - **Emitted events carry the correlation id and the trigger's id as causation**
-//!   ([`Event::caused_by`]). They are written to the store's outbox in the same commit, published
-//!   after it, and re-published by [`SagaManager::flush_outbox`] if the process died in between
-//!   (at least once, with stable ids).
+//!   ([`Event::caused_by`](crate::Event::caused_by)). They are written to the store's outbox in
+//!   the same commit, published after it, and re-published by [`SagaManager::flush_outbox`] if
+//!   the process died in between (at least once, with stable ids).
 //! - **State survives a restart**: a new manager over the same store resumes every instance.
 //! - **Deadlines** ([`SagaContext::set_deadline`]) are stored with the instance; when due,
 //!   [`SagaManager::fire_due_deadlines`] delivers the timeout event to the saga (and publishes it),
