@@ -55,7 +55,8 @@ where
 }
 
 /// A shared handler is a handler, so an `Arc<dyn Handler>` can be passed wherever any handler
-/// is accepted ([`EventBusExt::on`], [`EventStoreExt::subscribe`](crate::store::EventStoreExt::subscribe)).
+/// is accepted ([`EventBusExt::on`],
+/// [`EventStoreExt::subscribe`](crate::store::EventStoreExt::subscribe)).
 impl<H: Handler + ?Sized> Handler for Arc<H> {
     fn handle(&self, event: Arc<Event>) -> BoxFuture<'static, HandlerResult> {
         (**self).handle(event)
