@@ -182,7 +182,7 @@ fn main() {
         let store = Arc::new(InMemoryEventStore::new());
         let snapshots = Arc::new(InMemorySnapshotStore::new());
         let plain = Repository::<Account>::new(store.clone());
-        let with_snapshots = Repository::<Account>::new(store.clone()).with_snapshots(snapshots);
+        let with_snapshots = Repository::<Account>::new(store.clone()).snapshots(snapshots);
         let id = format!("acct-{n}");
         let stream = Account::stream_id(&id);
         let envelopes: Vec<Event> = (0..n)

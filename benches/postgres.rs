@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventflow::postgres::PostgresEventStore;
-use eventflow::{Event, EventCriteria, EventStore, ExpectedVersion, Metadata};
+use eventflow::{Event, EventCriteria, EventStore, EventStoreExt, ExpectedVersion, Metadata};
 use eventflow_benches::{header, per_second, report};
 use serde_json::{Value, json};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
@@ -600,10 +600,7 @@ async fn lag_run(writer: &PostgresEventStore, reader: &PostgresEventStore) -> Ve
         }
     };
     let sub = reader
-        .subscribe(
-            EventCriteria::all().after_position(start_after),
-            Arc::new(handler),
-        )
+        .subscribe(EventCriteria::all().after_position(start_after), handler)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;

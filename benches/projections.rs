@@ -291,7 +291,7 @@ async fn bench_projection_catch_up() {
             totals.clone(),
         )
         .unwrap()
-        .with_batch_size(BATCH);
+        .batch_size(BATCH);
         let start = Instant::now();
         runner.rebuild().await.unwrap();
         // A reader stops below the oldest transaction still open on the server (the store's
@@ -339,7 +339,7 @@ async fn bench_projection_catch_up() {
         PgTotals,
     )
     .unwrap()
-    .with_batch_size(BATCH);
+    .batch_size(BATCH);
     let last = tx_store.head_position().await.unwrap();
     let (mut ours, mut raw) = (vec![], vec![]);
     for _ in 0..3 {

@@ -142,8 +142,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = Arc::new(InMemoryEventStore::new());
     let snapshots = Arc::new(InMemorySnapshotStore::new());
     let accounts = Repository::<Account>::new(store.clone())
-        .with_snapshots(snapshots.clone())
-        .with_conflict_retries(3);
+        .snapshots(snapshots.clone())
+        .conflict_retries(3);
     let id = "alice-checking";
     let stream = Account::stream_id(id);
 

@@ -22,7 +22,8 @@ use eventflow::aggregate::{Aggregate, Repository};
 use eventflow::bus::memory::InMemoryBus;
 use eventflow::postgres::PostgresEventStore;
 use eventflow::{
-    CommandContext, Event, EventBus, EventBusExt, EventCriteria, EventStore, Metadata, sync_handler,
+    CommandContext, Event, EventBusExt, EventCriteria, EventStore, EventStoreExt, Metadata,
+    WithBus, sync_handler,
 };
 use serde::{Deserialize, Serialize};
 
@@ -137,7 +138,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }),
         )
         .await?;
-    let store = store.with_bus(bus.clone() as Arc<dyn EventBus>);
+    let store = store.with_bus(bus.clone());
 
     // A projection-free subscriber: print what gets committed from now on.
     let start = store.head_position().await?;
@@ -150,17 +151,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "account.deposited",
                 "account.withdrawn",
             ]),
-            Arc::new(sync_handler(move |event| {
+            sync_handler(move |event| {
                 println!("  subscriber: {}", describe(event));
                 seen.fetch_add(1, Ordering::SeqCst);
                 Ok(())
-            })),
+            }),
         )
         .await?;
 
     let accounts = Repository::<Account>::new(Arc::new(store.clone()))
-        .with_snapshots(Arc::new(store.snapshots()))
-        .with_conflict_retries(3);
+        .snapshots(Arc::new(store.snapshots()))
+        .conflict_retries(3);
     // A new account per run, so the example can run again against the same database.
     let id = format!(
         "alice-{}",

@@ -20,7 +20,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use eventflow::projection::{Projection, ProjectionRunner};
 use eventflow::store::memory::{InMemoryCheckpointStore, InMemoryEventStore};
 use eventflow::{Event, EventStore, ExpectedVersion, HandlerResult};
@@ -47,7 +46,7 @@ impl OrderSummaries {
     }
 }
 
-#[async_trait]
+#[eventflow::async_trait]
 impl Projection for OrderSummaries {
     fn name(&self) -> &str {
         "order-summaries"
@@ -163,7 +162,7 @@ async fn main() -> eventflow::Result<()> {
         Arc::new(InMemoryCheckpointStore::new()),
         summaries.clone(),
     )?
-    .with_batch_size(2);
+    .batch_size(2);
     let status = runner.status().await?;
     println!(
         "before start: position {} lag {}",

@@ -229,7 +229,7 @@ async fn appended_events_carry_metadata_correlation_causation_and_source() {
 async fn snapshots_are_taken_every_n_events_and_loads_start_from_them() {
     let store = Arc::new(InMemoryEventStore::new());
     let snapshots = Arc::new(InMemorySnapshotStore::new());
-    let repo = Repository::<Account>::new(store.clone()).with_snapshots(snapshots.clone());
+    let repo = Repository::<Account>::new(store.clone()).snapshots(snapshots.clone());
     let id = unique("acct");
     let stream = Account::stream_id(&id);
     repo.execute(&id, |a| a.open("ada")).await.unwrap();
@@ -268,7 +268,7 @@ async fn a_snapshot_of_another_state_version_or_shape_is_ignored() {
     let store = Arc::new(InMemoryEventStore::new());
     let snapshots = Arc::new(InMemorySnapshotStore::new());
     let repo = Repository::<Account>::new(store.clone())
-        .with_snapshots(snapshots.clone())
+        .snapshots(snapshots.clone())
         .snapshot_every(1000);
     let id = unique("acct");
     let stream = Account::stream_id(&id);
@@ -314,7 +314,7 @@ async fn a_snapshot_of_another_state_version_or_shape_is_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_executes_one_conflict_is_retried_to_success() {
     let (repo, store) = repo();
-    let repo = repo.with_conflict_retries(3);
+    let repo = repo.conflict_retries(3);
     let id = unique("acct");
     repo.execute(&id, |a| a.open("ada")).await.unwrap();
     repo.execute(&id, |a| a.deposit(100)).await.unwrap();
@@ -426,7 +426,7 @@ async fn a_conflict_without_retries_is_a_typed_error_and_appends_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_executes_all_commit_with_enough_retries() {
     let (repo, _) = repo();
-    let repo = repo.with_conflict_retries(64);
+    let repo = repo.conflict_retries(64);
     let id = unique("acct");
     repo.execute(&id, |a| a.open("ada")).await.unwrap();
     let tasks: Vec<_> = (0..16)
@@ -470,7 +470,7 @@ fn deposited_v1_to_v2(mut payload: Value) -> Result<Value, BoxError> {
 #[tokio::test]
 async fn a_v1_event_is_upcast_at_load_time() {
     let (repo, store) = repo();
-    let repo = repo.with_upcaster("account.deposited", 1, deposited_v1_to_v2);
+    let repo = repo.upcaster("account.deposited", 1, deposited_v1_to_v2);
     let id = unique("acct");
     repo.execute(&id, |a| a.open("ada")).await.unwrap();
     append_v1_deposit(&store, &id, 1, 40).await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use eventflow::bus::memory::InMemoryBus;
 use eventflow::store::memory::InMemoryEventStore;
 use eventflow::testing::conformance;
-use eventflow::{Event, EventBus, EventBusExt, EventStore, ExpectedVersion, sync_handler};
+use eventflow::{Event, EventBus, EventBusExt, EventStore, ExpectedVersion, WithBus, sync_handler};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -24,7 +24,7 @@ async fn memory_store_conformance() {
 /// 8 writers append concurrently to a store built with `bus`; a subscriber on the bus must see
 /// every committed event exactly once, in commit (global position) order.
 async fn writers_reach_a_bus_subscriber_in_commit_order(bus: Arc<dyn EventBus>) {
-    let store = InMemoryEventStore::with_bus(Arc::clone(&bus));
+    let store = InMemoryEventStore::new().with_bus(Arc::clone(&bus));
     let seen = Arc::new(Mutex::new(Vec::<(u64, uuid::Uuid)>::new()));
     let sink = Arc::clone(&seen);
     let _sub = bus

@@ -15,8 +15,8 @@ use eventflow::testing::conformance::{
     store::{Capabilities as StoreCapabilities, HoldsAppendOpen, OpenAppend, TestStore},
 };
 use eventflow::{
-    CheckpointStore, Error, Event, EventCriteria, EventStore, ExpectedVersion, Metadata, Snapshot,
-    SnapshotStore,
+    CheckpointStore, Error, Event, EventCriteria, EventStore, EventStoreExt, ExpectedVersion,
+    Metadata, Snapshot, SnapshotStore, SubscribeOptions, WithBus,
 };
 use eventflow_tests::{database_url, service_unavailable, unique};
 use serde_json::json;
@@ -532,11 +532,11 @@ async fn subscribe_catches_up_then_follows_live() {
     let skip = store.read_all(0, 5).await.unwrap();
     let (seen, handler) = recorder();
     let _sub = store
-        .subscribe(
+        .subscribe_with(
             EventCriteria::all()
                 .after_position(skip[4].position.unwrap())
-                .limit(7)
                 .event_types(["sub.old", "sub.new"]),
+            SubscribeOptions::new().batch_size(7),
             handler,
         )
         .await
@@ -1038,7 +1038,7 @@ async fn relay_publishes_every_committed_event_after_a_crash() {
     let last = committed.last().unwrap().position.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let status = store.relay_status().await.unwrap().unwrap();
+        let status = store.relay_status().await.unwrap();
         let saved = store.checkpoints().load_checkpoint("relay").await.unwrap();
         if status.position == last && saved == last {
             break;

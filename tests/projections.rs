@@ -169,7 +169,7 @@ async fn projection_catches_up_in_batches_then_follows_live() {
     append_orders(store.as_ref(), 1, 1000).await;
     let checkpoints = Arc::new(CountingCheckpoints::default());
     let totals = Arc::new(OrderTotals::default());
-    let runner = memory_runner(&store, checkpoints.clone(), totals.clone()).with_batch_size(100);
+    let runner = memory_runner(&store, checkpoints.clone(), totals.clone()).batch_size(100);
 
     let task = runner.start();
     runner.wait_caught_up(WAIT).await.unwrap();
@@ -251,7 +251,7 @@ async fn projection_rebuild_resets_and_replays_everything() {
         Arc::new(InMemoryCheckpointStore::new()),
         totals.clone(),
     )
-    .with_batch_size(64);
+    .batch_size(64);
     runner.catch_up().await.unwrap();
     // Corrupt the read model, then rebuild from scratch.
     totals.totals.lock().unwrap().insert("c0".into(), -1);
@@ -272,7 +272,7 @@ async fn projection_rebuild_while_running_live() {
         Arc::new(InMemoryCheckpointStore::new()),
         totals.clone(),
     )
-    .with_batch_size(16);
+    .batch_size(16);
     let task = runner.start();
     runner.wait_caught_up(WAIT).await.unwrap();
     runner.rebuild().await.unwrap();
@@ -289,8 +289,8 @@ async fn failure_policy_stop_keeps_the_checkpoint_before_the_failed_event() {
     let checkpoints: Arc<dyn CheckpointStore> = Arc::new(InMemoryCheckpointStore::new());
     let totals = Arc::new(OrderTotals::failing_on(57, u32::MAX));
     let runner = memory_runner(&store, checkpoints.clone(), totals.clone())
-        .with_batch_size(25)
-        .with_failure_policy(FailurePolicy::Stop);
+        .batch_size(25)
+        .failure_policy(FailurePolicy::Stop);
     let err = runner.catch_up().await.unwrap_err();
     assert!(matches!(err, eventflow::Error::Handler { .. }), "{err}");
 
@@ -330,7 +330,7 @@ async fn failure_policy_skip_reports_the_event_and_moves_on() {
         Arc::new(InMemoryCheckpointStore::new()),
         totals.clone(),
     )
-    .with_failure_policy(FailurePolicy::Skip);
+    .failure_policy(FailurePolicy::Skip);
     runner.catch_up().await.unwrap();
     let status = runner.status().await.unwrap();
     assert_eq!(status.skipped, 1);
@@ -365,7 +365,7 @@ async fn failure_policy_retry_with_backoff_until_handled() {
         Arc::new(InMemoryCheckpointStore::new()),
         totals.clone(),
     )
-    .with_failure_policy(FailurePolicy::Retry(backoff));
+    .failure_policy(FailurePolicy::Retry(backoff));
     runner.catch_up().await.unwrap();
     assert_eq!(
         totals.fail_times.load(Ordering::SeqCst),
@@ -394,7 +394,7 @@ async fn failure_policy_retry_gives_up_after_max_attempts() {
         Arc::new(InMemoryCheckpointStore::new()),
         totals.clone(),
     )
-    .with_failure_policy(FailurePolicy::Retry(backoff));
+    .failure_policy(FailurePolicy::Retry(backoff));
     assert!(runner.catch_up().await.is_err());
     assert_eq!(totals.fail_times.load(Ordering::SeqCst), u32::MAX - 3);
     assert_eq!(runner.status().await.unwrap().state, RunState::Failed);
@@ -510,7 +510,7 @@ async fn projection_of_a_typed_event_set_sees_only_its_types() {
         totals.clone(),
     )
     .unwrap()
-    .with_failure_policy(FailurePolicy::Stop);
+    .failure_policy(FailurePolicy::Stop);
     runner.catch_up().await.unwrap();
     assert_eq!(totals.0.lock().unwrap().get("ada"), Some(&12));
     assert_eq!(runner.status().await.unwrap().lag, 0);
@@ -1105,7 +1105,7 @@ mod postgres {
             },
         )
         .unwrap()
-        .with_batch_size(128);
+        .batch_size(128);
         let task = runner.start();
         runner.wait_for(last, WAIT).await.unwrap();
         assert_eq!(read_model(&store, "totals").await, expected_totals(1..=500));
@@ -1157,8 +1157,8 @@ mod postgres {
                 },
             )
             .unwrap()
-            .with_batch_size(1 + fastrand::usize(..50))
-            .with_failure_policy(FailurePolicy::Retry(Backoff {
+            .batch_size(1 + fastrand::usize(..50))
+            .failure_policy(FailurePolicy::Retry(Backoff {
                 initial: Duration::from_millis(1),
                 max: Duration::from_millis(2),
                 max_attempts: None,
@@ -1275,7 +1275,7 @@ mod postgres {
             FailsOn7,
         )
         .unwrap()
-        .with_failure_policy(FailurePolicy::Stop);
+        .failure_policy(FailurePolicy::Stop);
         assert!(catch_up_to(&runner, last).await.is_err());
         let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
             "SELECT customer, events FROM \"{}\".fails ORDER BY customer::int",

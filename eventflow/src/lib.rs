@@ -104,11 +104,32 @@ pub use bus::{EventBus, EventBusExt, Pattern};
 pub use error::{BoxError, Error, Result};
 pub use event::{DomainEvent, Event, Metadata, Upcaster, validate_event_type};
 pub use handler::{Handler, HandlerResult, Subscription, sync_handler};
-pub use relay::Relay;
+pub use relay::{IntoBus, Relay, Relayed, WithBus};
 pub use store::memory::InMemoryEventStore;
 pub use store::{
-    CheckpointStore, EventCriteria, EventStore, ExpectedVersion, Snapshot, SnapshotStore,
+    CheckpointStore, EventCriteria, EventStore, EventStoreExt, ExpectedVersion, Snapshot,
+    SnapshotStore, SubscribeOptions,
 };
+
+/// The attribute that implements the crate's async traits ([`EventStore`],
+/// [`Projection`](projection::Projection), [`SagaStore`](saga::SagaStore), ...): re-exported so
+/// implementing them needs no other crate.
+///
+/// ```
+/// use eventflow::{HandlerResult, Event, async_trait};
+/// use eventflow::projection::Projection;
+///
+/// struct Noop;
+///
+/// #[async_trait]
+/// impl Projection for Noop {
+///     fn name(&self) -> &str { "noop" }
+///     fn patterns(&self) -> Vec<String> { vec!["*".into()] }
+///     async fn handle(&self, _event: &Event) -> HandlerResult { Ok(()) }
+///     async fn reset(&self) -> HandlerResult { Ok(()) }
+/// }
+/// ```
+pub use async_trait::async_trait;
 
 #[cfg(test)]
 mod tests {

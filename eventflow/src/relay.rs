@@ -38,6 +38,9 @@ use crate::error::{Error, Result};
 use crate::store::follow::{self, Follower};
 use crate::store::{CheckpointStore, EventStore};
 
+mod attach;
+pub use attach::{IntoBus, Relayed, WithBus};
+
 /// The default checkpoint name of a relay.
 pub const DEFAULT_RELAY_NAME: &str = "relay";
 

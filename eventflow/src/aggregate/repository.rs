@@ -187,15 +187,15 @@ impl<A> Clone for Snapshots<A> {
 /// - [`execute`](Self::execute) loads, runs the command, and appends its events with
 ///   `ExpectedVersion::Exact(loaded version)`. If another writer committed in between, the
 ///   append fails with [`Error::Conflict`]; with
-///   [`with_conflict_retries(n)`](Self::with_conflict_retries) the repository reloads and runs
+///   [`conflict_retries(n)`](Self::conflict_retries) the repository reloads and runs
 ///   the command again, up to `n` more times.
-/// - With [`with_snapshots`](Self::with_snapshots), loads start from the latest snapshot whose
+/// - With [`snapshots`](Self::snapshots), loads start from the latest snapshot whose
 ///   state version matches [`SnapshotState::STATE_VERSION`] (others are ignored) and replay only
 ///   the tail; a snapshot is saved each time a command's events cross a multiple of the
 ///   snapshot interval. A failure to read or save a snapshot is logged and falls back to a full
 ///   replay; it never fails a command whose events were committed.
 /// - Events stored with an older schema version are upcast on load (see
-///   [`with_upcaster`](Self::with_upcaster)).
+///   [`upcaster`](Self::upcaster)).
 ///
 /// Cloning is cheap (shared handles).
 pub struct Repository<A: Aggregate> {
@@ -240,7 +240,7 @@ impl<A: Aggregate> Repository<A> {
 
     /// Saves and loads snapshots in `store`, every [`SnapshotState::SNAPSHOT_EVERY`] events
     /// (change it with [`snapshot_every`](Self::snapshot_every)).
-    pub fn with_snapshots(mut self, store: Arc<dyn SnapshotStore>) -> Self
+    pub fn snapshots(mut self, store: Arc<dyn SnapshotStore>) -> Self
     where
         A: SnapshotState,
     {
@@ -262,7 +262,7 @@ impl<A: Aggregate> Repository<A> {
     }
 
     /// Sets the snapshot interval (at least 1); no effect without
-    /// [`with_snapshots`](Self::with_snapshots).
+    /// [`snapshots`](Self::snapshots).
     pub fn snapshot_every(mut self, events: u64) -> Self {
         if let Some(s) = &mut self.snapshots {
             s.every = events.max(1);
@@ -272,7 +272,7 @@ impl<A: Aggregate> Repository<A> {
 
     /// Retries a command up to `retries` more times when its append loses an
     /// optimistic-concurrency race, reloading the state and deciding again each time.
-    pub fn with_conflict_retries(mut self, retries: u32) -> Self {
+    pub fn conflict_retries(mut self, retries: u32) -> Self {
         self.conflict_retries = retries;
         self
     }
@@ -280,12 +280,7 @@ impl<A: Aggregate> Repository<A> {
     /// Registers an upcaster that upgrades payloads of `event_type` from `from_version` to
     /// `from_version + 1` at load time. Chains run one version at a time up to the current
     /// [`DomainEvent::schema_version`]; a missing step is [`Error::MissingUpcaster`].
-    pub fn with_upcaster<F>(
-        mut self,
-        event_type: impl Into<String>,
-        from_version: u32,
-        f: F,
-    ) -> Self
+    pub fn upcaster<F>(mut self, event_type: impl Into<String>, from_version: u32, f: F) -> Self
     where
         F: Fn(Value) -> Result<Value, BoxError> + Send + Sync + 'static,
     {
@@ -396,7 +391,7 @@ impl<A: Aggregate> Repository<A> {
     /// nothing is appended then).
     ///
     /// On [`Error::Conflict`] it reloads and calls `decide` again, at most
-    /// [`with_conflict_retries`](Self::with_conflict_retries) times, so `decide` must not have
+    /// [`conflict_retries`](Self::conflict_retries) times, so `decide` must not have
     /// side effects of its own.
     ///
     /// # Errors
@@ -481,7 +476,7 @@ impl<A: Aggregate> Repository<A> {
     }
 
     /// Saves a snapshot of aggregate `id` now (for example after a migration), and returns its
-    /// version. Does nothing and returns `None` without [`with_snapshots`](Self::with_snapshots).
+    /// version. Does nothing and returns `None` without [`snapshots`](Self::snapshots).
     ///
     /// # Errors
     /// Load errors and snapshot store errors.

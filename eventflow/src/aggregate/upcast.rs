@@ -12,7 +12,7 @@ use crate::event::DomainEvent;
 type UpcastFn = Arc<dyn Fn(Value) -> Result<Value, BoxError> + Send + Sync>;
 
 /// Runtime upcasters, one per (event type, version): each upgrades a payload from that version
-/// to the next. Registered with [`Repository::with_upcaster`](super::Repository::with_upcaster);
+/// to the next. Registered with [`Repository::upcaster`](super::Repository::upcaster);
 /// they take precedence over upcasters declared in the derive (`#[event(upcast(v1 = f))]`).
 #[derive(Clone, Default)]
 pub struct Upcasters {

@@ -63,7 +63,7 @@
 //! connection is [`Error::Connect`](crate::Error::Connect).
 //!
 //! # Following the store
-//! [`subscribe`](crate::EventStore::subscribe), the relay and projection runners follow the
+//! [`subscribe`](crate::store::EventStoreExt::subscribe), the relay and projection runners follow the
 //! global order with [`follow`](crate::store::follow). They are woken by
 //! [`EventStore::commit_signal`](crate::EventStore::commit_signal): at once for appends of this
 //! process, through `LISTEN`/`NOTIFY` (one payload-free notification per channel at most every

@@ -2,7 +2,7 @@
 //! schema, snapshot and checkpoint stores) and its [`EventStore`] implementation, whose bodies
 //! live beside it by concern (`append.rs`, `read.rs`, `subscribe.rs`).
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,11 +16,10 @@ use super::schema::{DEFAULT_SCHEMA, Schema};
 use super::signal::Signal;
 use super::snapshot::PostgresSnapshotStore;
 use super::sql::Sql;
-use crate::bus::{EventBus, Handler, Subscription};
+use crate::bus::{Handler, Subscription};
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::relay::RelayHandle;
-use crate::store::{EventCriteria, EventStore, ExpectedVersion};
+use crate::store::{EventCriteria, EventStore, ExpectedVersion, SubscribeOptions};
 
 /// How often followers look for new events when no notification arrives.
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -32,15 +31,6 @@ const DEFAULT_SETTLE_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct PostgresEventStore {
     pub(super) inner: Arc<Inner>,
-    /// The relay of a store built [`with_bus`](Self::with_bus).
-    pub(super) relay: Option<Arc<RelayCell>>,
-}
-
-/// A bus and the relay publishing to it, started on first use inside a runtime.
-pub(super) struct RelayCell {
-    pub(super) bus: Arc<dyn EventBus>,
-    pub(super) name: String,
-    pub(super) handle: OnceLock<RelayHandle>,
 }
 
 /// What every clone of a store shares.
@@ -105,7 +95,6 @@ impl PostgresEventStoreBuilder {
         let sql = Sql::new(Schema::new(&self.schema)?);
         let target = describe(&self.pool.connect_options());
         Ok(PostgresEventStore {
-            relay: None,
             inner: Arc::new(Inner {
                 pool: self.pool,
                 sql,
@@ -190,7 +179,6 @@ impl PostgresEventStore {
     }
 
     pub(super) fn committed(&self) {
-        let _ = self.relay();
         self.inner
             .signal
             .committed(&self.inner.pool, &self.inner.sql);
@@ -232,11 +220,12 @@ impl EventStore for PostgresEventStore {
         self.commit_signal_now()
     }
 
-    async fn subscribe(
+    async fn subscribe_dyn(
         &self,
         criteria: EventCriteria,
+        options: SubscribeOptions,
         handler: Arc<dyn Handler>,
     ) -> Result<Subscription> {
-        self.subscribe_now(criteria, handler).await
+        self.subscribe_now(criteria, options, handler).await
     }
 }

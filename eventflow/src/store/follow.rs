@@ -6,7 +6,7 @@
 //! store's [`commit_signal`](EventStore::commit_signal) (with a polling timeout, so a lost
 //! signal only delays them). [`Follower`] is that loop as a pull API; [`subscribe`] runs it in a
 //! task that feeds a [`Handler`], which is how a backend implements
-//! [`EventStore::subscribe`].
+//! [`EventStore::subscribe_dyn`].
 //!
 //! ```
 //! # async fn demo() -> eventflow::Result<()> {
@@ -35,7 +35,7 @@ use crate::error::Result;
 use crate::event::Event;
 use crate::handler::delivery;
 use crate::handler::{Handler, Subscription};
-use crate::store::{EventCriteria, EventStore};
+use crate::store::{EventCriteria, EventStore, SubscribeOptions};
 
 /// Default number of events read per [`read_all`](EventStore::read_all) call.
 pub const DEFAULT_BATCH_SIZE: usize = 500;
@@ -66,6 +66,21 @@ pub struct Follower {
     criteria: EventCriteria,
     poll_interval: Duration,
     signal: watch::Receiver<u64>,
+    read_ahead: bool,
+    prefetch: Option<Prefetch>,
+}
+
+/// A read of the next batch, started while the caller handles the current one.
+struct Prefetch {
+    after: u64,
+    size: usize,
+    read: tokio::task::JoinHandle<Result<Vec<Event>>>,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.read.abort();
+    }
 }
 
 impl std::fmt::Debug for Follower {
@@ -91,7 +106,33 @@ impl Follower {
             criteria: EventCriteria::all(),
             poll_interval: DEFAULT_POLL_INTERVAL,
             signal,
+            read_ahead: false,
+            prefetch: None,
         }
+    }
+
+    /// While catching up (a read came back full), starts reading the next batch in a task as
+    /// soon as one is returned, so the store's latency overlaps the caller's work on the
+    /// batch. Off by default; needs a Tokio runtime.
+    pub fn read_ahead(mut self, on: bool) -> Self {
+        self.read_ahead = on;
+        self
+    }
+
+    /// Moves the follower to after global position `position` (for example back to an event
+    /// that must be handled again, or to a checkpoint another reader saved). A read ahead from
+    /// another position is dropped.
+    pub fn seek(&mut self, position: u64) {
+        if self.position != position {
+            self.position = position;
+            self.prefetch = None;
+        }
+    }
+
+    /// Changes the batch size of the next reads (at least 1); see
+    /// [`batch_size`](Self::batch_size).
+    pub fn set_batch_size(&mut self, size: usize) {
+        self.batch_size = size.max(1);
     }
 
     /// Reads up to `size` events per call (at least 1).
@@ -149,11 +190,28 @@ impl Follower {
         // Mark the signal as seen *before* reading: a commit that lands after this point
         // changes it again, so `wait` cannot sleep through it.
         self.signal.borrow_and_update();
-        let events = self.store.read_all(self.position, self.batch_size).await?;
+        let events = match self.prefetch.take() {
+            Some(mut ahead) if ahead.after == self.position && ahead.size == self.batch_size => {
+                // A failed or cancelled task is a failed read: the position stays, so the
+                // next call reads again.
+                (&mut ahead.read)
+                    .await
+                    .map_err(|e| crate::error::Error::backend("read ahead", e))??
+            }
+            _ => self.store.read_all(self.position, self.batch_size).await?,
+        };
         let Some(last) = events.last() else {
             return Ok(None);
         };
         let position = last.position.unwrap_or(self.position).max(self.position);
+        if self.read_ahead && events.len() >= self.batch_size {
+            let (store, size) = (Arc::clone(&self.store), self.batch_size);
+            self.prefetch = Some(Prefetch {
+                after: position,
+                size,
+                read: tokio::spawn(async move { store.read_all(position, size).await }),
+            });
+        }
         let events: Vec<Event> = events
             .into_iter()
             .filter(|e| self.criteria.matches(e))
@@ -165,21 +223,27 @@ impl Follower {
 
     /// Waits for the commit signal, at most the poll interval.
     pub async fn wait(&mut self) {
-        let interval = self.poll_interval;
-        match tokio::time::timeout(interval, self.signal.changed()).await {
-            Ok(Ok(())) | Err(_) => {}
-            // The store's sender is gone (the store is shutting down): plain polling.
-            Ok(Err(_)) => tokio::time::sleep(interval).await,
-        }
+        wait_for_commit(&mut self.signal, self.poll_interval).await;
+    }
+}
+
+/// Waits until `signal` (a store's [`commit_signal`](EventStore::commit_signal)) changes, at
+/// most `poll_interval`: how every follower of the store sleeps when caught up. A closed signal
+/// (the store is shutting down) degrades to plain polling.
+pub async fn wait_for_commit(signal: &mut watch::Receiver<u64>, poll_interval: Duration) {
+    match tokio::time::timeout(poll_interval, signal.changed()).await {
+        Ok(Ok(())) | Err(_) => {}
+        Ok(Err(_)) => tokio::time::sleep(poll_interval).await,
     }
 }
 
 /// Runs a store subscription in a task: delivers every event matching `criteria` after
 /// `criteria.after_position` to `handler`, in global order, then follows live, until the returned
-/// [`Subscription`] is dropped. `criteria.limit` is the read batch size.
+/// [`Subscription`] is dropped. `options.batch_size` is the read batch size (`criteria.limit`
+/// does not apply to a subscription).
 ///
-/// This is the shared implementation of [`EventStore::subscribe`]; a backend calls it with an
-/// `Arc` of itself (for a `Clone` store, `Arc::new(self.clone())`).
+/// This is the shared implementation of [`EventStore::subscribe_dyn`]; a backend calls it with
+/// an `Arc` of itself (for a `Clone` store, `Arc::new(self.clone())`).
 ///
 /// Delivery is sequential. A handler error or panic is logged with `tracing` and the subscription
 /// moves on to the next event. A read error is logged and retried after the poll interval.
@@ -188,23 +252,24 @@ impl Follower {
 pub fn subscribe(
     store: Arc<dyn EventStore>,
     criteria: EventCriteria,
+    options: SubscribeOptions,
     handler: Arc<dyn Handler>,
 ) -> Subscription {
-    subscribe_with(store, criteria, handler, DEFAULT_POLL_INTERVAL)
+    subscribe_with(store, criteria, options, handler, DEFAULT_POLL_INTERVAL)
 }
 
 /// [`subscribe`] with an explicit polling fallback interval.
 pub fn subscribe_with(
     store: Arc<dyn EventStore>,
     criteria: EventCriteria,
+    options: SubscribeOptions,
     handler: Arc<dyn Handler>,
     poll_interval: Duration,
 ) -> Subscription {
     let description = describe(&criteria);
     let after = criteria.after_position.unwrap_or(0);
-    let batch_size = criteria.limit.unwrap_or(DEFAULT_BATCH_SIZE);
     let mut follower = Follower::new(store, after)
-        .batch_size(batch_size)
+        .batch_size(options.batch_size)
         .criteria(criteria)
         .poll_interval(poll_interval);
     // Checked before every delivery, so nothing is delivered once the subscription is dropped,

@@ -26,20 +26,18 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::bus::{EventBus, Handler, Subscription};
+use crate::bus::{Handler, Subscription};
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::relay::{Relay, RelayHandle, RelayStatus};
 use crate::store::{
-    CheckpointStore, EventCriteria, EventStore, ExpectedVersion, Snapshot, SnapshotStore, follow,
-    validate_stream_id,
+    CheckpointStore, EventCriteria, EventStore, ExpectedVersion, ReaderCheckpoints, Snapshot,
+    SnapshotStore, SubscribeOptions, follow, validate_stream_id,
 };
 
 /// The log and its indexes, behind one lock.
@@ -91,10 +89,6 @@ struct Inner {
     log: RwLock<Log>,
     /// Bumped to the head position after every commit.
     signal: watch::Sender<u64>,
-    /// The bus committed events are relayed to, if any.
-    bus: Option<Arc<dyn EventBus>>,
-    /// The relay feeding `bus`, started with the first append (a Tokio runtime is needed).
-    relay: OnceLock<RelayHandle>,
 }
 
 impl Inner {
@@ -267,8 +261,9 @@ impl Inner {
 
 /// The in-memory event store. Cheap to clone: clones share the same log.
 ///
-/// Keeps every promise of [`EventStore`]; see the [module docs](self) for how. Built
-/// [`with_bus`](Self::with_bus), it also publishes every committed event to a bus.
+/// Keeps every promise of [`EventStore`]; see the [module docs](self) for how. With
+/// [`with_bus`](crate::relay::WithBus::with_bus) a relay also publishes every committed event
+/// to a bus.
 #[derive(Clone)]
 pub struct InMemoryEventStore {
     inner: Arc<Inner>,
@@ -286,7 +281,6 @@ impl std::fmt::Debug for InMemoryEventStore {
         f.debug_struct("InMemoryEventStore")
             .field("events", &log.events.len())
             .field("streams", &log.streams.len())
-            .field("bus", &self.inner.bus.is_some())
             .finish()
     }
 }
@@ -294,30 +288,10 @@ impl std::fmt::Debug for InMemoryEventStore {
 impl InMemoryEventStore {
     /// An empty store.
     pub fn new() -> Self {
-        Self::build(None)
-    }
-
-    /// An empty store that publishes every committed event to `bus`.
-    ///
-    /// Publishing goes through a [`Relay`] running on this store (started with the first
-    /// append, so the store itself can be built outside a Tokio runtime): it reads the log in
-    /// global order, calls [`EventBus::publish_batch`] and moves its checkpoint only once the
-    /// bus accepted the batch, retrying with backoff on a bus error. So the bus sees **every
-    /// committed event, in commit order, at least once**, even across concurrent appends, and
-    /// never an event of a batch that failed. Publishing happens shortly *after* `append`
-    /// returns; call [`flush`](Self::flush) to wait for it. The relay stops when the last clone of
-    /// the store is dropped.
-    pub fn with_bus(bus: Arc<dyn EventBus>) -> Self {
-        Self::build(Some(bus))
-    }
-
-    fn build(bus: Option<Arc<dyn EventBus>>) -> Self {
         InMemoryEventStore {
             inner: Arc::new(Inner {
                 log: RwLock::new(Log::default()),
                 signal: watch::channel(0).0,
-                bus,
-                relay: OnceLock::new(),
             }),
         }
     }
@@ -331,50 +305,6 @@ impl InMemoryEventStore {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// Waits until the bus (see [`with_bus`](Self::with_bus)) has accepted every event committed
-    /// before this call. Returns at once for a store without a bus.
-    ///
-    /// # Errors
-    /// [`Error::Timeout`] when that takes longer than `timeout` (for example while the bus keeps
-    /// failing; the relay keeps retrying).
-    pub async fn flush(&self, timeout: Duration) -> Result<()> {
-        let head = self.inner.head_position();
-        match self.relay() {
-            Some(relay) if head > 0 => relay.wait_for(head, timeout).await,
-            _ => Ok(()),
-        }
-    }
-
-    /// The status of the relay feeding the bus (see [`with_bus`](Self::with_bus)): its position
-    /// and lag. `None` for a store without a bus.
-    ///
-    /// # Errors
-    /// None in practice (the in-memory head is always readable).
-    pub async fn relay_status(&self) -> Result<Option<RelayStatus>> {
-        match self.relay() {
-            Some(relay) => relay.status().await.map(Some),
-            None => Ok(None),
-        }
-    }
-
-    /// The relay of a store built with a bus, started on first use (from async code: it spawns a
-    /// task). `None` for a store without a bus.
-    fn relay(&self) -> Option<&RelayHandle> {
-        let bus = self.inner.bus.as_ref()?;
-        Some(self.inner.relay.get_or_init(|| {
-            // The relay holds the store weakly: a strong reference would keep the store (which
-            // owns the relay) alive forever.
-            let store: Arc<dyn EventStore> = Arc::new(WeakStore(Arc::downgrade(&self.inner)));
-            Relay::new(
-                store,
-                Arc::clone(bus),
-                Arc::new(InMemoryCheckpointStore::new()),
-            )
-            .name("in-memory-store")
-            .spawn()
-        }))
-    }
 }
 
 #[async_trait]
@@ -385,11 +315,7 @@ impl EventStore for InMemoryEventStore {
         expected: ExpectedVersion,
         events: Vec<Event>,
     ) -> Result<Vec<Event>> {
-        let recorded = self.inner.append_batch(stream_id, expected, events)?;
-        if !recorded.is_empty() {
-            self.relay();
-        }
-        Ok(recorded)
+        self.inner.append_batch(stream_id, expected, events)
     }
 
     async fn load_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<Event>> {
@@ -416,73 +342,26 @@ impl EventStore for InMemoryEventStore {
         self.inner.signal.subscribe()
     }
 
-    async fn subscribe(
+    async fn subscribe_dyn(
         &self,
         criteria: EventCriteria,
+        options: SubscribeOptions,
         handler: Arc<dyn Handler>,
     ) -> Result<Subscription> {
-        Ok(follow::subscribe(Arc::new(self.clone()), criteria, handler))
+        Ok(follow::subscribe(
+            Arc::new(self.clone()),
+            criteria,
+            options,
+            handler,
+        ))
     }
 }
 
-/// The store as its own relay sees it: a weak reference, failing with [`Error::Closed`] once
-/// the store is gone.
-struct WeakStore(Weak<Inner>);
-
-impl WeakStore {
-    fn get(&self) -> Result<Arc<Inner>> {
-        self.0
-            .upgrade()
-            .ok_or(Error::Closed("in-memory event store"))
-    }
-}
-
-#[async_trait]
-impl EventStore for WeakStore {
-    async fn append_batch(
-        &self,
-        stream_id: &str,
-        expected: ExpectedVersion,
-        events: Vec<Event>,
-    ) -> Result<Vec<Event>> {
-        self.get()?.append_batch(stream_id, expected, events)
-    }
-
-    async fn load_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<Event>> {
-        Ok(self.get()?.load_stream(stream_id, from_version))
-    }
-
-    async fn stream_version(&self, stream_id: &str) -> Result<u64> {
-        Ok(self.get()?.stream_version(stream_id))
-    }
-
-    async fn load(&self, criteria: &EventCriteria) -> Result<Vec<Event>> {
-        Ok(self.get()?.load(criteria))
-    }
-
-    async fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<Event>> {
-        Ok(self.get()?.read_all(after_position, limit))
-    }
-
-    async fn head_position(&self) -> Result<u64> {
-        Ok(self.get()?.head_position())
-    }
-
-    fn commit_signal(&self) -> watch::Receiver<u64> {
-        match self.0.upgrade() {
-            Some(inner) => inner.signal.subscribe(),
-            // A closed channel: followers fall back to polling and then see `Closed`.
-            None => watch::channel(0).1,
-        }
-    }
-
-    async fn subscribe(
-        &self,
-        criteria: EventCriteria,
-        handler: Arc<dyn Handler>,
-    ) -> Result<Subscription> {
-        let store = InMemoryEventStore { inner: self.get()? };
-        store.subscribe(criteria, handler).await
+/// A relay attached with [`with_bus`](crate::relay::WithBus::with_bus) keeps its position in
+/// memory, like the events.
+impl ReaderCheckpoints for InMemoryEventStore {
+    fn reader_checkpoints(&self) -> Arc<dyn CheckpointStore> {
+        Arc::new(InMemoryCheckpointStore::new())
     }
 }
 

@@ -64,8 +64,8 @@ pub fn validate_stream_id(stream: &str) -> Result<()> {
     }
 }
 
-/// Which events to [`load`](EventStore::load) or [`subscribe`](EventStore::subscribe) to. Every
-/// field that is set must match; results come in global position order.
+/// Which events to [`load`](EventStore::load) or [`subscribe`](EventStoreExt::subscribe) to.
+/// Every field that is set must match; results come in global position order.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct EventCriteria {
@@ -83,7 +83,8 @@ pub struct EventCriteria {
     pub stream_id: Option<String>,
     /// Only events after this global position (exclusive).
     pub after_position: Option<u64>,
-    /// At most this many events.
+    /// At most this many events, for [`load`](EventStore::load) only: a subscription is not
+    /// limited (its read batch size is [`SubscribeOptions::batch_size`]).
     pub limit: Option<usize>,
 }
 
@@ -131,7 +132,7 @@ impl EventCriteria {
         self.after_position = Some(position);
         self
     }
-    /// Sets the limit.
+    /// Sets the limit of a [`load`](EventStore::load).
     pub fn limit(mut self, limit: usize) -> Self {
         self.limit = Some(limit);
         self
@@ -246,18 +247,103 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Delivers every event matching `criteria` to `handler` in global order: first the stored
     /// ones after `criteria.after_position`, then new ones as they are committed, until the
-    /// [`Subscription`] is dropped. `criteria.limit` is the catch-up batch size.
+    /// [`Subscription`] is dropped. `criteria.limit` does not apply; `options` sets the read
+    /// batch size.
     ///
     /// Delivery is sequential. A handler error is reported through `tracing` and the
     /// subscription moves on; use a projection runner for retry policies and checkpoints.
     ///
+    /// This is the object-safe form; call [`subscribe`](EventStoreExt::subscribe) (any handler)
+    /// or [`subscribe_with`](EventStoreExt::subscribe_with) instead.
+    ///
     /// # Errors
     /// Backend errors while starting.
-    async fn subscribe(
+    async fn subscribe_dyn(
         &self,
         criteria: EventCriteria,
+        options: SubscribeOptions,
         handler: Arc<dyn Handler>,
     ) -> Result<Subscription>;
+}
+
+/// Options of a store subscription (see [`EventStoreExt::subscribe_with`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscribeOptions {
+    /// Events read from the store per [`read_all`](EventStore::read_all) call (at least 1).
+    pub batch_size: usize,
+}
+
+impl Default for SubscribeOptions {
+    fn default() -> Self {
+        SubscribeOptions {
+            batch_size: follow::DEFAULT_BATCH_SIZE,
+        }
+    }
+}
+
+impl SubscribeOptions {
+    /// The defaults: [`follow::DEFAULT_BATCH_SIZE`] events per read.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads up to `size` events per call (at least 1).
+    pub fn batch_size(mut self, size: usize) -> Self {
+        self.batch_size = size.max(1);
+        self
+    }
+}
+
+/// Conveniences on every [`EventStore`] (as [`EventBusExt`](crate::bus::EventBusExt) is on
+/// every bus).
+#[async_trait]
+pub trait EventStoreExt: EventStore {
+    /// Subscribes any [`Handler`] (a closure, a [`sync_handler`](crate::bus::sync_handler), an
+    /// `Arc<dyn Handler>`) with the default [`SubscribeOptions`]; see
+    /// [`subscribe_dyn`](EventStore::subscribe_dyn) for the delivery contract.
+    ///
+    /// # Errors
+    /// Backend errors while starting.
+    async fn subscribe<H: Handler>(
+        &self,
+        criteria: EventCriteria,
+        handler: H,
+    ) -> Result<Subscription> {
+        self.subscribe_dyn(criteria, SubscribeOptions::default(), Arc::new(handler))
+            .await
+    }
+
+    /// [`subscribe`](Self::subscribe) with explicit options (the read batch size).
+    ///
+    /// # Errors
+    /// Backend errors while starting.
+    async fn subscribe_with<H: Handler>(
+        &self,
+        criteria: EventCriteria,
+        options: SubscribeOptions,
+        handler: H,
+    ) -> Result<Subscription> {
+        self.subscribe_dyn(criteria, options, Arc::new(handler))
+            .await
+    }
+}
+
+impl<T: EventStore + ?Sized> EventStoreExt for T {}
+
+/// A store that keeps the checkpoints of the readers that follow it, such as the relay that
+/// [`WithBus::with_bus`](crate::relay::WithBus::with_bus) attaches (the relay attaches to the
+/// store; the store knows nothing of it).
+pub trait ReaderCheckpoints: EventStore + Clone {
+    /// Where a reader of this store keeps its position: durable beside the events for a
+    /// durable store.
+    fn reader_checkpoints(&self) -> Arc<dyn CheckpointStore>;
+
+    /// How long a caught-up reader waits for the [`commit_signal`](EventStore::commit_signal)
+    /// before reading again anyway.
+    fn reader_poll_interval(&self) -> std::time::Duration {
+        follow::DEFAULT_POLL_INTERVAL
+    }
 }
 
 /// A saved aggregate state (see `Repository`).

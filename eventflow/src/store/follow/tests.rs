@@ -53,12 +53,13 @@ impl EventStore for Deaf {
     fn commit_signal(&self) -> watch::Receiver<u64> {
         self.rx.clone()
     }
-    async fn subscribe(
+    async fn subscribe_dyn(
         &self,
         criteria: EventCriteria,
+        options: crate::store::SubscribeOptions,
         handler: Arc<dyn Handler>,
     ) -> Result<crate::bus::Subscription> {
-        self.inner.subscribe(criteria, handler).await
+        self.inner.subscribe_dyn(criteria, options, handler).await
     }
 }
 
@@ -143,6 +144,7 @@ async fn a_panicking_handler_does_not_end_a_subscription() {
     let _sub = subscribe(
         Arc::new(store.clone()),
         EventCriteria::all(),
+        crate::store::SubscribeOptions::default(),
         Arc::new(handler),
     );
     let first = store

@@ -8,6 +8,9 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::*;
+use crate::bus::sync_handler;
+use crate::relay::WithBus;
+use crate::store::EventStoreExt;
 use crate::testing::RecordingBus;
 
 fn ev(n: u64) -> Event {
@@ -76,7 +79,7 @@ async fn an_empty_batch_checks_the_version_and_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_with_a_bus_publishes_every_commit_in_order() {
     let bus = Arc::new(RecordingBus::new());
-    let store = InMemoryEventStore::with_bus(bus.clone());
+    let store = InMemoryEventStore::new().with_bus(bus.clone());
     let writers: Vec<_> = (0..4u64)
         .map(|w| {
             let store = store.clone();
@@ -109,14 +112,14 @@ async fn a_store_with_a_bus_publishes_every_commit_in_order() {
     let published: Vec<_> = bus.events().into_iter().map(|e| e.id).collect();
     assert_eq!(stored.len(), 80);
     assert_eq!(published, stored);
-    let status = store.relay_status().await.unwrap().unwrap();
+    let status = store.relay_status().await.unwrap();
     assert_eq!((status.position, status.head, status.lag), (80, 80, 0));
 }
 
 #[tokio::test]
 async fn dropping_the_store_stops_its_relay() {
     let bus = Arc::new(RecordingBus::new());
-    let store = InMemoryEventStore::with_bus(bus.clone());
+    let store = InMemoryEventStore::new().with_bus(bus.clone());
     store
         .append("s", ExpectedVersion::Any, ev(0))
         .await
@@ -137,14 +140,109 @@ async fn dropping_the_store_stops_its_relay() {
 }
 
 #[tokio::test]
-async fn flush_without_a_bus_returns_at_once() {
+async fn flush_with_nothing_appended_returns_at_once() {
+    let bus = Arc::new(RecordingBus::new());
+    let store = InMemoryEventStore::new().with_bus(bus.clone());
+    store.flush(Duration::from_millis(1)).await.unwrap();
+    let status = store.relay_status().await.unwrap();
+    assert_eq!((status.position, status.head, status.lag), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn with_bus_takes_a_bus_value_an_arc_or_a_trait_object() {
+    let by_value = InMemoryEventStore::new().with_bus(RecordingBus::new());
+    let arc = Arc::new(RecordingBus::new());
+    let by_arc = InMemoryEventStore::new().with_bus(Arc::clone(&arc));
+    let dynamic: Arc<dyn crate::bus::EventBus> = Arc::new(RecordingBus::new());
+    let by_dyn = InMemoryEventStore::new().with_bus_named(dynamic, "custom");
+    for store in [&by_value, &by_arc, &by_dyn] {
+        store
+            .append("s", ExpectedVersion::Any, ev(0))
+            .await
+            .unwrap();
+        store.flush(Duration::from_secs(10)).await.unwrap();
+    }
+    assert_eq!(arc.len(), 1);
+    // The relayed store is still the store underneath.
+    assert_eq!(by_dyn.len(), 1);
+}
+
+#[tokio::test]
+async fn subscribe_takes_any_handler_and_an_arc_dyn_handler() {
     let store = InMemoryEventStore::new();
-    store
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let closure_tx = tx.clone();
+    let _plain = store
+        .subscribe(
+            EventCriteria::all(),
+            sync_handler(move |e: &Event| {
+                closure_tx.send(("plain", e.id)).unwrap();
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    let shared: Arc<dyn Handler> = Arc::new(sync_handler(move |e: &Event| {
+        tx.send(("shared", e.id)).unwrap();
+        Ok(())
+    }));
+    let _shared = store.subscribe(EventCriteria::all(), shared).await.unwrap();
+    let e = store
         .append("s", ExpectedVersion::Any, ev(0))
         .await
         .unwrap();
-    store.flush(Duration::from_millis(1)).await.unwrap();
-    assert!(store.relay_status().await.unwrap().is_none());
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        seen.push(got);
+    }
+    seen.sort();
+    assert_eq!(seen, vec![("plain", e.id), ("shared", e.id)]);
+}
+
+#[tokio::test]
+async fn a_criteria_limit_does_not_limit_a_subscription() {
+    let store = InMemoryEventStore::new();
+    for n in 0..5 {
+        store
+            .append("s", ExpectedVersion::Any, ev(n))
+            .await
+            .unwrap();
+    }
+    // `limit` bounds a `load`...
+    assert_eq!(
+        store
+            .load(&EventCriteria::all().limit(2))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    // ...but a subscription gets every event, read `batch_size` at a time.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let _sub = store
+        .subscribe_with(
+            EventCriteria::all().limit(2),
+            SubscribeOptions::new().batch_size(2),
+            sync_handler(move |e: &Event| {
+                tx.send(e.position).unwrap();
+                Ok(())
+            }),
+        )
+        .await
+        .unwrap();
+    let mut positions = Vec::new();
+    for _ in 0..5 {
+        let p = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        positions.push(p.unwrap());
+    }
+    assert_eq!(positions, vec![1, 2, 3, 4, 5]);
 }
 
 #[tokio::test]

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use super::TestStore;
 use super::support::{channel_handler, ev, ids, need, read_everything, recv_n};
 use crate::event::Event;
-use crate::store::{EventCriteria, ExpectedVersion};
+use crate::store::{EventCriteria, EventStoreExt, ExpectedVersion};
 use crate::testing::conformance::Scope;
 
 /// Capability `durable`: a store made again for the same scope (after the first one was

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::HoldsAppendOpen;
 use super::support::{channel_handler, ev, ids, need, read_everything, recv_n};
 use crate::event::Event;
-use crate::store::{EventCriteria, EventStore, ExpectedVersion};
+use crate::store::{EventCriteria, EventStore, EventStoreExt, ExpectedVersion};
 
 /// A reader paging through `read_all` while eight writers append never passes over an event:
 /// what it collected equals the final global order, each event once.

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::support::{channel_handler, ev, ids, need, positions, recv_n};
 use crate::bus::HandlerResult;
 use crate::event::Event;
-use crate::store::{EventCriteria, EventStore, ExpectedVersion};
+use crate::store::{EventCriteria, EventStore, EventStoreExt, ExpectedVersion, SubscribeOptions};
 
 /// `subscribe` catches up from `after_position` (in batches of `limit`), then delivers new
 /// events live, in order, filtered by the criteria; a failing handler does not stop it; nothing
@@ -31,8 +31,9 @@ pub async fn subscribe_catch_up_then_live(store: &dyn EventStore) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let all_sub = need(
         store
-            .subscribe(
-                EventCriteria::all().after_position(start).limit(2),
+            .subscribe_with(
+                EventCriteria::all().after_position(start),
+                SubscribeOptions::new().batch_size(2),
                 channel_handler(tx),
             )
             .await,

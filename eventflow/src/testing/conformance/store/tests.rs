@@ -9,8 +9,8 @@ use tokio::sync::watch;
 
 use super::*;
 use crate::bus::{Handler, Subscription};
-use crate::store::EventCriteria;
 use crate::store::memory::InMemoryEventStore;
+use crate::store::{EventCriteria, SubscribeOptions};
 use uuid::Uuid;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -135,12 +135,13 @@ impl EventStore for Broken {
         self.inner.commit_signal()
     }
 
-    async fn subscribe(
+    async fn subscribe_dyn(
         &self,
         criteria: EventCriteria,
+        options: crate::store::SubscribeOptions,
         handler: Arc<dyn Handler>,
     ) -> Result<Subscription> {
-        let sub = self.inner.subscribe(criteria, handler).await?;
+        let sub = self.inner.subscribe_dyn(criteria, options, handler).await?;
         if self.fault == Fault::SubscriptionLeaks {
             sub.detach();
             return Ok(Subscription::new("leaky", || {}));
@@ -430,14 +431,16 @@ impl EventStore for Holding {
         self.signal.subscribe()
     }
 
-    async fn subscribe(
+    async fn subscribe_dyn(
         &self,
         criteria: EventCriteria,
+        options: SubscribeOptions,
         handler: Arc<dyn Handler>,
     ) -> Result<Subscription> {
         Ok(crate::store::follow::subscribe(
             Arc::new(self.clone()),
             criteria,
+            options,
             handler,
         ))
     }

@@ -1,0 +1,232 @@
+//! Attaching a relay to a store: [`WithBus::with_bus`] on every store that keeps reader
+//! checkpoints ([`ReaderCheckpoints`]), so stores themselves know nothing of the relay.
+
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use super::{DEFAULT_RELAY_NAME, Relay, RelayHandle, RelayStatus};
+use crate::bus::{EventBus, Handler, Subscription};
+use crate::error::Result;
+use crate::event::Event;
+use crate::store::{
+    EventCriteria, EventStore, ExpectedVersion, ReaderCheckpoints, SubscribeOptions,
+};
+
+/// A bus to publish to: any [`EventBus`] value, an `Arc` of one, or an `Arc<dyn EventBus>`.
+pub trait IntoBus {
+    /// The bus as a shared trait object.
+    fn into_bus(self) -> Arc<dyn EventBus>;
+}
+
+impl<B: EventBus> IntoBus for B {
+    fn into_bus(self) -> Arc<dyn EventBus> {
+        Arc::new(self)
+    }
+}
+
+impl<B: EventBus> IntoBus for Arc<B> {
+    fn into_bus(self) -> Arc<dyn EventBus> {
+        self
+    }
+}
+
+impl IntoBus for Arc<dyn EventBus> {
+    fn into_bus(self) -> Arc<dyn EventBus> {
+        self
+    }
+}
+
+/// `with_bus` on every store that keeps reader checkpoints (the in-memory and the PostgreSQL
+/// store): the store, also publishing every committed event to a bus through a [`Relay`].
+///
+/// ```
+/// # async fn demo() -> eventflow::Result<()> {
+/// use std::time::Duration;
+/// use eventflow::{Event, EventStore, ExpectedVersion, InMemoryBus, InMemoryEventStore, WithBus};
+///
+/// let bus = InMemoryBus::new();
+/// let store = InMemoryEventStore::new().with_bus(bus.clone());
+/// store.append("order-1", ExpectedVersion::NoStream, Event::new("order.placed", ())?).await?;
+/// store.flush(Duration::from_secs(5)).await?;
+/// # Ok(()) }
+/// ```
+pub trait WithBus: ReaderCheckpoints + Sized {
+    /// This store, also publishing every committed event to `bus`: the transactional outbox.
+    ///
+    /// A [`Relay`] follows the store in global order from the store's own checkpoint store
+    /// (name [`DEFAULT_RELAY_NAME`]), publishes with [`EventBus::publish_batch`] and moves its
+    /// checkpoint only after the bus accepted the batch, retrying with backoff on a bus error.
+    /// So the bus sees **every committed event, in commit order, at least once**, and never an
+    /// event of a batch that failed. Publishing happens shortly *after* `append` returns; call
+    /// [`Relayed::flush`] to wait for it. The relay starts here when called inside a Tokio
+    /// runtime (else with the first append, so the store can be built outside one) and stops
+    /// when the last clone of the returned store is dropped.
+    fn with_bus(self, bus: impl IntoBus) -> Relayed<Self> {
+        self.with_bus_named(bus, DEFAULT_RELAY_NAME)
+    }
+
+    /// [`with_bus`](Self::with_bus) with the relay's checkpoint under `name` (one per relay
+    /// that must not share progress with another).
+    fn with_bus_named(self, bus: impl IntoBus, name: impl Into<String>) -> Relayed<Self> {
+        let store = Relayed {
+            store: self,
+            relay: Arc::new(RelayCell {
+                bus: bus.into_bus(),
+                name: name.into(),
+                handle: OnceLock::new(),
+            }),
+        };
+        let _ = store.relay();
+        store
+    }
+}
+
+impl<S: ReaderCheckpoints> WithBus for S {}
+
+/// A store with a relay attached (see [`WithBus::with_bus`]). Cheap to clone when the store is;
+/// clones share the relay. Derefs to the store for its own methods.
+#[derive(Clone)]
+pub struct Relayed<S> {
+    store: S,
+    relay: Arc<RelayCell>,
+}
+
+/// A bus and the relay publishing to it, started on first use inside a runtime.
+struct RelayCell {
+    bus: Arc<dyn EventBus>,
+    name: String,
+    handle: OnceLock<RelayHandle>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Relayed<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relayed")
+            .field("store", &self.store)
+            .field("relay", &self.relay.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Deref for Relayed<S> {
+    type Target = S;
+    fn deref(&self) -> &S {
+        &self.store
+    }
+}
+
+impl<S: ReaderCheckpoints> Relayed<S> {
+    /// The store the relay reads (without the relay).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The relay, started on first use inside a Tokio runtime (`None` outside one, before it
+    /// started).
+    fn relay(&self) -> Option<&RelayHandle> {
+        if let Some(handle) = self.relay.handle.get() {
+            return Some(handle);
+        }
+        tokio::runtime::Handle::try_current().ok()?;
+        Some(self.relay.handle.get_or_init(|| {
+            // The relay reads the bare store: it must not own the relay that owns it.
+            Relay::new(
+                Arc::new(self.store.clone()),
+                Arc::clone(&self.relay.bus),
+                self.store.reader_checkpoints(),
+            )
+            .name(self.relay.name.clone())
+            .poll_interval(self.store.reader_poll_interval())
+            .spawn()
+        }))
+    }
+
+    fn started(&self) -> Result<&RelayHandle> {
+        self.relay()
+            .ok_or(crate::error::Error::Closed("relay (no Tokio runtime)"))
+    }
+
+    /// Waits until the bus has accepted every event that was readable when called.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`](crate::Error::Timeout) after `timeout` (for example while the bus
+    /// keeps failing; the relay keeps retrying); backend errors reading the head.
+    pub async fn flush(&self, timeout: Duration) -> Result<()> {
+        let head = self.store.head_position().await?;
+        let relay = self.started()?;
+        if head > 0 {
+            relay.wait_for(head, timeout).await
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The relay's position, the store's head and the lag between them.
+    ///
+    /// # Errors
+    /// Backend errors reading the head.
+    pub async fn relay_status(&self) -> Result<RelayStatus> {
+        self.started()?.status().await
+    }
+}
+
+#[async_trait]
+impl<S: ReaderCheckpoints> EventStore for Relayed<S> {
+    async fn append_batch(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<Event>,
+    ) -> Result<Vec<Event>> {
+        let recorded = self.store.append_batch(stream_id, expected, events).await?;
+        let _ = self.relay();
+        Ok(recorded)
+    }
+
+    async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        event: Event,
+    ) -> Result<Event> {
+        let recorded = self.store.append(stream_id, expected, event).await?;
+        let _ = self.relay();
+        Ok(recorded)
+    }
+
+    async fn load_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<Event>> {
+        self.store.load_stream(stream_id, from_version).await
+    }
+
+    async fn stream_version(&self, stream_id: &str) -> Result<u64> {
+        self.store.stream_version(stream_id).await
+    }
+
+    async fn load(&self, criteria: &EventCriteria) -> Result<Vec<Event>> {
+        self.store.load(criteria).await
+    }
+
+    async fn read_all(&self, after_position: u64, limit: usize) -> Result<Vec<Event>> {
+        self.store.read_all(after_position, limit).await
+    }
+
+    async fn head_position(&self) -> Result<u64> {
+        self.store.head_position().await
+    }
+
+    fn commit_signal(&self) -> watch::Receiver<u64> {
+        self.store.commit_signal()
+    }
+
+    async fn subscribe_dyn(
+        &self,
+        criteria: EventCriteria,
+        options: SubscribeOptions,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription> {
+        self.store.subscribe_dyn(criteria, options, handler).await
+    }
+}

@@ -1,0 +1,339 @@
+//! [`SagaManager`]: routes events to saga instances and commits each step atomically.
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::{CommitOutcome, Deadline, Saga, SagaCommit, SagaContext, SagaStore};
+use crate::bus::EventBus;
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::relay::IntoBus;
+
+/// What [`SagaManager::handle`] did with an event.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SagaOutcome {
+    /// The saga handled it.
+    Handled {
+        /// The instance's correlation id.
+        correlation_id: String,
+        /// Whether this event created the instance.
+        started: bool,
+        /// Whether the instance completed.
+        completed: bool,
+        /// The events it emitted (as published).
+        emitted: Vec<Event>,
+    },
+    /// The event was already handled by this instance.
+    Duplicate,
+    /// The saga does not handle this event (see the reason).
+    Ignored(IgnoreReason),
+}
+
+/// Why an event was ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IgnoreReason {
+    /// Its type is neither a starting nor a handled type.
+    NotInterested,
+    /// It is a handled (not starting) type, and no instance exists for its correlation id.
+    NoInstance,
+    /// It has no correlation id and does not start the saga.
+    NoCorrelation,
+    /// The instance has completed.
+    Completed,
+}
+
+/// Attempts per event before a run of optimistic-concurrency conflicts is returned as an error.
+const MAX_CONFLICT_RETRIES: u32 = 64;
+/// Lock stripes serializing work on one correlation id inside one manager.
+const LOCK_STRIPES: usize = 256;
+
+/// Runs a [`Saga`] over a [`SagaStore`], publishing what it emits on a bus.
+pub struct SagaManager<S: Saga> {
+    saga: Arc<S>,
+    pub(super) name: String,
+    starts: HashSet<String>,
+    handles: HashSet<String>,
+    pub(super) store: Arc<dyn SagaStore>,
+    bus: Option<Arc<dyn EventBus>>,
+    /// Serializes instances of one correlation id within this process, so conflicts only
+    /// happen between processes.
+    locks: Vec<tokio::sync::Mutex<()>>,
+    _state: PhantomData<fn() -> S::State>,
+}
+
+impl<S: Saga> std::fmt::Debug for SagaManager<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SagaManager")
+            .field("saga", &self.name)
+            .field("starts", &self.starts)
+            .field("handles", &self.handles)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Saga> SagaManager<S> {
+    /// A manager for `saga` keeping state in `store`. Without a bus (see
+    /// [`with_bus`](Self::with_bus)) emitted events are only returned, not published.
+    ///
+    /// # Errors
+    /// [`Error::InvalidEventType`] when a declared type is not a valid event type.
+    pub fn new(saga: S, store: Arc<dyn SagaStore>) -> Result<Self> {
+        let starts: HashSet<String> = saga.starts_on().into_iter().collect();
+        let handles: HashSet<String> = saga.handles().into_iter().collect();
+        for t in starts.iter().chain(&handles) {
+            crate::event::validate_event_type(t)?;
+        }
+        Ok(SagaManager {
+            name: saga.name().to_owned(),
+            saga: Arc::new(saga),
+            starts,
+            handles,
+            store,
+            bus: None,
+            locks: (0..LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+            _state: PhantomData,
+        })
+    }
+
+    /// Publishes emitted events (and fired timeout events) on `bus`, through the store's outbox.
+    #[must_use]
+    pub fn with_bus(mut self, bus: impl IntoBus) -> Self {
+        self.bus = Some(bus.into_bus());
+        self
+    }
+
+    /// The saga's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The saga.
+    pub fn saga(&self) -> &S {
+        &self.saga
+    }
+
+    /// Every event type the saga listens to (starting and handled).
+    pub fn event_types(&self) -> Vec<String> {
+        let mut types: Vec<String> = self.starts.union(&self.handles).cloned().collect();
+        types.sort();
+        types
+    }
+
+    /// The state and completion of the instance for `correlation_id`, if it exists.
+    ///
+    /// # Errors
+    /// Backend errors; [`Error::Decode`] when the stored state does not decode.
+    pub async fn instance(&self, correlation_id: &str) -> Result<Option<(S::State, bool)>> {
+        let loaded = self
+            .store
+            .load(&self.name, correlation_id, Uuid::nil())
+            .await?;
+        loaded
+            .instance
+            .map(|i| Ok((self.decode_state(i.state)?, i.completed)))
+            .transpose()
+    }
+
+    fn decode_state(&self, state: serde_json::Value) -> Result<S::State> {
+        serde_json::from_value(state)
+            .map_err(|e| Error::decode(format!("saga {} state", self.name), e))
+    }
+
+    fn lock_for(&self, correlation_id: &str) -> &tokio::sync::Mutex<()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        correlation_id.hash(&mut hasher);
+        let stripe = (hasher.finish() as usize) % self.locks.len();
+        &self.locks[stripe]
+    }
+
+    /// Routes `event` to its instance and commits the step.
+    ///
+    /// # Errors
+    /// [`Error::Handler`] when the saga's handler fails (nothing is committed, so a redelivery
+    /// retries it); store errors; [`Error::Conflict`] after many lost races in a row.
+    pub async fn handle(&self, event: &Event) -> Result<SagaOutcome> {
+        self.handle_inner(event, None).await
+    }
+
+    pub(super) async fn handle_inner(
+        &self,
+        event: &Event,
+        deadline: Option<&str>,
+    ) -> Result<SagaOutcome> {
+        let is_start = self.starts.contains(&event.event_type);
+        if deadline.is_none() && !is_start && !self.handles.contains(&event.event_type) {
+            return Ok(SagaOutcome::Ignored(IgnoreReason::NotInterested));
+        }
+        let correlation_id = match (&event.correlation_id, is_start) {
+            (Some(c), _) => c.clone(),
+            (None, true) => event.id.to_string(),
+            (None, false) => return Ok(SagaOutcome::Ignored(IgnoreReason::NoCorrelation)),
+        };
+        let span = tracing::debug_span!("saga", saga = %self.name, correlation_id = %correlation_id, event_id = %event.id, event_type = %event.event_type);
+        self.step(event, deadline, is_start, correlation_id)
+            .instrument(span)
+            .await
+    }
+
+    async fn step(
+        &self,
+        event: &Event,
+        deadline: Option<&str>,
+        is_start: bool,
+        correlation_id: String,
+    ) -> Result<SagaOutcome> {
+        let guard = self.lock_for(&correlation_id).lock().await;
+
+        let mut attempt = 0u32;
+        loop {
+            let loaded = self
+                .store
+                .load(&self.name, &correlation_id, event.id)
+                .await?;
+            if loaded.already_handled {
+                tracing::debug!("saga ignored an event it already handled");
+                return Ok(SagaOutcome::Duplicate);
+            }
+            let (mut state, version, deadlines) = match loaded.instance {
+                Some(i) if i.completed => {
+                    return Ok(SagaOutcome::Ignored(IgnoreReason::Completed));
+                }
+                Some(i) => (self.decode_state(i.state)?, i.version, i.deadlines),
+                None if is_start => (S::State::default(), 0, Vec::new()),
+                None => return Ok(SagaOutcome::Ignored(IgnoreReason::NoInstance)),
+            };
+            // Handling a deadline's event consumes the deadline in the same commit that records
+            // the event as handled, whether the timer fired it or it arrived another way (e.g.
+            // published by another process), so a handled deadline can never fire again.
+            let mut deadlines = deadlines;
+            deadlines.retain(|d| d.event.id != event.id);
+            let mut ctx = SagaContext::new(correlation_id.clone(), version == 0, deadlines);
+            self.saga
+                .handle(&mut state, event, &mut ctx)
+                .map_err(|source| Error::Handler {
+                    event_id: event.id,
+                    event_type: event.event_type.clone(),
+                    source,
+                })?;
+            let emitted: Vec<Event> = ctx
+                .emitted
+                .into_iter()
+                .map(|e| e.caused_by(event).with_correlation(correlation_id.clone()))
+                .collect();
+            // Timeout events carry the instance's correlation id and the setter as causation.
+            let deadlines: Vec<Deadline> = if ctx.completed {
+                Vec::new()
+            } else {
+                ctx.deadlines
+                    .into_iter()
+                    .map(|mut d| {
+                        if d.event.causation_id.is_none() {
+                            d.event = d.event.caused_by(event);
+                        }
+                        d.event.correlation_id = Some(correlation_id.clone());
+                        d
+                    })
+                    .collect()
+            };
+            let mut outbox = Vec::new();
+            if self.bus.is_some() {
+                if deadline.is_some() {
+                    outbox.push(event.clone());
+                }
+                outbox.extend(emitted.iter().cloned());
+            }
+            let state_json = serde_json::to_value(&state).map_err(|source| Error::Encode {
+                event_type: format!("saga {} state", self.name),
+                source,
+            })?;
+            let commit = SagaCommit {
+                correlation_id: correlation_id.clone(),
+                expected_version: version,
+                state: state_json,
+                completed: ctx.completed,
+                deadlines,
+                handled_event: event.id,
+                outbox: outbox.clone(),
+            };
+            match self.store.commit(&self.name, commit).await {
+                Ok(CommitOutcome::Committed) => {
+                    tracing::debug!(
+                        started = version == 0,
+                        completed = ctx.completed,
+                        emitted = emitted.len(),
+                        "saga step committed"
+                    );
+                    // Publish outside the lock: with a synchronous bus, a reply to what we publish
+                    // comes back into this manager for the same correlation id.
+                    drop(guard);
+                    self.publish_committed(outbox).await;
+                    return Ok(SagaOutcome::Handled {
+                        correlation_id,
+                        started: version == 0,
+                        completed: ctx.completed,
+                        emitted,
+                    });
+                }
+                Ok(CommitOutcome::AlreadyHandled) => return Ok(SagaOutcome::Duplicate),
+                Err(e) if e.is_conflict() && attempt < MAX_CONFLICT_RETRIES => {
+                    attempt += 1;
+                    tracing::debug!(attempt, "saga commit lost a race; reloading");
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Publishes the outbox events of the step just committed, then removes them from the
+    /// outbox; a failure leaves them for [`flush_outbox`](Self::flush_outbox).
+    async fn publish_committed(&self, outbox: Vec<Event>) {
+        let Some(bus) = &self.bus else { return };
+        if outbox.is_empty() {
+            return;
+        }
+        let ids: Vec<Uuid> = outbox.iter().map(|e| e.id).collect();
+        let result = match bus.publish_batch(outbox).await {
+            Ok(()) => self.store.ack_outbox(&self.name, &ids).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::warn!(saga = %self.name, error = %e, "saga outbox not published yet; will retry");
+        }
+    }
+
+    /// Publishes every pending outbox event (emitted events whose publish did not complete,
+    /// e.g. because the process died) and removes them from the outbox. Returns how many.
+    ///
+    /// # Errors
+    /// Store or bus errors (the events stay in the outbox).
+    pub async fn flush_outbox(&self) -> Result<usize> {
+        let Some(bus) = &self.bus else {
+            return Ok(0);
+        };
+        let mut total = 0;
+        loop {
+            let pending = self.store.pending_outbox(&self.name, 256).await?;
+            if pending.is_empty() {
+                return Ok(total);
+            }
+            let ids: Vec<Uuid> = pending.iter().map(|e| e.id).collect();
+            let n = pending.len();
+            bus.publish_batch(pending).await?;
+            self.store.ack_outbox(&self.name, &ids).await?;
+            total += n;
+            if n < 256 {
+                return Ok(total);
+            }
+        }
+    }
+}
