@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::bus::{Handler, Subscription};
+use crate::handler::{Handler, Subscription};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::store::{
