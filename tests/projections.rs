@@ -355,11 +355,7 @@ async fn failure_policy_retry_with_backoff_until_handled() {
         panic_instead: true,
         ..OrderTotals::failing_on(12, 3)
     });
-    let backoff = Backoff {
-        initial: Duration::from_millis(1),
-        max: Duration::from_millis(5),
-        max_attempts: None,
-    };
+    let backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(5));
     let runner = memory_runner(
         &store,
         Arc::new(InMemoryCheckpointStore::new()),
@@ -384,11 +380,8 @@ async fn failure_policy_retry_gives_up_after_max_attempts() {
     let store = Arc::new(InMemoryEventStore::new());
     append_orders(store.as_ref(), 1, 20).await;
     let totals = Arc::new(OrderTotals::failing_on(5, u32::MAX));
-    let backoff = Backoff {
-        initial: Duration::from_millis(1),
-        max: Duration::from_millis(2),
-        max_attempts: Some(3),
-    };
+    let backoff =
+        Backoff::new(Duration::from_millis(1), Duration::from_millis(2)).with_max_attempts(Some(3));
     let runner = memory_runner(
         &store,
         Arc::new(InMemoryCheckpointStore::new()),
@@ -1158,11 +1151,10 @@ mod postgres {
             )
             .unwrap()
             .batch_size(1 + fastrand::usize(..50))
-            .failure_policy(FailurePolicy::Retry(Backoff {
-                initial: Duration::from_millis(1),
-                max: Duration::from_millis(2),
-                max_attempts: None,
-            }));
+            .failure_policy(FailurePolicy::Retry(Backoff::new(
+                Duration::from_millis(1),
+                Duration::from_millis(2),
+            )));
             let task = runner.start();
             tokio::time::sleep(Duration::from_micros(fastrand::u64(1_000..60_000))).await;
             // The crash: the server loses the process's connections wherever they are (inside a

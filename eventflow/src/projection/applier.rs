@@ -1,17 +1,16 @@
 //! Applying batches to a read model and keeping its checkpoint: the plain implementation (a
 //! [`Projection`] and a [`CheckpointStore`]); `postgres.rs` has the transactional one.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures_util::FutureExt;
 use tokio::sync::Mutex;
 
 use super::{Filter, Projection};
 use crate::bus::HandlerResult;
 use crate::error::{BoxError, Error, Result};
 use crate::event::Event;
+use crate::handler::delivery;
 use crate::store::CheckpointStore;
 
 /// The outcome of applying a batch.
@@ -64,23 +63,13 @@ pub(crate) fn position_of(event: &Event) -> Result<u64> {
     })
 }
 
-/// Runs a handler future, turning a panic into an error so a buggy handler cannot kill the
-/// runner's task.
+/// Runs a handler future, turning a panic into an error (through the one delivery core) so a
+/// buggy handler cannot kill the runner's task.
 pub(crate) async fn guarded<F>(fut: F) -> HandlerResult
 where
     F: std::future::Future<Output = HandlerResult>,
 {
-    match AssertUnwindSafe(fut).catch_unwind().await {
-        Ok(result) => result,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "handler panicked".to_owned());
-            Err(format!("handler panicked: {message}").into())
-        }
-    }
+    delivery::catch(fut).await.into_result()
 }
 
 pub(super) struct PlainApplier {

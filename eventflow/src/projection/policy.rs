@@ -2,36 +2,9 @@
 
 use std::time::Duration;
 
-/// How long to wait between retries of a failing event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// Delay before the first retry.
-    pub initial: Duration,
-    /// Upper bound of the delay (it doubles per attempt up to this).
-    pub max: Duration,
-    /// Give up (and stop the runner) after this many failed attempts; `None` retries forever.
-    pub max_attempts: Option<u32>,
-}
-
-impl Backoff {
-    /// The delay after the `attempt`-th failure (1-based).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(attempt.saturating_sub(1))
-            .unwrap_or(u32::MAX);
-        self.initial.saturating_mul(factor).min(self.max)
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            initial: Duration::from_millis(50),
-            max: Duration::from_secs(5),
-            max_attempts: None,
-        }
-    }
-}
+/// How long to wait between retries of a failing event: the crate's one retry policy
+/// (exponential, with jitter; default 50 ms doubling to 5 s, retrying forever).
+pub use crate::backoff::Backoff;
 
 /// What the runner does when the handler fails on an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,7 @@ use super::{
 };
 use crate::error::{BoxError, Error, Result};
 use crate::event::Event;
+use crate::handler::sync;
 use crate::store::follow::{self, Follower};
 use crate::store::{CheckpointStore, EventStore};
 
@@ -187,11 +188,7 @@ impl ProjectionRunner {
     }
 
     fn lock_shared(&self) -> std::sync::MutexGuard<'_, Shared> {
-        // A poisoned lock only means a panic elsewhere while it was held; the data is plain.
-        self.inner
-            .shared
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        sync::lock(&self.inner.shared)
     }
 
     fn set_state(&self, state: RunState) {
@@ -324,7 +321,7 @@ impl ProjectionRunner {
                         return;
                     }
                     errors = errors.saturating_add(1);
-                    let delay = Backoff::default().delay(errors);
+                    let delay = Backoff::default().next_delay(errors);
                     tracing::warn!(projection = %self.inner.name, error = %e, ?delay, "projection read failed; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
@@ -421,9 +418,7 @@ impl ProjectionRunner {
         let failure = self.current_options().failure;
         let give_up = match failure {
             FailurePolicy::Stop => true,
-            FailurePolicy::Retry(backoff) => {
-                backoff.max_attempts.is_some_and(|m| cursor.attempts >= m)
-            }
+            FailurePolicy::Retry(backoff) => backoff.exhausted(cursor.attempts),
             FailurePolicy::Skip => {
                 tracing::error!(projection = %self.inner.name, event_id = %event.id, event_type = %event.event_type, position, error = %error, "projection skipped an event it could not handle");
                 match self.inner.applier.skip(cursor.position, position).await {
@@ -462,7 +457,7 @@ impl ProjectionRunner {
         let FailurePolicy::Retry(backoff) = failure else {
             unreachable!("only Retry can reach here");
         };
-        let delay = backoff.delay(cursor.attempts);
+        let delay = backoff.next_delay(cursor.attempts);
         tracing::warn!(projection = %self.inner.name, event_id = %event.id, event_type = %event.event_type, position, attempt = cursor.attempts, ?delay, error = %error, "projection handler failed; retrying");
         self.lock_shared().failure = Some(failed);
         tokio::time::sleep(delay).await;

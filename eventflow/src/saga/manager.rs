@@ -4,11 +4,13 @@ use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{CommitOutcome, Deadline, Saga, SagaCommit, SagaContext, SagaStore};
+use crate::backoff::{Backoff, Jitter};
 use crate::bus::EventBus;
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -49,8 +51,12 @@ pub enum IgnoreReason {
     Completed,
 }
 
-/// Attempts per event before a run of optimistic-concurrency conflicts is returned as an error.
-const MAX_CONFLICT_RETRIES: u32 = 64;
+/// Retries of a commit that lost an optimistic-concurrency race (another process committed the
+/// same instance first): up to 64 reloads, each after a short jittered pause so racing managers
+/// spread out instead of colliding again; then the conflict is returned as an error.
+const CONFLICT_BACKOFF: Backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(50))
+    .with_jitter(Jitter::Full)
+    .with_max_attempts(Some(64));
 /// Lock stripes serializing work on one correlation id inside one manager.
 const LOCK_STRIPES: usize = 256;
 
@@ -284,10 +290,10 @@ impl<S: Saga> SagaManager<S> {
                     });
                 }
                 Ok(CommitOutcome::AlreadyHandled) => return Ok(SagaOutcome::Duplicate),
-                Err(e) if e.is_conflict() && attempt < MAX_CONFLICT_RETRIES => {
+                Err(e) if e.is_conflict() && !CONFLICT_BACKOFF.exhausted(attempt) => {
                     attempt += 1;
                     tracing::debug!(attempt, "saga commit lost a race; reloading");
-                    tokio::task::yield_now().await;
+                    tokio::time::sleep(CONFLICT_BACKOFF.next_delay(attempt)).await;
                 }
                 Err(e) => return Err(e),
             }

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::{CommitOutcome, Deadline, LoadedSaga, SagaCommit, SagaInstance, SagaStore};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::handler::sync;
 use crate::store::ExpectedVersion;
 
 #[derive(Default)]
@@ -56,9 +57,7 @@ impl InMemorySagaStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Saga>> {
         // Every critical section leaves the maps consistent, so a poisoned lock is still usable.
-        self.sagas
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        sync::lock(&self.sagas)
     }
 }
 

@@ -26,15 +26,15 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::handler::{Handler, Subscription};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::handler::{Handler, Subscription, sync};
 use crate::store::{
     CheckpointStore, EventCriteria, EventStore, ExpectedVersion, ReaderCheckpoints, Snapshot,
     SnapshotStore, SubscribeOptions, follow, validate_stream_id,
@@ -95,11 +95,11 @@ impl Inner {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Log> {
         // A panic while holding the lock cannot leave the log half-written (every mutation is
         // done after all checks, with infallible pushes), so a poisoned lock is still sound.
-        self.log.read().unwrap_or_else(PoisonError::into_inner)
+        sync::read(&self.log)
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Log> {
-        self.log.write().unwrap_or_else(PoisonError::into_inner)
+        sync::write(&self.log)
     }
 
     fn append_batch(
@@ -381,19 +381,13 @@ impl InMemorySnapshotStore {
 #[async_trait]
 impl SnapshotStore for InMemorySnapshotStore {
     async fn load_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>> {
-        let snapshots = self
-            .snapshots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let snapshots = sync::lock(&self.snapshots);
         Ok(snapshots.get(stream_id).cloned())
     }
 
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()> {
         validate_stream_id(&snapshot.stream_id)?;
-        let mut snapshots = self
-            .snapshots
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut snapshots = sync::lock(&self.snapshots);
         match snapshots.entry(snapshot.stream_id.clone()) {
             Entry::Occupied(mut e) => {
                 // An older snapshot (lower version) must not replace a newer one.
@@ -425,18 +419,12 @@ impl InMemoryCheckpointStore {
 #[async_trait]
 impl CheckpointStore for InMemoryCheckpointStore {
     async fn load_checkpoint(&self, name: &str) -> Result<u64> {
-        let positions = self
-            .positions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let positions = sync::lock(&self.positions);
         Ok(positions.get(name).copied().unwrap_or(0))
     }
 
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()> {
-        let mut positions = self
-            .positions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut positions = sync::lock(&self.positions);
         positions.insert(name.to_owned(), position);
         Ok(())
     }
