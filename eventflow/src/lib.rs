@@ -144,3 +144,9 @@ mod tests {
         );
     }
 }
+
+/// The README's Rust blocks, compiled (and run where they need no service) as doctests, so the
+/// README can never drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
