@@ -10,7 +10,7 @@
 //! - [`Repository`] loads (snapshot + tail), runs a command, appends the new events with
 //!   [`ExpectedVersion::Exact`](crate::ExpectedVersion::Exact), retries a conflict when asked, and
 //!   upcasts old schema versions on the way in.
-//! - [`AggregateTest`](crate::testing::AggregateTest) tests commands given/when/then, without a store.
+//! - `eventflow::testing::AggregateTest` tests commands given/when/then, without a store.
 //!
 //! # Example
 //!

@@ -29,7 +29,7 @@ pub use pattern::Pattern;
 /// Publishes events and delivers them to subscribed handlers.
 ///
 /// Contract, shared by every backend (and checked by
-/// [`testing::conformance::bus`](crate::testing::conformance::bus)):
+/// `eventflow::testing::conformance::bus`):
 /// - `publish` validates the event type first; an invalid one is an
 ///   [`Error::InvalidEventType`](crate::Error::InvalidEventType) and reaches no subscriber.
 /// - Patterns follow [`Pattern`]: `*` every event, `order.*` one more token, `order.>` one or

@@ -72,7 +72,7 @@
 //! Following uses one pooled connection for `LISTEN` while the store lives.
 //!
 //! # Store to bus
-//! [`with_bus`](PostgresEventStore::with_bus) runs a [`Relay`](crate::Relay) (transactional
+//! [`with_bus`](crate::relay::WithBus::with_bus) runs a [`Relay`](crate::Relay) (transactional
 //! outbox) with its checkpoint in this schema: every committed event reaches the bus at least
 //! once, in global order, and nothing of a rolled-back transaction ever does.
 //!

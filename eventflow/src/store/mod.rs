@@ -3,7 +3,7 @@
 //! [`EventStore`] is object-safe. [`InMemoryEventStore`](memory::InMemoryEventStore) is the
 //! embedded default and the reference semantics; `eventflow::postgres::PostgresEventStore`
 //! (feature `postgres`) is the production store. Both pass the same conformance kit
-//! ([`testing::conformance::store`](crate::testing::conformance::store)).
+//! (`eventflow::testing::conformance::store`).
 
 use std::sync::Arc;
 
@@ -164,7 +164,7 @@ impl EventCriteria {
 /// The system of record: append-only streams of events with a global order.
 ///
 /// Contract, shared by every implementation (and checked by
-/// [`testing::conformance::store`](crate::testing::conformance::store)):
+/// `eventflow::testing::conformance::store`):
 /// - **A batch is all or nothing.** Versions in a stream run 1, 2, 3, ... with no gaps or
 ///   duplicates; every event gets a global position, increasing in commit order.
 /// - **Optimistic concurrency.** Of two writers appending with the same expected version,

@@ -1,7 +1,7 @@
 //! [`InMemoryBus`]: an in-process bus with synchronous or bounded asynchronous dispatch.
 //!
 //! It is the reference semantics for every other backend (it passes the same
-//! [conformance kit](crate::testing::conformance::bus)), and the bus of choice for tests,
+//! conformance kit (`eventflow::testing::conformance::bus`)), and the bus of choice for tests,
 //! single-process services and the quickstart.
 //!
 //! ```
