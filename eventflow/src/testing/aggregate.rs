@@ -1,7 +1,8 @@
 //! Given/when/then tests for aggregates, without a store.
 //!
 //! ```
-//! use eventflow::{Aggregate, AggregateTest, DomainEvent};
+//! use eventflow::testing::AggregateTest;
+//! use eventflow::{Aggregate, DomainEvent};
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Debug, PartialEq, Serialize, Deserialize, DomainEvent)]
