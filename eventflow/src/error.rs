@@ -122,6 +122,21 @@ pub enum Error {
         limit: usize,
     },
 
+    /// An event's payload (or its metadata's `custom` map) nests arrays and objects deeper than
+    /// [`MAX_PAYLOAD_DEPTH`](crate::event::MAX_PAYLOAD_DEPTH) levels: rejected where events are
+    /// built, appended and published, so every reader can decode what was written.
+    #[error("{field} of event type {event_type:?} is nested {depth} levels deep, over the limit of {limit}")]
+    PayloadTooDeep {
+        /// The event type.
+        event_type: String,
+        /// `"payload"` or `"metadata"`.
+        field: &'static str,
+        /// The depth found.
+        depth: usize,
+        /// The limit it exceeded.
+        limit: usize,
+    },
+
     /// The bus (or store) was closed; the call was not carried out.
     #[error("{0} is closed")]
     Closed(&'static str),

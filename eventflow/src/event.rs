@@ -1,4 +1,36 @@
 //! The event envelope, its metadata, builders and typed conversion.
+//!
+//! # Limits
+//!
+//! Every limit on an event, in one place. eventflow checks each where events are built
+//! ([`Event::new`], [`Event::from_json`]), appended (every store, before anything is written) and
+//! published (every bus, before anything is sent), so what a writer accepts every reader decodes.
+//!
+//! | what | limit | error |
+//! | --- | --- | --- |
+//! | event type name | [`MAX_EVENT_TYPE_LEN`] (255) bytes of dot-separated `[a-z0-9_-]` tokens | [`Error::InvalidEventType`] |
+//! | payload nesting | [`MAX_PAYLOAD_DEPTH`] (100) levels of arrays and objects (see [`payload_depth`]) | [`Error::PayloadTooDeep`] |
+//! | metadata `custom` nesting | [`MAX_PAYLOAD_DEPTH`] levels, counting the `custom` map itself | [`Error::PayloadTooDeep`] |
+//! | encoded size on NATS | the server's `max_payload` (1 MiB by default), headers included | [`Error::EventTooLarge`], before sending |
+//! | encoded size elsewhere | none of eventflow's own: Redis takes values up to its `proto-max-bulk-len` (512 MiB by default), PostgreSQL a `jsonb` value up to 255 MiB, the in-memory bus and store any size | the backend's error |
+//!
+//! Why 100 levels: serde_json, which decodes every envelope, parses at most 127 levels. The
+//! envelope adds one level around the payload and two around the `custom` map, so an accepted
+//! event nests at most 102 levels, which leaves 25 for whatever wraps an envelope (a dead-letter
+//! record, a consumer's own message). No real payload comes near it.
+//!
+//! **Deep values and the stack.** Dropping, cloning or serializing a `serde_json::Value`
+//! recurses once per level: a value a few thousand levels deep overflows a 2 MiB thread stack
+//! and aborts the process. eventflow measures depth iteratively, and the append and publish
+//! paths dismantle a too-deep payload they reject (see [`dismantle`]) rather than drop it. What
+//! the caller must not do: build such a value and let it go out of scope (pass it to
+//! [`dismantle`]), or hand one *by value* to [`Event::new`], which can only reject a Rust value
+//! of unknown type, not take it apart: past 128 levels it is leaked rather than dropped. Pass a
+//! value of unknown depth by reference instead.
+//!
+//! Stored rows that break these limits (written by an older version or another tool) are not
+//! decoded by readers: a PostgreSQL reader reports such a row (`tracing` error with its position
+//! and id) and skips it, so global readers go on past it.
 
 use std::borrow::Cow;
 
@@ -9,8 +41,17 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
+mod limits;
+
+pub use limits::{dismantle, payload_depth};
+pub(crate) use limits::validate_owned;
+
 /// Longest accepted event type name, in bytes.
 pub const MAX_EVENT_TYPE_LEN: usize = 255;
+
+/// Deepest accepted nesting of an event's payload, and of its metadata's `custom` map, in levels
+/// of JSON arrays and objects (see [`payload_depth`] and the [module docs](self#limits)).
+pub const MAX_PAYLOAD_DEPTH: usize = 100;
 
 /// Context that travels with an event: who, for which tenant, in which request and trace.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -127,12 +168,34 @@ fn default_version() -> u32 {
 impl Event {
     /// Creates an event of `event_type` whose payload is `payload` serialized to JSON.
     ///
+    /// The payload's nesting is measured before it is converted, so a payload of any depth is
+    /// rejected without overflowing the stack. One nested more than 128 levels and passed by
+    /// value is then leaked, not dropped (dropping it could overflow the stack, and its type is
+    /// unknown here, so it cannot be taken apart): pass such a value by reference and
+    /// [`dismantle`] it.
+    ///
     /// # Errors
-    /// [`Error::InvalidEventType`] when the name is not valid, [`Error::Encode`] when the payload
-    /// does not serialize.
+    /// [`Error::InvalidEventType`] when the name is not valid, [`Error::PayloadTooDeep`] when the
+    /// payload nests more than [`MAX_PAYLOAD_DEPTH`] levels (its `depth` is counted up to 129),
+    /// [`Error::Encode`] when the payload does not serialize.
     pub fn new(event_type: impl Into<String>, payload: impl Serialize) -> Result<Self> {
         let event_type = event_type.into();
         validate_event_type(&event_type)?;
+        let too_deep = |event_type, depth| Error::PayloadTooDeep {
+            event_type,
+            field: "payload",
+            depth,
+            limit: MAX_PAYLOAD_DEPTH,
+        };
+        match limits::probe_depth(&payload) {
+            Ok(depth) if depth > MAX_PAYLOAD_DEPTH => return Err(too_deep(event_type, depth)),
+            Ok(_) => {}
+            Err(depth) => {
+                // Too deep to drop safely, and of a type we cannot take apart.
+                std::mem::forget(payload);
+                return Err(too_deep(event_type, depth));
+            }
+        }
         let payload = serde_json::to_value(payload).map_err(|source| Error::Encode {
             event_type: event_type.clone(),
             source,
@@ -249,12 +312,26 @@ impl Event {
         E::from_envelope(self)
     }
 
-    /// Checks the event before it is published or stored: a valid type name.
+    /// Checks the event before it is published or stored: a valid type name, and a payload and
+    /// metadata `custom` map nested at most [`MAX_PAYLOAD_DEPTH`] levels (measured
+    /// iteratively, so any depth is checked safely). Every store's append and every bus's
+    /// publish run this check before anything is written or sent.
     ///
     /// # Errors
-    /// [`Error::InvalidEventType`].
+    /// [`Error::InvalidEventType`], [`Error::PayloadTooDeep`].
     pub fn validate(&self) -> Result<()> {
-        validate_event_type(&self.event_type)
+        validate_event_type(&self.event_type)?;
+        limits::check_depth(self)
+    }
+
+    /// [`validate`](Self::validate) for an event the caller owns and drops when it is rejected:
+    /// a too-deep payload or `custom` map is [dismantled](dismantle) first, so that drop cannot
+    /// overflow the stack.
+    ///
+    /// # Errors
+    /// As [`validate`](Self::validate).
+    pub(crate) fn validate_owned(&mut self) -> Result<()> {
+        validate_owned(std::slice::from_mut(self))
     }
 
     /// The envelope as JSON bytes (the wire form on every bus).
@@ -272,11 +349,22 @@ impl Event {
     ///
     /// # Errors
     /// [`Error::Decode`] when the bytes are not an envelope, [`Error::InvalidEventType`] when the
-    /// type name is not valid.
+    /// type name is not valid, [`Error::PayloadTooDeep`] when the payload or metadata nests more
+    /// than [`MAX_PAYLOAD_DEPTH`] levels (found without building the value, at any depth).
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
-        let event: Event =
-            serde_json::from_slice(bytes).map_err(|e| Error::decode("<envelope>", e))?;
-        event.validate()?;
+        let mut event: Event = serde_json::from_slice(bytes).map_err(|e| {
+            // serde_json gives up at 128 levels; say what was too deep rather than how it failed.
+            match limits::scan_envelope(bytes) {
+                Some((event_type, field, depth)) => Error::PayloadTooDeep {
+                    event_type,
+                    field,
+                    depth,
+                    limit: MAX_PAYLOAD_DEPTH,
+                },
+                None => Error::decode("<envelope>", e),
+            }
+        })?;
+        event.validate_owned()?;
         Ok(event)
     }
 }

@@ -53,10 +53,8 @@ pub trait EventBus: Send + Sync + 'static {
     ///
     /// # Errors
     /// As [`publish`](Self::publish); on a backend failure some events may have been published.
-    async fn publish_batch(&self, events: Vec<Event>) -> Result<()> {
-        for event in &events {
-            event.validate()?;
-        }
+    async fn publish_batch(&self, mut events: Vec<Event>) -> Result<()> {
+        crate::event::validate_owned(&mut events)?;
         for event in events {
             self.publish(event).await?;
         }

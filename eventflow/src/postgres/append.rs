@@ -63,9 +63,7 @@ impl PostgresEventStore {
     /// Validates and encodes a batch.
     fn prepare(&self, stream_id: &str, events: &mut [Event]) -> Result<Columns> {
         validate_stream_id(stream_id)?;
-        for event in events.iter() {
-            event.validate()?;
-        }
+        crate::event::validate_owned(events)?;
         if events.len() > MAX_EVENTS_PER_TX {
             return Err(Error::InvalidArgument(format!(
                 "a batch holds at most {MAX_EVENTS_PER_TX} events, got {}",

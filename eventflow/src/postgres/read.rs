@@ -36,20 +36,33 @@ impl PostgresEventStore {
         }
     }
 
-    /// One page of the global order, and `(top, head)` of its snapshot when it was not empty.
+    /// One page of the global order: its events, `(top, head)` of its snapshot when it was not
+    /// empty, the position of its last row, and whether the page was full.
+    ///
+    /// Rows that cannot be decoded are reported and skipped (see `rows::events`); a page of
+    /// nothing but such rows is read past, so a reader never stops in front of one.
     async fn read_all_once(
         &self,
-        after: i64,
+        mut after: i64,
         limit: i64,
-    ) -> Result<(Vec<Event>, Option<(i64, i64)>)> {
-        let rows: Vec<EventRow> = sqlx::query_as(&self.inner.sql.read_all)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(|e| self.map(e))?;
-        let top_head = rows.first().and_then(|r| r.top_head);
-        Ok((row_events(rows), top_head))
+    ) -> Result<(Vec<Event>, Option<(i64, i64)>, i64, bool)> {
+        loop {
+            let rows: Vec<EventRow> = sqlx::query_as(&self.inner.sql.read_all)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(|e| self.map(e))?;
+            let top_head = rows.first().and_then(|r| r.top_head);
+            let last = rows.last().map_or(after, |r| r.position);
+            let full = rows.len() as i64 >= limit;
+            let events = row_events(rows);
+            if events.is_empty() && last > after && full {
+                after = last;
+                continue;
+            }
+            return Ok((events, top_head, last, full));
+        }
     }
 
     /// [`EventStore::load_stream`](crate::store::EventStore::load_stream).
@@ -156,8 +169,8 @@ impl PostgresEventStore {
         }
         let after = to_i64(after_position, "position")?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let (events, top_head) = self.read_all_once(after, limit).await?;
-        if events.len() as i64 >= limit {
+        let (events, top_head, seen, full) = self.read_all_once(after, limit).await?;
+        if full {
             return Ok(events);
         }
         // At the head: if nothing committed waits behind a slower transaction and the read saw
@@ -170,10 +183,6 @@ impl PostgresEventStore {
                 (top, head)
             }
         };
-        let seen = events
-            .last()
-            .and_then(|e| e.position)
-            .map_or(after, |p| i64::try_from(p).unwrap_or(i64::MAX));
         if top <= head && head <= seen {
             return Ok(events);
         }

@@ -4,6 +4,7 @@
 use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
+use serde_json::Value;
 use sqlx::types::Json;
 use uuid::Uuid;
 
@@ -81,9 +82,25 @@ impl Columns {
 /// reads at the head append the highest committed position and the safe head as two more
 /// columns (see `sql::READ_ALL`).
 pub(crate) struct EventRow {
-    pub(crate) event: Event,
+    /// The event, or why its payload or metadata could not be decoded.
+    pub(crate) event: std::result::Result<Event, Undecodable>,
+    /// Its global position.
+    pub(crate) position: i64,
     /// `(top, head)` when the query selected them.
     pub(crate) top_head: Option<(i64, i64)>,
+}
+
+/// A stored row whose payload or metadata JSON cannot be decoded: nested deeper than serde_json
+/// parses (128 levels; eventflow writes at most
+/// [`MAX_PAYLOAD_DEPTH`](crate::event::MAX_PAYLOAD_DEPTH)), or otherwise not what an envelope
+/// holds. Written before the limit existed or by another tool. It is never turned into a
+/// `serde_json::Value`: one thousands of levels deep would overflow the stack when dropped.
+pub(crate) struct Undecodable {
+    id: Uuid,
+    stream_id: String,
+    stream_version: i64,
+    event_type: String,
+    error: sqlx::Error,
 }
 
 impl<'r> sqlx::FromRow<'r, PgRow> for EventRow {
@@ -91,11 +108,39 @@ impl<'r> sqlx::FromRow<'r, PgRow> for EventRow {
         let position: i64 = row.try_get(0)?;
         let schema_version: i32 = row.try_get(5)?;
         let stream_version: i64 = row.try_get(3)?;
-        let Json(metadata): Json<Metadata> = row.try_get(7)?;
+        let top_head = if row.len() > 13 {
+            let top: Option<i64> = row.try_get(12)?;
+            let head: i64 = row.try_get(13)?;
+            Some((top.unwrap_or(0), head))
+        } else {
+            None
+        };
+        // serde_json fails fast at its recursion limit, before building anything deeper, so
+        // trying is safe at any depth.
+        let json = row
+            .try_get::<Value, _>(6)
+            .and_then(|payload| Ok((payload, row.try_get::<Json<Metadata>, _>(7)?.0)));
+        let (payload, metadata) = match json {
+            Ok(json) => json,
+            Err(error) => {
+                let undecodable = Undecodable {
+                    id: row.try_get(1)?,
+                    stream_id: row.try_get(2)?,
+                    stream_version,
+                    event_type: row.try_get(4)?,
+                    error,
+                };
+                return Ok(EventRow {
+                    event: Err(undecodable),
+                    position,
+                    top_head,
+                });
+            }
+        };
         let event = Event {
             id: row.try_get(1)?,
             event_type: row.try_get(4)?,
-            payload: row.try_get(6)?,
+            payload,
             metadata,
             timestamp: row.try_get(11)?,
             source: row.try_get(10)?,
@@ -106,20 +151,34 @@ impl<'r> sqlx::FromRow<'r, PgRow> for EventRow {
             stream_version: Some(u64::try_from(stream_version).unwrap_or(0)),
             position: Some(u64::try_from(position).unwrap_or(0)),
         };
-        let top_head = if row.len() > 13 {
-            let top: Option<i64> = row.try_get(12)?;
-            let head: i64 = row.try_get(13)?;
-            Some((top.unwrap_or(0), head))
-        } else {
-            None
-        };
-        Ok(EventRow { event, top_head })
+        Ok(EventRow {
+            event: Ok(event),
+            position,
+            top_head,
+        })
     }
 }
 
-/// The events of decoded rows.
+/// The events of decoded rows. A row that could not be decoded is reported (a `tracing` error
+/// naming its position, id, stream and type) and skipped, so no reader stops on it.
 pub(crate) fn events(rows: Vec<EventRow>) -> Vec<Event> {
-    rows.into_iter().map(|r| r.event).collect()
+    rows.into_iter()
+        .filter_map(|row| match row.event {
+            Ok(event) => Some(event),
+            Err(bad) => {
+                tracing::error!(
+                    position = row.position,
+                    event_id = %bad.id,
+                    stream_id = %bad.stream_id,
+                    stream_version = bad.stream_version,
+                    event_type = %bad.event_type,
+                    error = &bad.error as &(dyn std::error::Error + 'static),
+                    "postgres store: stored event cannot be decoded; skipping it"
+                );
+                None
+            }
+        })
+        .collect()
 }
 
 /// A `u64` position, version or limit as the `bigint` PostgreSQL stores.

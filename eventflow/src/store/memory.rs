@@ -106,12 +106,10 @@ impl Inner {
         &self,
         stream_id: &str,
         expected: ExpectedVersion,
-        events: Vec<Event>,
+        mut events: Vec<Event>,
     ) -> Result<Vec<Event>> {
         validate_stream_id(stream_id)?;
-        for event in &events {
-            event.validate()?;
-        }
+        crate::event::validate_owned(&mut events)?;
         // A batch holding one id twice cannot be stored: the second would be a duplicate of
         // the first.
         if events.len() > 1 {

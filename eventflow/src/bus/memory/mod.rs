@@ -312,8 +312,8 @@ async fn dispatch(
 
 #[async_trait]
 impl EventBus for InMemoryBus {
-    async fn publish(&self, event: Event) -> Result<()> {
-        event.validate()?;
+    async fn publish(&self, mut event: Event) -> Result<()> {
+        event.validate_owned()?;
         let subs = self.inner.open_snapshot()?;
         publish_to(&subs, event).await;
         Ok(())
@@ -321,10 +321,8 @@ impl EventBus for InMemoryBus {
 
     /// Validates every event, then delivers the batch in order to the subscriptions present
     /// when it was accepted; a `close` that starts meanwhile still delivers the whole batch.
-    async fn publish_batch(&self, events: Vec<Event>) -> Result<()> {
-        for event in &events {
-            event.validate()?;
-        }
+    async fn publish_batch(&self, mut events: Vec<Event>) -> Result<()> {
+        crate::event::validate_owned(&mut events)?;
         let subs = self.inner.open_snapshot()?;
         for event in events {
             publish_to(&subs, event).await;

@@ -96,8 +96,9 @@ impl NatsBus {
 
 #[async_trait]
 impl EventBus for NatsBus {
-    async fn publish(&self, event: Event) -> Result<()> {
+    async fn publish(&self, mut event: Event) -> Result<()> {
         self.check_open()?;
+        event.validate_owned()?;
         let out = self.encode(&event)?;
         tracing::trace!(
             event_id = %event.id,
@@ -115,8 +116,9 @@ impl EventBus for NatsBus {
         }
     }
 
-    async fn publish_batch(&self, events: Vec<Event>) -> Result<()> {
+    async fn publish_batch(&self, mut events: Vec<Event>) -> Result<()> {
         self.check_open()?;
+        crate::event::validate_owned(&mut events)?;
         // Everything is validated and size-checked before anything is sent.
         let encoded = events
             .iter()

@@ -30,8 +30,8 @@ impl RedisBus {
     }
 
     /// [`EventBus::publish`](crate::bus::EventBus::publish).
-    pub(super) async fn publish_one(&self, event: Event) -> Result<()> {
-        event.validate()?;
+    pub(super) async fn publish_one(&self, mut event: Event) -> Result<()> {
+        event.validate_owned()?;
         self.ensure_open()?;
         let data = event.to_json()?;
         let cmd = self.publish_cmd(&event, &data);
@@ -51,10 +51,8 @@ impl RedisBus {
 
     /// [`EventBus::publish_batch`](crate::bus::EventBus::publish_batch): one pipeline, one round
     /// trip.
-    pub(super) async fn publish_all(&self, events: Vec<Event>) -> Result<()> {
-        for event in &events {
-            event.validate()?;
-        }
+    pub(super) async fn publish_all(&self, mut events: Vec<Event>) -> Result<()> {
+        crate::event::validate_owned(&mut events)?;
         self.ensure_open()?;
         if events.is_empty() {
             return Ok(());
