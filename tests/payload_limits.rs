@@ -313,15 +313,15 @@ async fn a_too_deep_row_written_by_another_tool_stops_no_reader() {
     // Global reads skip the two rows (reporting them) and go on past them.
     assert_eq!(ids(&store.read_all(0, 100).await.unwrap()), good);
     // One row at a time: a page holding only a bad row is read past, not returned empty.
-    let next = store
-        .read_all(first.position.unwrap(), 1)
-        .await
-        .unwrap();
+    let next = store.read_all(first.position.unwrap(), 1).await.unwrap();
     assert_eq!(ids(&next), [after.id]);
     // The stream still loads, every call.
     assert_eq!(ids(&store.load_stream("s", 1).await.unwrap()), good);
     assert_eq!(
-        ids(&store.load(&EventCriteria::all().stream_id("s")).await.unwrap()),
+        ids(&store
+            .load(&EventCriteria::all().stream_id("s"))
+            .await
+            .unwrap()),
         good
     );
 

@@ -125,7 +125,9 @@ pub enum Error {
     /// An event's payload (or its metadata's `custom` map) nests arrays and objects deeper than
     /// [`MAX_PAYLOAD_DEPTH`](crate::event::MAX_PAYLOAD_DEPTH) levels: rejected where events are
     /// built, appended and published, so every reader can decode what was written.
-    #[error("{field} of event type {event_type:?} is nested {depth} levels deep, over the limit of {limit}")]
+    #[error(
+        "{field} of event type {event_type:?} is nested {depth} levels deep, over the limit of {limit}"
+    )]
     PayloadTooDeep {
         /// The event type.
         event_type: String,

@@ -43,8 +43,8 @@ use crate::error::{Error, Result};
 
 mod limits;
 
-pub use limits::{dismantle, payload_depth};
 pub(crate) use limits::validate_owned;
+pub use limits::{dismantle, payload_depth};
 
 /// Longest accepted event type name, in bytes.
 pub const MAX_EVENT_TYPE_LEN: usize = 255;
@@ -225,12 +225,14 @@ impl Event {
     /// Creates the envelope for a typed domain event (see [`DomainEvent`]).
     ///
     /// # Errors
-    /// [`Error::Encode`] when the payload does not serialize.
+    /// [`Error::Encode`] when the payload does not serialize, [`Error::PayloadTooDeep`] when it
+    /// nests more than [`MAX_PAYLOAD_DEPTH`] levels.
     pub fn from_domain<E: DomainEvent>(event: &E) -> Result<Self> {
         let event_type = event.event_type();
         let payload = event.to_payload()?;
         let mut envelope = Self::from_parts(event_type.to_owned(), payload);
         envelope.version = E::schema_version(event_type);
+        limits::check_depth(&envelope)?;
         Ok(envelope)
     }
 

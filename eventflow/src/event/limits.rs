@@ -481,7 +481,10 @@ impl ser::Serializer for KeyProbe {
     ) -> Done {
         Err(ProbeError::Other)
     }
-    fn serialize_seq(self, _: Option<usize>) -> std::result::Result<Self::SerializeSeq, ProbeError> {
+    fn serialize_seq(
+        self,
+        _: Option<usize>,
+    ) -> std::result::Result<Self::SerializeSeq, ProbeError> {
         Err(ProbeError::Other)
     }
     fn serialize_tuple(self, _: usize) -> std::result::Result<Self::SerializeTuple, ProbeError> {
@@ -503,7 +506,10 @@ impl ser::Serializer for KeyProbe {
     ) -> std::result::Result<Self::SerializeTupleVariant, ProbeError> {
         Err(ProbeError::Other)
     }
-    fn serialize_map(self, _: Option<usize>) -> std::result::Result<Self::SerializeMap, ProbeError> {
+    fn serialize_map(
+        self,
+        _: Option<usize>,
+    ) -> std::result::Result<Self::SerializeMap, ProbeError> {
         Err(ProbeError::Other)
     }
     fn serialize_struct(

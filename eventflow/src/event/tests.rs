@@ -210,7 +210,9 @@ fn payloads_200_and_100000_deep_are_rejected_where_events_are_built() {
         }
         // The owned check dismantles it, so dropping the event is safe.
         assert_too_deep(
-            event.validate_owned().map(|()| Event::new("x", ()).unwrap()),
+            event
+                .validate_owned()
+                .map(|()| Event::new("x", ()).unwrap()),
             "payload",
             depth,
         );
@@ -274,4 +276,15 @@ fn dismantle_takes_apart_any_depth() {
     assert_eq!(payload_depth(&object), 100_000);
     dismantle(object);
     dismantle(nested(100_000));
+}
+
+#[test]
+fn payload_too_deep_says_where_how_deep_and_the_limit() {
+    let err = Event::new("deep.event", nested(150)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "payload of event type \"deep.event\" is nested 129 levels deep, over the limit of 100"
+    );
+    let err = Event::new("deep.event", nested(120)).unwrap_err();
+    assert!(err.to_string().contains("nested 120 levels"), "{err}");
 }

@@ -2,9 +2,9 @@
 //! row for reads.
 
 use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::Value;
 use sqlx::Row;
 use sqlx::postgres::PgRow;
-use serde_json::Value;
 use sqlx::types::Json;
 use uuid::Uuid;
 

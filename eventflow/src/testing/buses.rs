@@ -175,17 +175,15 @@ impl std::fmt::Debug for RecordingBus {
 
 #[async_trait]
 impl EventBus for RecordingBus {
-    async fn publish(&self, event: Event) -> Result<()> {
-        event.validate()?;
+    async fn publish(&self, mut event: Event) -> Result<()> {
+        event.validate_owned()?;
         self.check_open()?;
         self.recorded().push(event.clone());
         self.inner.publish(event).await
     }
 
-    async fn publish_batch(&self, events: Vec<Event>) -> Result<()> {
-        for event in &events {
-            event.validate()?;
-        }
+    async fn publish_batch(&self, mut events: Vec<Event>) -> Result<()> {
+        crate::event::validate_owned(&mut events)?;
         self.check_open()?;
         self.recorded().extend(events.iter().cloned());
         self.inner.publish_batch(events).await
@@ -248,17 +246,15 @@ impl Default for NoopBus {
 
 #[async_trait]
 impl EventBus for NoopBus {
-    async fn publish(&self, event: Event) -> Result<()> {
-        event.validate()?;
+    async fn publish(&self, mut event: Event) -> Result<()> {
+        event.validate_owned()?;
         self.check_open()?;
         self.published.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    async fn publish_batch(&self, events: Vec<Event>) -> Result<()> {
-        for event in &events {
-            event.validate()?;
-        }
+    async fn publish_batch(&self, mut events: Vec<Event>) -> Result<()> {
+        crate::event::validate_owned(&mut events)?;
         self.check_open()?;
         self.published
             .fetch_add(events.len() as u64, Ordering::Relaxed);
