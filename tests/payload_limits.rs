@@ -24,6 +24,7 @@ use eventflow::{
 use eventflow_tests::{database_url, nats_url, redis_url, service_unavailable, unique};
 use serde_json::{Value, json};
 use sqlx::postgres::{PgPool, PgPoolOptions};
+use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(20);
 const DEPTHS: [usize; 2] = [200, 100_000];
@@ -214,11 +215,12 @@ impl Pg {
 
     /// Inserts a row the way another tool (or an older eventflow) could: `payload` and
     /// `metadata` are JSON texts nested as deep as PostgreSQL takes.
-    async fn insert_raw(&self, stream: &str, version: i64, payload: &str, metadata: &str) {
+    async fn insert_raw(&self, stream: &str, version: i64, payload: &str, metadata: &str) -> Uuid {
+        let id = Uuid::now_v7();
         let sql = format!(
             "INSERT INTO \"{}\".events (position, transaction_id, event_id, stream_id, \
              stream_version, event_type, schema_version, payload, metadata, occurred_at) \
-             SELECT (tx.id << 20) + 1, tx.id, gen_random_uuid(), $1, $2, 'deep.event', 1, \
+             SELECT (tx.id << 20) + 1, tx.id, $5, $1, $2, 'deep.event', 1, \
                     $3::jsonb, $4::jsonb, now() \
                FROM (SELECT pg_current_xact_id()::text::bigint AS id) tx",
             self.schema
@@ -228,9 +230,11 @@ impl Pg {
             .bind(version)
             .bind(payload)
             .bind(metadata)
+            .bind(id)
             .execute(&self.pool)
             .await
             .unwrap();
+        id
     }
 
     async fn cleanup(self) {
@@ -294,7 +298,7 @@ async fn a_too_deep_row_written_by_another_tool_stops_no_reader() {
     // Two rows no writer of eventflow accepts and serde_json cannot parse: a payload 200
     // levels deep, and metadata 10,000 levels deep (about as deep as PostgreSQL's own parser
     // goes). Decoding them into values would also make them dangerous to drop.
-    pg.insert_raw("s", 2, &brackets(200), "{}").await;
+    let bad = pg.insert_raw("s", 2, &brackets(200), "{}").await;
     pg.insert_raw(
         "s",
         3,
@@ -307,6 +311,14 @@ async fn a_too_deep_row_written_by_another_tool_stops_no_reader() {
         .await
         .unwrap();
     assert_eq!(after.stream_version, Some(4));
+    // Its id stays taken: appending it again is a duplicate, not a retry loop or a read error.
+    match store
+        .append("s", ExpectedVersion::Any, ev("ok.again", 9).with_id(bad))
+        .await
+    {
+        Err(Error::DuplicateEvent { id, stream }) => assert_eq!((id, stream.as_str()), (bad, "s")),
+        other => panic!("expected DuplicateEvent, got {other:?}"),
+    }
     let good = [first.id, after.id];
     let ids = |events: &[Event]| events.iter().map(|e| e.id).collect::<Vec<_>>();
 

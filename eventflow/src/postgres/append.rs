@@ -94,6 +94,14 @@ impl PostgresEventStore {
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| self.map(e))?;
+        // A stored copy that cannot be decoded cannot be handed back as the idempotent result:
+        // the id is taken all the same.
+        if let Some(bad) = stored.iter().find_map(|row| row.event.as_ref().err()) {
+            return Err(Error::DuplicateEvent {
+                id: bad.id,
+                stream: bad.stream_id.clone(),
+            });
+        }
         let stored = row_events(stored);
         if let Some(first) = stored.first() {
             let all_here = stored.len() == columns.ids.len()

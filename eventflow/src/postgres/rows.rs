@@ -96,8 +96,8 @@ pub(crate) struct EventRow {
 /// holds. Written before the limit existed or by another tool. It is never turned into a
 /// `serde_json::Value`: one thousands of levels deep would overflow the stack when dropped.
 pub(crate) struct Undecodable {
-    id: Uuid,
-    stream_id: String,
+    pub(crate) id: Uuid,
+    pub(crate) stream_id: String,
     stream_version: i64,
     event_type: String,
     error: sqlx::Error,
