@@ -146,7 +146,8 @@ async fn every_committed_event_reaches_the_bus_in_commit_order() {
         RelayStatus {
             position: head,
             head,
-            lag: 0
+            lag: 0,
+            parked: 0,
         }
     );
     relay.stop().await;
