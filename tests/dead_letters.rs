@@ -121,12 +121,19 @@ async fn drop_schema(pool: &PgPool, schema: &str) {
 
 /// Item `n` of 1,000; item `big` carries a 2 MiB payload.
 fn item(n: usize, big: usize) -> Event {
-    let pad = if n == big { "x".repeat(2 * MIB) } else { String::new() };
+    let pad = if n == big {
+        "x".repeat(2 * MIB)
+    } else {
+        String::new()
+    };
     Event::new("dl.item", json!({ "n": n, "pad": pad })).unwrap()
 }
 
 fn numbers(events: &[Event]) -> Vec<u64> {
-    events.iter().map(|e| e.payload["n"].as_u64().unwrap()).collect()
+    events
+        .iter()
+        .map(|e| e.payload["n"].as_u64().unwrap())
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -168,8 +175,16 @@ async fn relay_parks_an_event_too_large_for_nats_and_a_retry_delivers_it() {
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].event.payload["n"], BIG, "the big event is parked");
     assert_eq!(parked[0].source, "relay");
-    assert!(parked[0].reason.contains("permanent"), "{:?}", parked[0].reason);
-    assert!(parked[0].error.contains("over the limit"), "{:?}", parked[0].error);
+    assert!(
+        parked[0].reason.contains("permanent"),
+        "{:?}",
+        parked[0].reason
+    );
+    assert!(
+        parked[0].error.contains("over the limit"),
+        "{:?}",
+        parked[0].error
+    );
     assert!(parked[0].attempts >= 2, "attempts: {}", parked[0].attempts);
     // Parked in the store's own table, so it survives the process.
     assert_eq!(store.dead_letters().count("relay").await.unwrap(), 1);
@@ -255,14 +270,26 @@ async fn saga_outbox_parks_an_event_too_large_for_nats_and_the_rest_flows() {
     let expected: Vec<u64> = (0..1000u64).filter(|n| *n != BIG as u64).collect();
     assert_eq!(numbers(&delivered), expected, "999 delivered, in order");
     next_is_marker(&bus, &mut seen, "saga outbox").await;
-    assert_eq!(manager.flush_outbox().await.unwrap(), 0, "the outbox is empty");
+    assert_eq!(
+        manager.flush_outbox().await.unwrap(),
+        0,
+        "the outbox is empty"
+    );
 
     assert_eq!(manager.parked_count().await.unwrap(), 1);
     let parked = manager.parked(10).await.unwrap();
     assert_eq!(parked[0].source, "saga:emitter");
     assert_eq!(parked[0].event.payload["n"], BIG);
-    assert!(parked[0].reason.contains("permanent"), "{:?}", parked[0].reason);
-    assert!(parked[0].error.contains("over the limit"), "{:?}", parked[0].error);
+    assert!(
+        parked[0].reason.contains("permanent"),
+        "{:?}",
+        parked[0].reason
+    );
+    assert!(
+        parked[0].error.contains("over the limit"),
+        "{:?}",
+        parked[0].error
+    );
 
     let bigger = nats_bus(&large.url(), &prefix).await;
     let mut seen_big = collect(&bigger, "dl.*").await;
@@ -350,7 +377,10 @@ async fn projection_park_policy_parks_the_failing_event_and_moves_past_it() {
     let head = store.head_position().await.unwrap();
     // Without `Park` the runner would stop (or retry forever) at item 3.
     assert_eq!(
-        tokio::time::timeout(WAIT, runner.catch_up()).await.unwrap().unwrap(),
+        tokio::time::timeout(WAIT, runner.catch_up())
+            .await
+            .unwrap()
+            .unwrap(),
         head
     );
     assert_eq!(
@@ -366,12 +396,20 @@ async fn projection_park_policy_parks_the_failing_event_and_moves_past_it() {
         .unwrap();
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].event.payload["n"], 3);
-    assert!(parked[0].error.contains("item 3 is unreadable"), "{:?}", parked[0].error);
+    assert!(
+        parked[0].error.contains("item 3 is unreadable"),
+        "{:?}",
+        parked[0].error
+    );
     assert_eq!(runner.parked(10).await.unwrap()[0].id, parked[0].id);
     // The checkpoint moved past it: a new runner starts after the head.
     use eventflow::CheckpointStore;
     assert_eq!(
-        store.checkpoints().load_checkpoint(&projection.name).await.unwrap(),
+        store
+            .checkpoints()
+            .load_checkpoint(&projection.name)
+            .await
+            .unwrap(),
         head
     );
 

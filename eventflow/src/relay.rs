@@ -434,7 +434,13 @@ impl RelayHandle {
     /// The dead-letter store's errors (a publish failure leaves the event parked and is counted
     /// in [`RetryOutcome::failed`]).
     pub async fn retry_parked(&self, limit: usize) -> Result<RetryOutcome> {
-        retry_parked(self.dead_letters.as_ref(), self.bus.as_ref(), &self.name, limit).await
+        retry_parked(
+            self.dead_letters.as_ref(),
+            self.bus.as_ref(),
+            &self.name,
+            limit,
+        )
+        .await
     }
 
     /// Drops the parked event `id` for good; `false` when there was none.

@@ -48,8 +48,8 @@ impl PostgresDeadLetterStore {
     }
 
     fn decode((id, source, event, reason, error, attempts, parked_at): Row) -> Result<ParkedEvent> {
-        let event: Event = serde_json::from_str(&event)
-            .map_err(|e| Error::decode("dead letter event", e))?;
+        let event: Event =
+            serde_json::from_str(&event).map_err(|e| Error::decode("dead letter event", e))?;
         Ok(ParkedEvent {
             id,
             source,

@@ -177,10 +177,7 @@ impl PostgresEventStore {
     /// A dead-letter store over the same pool and schema (where a relay attached with
     /// [`with_bus`](crate::relay::WithBus::with_bus) parks events the bus will never take).
     pub fn dead_letters(&self) -> super::PostgresDeadLetterStore {
-        super::PostgresDeadLetterStore::from_parts(
-            self.inner.pool.clone(),
-            self.inner.sql.clone(),
-        )
+        super::PostgresDeadLetterStore::from_parts(self.inner.pool.clone(), self.inner.sql.clone())
     }
 
     pub(super) fn map(&self, error: sqlx::Error) -> Error {

@@ -12,7 +12,13 @@ fn parked(source: &str, n: u32) -> Result<ParkedEvent> {
         size: 2 << 20,
         limit: 1 << 20,
     };
-    Ok(ParkedEvent::new(source, event, "permanent: kit", &error, n + 1))
+    Ok(ParkedEvent::new(
+        source,
+        event,
+        "permanent: kit",
+        &error,
+        n + 1,
+    ))
 }
 
 /// Runs every check against `store`, using sources that start with `prefix` (unique per run,
@@ -27,7 +33,10 @@ pub async fn run(store: &dyn DeadLetterStore, prefix: &str) -> Result<()> {
     let a = format!("{prefix}-a");
     let b = format!("{prefix}-b");
     assert!(
-        matches!(store.park(parked("", 0)?).await, Err(Error::InvalidArgument(_))),
+        matches!(
+            store.park(parked("", 0)?).await,
+            Err(Error::InvalidArgument(_))
+        ),
         "an empty source must be rejected"
     );
     let mut mine = Vec::new();
@@ -41,7 +50,11 @@ pub async fn run(store: &dyn DeadLetterStore, prefix: &str) -> Result<()> {
     assert_eq!(store.count(&b).await?, 1, "count of source b");
 
     let listed = store.list(&a, 10).await?;
-    assert_eq!(listed.len(), 3, "list returns every dead letter of a source");
+    assert_eq!(
+        listed.len(),
+        3,
+        "list returns every dead letter of a source"
+    );
     for (got, want) in listed.iter().zip(&mine) {
         assert_eq!(got.id, want.id, "list is oldest first");
         assert_eq!(got.event.id, want.event.id, "the event is kept");
