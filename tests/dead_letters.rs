@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use eventflow::bus::BusErrorKind;
 use eventflow::bus::nats::{NatsBus, NatsConfig};
 use eventflow::postgres::{PgPool, PgPoolOptions, PostgresEventStore};
 use eventflow::projection::{FailurePolicy, Projection, ProjectionRunner};
@@ -139,6 +140,11 @@ fn numbers(events: &[Event]) -> Vec<u64> {
 // ---------------------------------------------------------------------------------------------
 // the relay
 
+/// The id of the one event the relay parked.
+async fn parked_event_id(relayed: &eventflow::Relayed<PostgresEventStore>) -> uuid::Uuid {
+    relayed.parked(1).await.unwrap()[0].event.id
+}
+
 #[tokio::test]
 async fn relay_parks_an_event_too_large_for_nats_and_a_retry_delivers_it() {
     const BIG: usize = 500;
@@ -151,6 +157,7 @@ async fn relay_parks_an_event_too_large_for_nats_and_a_retry_delivers_it() {
     let pool = pg_pool().await;
     let (store, schema) = pg_store(&pool).await;
     let relayed = store.clone().with_bus(bus.clone());
+    let mut relay_errors = relayed.relay_errors().unwrap();
     for chunk in 0..10 {
         let events = (chunk * 100..(chunk + 1) * 100)
             .map(|n| item(n, BIG))
@@ -168,6 +175,11 @@ async fn relay_parks_an_event_too_large_for_nats_and_a_retry_delivers_it() {
     assert_eq!(numbers(&delivered), expected, "999 delivered, in order");
     next_is_marker(&bus, &mut seen, "relay").await;
 
+    let reported = relay_errors
+        .try_recv()
+        .expect("the parked event is reported");
+    assert_eq!(reported.kind, BusErrorKind::DeadLettered);
+    assert_eq!(reported.event_id, Some(parked_event_id(&relayed).await));
     let status = relayed.relay_status().await.unwrap();
     assert_eq!(status.parked, 1, "the relay status counts the parked event");
     assert_eq!(status.lag, 0, "the relay moved past it");

@@ -11,8 +11,9 @@
 //! find the culprit. A failure that retrying cannot fix ([`Error::is_permanent`]: an event
 //! larger than the bus's limit, an invalid or unencodable event) **parks** that event in the
 //! relay's [`DeadLetterStore`] (source: the relay's name) with the reason, the error and the
-//! attempt count, logs it at `error` level, counts it in [`RelayStatus::parked`], and the relay
-//! moves on to the next event. Any other failure (connection, timeout, backend) is retried with
+//! attempt count, reports it on [`RelayHandle::errors`] (a [`BusErrorKind::DeadLettered`]
+//! error) and at `error` level through `tracing`, counts it in [`RelayStatus::parked`], and the
+//! relay moves on to the next event. Any other failure (connection, timeout, backend) is retried with
 //! [`Backoff`] on the same event, so nothing is skipped and order is kept. Parked events are
 //! listed with [`RelayHandle::parked`], published again with [`RelayHandle::retry_parked`] (removed
 //! from the store once the bus took them) and dropped for good with
@@ -48,6 +49,7 @@ use crate::backoff::Backoff;
 use crate::bus::EventBus;
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::handler::{BusError, BusErrorKind, ErrorReceiver, ErrorSender};
 use crate::store::dead_letter::{DeadLetterStore, InMemoryDeadLetterStore, ParkedEvent};
 use crate::store::follow::{self, Follower};
 use crate::store::{CheckpointStore, EventStore};
@@ -66,6 +68,8 @@ pub struct Relay {
     bus: Arc<dyn EventBus>,
     checkpoints: Arc<dyn CheckpointStore>,
     dead_letters: Arc<dyn DeadLetterStore>,
+    /// Parked events are reported here (see [`RelayHandle::errors`]).
+    errors: ErrorSender,
     name: String,
     batch_size: usize,
     poll_interval: Duration,
@@ -96,6 +100,7 @@ impl Relay {
             bus,
             checkpoints,
             dead_letters: Arc::new(InMemoryDeadLetterStore::new()),
+            errors: ErrorSender::default(),
             name: DEFAULT_RELAY_NAME.to_owned(),
             batch_size: follow::DEFAULT_BATCH_SIZE,
             poll_interval: follow::DEFAULT_POLL_INTERVAL,
@@ -144,6 +149,7 @@ impl Relay {
         let store = Arc::clone(&self.store);
         let bus = Arc::clone(&self.bus);
         let dead_letters = Arc::clone(&self.dead_letters);
+        let errors = self.errors.clone();
         let name = self.name.clone();
         // Every log line of the relay carries its name through this span.
         let span = tracing::info_span!("relay", relay = %name);
@@ -156,6 +162,7 @@ impl Relay {
             store,
             bus,
             dead_letters,
+            errors,
             position: position_rx,
             stop: stop_tx,
             task: Some(task),
@@ -287,7 +294,13 @@ impl Relay {
                     &error,
                     attempts,
                 );
+                let message = format!(
+                    "relay {name} parked event {} at position {:?} after {attempts} attempts: {error}",
+                    event.id, event.position
+                );
                 self.park(parked, stop, backoff).await?;
+                self.errors
+                    .report(BusError::new(BusErrorKind::DeadLettered, message).for_event(event));
                 tracing::error!(
                     relay = name,
                     event_id = %event.id,
@@ -371,6 +384,7 @@ pub struct RelayHandle {
     store: Arc<dyn EventStore>,
     bus: Arc<dyn EventBus>,
     dead_letters: Arc<dyn DeadLetterStore>,
+    errors: ErrorSender,
     position: watch::Receiver<u64>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
@@ -411,6 +425,12 @@ impl RelayHandle {
             lag: head.saturating_sub(position),
             parked,
         })
+    }
+
+    /// The relay's error stream: a [`BusErrorKind::DeadLettered`] error for every event it
+    /// parks (from the moment of the call; also logged through `tracing`).
+    pub fn errors(&self) -> ErrorReceiver {
+        self.errors.subscribe()
     }
 
     /// Where this relay parks the events the bus will never take.

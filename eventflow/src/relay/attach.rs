@@ -181,6 +181,15 @@ impl<S: ReaderCheckpoints> Relayed<S> {
         self.started()?.status().await
     }
 
+    /// The relay's error stream: every event it parks is reported there (see
+    /// [`RelayHandle::errors`]).
+    ///
+    /// # Errors
+    /// [`Error::Closed`](crate::Error::Closed) outside a Tokio runtime.
+    pub fn relay_errors(&self) -> Result<crate::handler::ErrorReceiver> {
+        Ok(self.started()?.errors())
+    }
+
     /// Where the relay parks the events the bus will never take.
     pub fn dead_letters(&self) -> &Arc<dyn DeadLetterStore> {
         &self.relay.dead_letters
