@@ -79,7 +79,7 @@
 //! # Code map
 //! `store.rs` (construction, the `EventStore` impl), `append.rs`, `read.rs`, `subscribe.rs`
 //! (the relay too) by concern; `signal.rs` (`LISTEN`/`NOTIFY`), `rows.rs` (row codecs),
-//! `checkpoint.rs`, `snapshot.rs`, `projection.rs`, `saga.rs`; `connect.rs` (pools,
+//! `checkpoint.rs`, `snapshot.rs`, `dead_letter.rs`, `projection.rs`, `saga.rs`; `connect.rs` (pools,
 //! migrations), `sql.rs`, `schema.rs`, `error.rs`. Nothing outside this module imports sqlx.
 
 mod append;
