@@ -212,6 +212,61 @@ impl Error {
     pub fn is_conflict(&self) -> bool {
         matches!(self, Error::Conflict { .. })
     }
+
+    /// Whether retrying the same call can succeed: the one classification the relay, the saga
+    /// outbox and projection runners use to choose between retrying with backoff and parking
+    /// the event (see [`FailureClass`]).
+    pub fn failure_class(&self) -> FailureClass {
+        match self {
+            // The event itself is wrong for the target: the same bytes fail the same way.
+            Error::EventTooLarge { .. }
+            | Error::InvalidEventType { .. }
+            | Error::InvalidStreamId { .. }
+            | Error::InvalidPattern { .. }
+            | Error::Encode { .. }
+            | Error::Decode { .. }
+            | Error::UnknownEventType { .. }
+            | Error::MissingUpcaster { .. }
+            | Error::InvalidArgument(_) => FailureClass::Permanent,
+            // Connections, timeouts, backend calls, races and handlers may do better next time.
+            Error::Conflict { .. }
+            | Error::DuplicateEvent { .. }
+            | Error::Closed(_)
+            | Error::Timeout { .. }
+            | Error::Connect { .. }
+            | Error::Backend { .. }
+            | Error::Handler { .. } => FailureClass::Transient,
+        }
+    }
+
+    /// True when retrying cannot fix this failure ([`FailureClass::Permanent`]).
+    pub fn is_permanent(&self) -> bool {
+        self.failure_class() == FailureClass::Permanent
+    }
+}
+
+/// Whether a failure is worth retrying; see [`Error::failure_class`].
+///
+/// | class | errors | what delivery does |
+/// |---|---|---|
+/// | `Permanent` | `EventTooLarge`, `InvalidEventType`, `InvalidStreamId`, `InvalidPattern`, `Encode`, `Decode`, `UnknownEventType`, `MissingUpcaster`, `InvalidArgument` (a value the backend rejects) | park the event in a dead-letter store, report it, move on |
+/// | `Transient` | `Connect`, `Timeout`, `Backend`, `Closed`, `Conflict`, `DuplicateEvent`, `Handler` | retry with backoff, in order |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureClass {
+    /// Retrying the same event cannot succeed (it is too large, invalid or undecodable).
+    Permanent,
+    /// The failure may pass (a lost connection, a timeout, a busy backend, a lost race).
+    Transient,
+}
+
+impl FailureClass {
+    /// A short lowercase name (`"permanent"`, `"transient"`), for logs and stored reasons.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Permanent => "permanent",
+            FailureClass::Transient => "transient",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -285,6 +340,53 @@ mod tests {
             Error::backend("redis", cause()).into();
         assert_eq!(wrapped.to_string(), "redis backend call failed");
         assert_no_repeats(&wrapped);
+    }
+
+    #[test]
+    fn failures_are_classified_in_one_place() {
+        let permanent = [
+            Error::EventTooLarge {
+                id: uuid::Uuid::nil(),
+                size: 2 << 20,
+                limit: 1 << 20,
+            },
+            Error::InvalidEventType {
+                name: "Bad Type".into(),
+                reason: "spaces",
+            },
+            Error::Encode {
+                event_type: "order.placed".into(),
+                source: serde_json::from_str::<u8>("x").unwrap_err(),
+            },
+            Error::decode("order.placed", cause()),
+            Error::InvalidArgument("NUL in text".into()),
+        ];
+        for e in &permanent {
+            assert!(e.is_permanent(), "{e} should be permanent");
+            assert_eq!(e.failure_class(), FailureClass::Permanent);
+        }
+        let transient = [
+            Error::Connect {
+                backend: "nats",
+                target: "nats://127.0.0.1:4222".into(),
+                source: cause(),
+            },
+            Error::Timeout {
+                operation: "publish",
+                after: std::time::Duration::from_secs(1),
+            },
+            Error::backend("redis", cause()),
+            Error::Conflict {
+                stream: "s".into(),
+                expected: ExpectedVersion::Exact(1),
+                actual: 2,
+            },
+            Error::Closed("bus"),
+        ];
+        for e in &transient {
+            assert!(!e.is_permanent(), "{e} should be transient");
+            assert_eq!(e.failure_class().as_str(), "transient");
+        }
     }
 
     #[test]

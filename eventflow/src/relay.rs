@@ -3,9 +3,22 @@
 //! Publishing right after a commit loses the event when the process dies in between. The relay
 //! closes that gap: it follows the store in global order from a durable checkpoint, publishes
 //! each read batch with [`EventBus::publish_batch`], and advances the checkpoint only after the
-//! bus accepted the batch. On a bus error it retries the same batch with backoff, so it never
-//! skips an event. Delivery is therefore **at least once, in commit order**: a relay killed after
+//! bus accepted the batch. Delivery is **at least once, in commit order**: a relay killed after
 //! publishing but before saving its checkpoint publishes that batch again when it restarts.
+//!
+//! # Failures: retry or park
+//! When the bus rejects a batch, the relay publishes that batch event by event, in order, to
+//! find the culprit. A failure that retrying cannot fix ([`Error::is_permanent`]: an event
+//! larger than the bus's limit, an invalid or unencodable event) **parks** that event in the
+//! relay's [`DeadLetterStore`] (source: the relay's name) with the reason, the error and the
+//! attempt count, reports it on [`RelayHandle::errors`] (a [`BusErrorKind::DeadLettered`]
+//! error) and at `error` level through `tracing`, counts it in [`RelayStatus::parked`], and the
+//! relay moves on to the next event. Any other failure (connection, timeout, backend) is retried with
+//! [`Backoff`] on the same event, so nothing is skipped and order is kept. Parked events are
+//! listed with [`RelayHandle::parked`], published again with [`RelayHandle::retry_parked`] (removed
+//! from the store once the bus took them) and dropped for good with
+//! [`RelayHandle::discard_parked`]; [`Relayed`] has the same three for a store's relay, and
+//! [`retry_parked`] works on any dead-letter store and bus.
 //! Between reads it sleeps on the store's [`commit_signal`](EventStore::commit_signal), with a
 //! polling fallback.
 //!
@@ -35,11 +48,16 @@ use tokio::task::JoinHandle;
 use crate::backoff::Backoff;
 use crate::bus::EventBus;
 use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::handler::{BusError, BusErrorKind, ErrorReceiver, ErrorSender};
+use crate::store::dead_letter::{DeadLetterStore, InMemoryDeadLetterStore, ParkedEvent};
 use crate::store::follow::{self, Follower};
 use crate::store::{CheckpointStore, EventStore};
 
 mod attach;
+mod parked;
 pub use attach::{IntoBus, Relayed, WithBus};
+pub use parked::{RetryOutcome, retry_parked};
 
 /// The default checkpoint name of a relay.
 pub const DEFAULT_RELAY_NAME: &str = "relay";
@@ -49,6 +67,9 @@ pub struct Relay {
     store: Arc<dyn EventStore>,
     bus: Arc<dyn EventBus>,
     checkpoints: Arc<dyn CheckpointStore>,
+    dead_letters: Arc<dyn DeadLetterStore>,
+    /// Parked events are reported here (see [`RelayHandle::errors`]).
+    errors: ErrorSender,
     name: String,
     batch_size: usize,
     poll_interval: Duration,
@@ -78,6 +99,8 @@ impl Relay {
             store,
             bus,
             checkpoints,
+            dead_letters: Arc::new(InMemoryDeadLetterStore::new()),
+            errors: ErrorSender::default(),
             name: DEFAULT_RELAY_NAME.to_owned(),
             batch_size: follow::DEFAULT_BATCH_SIZE,
             poll_interval: follow::DEFAULT_POLL_INTERVAL,
@@ -89,6 +112,13 @@ impl Relay {
     /// The checkpoint name (one per relay that must not share progress with another).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
+        self
+    }
+
+    /// Where events the bus will never take are parked (an in-memory store unless set; a
+    /// store's relay uses [`ReaderCheckpoints::reader_dead_letters`](crate::store::ReaderCheckpoints::reader_dead_letters)).
+    pub fn dead_letters(mut self, dead_letters: Arc<dyn DeadLetterStore>) -> Self {
+        self.dead_letters = dead_letters;
         self
     }
 
@@ -117,6 +147,9 @@ impl Relay {
         let (position_tx, position_rx) = watch::channel(0);
         let (stop_tx, stop_rx) = watch::channel(false);
         let store = Arc::clone(&self.store);
+        let bus = Arc::clone(&self.bus);
+        let dead_letters = Arc::clone(&self.dead_letters);
+        let errors = self.errors.clone();
         let name = self.name.clone();
         // Every log line of the relay carries its name through this span.
         let span = tracing::info_span!("relay", relay = %name);
@@ -127,6 +160,9 @@ impl Relay {
         RelayHandle {
             name,
             store,
+            bus,
+            dead_letters,
+            errors,
             position: position_rx,
             stop: stop_tx,
             task: Some(task),
@@ -177,21 +213,21 @@ impl Relay {
             let count = batch.events.len();
             let first = batch.events.first().and_then(|e| e.position);
             if count > 0 {
-                // The same batch again and again until the bus takes it: never skip.
-                loop {
-                    let publish = self.bus.publish_batch(batch.events.clone());
-                    match until_stopped(&mut stop, publish).await {
-                        None => return,
-                        Some(Ok(())) => break,
-                        Some(Err(error)) => {
-                            tracing::warn!(
-                                relay = name,
-                                from = first,
-                                to = batch.position,
-                                %error,
-                                "relay: publish failed; retrying the batch"
-                            );
-                            if until_stopped(&mut stop, tokio::time::sleep(backoff.next_delay()))
+                let publish = self.bus.publish_batch(batch.events.clone());
+                match until_stopped(&mut stop, publish).await {
+                    None => return,
+                    Some(Ok(())) => {}
+                    Some(Err(error)) => {
+                        tracing::warn!(
+                            relay = name,
+                            from = first,
+                            to = batch.position,
+                            %error,
+                            "relay: batch rejected; publishing it event by event"
+                        );
+                        for event in &batch.events {
+                            if self
+                                .publish_one(event, &mut stop, &mut backoff)
                                 .await
                                 .is_none()
                             {
@@ -232,6 +268,82 @@ impl Relay {
     }
 }
 
+impl Relay {
+    /// Publishes one event of a rejected batch: retried with backoff while the failure is
+    /// transient, parked when it is permanent. `None` when stopped meanwhile.
+    async fn publish_one(
+        &self,
+        event: &Event,
+        stop: &mut watch::Receiver<bool>,
+        backoff: &mut crate::backoff::Delays,
+    ) -> Option<()> {
+        let name = self.name.as_str();
+        // The batch attempt counts as the first.
+        let mut attempts = 1u32;
+        loop {
+            attempts = attempts.saturating_add(1);
+            let error = match until_stopped(stop, self.bus.publish(event.clone())).await? {
+                Ok(()) => return Some(()),
+                Err(error) => error,
+            };
+            if error.is_permanent() {
+                let parked = ParkedEvent::new(
+                    name,
+                    event.clone(),
+                    "permanent: the bus rejected the event",
+                    &error,
+                    attempts,
+                );
+                let message = format!(
+                    "relay {name} parked event {} at position {:?} after {attempts} attempts: {error}",
+                    event.id, event.position
+                );
+                self.park(parked, stop, backoff).await?;
+                self.errors
+                    .report(BusError::new(BusErrorKind::DeadLettered, message).for_event(event));
+                tracing::error!(
+                    relay = name,
+                    event_id = %event.id,
+                    event_type = %event.event_type,
+                    position = event.position,
+                    attempts,
+                    %error,
+                    "relay: parked an event the bus will never take; moving on"
+                );
+                return Some(());
+            }
+            tracing::warn!(
+                relay = name,
+                event_id = %event.id,
+                position = event.position,
+                attempts,
+                %error,
+                "relay: publish failed; retrying the event"
+            );
+            until_stopped(stop, tokio::time::sleep(backoff.next_delay())).await?;
+        }
+    }
+
+    /// Parks an event, retrying the dead-letter store until it takes it: the checkpoint must
+    /// not pass an event that is neither published nor parked.
+    async fn park(
+        &self,
+        parked: ParkedEvent,
+        stop: &mut watch::Receiver<bool>,
+        backoff: &mut crate::backoff::Delays,
+    ) -> Option<()> {
+        loop {
+            match until_stopped(stop, self.dead_letters.park(parked.clone())).await? {
+                Ok(()) => return Some(()),
+                Err(error) => {
+                    tracing::warn!(relay = %self.name, event_id = %parked.event.id, %error, "relay: cannot park the event; retrying");
+                    until_stopped(stop, tokio::time::sleep(backoff.next_delay())).await?;
+                }
+            }
+        }
+    }
+}
+
 /// Runs `future` unless the stop flag is (or becomes) set; `None` when stopped.
 async fn until_stopped<F: std::future::Future>(
     stop: &mut watch::Receiver<bool>,
@@ -250,6 +362,7 @@ async fn until_stopped<F: std::future::Future>(
 
 /// Where a relay is, and how far behind the store (see [`RelayHandle::status`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RelayStatus {
     /// The global position up to which every event was published and checkpointed.
     pub position: u64,
@@ -259,6 +372,9 @@ pub struct RelayStatus {
     /// dense, so this counts events; in PostgreSQL positions are `(transaction id << 20) + index`
     /// and not dense, so it says whether the reader is behind, not by how many events.
     pub lag: u64,
+    /// Events of this relay waiting in its dead-letter store: parked because the bus will never
+    /// take them (see [Failures](self#failures-retry-or-park)).
+    pub parked: u64,
 }
 
 /// A running relay. Dropping it aborts the relay at once (what a crash would do); call
@@ -266,6 +382,9 @@ pub struct RelayStatus {
 pub struct RelayHandle {
     name: String,
     store: Arc<dyn EventStore>,
+    bus: Arc<dyn EventBus>,
+    dead_letters: Arc<dyn DeadLetterStore>,
+    errors: ErrorSender,
     position: watch::Receiver<u64>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
@@ -291,18 +410,65 @@ impl RelayHandle {
         *self.position.borrow()
     }
 
-    /// The relay's position, the store's head and the lag between them.
+    /// The relay's position, the store's head, the lag between them and how many events are
+    /// parked.
     ///
     /// # Errors
-    /// The store's error when reading its head.
+    /// The store's error when reading its head; the dead-letter store's when counting.
     pub async fn status(&self) -> Result<RelayStatus> {
         let position = self.position();
         let head = self.store.head_position().await?;
+        let parked = self.dead_letters.count(&self.name).await?;
         Ok(RelayStatus {
             position,
             head,
             lag: head.saturating_sub(position),
+            parked,
         })
+    }
+
+    /// The relay's error stream: a [`BusErrorKind::DeadLettered`] error for every event it
+    /// parks (from the moment of the call; also logged through `tracing`).
+    pub fn errors(&self) -> ErrorReceiver {
+        self.errors.subscribe()
+    }
+
+    /// Where this relay parks the events the bus will never take.
+    pub fn dead_letters(&self) -> &Arc<dyn DeadLetterStore> {
+        &self.dead_letters
+    }
+
+    /// Up to `limit` events this relay parked, oldest first.
+    ///
+    /// # Errors
+    /// The dead-letter store's errors.
+    pub async fn parked(&self, limit: usize) -> Result<Vec<ParkedEvent>> {
+        self.dead_letters.list(&self.name, limit).await
+    }
+
+    /// Publishes up to `limit` parked events of this relay again, oldest first, through the
+    /// relay's bus, removing each from the dead-letter store once the bus took it (see
+    /// [`retry_parked`]). Call it after fixing the cause (e.g. raising the bus's size limit).
+    ///
+    /// # Errors
+    /// The dead-letter store's errors (a publish failure leaves the event parked and is counted
+    /// in [`RetryOutcome::failed`]).
+    pub async fn retry_parked(&self, limit: usize) -> Result<RetryOutcome> {
+        retry_parked(
+            self.dead_letters.as_ref(),
+            self.bus.as_ref(),
+            &self.name,
+            limit,
+        )
+        .await
+    }
+
+    /// Drops the parked event `id` for good; `false` when there was none.
+    ///
+    /// # Errors
+    /// The dead-letter store's errors.
+    pub async fn discard_parked(&self, id: uuid::Uuid) -> Result<bool> {
+        self.dead_letters.discard(id).await
     }
 
     /// Waits until every event up to global position `position` was published and

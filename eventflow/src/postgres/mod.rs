@@ -27,7 +27,7 @@
 //! # Tables
 //! The migrations in the workspace's `migrations/` folder (sqlx format, embedded in the library
 //! through the `eventflow/migrations` link, so the published crate carries them) create
-//! `events`, `snapshots`, `checkpoints` and the `saga_*` tables in one schema, `eventflow` unless
+//! `events`, `snapshots`, `checkpoints`, the `saga_*` tables and `dead_letters` in one schema, `eventflow` unless
 //! [`PostgresEventStoreBuilder::schema`] names another. [`PostgresEventStore::migrate`] applies
 //! them; nothing else changes the schema.
 //!
@@ -79,12 +79,13 @@
 //! # Code map
 //! `store.rs` (construction, the `EventStore` impl), `append.rs`, `read.rs`, `subscribe.rs`
 //! (the relay too) by concern; `signal.rs` (`LISTEN`/`NOTIFY`), `rows.rs` (row codecs),
-//! `checkpoint.rs`, `snapshot.rs`, `projection.rs`, `saga.rs`; `connect.rs` (pools,
+//! `checkpoint.rs`, `snapshot.rs`, `dead_letter.rs`, `projection.rs`, `saga.rs`; `connect.rs` (pools,
 //! migrations), `sql.rs`, `schema.rs`, `error.rs`. Nothing outside this module imports sqlx.
 
 mod append;
 mod checkpoint;
 mod connect;
+mod dead_letter;
 mod error;
 mod projection;
 mod read;
@@ -121,6 +122,7 @@ pub use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
 pub use append::PendingAppend;
 pub use checkpoint::PostgresCheckpointStore;
+pub use dead_letter::PostgresDeadLetterStore;
 pub use projection::{PgProjection, PgTransaction, projection_runner};
 pub use saga::PostgresSagaStore;
 pub use schema::DEFAULT_SCHEMA;

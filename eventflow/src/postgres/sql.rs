@@ -1,5 +1,5 @@
 //! Every SQL statement of the PostgreSQL backend, in one place: the event store, snapshots,
-//! checkpoints, transactional projections and sagas.
+//! checkpoints, transactional projections, sagas and dead letters.
 //!
 //! Table names cannot be bind parameters, so each statement is a template with `{events}`,
 //! `{snapshots}`, `{checkpoints}` and `{schema}` placeholders that [`Sql::new`] fills in once,
@@ -184,6 +184,21 @@ const SAGA_PENDING_OUTBOX: &str =
 const SAGA_ACK_OUTBOX: &str =
     "DELETE FROM {schema}.saga_outbox WHERE saga = $1 AND event_id = ANY($2)";
 
+/// Parks an event (see `DeadLetterStore`).
+const DEAD_LETTER_PARK: &str = "INSERT INTO {schema}.dead_letters \
+     (id, source, event_id, event, reason, error, attempts, parked_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// Columns read back into a `ParkedEvent`, in the order the dead-letter store expects.
+const DEAD_LETTER_LIST: &str = "SELECT id, source, event, reason, error, attempts, parked_at \
+     FROM {schema}.dead_letters WHERE source = $1 ORDER BY seq LIMIT $2";
+
+/// Removes one dead letter and returns it (`take`, `discard`).
+const DEAD_LETTER_TAKE: &str = "DELETE FROM {schema}.dead_letters WHERE id = $1 \
+     RETURNING id, source, event, reason, error, attempts, parked_at";
+
+const DEAD_LETTER_COUNT: &str = "SELECT count(*) FROM {schema}.dead_letters WHERE source = $1";
+
 /// The backend's statements with the table names of one schema filled in.
 #[derive(Clone)]
 pub(crate) struct Sql {
@@ -213,6 +228,10 @@ pub(crate) struct Sql {
     pub(crate) saga_due_deadlines: String,
     pub(crate) saga_pending_outbox: String,
     pub(crate) saga_ack_outbox: String,
+    pub(crate) dead_letter_park: String,
+    pub(crate) dead_letter_list: String,
+    pub(crate) dead_letter_take: String,
+    pub(crate) dead_letter_count: String,
 }
 
 impl std::fmt::Debug for Sql {
@@ -263,6 +282,10 @@ impl Sql {
             saga_due_deadlines: fill(SAGA_DUE_DEADLINES),
             saga_pending_outbox: fill(SAGA_PENDING_OUTBOX),
             saga_ack_outbox: fill(SAGA_ACK_OUTBOX),
+            dead_letter_park: fill(DEAD_LETTER_PARK),
+            dead_letter_list: fill(DEAD_LETTER_LIST),
+            dead_letter_take: fill(DEAD_LETTER_TAKE),
+            dead_letter_count: fill(DEAD_LETTER_COUNT),
             schema,
         }
     }
@@ -316,6 +339,10 @@ mod tests {
             &sql.saga_due_deadlines,
             &sql.saga_pending_outbox,
             &sql.saga_ack_outbox,
+            &sql.dead_letter_park,
+            &sql.dead_letter_list,
+            &sql.dead_letter_take,
+            &sql.dead_letter_count,
         ] {
             assert!(!text.contains('{'), "unfilled template: {text}");
             assert!(text.contains("\"s1\""), "schema missing: {text}");

@@ -174,6 +174,12 @@ impl PostgresEventStore {
         PostgresCheckpointStore::from_parts(self.inner.pool.clone(), self.inner.sql.clone())
     }
 
+    /// A dead-letter store over the same pool and schema (where a relay attached with
+    /// [`with_bus`](crate::relay::WithBus::with_bus) parks events the bus will never take).
+    pub fn dead_letters(&self) -> super::PostgresDeadLetterStore {
+        super::PostgresDeadLetterStore::from_parts(self.inner.pool.clone(), self.inner.sql.clone())
+    }
+
     pub(super) fn map(&self, error: sqlx::Error) -> Error {
         map_sqlx(&self.inner.target, error)
     }

@@ -9,7 +9,9 @@ use tokio::sync::watch;
 use super::store::PostgresEventStore;
 use crate::bus::{Handler, Subscription};
 use crate::error::Result;
-use crate::store::{CheckpointStore, EventCriteria, ReaderCheckpoints, SubscribeOptions};
+use crate::store::{
+    CheckpointStore, DeadLetterStore, EventCriteria, ReaderCheckpoints, SubscribeOptions,
+};
 
 impl PostgresEventStore {
     /// [`EventStore::commit_signal`](crate::store::EventStore::commit_signal).
@@ -37,10 +39,15 @@ impl PostgresEventStore {
 }
 
 /// A relay attached with [`with_bus`](crate::relay::WithBus::with_bus) keeps its checkpoint in
-/// this schema's `checkpoints` table and polls at this store's interval.
+/// this schema's `checkpoints` table, parks in its `dead_letters` table and polls at this
+/// store's interval.
 impl ReaderCheckpoints for PostgresEventStore {
     fn reader_checkpoints(&self) -> Arc<dyn CheckpointStore> {
         Arc::new(self.checkpoints())
+    }
+
+    fn reader_dead_letters(&self) -> Arc<dyn DeadLetterStore> {
+        Arc::new(self.dead_letters())
     }
 
     fn reader_poll_interval(&self) -> Duration {

@@ -14,6 +14,12 @@ pub enum FailurePolicy {
     Retry(Backoff),
     /// Report the event (status, `tracing` error) and move past it.
     Skip,
+    /// Park the event in the runner's dead-letter store (source: the projection's name, with
+    /// the handler's error and the attempt count; see
+    /// [`ProjectionRunner::dead_letters`](super::ProjectionRunner::dead_letters)), report it
+    /// (status `parked`, `tracing` error) and move past it: the checkpoint advances. Parked on
+    /// the first failure; a handler that wants retries first retries inside itself.
+    Park,
     /// Stop the runner at the event; the checkpoint stays just before it.
     Stop,
 }

@@ -15,6 +15,7 @@ use super::{
 use crate::error::{BoxError, Error, Result};
 use crate::event::Event;
 use crate::handler::sync;
+use crate::store::dead_letter::{DeadLetterStore, InMemoryDeadLetterStore, ParkedEvent};
 use crate::store::follow::{self, Follower};
 use crate::store::{CheckpointStore, EventStore};
 
@@ -35,6 +36,9 @@ struct Shared {
     options: RunnerOptions,
     state: RunState,
     skipped: u64,
+    parked: u64,
+    /// Where [`FailurePolicy::Park`] parks events.
+    dead_letters: Arc<dyn DeadLetterStore>,
     failure: Option<FailedEvent>,
     stopped: bool,
 }
@@ -112,6 +116,8 @@ impl ProjectionRunner {
                     options,
                     state: RunState::Idle,
                     skipped: 0,
+                    parked: 0,
+                    dead_letters: Arc::new(InMemoryDeadLetterStore::new()),
                     failure: None,
                     stopped: false,
                 }),
@@ -136,6 +142,28 @@ impl ProjectionRunner {
     pub fn failure_policy(self, failure: FailurePolicy) -> Self {
         self.lock_shared().options.failure = failure;
         self
+    }
+
+    /// Where [`FailurePolicy::Park`] parks the events the handler fails on (source: the
+    /// projection's name); in memory unless set. With a PostgreSQL store, pass its
+    /// `dead_letters()` so they survive a restart.
+    #[must_use]
+    pub fn dead_letters(self, dead_letters: Arc<dyn DeadLetterStore>) -> Self {
+        self.lock_shared().dead_letters = dead_letters;
+        self
+    }
+
+    /// The dead-letter store of [`FailurePolicy::Park`].
+    pub fn dead_letter_store(&self) -> Arc<dyn DeadLetterStore> {
+        Arc::clone(&self.lock_shared().dead_letters)
+    }
+
+    /// Up to `limit` events this projection parked, oldest first.
+    ///
+    /// # Errors
+    /// The dead-letter store's errors.
+    pub async fn parked(&self, limit: usize) -> Result<Vec<ParkedEvent>> {
+        self.dead_letter_store().list(&self.inner.name, limit).await
     }
 
     /// Sets the number of events read and checkpointed per batch, at least 1 (see
@@ -183,6 +211,7 @@ impl ProjectionRunner {
             lag: head.saturating_sub(position),
             state: shared.state,
             skipped: shared.skipped,
+            parked: shared.parked,
             failure: shared.failure.clone(),
         })
     }
@@ -237,6 +266,7 @@ impl ProjectionRunner {
             shared.stopped = false;
             shared.failure = None;
             shared.skipped = 0;
+            shared.parked = 0;
             shared.state = RunState::CatchingUp;
         }
         self.catch_up().await
@@ -419,8 +449,23 @@ impl ProjectionRunner {
         let give_up = match failure {
             FailurePolicy::Stop => true,
             FailurePolicy::Retry(backoff) => backoff.exhausted(cursor.attempts),
-            FailurePolicy::Skip => {
-                tracing::error!(projection = %self.inner.name, event_id = %event.id, event_type = %event.event_type, position, error = %error, "projection skipped an event it could not handle");
+            FailurePolicy::Skip | FailurePolicy::Park => {
+                let park = failure == FailurePolicy::Park;
+                if park {
+                    let dead_letters = self.dead_letter_store();
+                    let parked = ParkedEvent::new(
+                        self.inner.name.as_str(),
+                        event.clone(),
+                        "the projection's handler failed",
+                        error.as_ref(),
+                        cursor.attempts,
+                    );
+                    // Not parked, not past: the step runs again and so does the handler.
+                    dead_letters.park(parked).await?;
+                    tracing::error!(projection = %self.inner.name, event_id = %event.id, event_type = %event.event_type, position, error = %error, "projection parked an event it could not handle");
+                } else {
+                    tracing::error!(projection = %self.inner.name, event_id = %event.id, event_type = %event.event_type, position, error = %error, "projection skipped an event it could not handle");
+                }
                 match self.inner.applier.skip(cursor.position, position).await {
                     Ok(()) => {}
                     Err(ApplyError::Moved(p)) => {
@@ -434,7 +479,11 @@ impl ProjectionRunner {
                 }
                 {
                     let mut shared = self.lock_shared();
-                    shared.skipped += 1;
+                    if park {
+                        shared.parked += 1;
+                    } else {
+                        shared.skipped += 1;
+                    }
                     shared.failure = Some(failed);
                 }
                 self.set_position(cursor, position);

@@ -48,6 +48,9 @@ pub struct ProjectionStatus {
     pub state: RunState,
     /// Events skipped under [`FailurePolicy::Skip`].
     pub skipped: u64,
-    /// The last failure (retried, skipped, or the one it stopped on).
+    /// Events parked under [`FailurePolicy::Park`] by this runner (since it was built or
+    /// rebuilt); the dead-letter store holds them until retried or discarded.
+    pub parked: u64,
+    /// The last failure (retried, skipped, parked, or the one it stopped on).
     pub failure: Option<FailedEvent>,
 }

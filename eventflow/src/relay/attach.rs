@@ -8,10 +8,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::{DEFAULT_RELAY_NAME, Relay, RelayHandle, RelayStatus};
+use super::{DEFAULT_RELAY_NAME, Relay, RelayHandle, RelayStatus, RetryOutcome, retry_parked};
 use crate::bus::{EventBus, Handler, Subscription};
 use crate::error::Result;
 use crate::event::Event;
+use crate::store::dead_letter::{DeadLetterStore, ParkedEvent};
 use crate::store::{
     EventCriteria, EventStore, ExpectedVersion, ReaderCheckpoints, SubscribeOptions,
 };
@@ -61,7 +62,10 @@ pub trait WithBus: ReaderCheckpoints + Sized {
     /// (name [`DEFAULT_RELAY_NAME`]), publishes with [`EventBus::publish_batch`] and moves its
     /// checkpoint only after the bus accepted the batch, retrying with backoff on a bus error.
     /// So the bus sees **every committed event, in commit order, at least once**, and never an
-    /// event of a batch that failed. Publishing happens shortly *after* `append` returns; call
+    /// event of a batch that failed. An event the bus will never take (too large, invalid) is
+    /// parked in the store's dead-letter store
+    /// ([`reader_dead_letters`](ReaderCheckpoints::reader_dead_letters)) and the relay moves on
+    /// (see [`Relayed::parked`]). Publishing happens shortly *after* `append` returns; call
     /// [`Relayed::flush`] to wait for it. The relay starts here when called inside a Tokio
     /// runtime (else with the first append, so the store can be built outside one) and stops
     /// when the last clone of the returned store is dropped.
@@ -72,10 +76,12 @@ pub trait WithBus: ReaderCheckpoints + Sized {
     /// [`with_bus`](Self::with_bus) with the relay's checkpoint under `name` (one per relay
     /// that must not share progress with another).
     fn with_bus_named(self, bus: impl IntoBus, name: impl Into<String>) -> Relayed<Self> {
+        let dead_letters = self.reader_dead_letters();
         let store = Relayed {
             store: self,
             relay: Arc::new(RelayCell {
                 bus: bus.into_bus(),
+                dead_letters,
                 name: name.into(),
                 handle: OnceLock::new(),
             }),
@@ -98,6 +104,8 @@ pub struct Relayed<S> {
 /// A bus and the relay publishing to it, started on first use inside a runtime.
 struct RelayCell {
     bus: Arc<dyn EventBus>,
+    /// Taken once at `with_bus`, so the relay and the caller see the same dead letters.
+    dead_letters: Arc<dyn DeadLetterStore>,
     name: String,
     handle: OnceLock<RelayHandle>,
 }
@@ -139,6 +147,7 @@ impl<S: ReaderCheckpoints> Relayed<S> {
                 self.store.reader_checkpoints(),
             )
             .name(self.relay.name.clone())
+            .dead_letters(Arc::clone(&self.relay.dead_letters))
             .poll_interval(self.store.reader_poll_interval())
             .spawn()
         }))
@@ -170,6 +179,51 @@ impl<S: ReaderCheckpoints> Relayed<S> {
     /// Backend errors reading the head.
     pub async fn relay_status(&self) -> Result<RelayStatus> {
         self.started()?.status().await
+    }
+
+    /// The relay's error stream: every event it parks is reported there (see
+    /// [`RelayHandle::errors`]).
+    ///
+    /// # Errors
+    /// [`Error::Closed`](crate::Error::Closed) outside a Tokio runtime.
+    pub fn relay_errors(&self) -> Result<crate::handler::ErrorReceiver> {
+        Ok(self.started()?.errors())
+    }
+
+    /// Where the relay parks the events the bus will never take.
+    pub fn dead_letters(&self) -> &Arc<dyn DeadLetterStore> {
+        &self.relay.dead_letters
+    }
+
+    /// Up to `limit` events the relay parked, oldest first.
+    ///
+    /// # Errors
+    /// The dead-letter store's errors.
+    pub async fn parked(&self, limit: usize) -> Result<Vec<ParkedEvent>> {
+        self.relay.dead_letters.list(&self.relay.name, limit).await
+    }
+
+    /// Publishes up to `limit` parked events again through the relay's bus, removing each once
+    /// the bus took it (see [`retry_parked`](super::retry_parked)).
+    ///
+    /// # Errors
+    /// The dead-letter store's errors.
+    pub async fn retry_parked(&self, limit: usize) -> Result<RetryOutcome> {
+        retry_parked(
+            self.relay.dead_letters.as_ref(),
+            self.relay.bus.as_ref(),
+            &self.relay.name,
+            limit,
+        )
+        .await
+    }
+
+    /// Drops the parked event `id` for good; `false` when there was none.
+    ///
+    /// # Errors
+    /// The dead-letter store's errors.
+    pub async fn discard_parked(&self, id: uuid::Uuid) -> Result<bool> {
+        self.relay.dead_letters.discard(id).await
     }
 }
 

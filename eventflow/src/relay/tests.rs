@@ -146,7 +146,8 @@ async fn every_committed_event_reaches_the_bus_in_commit_order() {
         RelayStatus {
             position: head,
             head,
-            lag: 0
+            lag: 0,
+            parked: 0,
         }
     );
     relay.stop().await;
@@ -349,5 +350,109 @@ async fn wait_for_times_out_while_the_bus_is_down() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    relay.stop().await;
+}
+
+/// Rejects events marked `poison` for good (too large) and fails event 7 three times (a
+/// transient outage), recording the rest.
+struct PickyBus {
+    transient_left: AtomicU64,
+    inner: RecordingBus,
+}
+
+#[async_trait]
+impl EventBus for PickyBus {
+    async fn publish(&self, event: Event) -> Result<()> {
+        self.publish_batch(vec![event]).await
+    }
+    async fn publish_batch(&self, events: Vec<Event>) -> Result<()> {
+        for e in &events {
+            if e.payload["poison"] == true {
+                return Err(Error::EventTooLarge {
+                    id: e.id,
+                    size: 2 << 20,
+                    limit: 1 << 20,
+                });
+            }
+            if e.payload["n"] == 7
+                && self
+                    .transient_left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+            {
+                return Err(Error::backend("picky", "connection reset"));
+            }
+        }
+        self.inner.publish_batch(events).await
+    }
+    async fn subscribe(&self, pattern: &str, handler: Arc<dyn Handler>) -> Result<Subscription> {
+        self.inner.subscribe(pattern, handler).await
+    }
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+    fn errors(&self) -> ErrorReceiver {
+        self.inner.errors()
+    }
+}
+
+#[tokio::test]
+async fn a_permanent_failure_parks_the_event_and_a_transient_one_is_retried_in_order() {
+    let store = InMemoryEventStore::new();
+    let bus = Arc::new(PickyBus {
+        transient_left: AtomicU64::new(3),
+        inner: RecordingBus::new(),
+    });
+    let dead_letters = Arc::new(InMemoryDeadLetterStore::new());
+    let relay = Relay::new(
+        Arc::new(store.clone()),
+        bus.clone(),
+        Arc::new(InMemoryCheckpointStore::new()),
+    )
+    .name("picky")
+    .dead_letters(dead_letters.clone())
+    .backoff(Duration::from_millis(1), Duration::from_millis(5))
+    .spawn();
+    let mut errors = relay.errors();
+    let events: Vec<Event> = (0..20)
+        .map(|n| Event::new("relay.tested", json!({ "n": n, "poison": n == 12 })).unwrap())
+        .collect();
+    store
+        .append_batch("s", ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    let head = store.head_position().await.unwrap();
+    relay.wait_for(head, WAIT).await.unwrap();
+
+    let published: Vec<u64> = bus
+        .inner
+        .events()
+        .iter()
+        .map(|e| e.payload["n"].as_u64().unwrap())
+        .collect();
+    let expected: Vec<u64> = (0..20).filter(|n| *n != 12).collect();
+    assert_eq!(
+        published, expected,
+        "all but the poison event, in order, once"
+    );
+    let parked = relay.parked(10).await.unwrap();
+    assert_eq!(parked.len(), 1, "only the permanent failure is parked");
+    assert_eq!(parked[0].event.payload["n"], 12);
+    assert_eq!(parked[0].source, "picky");
+    assert!(
+        parked[0].error.contains("over the limit"),
+        "{}",
+        parked[0].error
+    );
+    assert_eq!(relay.status().await.unwrap().parked, 1);
+    let reported = errors.try_recv().unwrap();
+    assert_eq!(reported.kind, crate::handler::BusErrorKind::DeadLettered);
+    assert_eq!(reported.event_id, Some(parked[0].event.id));
+
+    // Still rejected: it stays parked. Discarded: it is gone.
+    let again = relay.retry_parked(10).await.unwrap();
+    assert_eq!((again.published, again.failed), (0, 1));
+    assert!(relay.discard_parked(parked[0].id).await.unwrap());
+    assert_eq!(relay.status().await.unwrap().parked, 0);
     relay.stop().await;
 }

@@ -14,7 +14,8 @@ use crate::backoff::{Backoff, Jitter};
 use crate::bus::EventBus;
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::relay::IntoBus;
+use crate::relay::{IntoBus, RetryOutcome, retry_parked};
+use crate::store::dead_letter::{DeadLetterStore, InMemoryDeadLetterStore, ParkedEvent};
 
 /// What [`SagaManager::handle`] did with an event.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +69,8 @@ pub struct SagaManager<S: Saga> {
     handles: HashSet<String>,
     pub(super) store: Arc<dyn SagaStore>,
     bus: Option<Arc<dyn EventBus>>,
+    /// Where outbox events the bus will never take are parked (source `saga:<name>`).
+    dead_letters: Arc<dyn DeadLetterStore>,
     /// Serializes instances of one correlation id within this process, so conflicts only
     /// happen between processes.
     locks: Vec<tokio::sync::Mutex<()>>,
@@ -103,6 +106,7 @@ impl<S: Saga> SagaManager<S> {
             handles,
             store,
             bus: None,
+            dead_letters: Arc::new(InMemoryDeadLetterStore::new()),
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
@@ -115,6 +119,63 @@ impl<S: Saga> SagaManager<S> {
     pub fn with_bus(mut self, bus: impl IntoBus) -> Self {
         self.bus = Some(bus.into_bus());
         self
+    }
+
+    /// Where outbox events the bus will never take (too large, invalid) are parked, under the
+    /// source [`parked_source`](Self::parked_source); in memory unless set. With a PostgreSQL
+    /// saga store, pass the event store's `dead_letters()` so they survive a restart.
+    #[must_use]
+    pub fn dead_letters(mut self, dead_letters: Arc<dyn DeadLetterStore>) -> Self {
+        self.dead_letters = dead_letters;
+        self
+    }
+
+    /// The dead-letter store of this saga's outbox.
+    pub fn dead_letter_store(&self) -> &Arc<dyn DeadLetterStore> {
+        &self.dead_letters
+    }
+
+    /// The source under which this saga parks outbox events: `saga:<name>`.
+    pub fn parked_source(&self) -> String {
+        format!("saga:{}", self.name)
+    }
+
+    /// Up to `limit` parked outbox events of this saga, oldest first.
+    ///
+    /// # Errors
+    /// The dead-letter store's errors.
+    pub async fn parked(&self, limit: usize) -> Result<Vec<ParkedEvent>> {
+        self.dead_letters.list(&self.parked_source(), limit).await
+    }
+
+    /// How many outbox events of this saga are parked (its status of dead letters).
+    ///
+    /// # Errors
+    /// The dead-letter store's errors.
+    pub async fn parked_count(&self) -> Result<u64> {
+        self.dead_letters.count(&self.parked_source()).await
+    }
+
+    /// Publishes up to `limit` parked outbox events again on the saga's bus, removing each once
+    /// the bus took it (see [`retry_parked`](crate::relay::retry_parked), which also takes
+    /// another bus).
+    ///
+    /// # Errors
+    /// The dead-letter store's errors; [`Error::InvalidArgument`] when the manager has no bus.
+    pub async fn retry_parked(&self, limit: usize) -> Result<RetryOutcome> {
+        let Some(bus) = &self.bus else {
+            return Err(Error::InvalidArgument(format!(
+                "saga {} has no bus to publish parked events on",
+                self.name
+            )));
+        };
+        retry_parked(
+            self.dead_letters.as_ref(),
+            bus.as_ref(),
+            &self.parked_source(),
+            limit,
+        )
+        .await
     }
 
     /// The saga's name.
@@ -301,27 +362,59 @@ impl<S: Saga> SagaManager<S> {
     }
 
     /// Publishes the outbox events of the step just committed, then removes them from the
-    /// outbox; a failure leaves them for [`flush_outbox`](Self::flush_outbox).
+    /// outbox; a transient failure leaves them for [`flush_outbox`](Self::flush_outbox).
     async fn publish_committed(&self, outbox: Vec<Event>) {
         let Some(bus) = &self.bus else { return };
         if outbox.is_empty() {
             return;
         }
-        let ids: Vec<Uuid> = outbox.iter().map(|e| e.id).collect();
-        let result = match bus.publish_batch(outbox).await {
-            Ok(()) => self.store.ack_outbox(&self.name, &ids).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
+        if let Err(e) = self.deliver_outbox(bus.as_ref(), outbox).await {
             tracing::warn!(saga = %self.name, error = %e, "saga outbox not published yet; will retry");
         }
     }
 
+    /// Publishes outbox events in order and removes them from the outbox. When the bus rejects
+    /// the batch, the events go one by one: an event the bus will never take
+    /// ([`Error::is_permanent`]) is parked and removed, so the rest of the outbox flows; the
+    /// first transient failure stops there, leaving it and what follows in the outbox, in
+    /// order.
+    async fn deliver_outbox(&self, bus: &dyn EventBus, events: Vec<Event>) -> Result<()> {
+        let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+        match bus.publish_batch(events.clone()).await {
+            Ok(()) => return self.store.ack_outbox(&self.name, &ids).await,
+            Err(error) => {
+                tracing::debug!(saga = %self.name, %error, "saga outbox batch rejected; publishing event by event");
+            }
+        }
+        for event in events {
+            match bus.publish(event.clone()).await {
+                Ok(()) => {}
+                Err(error) if error.is_permanent() => {
+                    let parked = ParkedEvent::new(
+                        self.parked_source(),
+                        event.clone(),
+                        "permanent: the bus rejected the saga's event",
+                        &error,
+                        2,
+                    );
+                    self.dead_letters.park(parked).await?;
+                    tracing::error!(saga = %self.name, event_id = %event.id, event_type = %event.event_type, %error, "saga outbox: parked an event the bus will never take; moving on");
+                }
+                Err(error) => return Err(error),
+            }
+            self.store.ack_outbox(&self.name, &[event.id]).await?;
+        }
+        Ok(())
+    }
+
     /// Publishes every pending outbox event (emitted events whose publish did not complete,
-    /// e.g. because the process died) and removes them from the outbox. Returns how many.
+    /// e.g. because the process died) and removes them from the outbox. Returns how many left
+    /// the outbox (published or parked). An event the bus will never take is parked (see
+    /// [`parked`](Self::parked)) and the rest flows.
     ///
     /// # Errors
-    /// Store or bus errors (the events stay in the outbox).
+    /// Store, dead-letter store or transient bus errors (the events from the failing one on
+    /// stay in the outbox, in order).
     pub async fn flush_outbox(&self) -> Result<usize> {
         let Some(bus) = &self.bus else {
             return Ok(0);
@@ -332,10 +425,8 @@ impl<S: Saga> SagaManager<S> {
             if pending.is_empty() {
                 return Ok(total);
             }
-            let ids: Vec<Uuid> = pending.iter().map(|e| e.id).collect();
             let n = pending.len();
-            bus.publish_batch(pending).await?;
-            self.store.ack_outbox(&self.name, &ids).await?;
+            self.deliver_outbox(bus.as_ref(), pending).await?;
             total += n;
             if n < 256 {
                 return Ok(total);

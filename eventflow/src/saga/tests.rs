@@ -141,3 +141,95 @@ async fn a_handler_error_commits_nothing() {
     let message = SagaFixture::new(Checkout).when(bad).await.then_error();
     assert!(message.contains("no order id"), "{message}");
 }
+
+/// A bus that takes everything but events whose payload says `poison` (too large, for good).
+struct RejectsPoison(crate::testing::RecordingBus);
+
+#[async_trait::async_trait]
+impl crate::bus::EventBus for RejectsPoison {
+    async fn publish(&self, event: Event) -> crate::error::Result<()> {
+        self.publish_batch(vec![event]).await
+    }
+    async fn publish_batch(&self, events: Vec<Event>) -> crate::error::Result<()> {
+        if let Some(e) = events.iter().find(|e| e.payload["poison"] == true) {
+            return Err(crate::error::Error::EventTooLarge {
+                id: e.id,
+                size: 2 << 20,
+                limit: 1 << 20,
+            });
+        }
+        self.0.publish_batch(events).await
+    }
+    async fn subscribe(
+        &self,
+        pattern: &str,
+        handler: std::sync::Arc<dyn crate::bus::Handler>,
+    ) -> crate::error::Result<crate::bus::Subscription> {
+        self.0.subscribe(pattern, handler).await
+    }
+    async fn close(&self) -> crate::error::Result<()> {
+        self.0.close().await
+    }
+    fn errors(&self) -> crate::bus::ErrorReceiver {
+        self.0.errors()
+    }
+}
+
+/// Emits a good event, a poison one and another good one per start.
+struct Emits3;
+
+impl Saga for Emits3 {
+    type State = ();
+    fn name(&self) -> &str {
+        "emits3"
+    }
+    fn starts_on(&self) -> Vec<String> {
+        vec!["emit.start".into()]
+    }
+    fn handles(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn handle(&self, _: &mut (), _: &Event, ctx: &mut SagaContext) -> Result<(), BoxError> {
+        for (n, poison) in [(1, false), (2, true), (3, false)] {
+            ctx.emit_new("emit.out", json!({ "n": n, "poison": poison }))?;
+        }
+        ctx.complete();
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_step_parks_an_emitted_event_the_bus_never_takes_and_publishes_the_rest() {
+    use std::sync::Arc;
+    let bus = Arc::new(RejectsPoison(crate::testing::RecordingBus::new()));
+    let store = Arc::new(super::InMemorySagaStore::new());
+    let manager = super::SagaManager::new(Emits3, store.clone())
+        .unwrap()
+        .with_bus(bus.clone());
+    manager
+        .handle(&Event::new("emit.start", json!({})).unwrap())
+        .await
+        .unwrap();
+    let published: Vec<u64> = bus
+        .0
+        .events()
+        .iter()
+        .map(|e| e.payload["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        published,
+        vec![1, 3],
+        "the rest of the outbox flows, in order"
+    );
+    let parked = manager.parked(10).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].event.payload["n"], 2);
+    assert_eq!(parked[0].source, "saga:emits3");
+    assert_eq!(manager.parked_count().await.unwrap(), 1);
+    use super::SagaStore;
+    assert!(
+        store.pending_outbox("emits3", 10).await.unwrap().is_empty(),
+        "nothing is left in the outbox"
+    );
+    assert_eq!(manager.flush_outbox().await.unwrap(), 0);
+}

@@ -15,8 +15,11 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handler::{Handler, Subscription};
 
+pub mod dead_letter;
 pub mod follow;
 pub mod memory;
+
+pub use dead_letter::{DeadLetterStore, InMemoryDeadLetterStore, ParkedEvent};
 
 /// Longest accepted stream id, in bytes.
 pub const MAX_STREAM_ID_LEN: usize = 255;
@@ -343,6 +346,12 @@ pub trait ReaderCheckpoints: EventStore + Clone {
     /// before reading again anyway.
     fn reader_poll_interval(&self) -> std::time::Duration {
         follow::DEFAULT_POLL_INTERVAL
+    }
+
+    /// Where a reader of this store parks the events it gives up on (see [`dead_letter`]):
+    /// durable beside the events for a durable store. The default keeps them in memory.
+    fn reader_dead_letters(&self) -> Arc<dyn DeadLetterStore> {
+        Arc::new(InMemoryDeadLetterStore::new())
     }
 }
 

@@ -14,6 +14,7 @@
 //! of durability and competing consumers make several for one scope.
 
 pub mod bus;
+pub mod dead_letters;
 mod report;
 pub mod store;
 
