@@ -220,6 +220,7 @@ impl Error {
         match self {
             // The event itself is wrong for the target: the same bytes fail the same way.
             Error::EventTooLarge { .. }
+            | Error::PayloadTooDeep { .. }
             | Error::InvalidEventType { .. }
             | Error::InvalidStreamId { .. }
             | Error::InvalidPattern { .. }
@@ -249,7 +250,7 @@ impl Error {
 ///
 /// | class | errors | what delivery does |
 /// |---|---|---|
-/// | `Permanent` | `EventTooLarge`, `InvalidEventType`, `InvalidStreamId`, `InvalidPattern`, `Encode`, `Decode`, `UnknownEventType`, `MissingUpcaster`, `InvalidArgument` (a value the backend rejects) | park the event in a dead-letter store, report it, move on |
+/// | `Permanent` | `EventTooLarge`, `PayloadTooDeep`, `InvalidEventType`, `InvalidStreamId`, `InvalidPattern`, `Encode`, `Decode`, `UnknownEventType`, `MissingUpcaster`, `InvalidArgument` (a value the backend rejects) | park the event in a dead-letter store, report it, move on |
 /// | `Transient` | `Connect`, `Timeout`, `Backend`, `Closed`, `Conflict`, `DuplicateEvent`, `Handler` | retry with backoff, in order |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailureClass {
@@ -360,6 +361,12 @@ mod tests {
             },
             Error::decode("order.placed", cause()),
             Error::InvalidArgument("NUL in text".into()),
+            Error::PayloadTooDeep {
+                event_type: "order.placed".into(),
+                field: "payload",
+                depth: 120,
+                limit: 100,
+            },
         ];
         for e in &permanent {
             assert!(e.is_permanent(), "{e} should be permanent");
