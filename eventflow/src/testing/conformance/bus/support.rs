@@ -13,14 +13,12 @@ use crate::bus::{BusError, ErrorReceiver, EventBus, Handler, HandlerResult, Subs
 use crate::event::Event;
 use crate::handler::sync;
 
-/// How long a check waits for an expected delivery (or a reported error) before it fails: 10 s,
-/// or 4 s in this crate's own unit tests, where every bus is in memory and the kit's tests of
-/// broken buses wait it out.
-pub const DELIVERY_TIMEOUT: Duration = if cfg!(test) {
-    Duration::from_secs(4)
-} else {
-    Duration::from_secs(10)
-};
+/// How long a check waits for an expected delivery (or a reported error) before it fails.
+///
+/// Generous on purpose: with `RUST_BACKTRACE` set, every panic of the kit's panicking handlers
+/// symbolizes a backtrace of a debug test binary, which takes seconds on a loaded machine, and
+/// the report comes only after it (a 4 s bound failed that way under CI load).
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a check waits, after its sentinel event arrived, before it concludes that an event
 /// was not delivered.
