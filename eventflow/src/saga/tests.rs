@@ -141,3 +141,83 @@ async fn a_handler_error_commits_nothing() {
     let message = SagaFixture::new(Checkout).when(bad).await.then_error();
     assert!(message.contains("no order id"), "{message}");
 }
+
+/// Sets one deadline on start; its timeout fails for ever for the correlation id `poison`.
+struct Timeouts {
+    fired: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+}
+
+impl Saga for Timeouts {
+    type State = ();
+    fn name(&self) -> &str {
+        "timeouts"
+    }
+    fn starts_on(&self) -> Vec<String> {
+        vec!["job.started".into()]
+    }
+    fn handles(&self) -> Vec<String> {
+        vec!["job.timed_out".into()]
+    }
+    fn handle(&self, _: &mut (), e: &Event, ctx: &mut SagaContext) -> Result<(), BoxError> {
+        let correlation = e.correlation_id.clone().unwrap_or_default();
+        match e.event_type.as_str() {
+            "job.started" => {
+                ctx.set_deadline(
+                    "limit",
+                    Duration::from_secs(60),
+                    Event::new("job.timed_out", json!({}))?,
+                );
+            }
+            "job.timed_out" => {
+                if correlation == "poison" {
+                    return Err("this deadline always fails".into());
+                }
+                *self.fired.lock().unwrap().entry(correlation).or_default() += 1;
+                ctx.complete();
+            }
+            other => return Err(format!("unexpected {other}").into()),
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn one_failing_deadline_does_not_block_the_others() {
+    let fired = std::sync::Arc::default();
+    let manager = super::SagaManager::new(
+        Timeouts {
+            fired: std::sync::Arc::clone(&fired),
+        },
+        std::sync::Arc::new(super::InMemorySagaStore::new()),
+    )
+    .unwrap();
+    // The poison deadline is the earliest, so it comes first in every page.
+    for id in std::iter::once("poison".to_owned()).chain((0..299).map(|i| format!("job-{i}"))) {
+        let start = Event::new("job.started", json!({}))
+            .unwrap()
+            .with_correlation(&id);
+        manager.handle(&start).await.unwrap();
+    }
+    let far = chrono::Utc::now() + chrono::Duration::hours(1);
+    assert_eq!(manager.fire_deadlines_at(far).await.unwrap(), 299);
+    {
+        let fired = fired.lock().unwrap();
+        assert_eq!(fired.len(), 299, "every other deadline fired");
+        assert!(fired.values().all(|&n| n == 1), "each once");
+    }
+    let failing = manager.failing_deadlines();
+    assert_eq!(failing.len(), 1);
+    assert_eq!(failing[0].correlation_id, "poison");
+    assert_eq!(failing[0].attempts, 1);
+    assert!(failing[0].last_error.contains("always fails"));
+
+    // Within its backoff the failing deadline is not retried; nothing else fires again.
+    assert_eq!(manager.fire_deadlines_at(far).await.unwrap(), 0);
+    assert_eq!(manager.failing_deadlines()[0].attempts, 1);
+    // After its backoff it is retried (and fails again), alone.
+    let later = far + chrono::Duration::minutes(10);
+    assert_eq!(manager.fire_deadlines_at(later).await.unwrap(), 0);
+    assert_eq!(manager.failing_deadlines()[0].attempts, 2);
+    let fired = fired.lock().unwrap();
+    assert_eq!(fired.values().sum::<u32>(), 299, "the others fired once");
+}
