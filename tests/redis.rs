@@ -275,6 +275,154 @@ async fn streams_length_is_bounded_by_stream_max_len() {
     bus.close().await.unwrap();
 }
 
+/// Counts the events it sees, and notes whether it saw `marker`.
+#[derive(Clone, Default)]
+struct Counter {
+    count: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Counter {
+    fn get(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Handler for Counter {
+    fn handle(&self, _event: Arc<Event>) -> BoxFuture<'static, HandlerResult> {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test]
+async fn streams_offline_group_reads_all_200k_events_published_meanwhile() {
+    const N: usize = 200_000;
+    let prefix = unique("ef_redis_offline");
+    let _cleanup = Cleanup(prefix.clone());
+    let mut cfg = config(Mode::Streams, &prefix);
+    cfg.batch_size = 2_000;
+    // The default trims every 100,000 publishes: twice during this test, never unread entries.
+    assert_eq!(cfg.stream_max_len, 100_000);
+    let bus = connect(cfg).await;
+    let counter = Counter::default();
+    let sub = bus.subscribe("off.*", Arc::new(counter.clone())).await.unwrap();
+    bus.publish(ev("off.marker", 0)).await.unwrap();
+    wait_until("the marker", || counter.get() == 1).await;
+    sub.unsubscribe();
+    let group = bus.consumer_group_for("off.*");
+
+    // The group is offline (it exists, nobody reads it) while N events are published.
+    for chunk in 0..(N / 10_000) {
+        let events = (0..10_000)
+            .map(|n| ev("off.item", (chunk * 10_000 + n) as u64))
+            .collect();
+        bus.publish_batch(events).await.unwrap();
+    }
+    let status = bus.group_status(&group).await.unwrap().unwrap();
+    assert_eq!(status.lag, Some(N as u64), "{status:?}");
+    assert!(stream_len(bus.stream_key()).await >= N as i64);
+
+    let counter = Counter::default();
+    let _sub = bus.subscribe("off.*", Arc::new(counter.clone())).await.unwrap();
+    wait_until("every event published while offline", || counter.get() == N).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = bus.group_status(&group).await.unwrap().unwrap();
+        if (status.lag, status.pending) == (Some(0), 0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never fully acked: {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Once read and acked by every group, the entries can go.
+    bus.trim_stream().await.unwrap();
+    assert!(stream_len(bus.stream_key()).await < 1_000);
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn streams_entries_deleted_before_the_group_read_them_are_reported_as_dropped() {
+    let prefix = unique("ef_redis_lost");
+    let _cleanup = Cleanup(prefix.clone());
+    let bus = connect(config(Mode::Streams, &prefix)).await;
+    let mut errors = bus.errors();
+    // A durable group with no consumer running (as after a service stopped): nothing is
+    // delivered to it, so nothing is pending.
+    create_group(&bus, "lost.*").await;
+    bus.publish_batch((1..=10).map(|n| ev("lost.item", n)).collect())
+        .await
+        .unwrap();
+    // Trimmed by someone else while the group was offline.
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(bus.stream_key())
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    let again = Recorder::default();
+    let _sub = bus.subscribe("lost.*", again.handler()).await.unwrap();
+    let dropped = expect_error(&mut errors, BusErrorKind::Dropped).await;
+    assert!(dropped.message.contains("deleted before"), "{dropped}");
+    assert_eq!(dropped.pattern.as_deref(), Some("lost.*"));
+    bus.publish(ev("lost.next", 11)).await.unwrap();
+    wait_until("the next event", || again.len() == 1).await;
+    bus.close().await.unwrap();
+}
+
+/// A handler that signals it started, then never returns.
+struct Stuck(Arc<tokio::sync::Notify>);
+
+impl Handler for Stuck {
+    fn handle(&self, _event: Arc<Event>) -> BoxFuture<'static, HandlerResult> {
+        let started = self.0.clone();
+        Box::pin(async move {
+            started.notify_one();
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+    }
+}
+
+async fn close_cancels_a_stuck_handler(mode: Mode) {
+    let prefix = unique("ef_redis_stuck");
+    let _cleanup = Cleanup(prefix.clone());
+    let mut cfg = config(mode, &prefix);
+    cfg.drain_timeout = Duration::from_millis(300);
+    let bus = connect(cfg).await;
+    let mut errors = bus.errors();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let _sub = bus
+        .subscribe("stuck.*", Arc::new(Stuck(started.clone())))
+        .await
+        .unwrap();
+    bus.publish(ev("stuck.one", 1)).await.unwrap();
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .expect("the handler started");
+    tokio::time::timeout(WAIT, bus.close())
+        .await
+        .unwrap_or_else(|_| panic!("{mode:?}: close waited past its drain timeout"))
+        .unwrap();
+    let cancelled = expect_error(&mut errors, BusErrorKind::Cancelled).await;
+    assert!(cancelled.message.contains("drain timeout"), "{cancelled}");
+    if let Mode::Streams = mode {
+        // Not acked: the entry stays pending and is delivered again later.
+        let group = bus.consumer_group_for("stuck.*");
+        assert_eq!(pending_count(bus.stream_key(), &group).await, 1);
+    }
+}
+
+#[tokio::test]
+async fn pubsub_close_cancels_a_stuck_handler_after_the_drain_timeout() {
+    close_cancels_a_stuck_handler(Mode::PubSub).await;
+}
+
+#[tokio::test]
+async fn streams_close_cancels_a_stuck_handler_after_the_drain_timeout() {
+    close_cancels_a_stuck_handler(Mode::Streams).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Handler failures
 
