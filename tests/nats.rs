@@ -17,7 +17,7 @@ use eventflow::{Error, Event, EventBus, EventBusExt, sync_handler};
 use eventflow_tests::nats_server::NatsServer;
 use eventflow_tests::tls::TestCertificates;
 use eventflow_tests::{nats_url, service_unavailable, unique};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde_json::json;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -663,6 +663,10 @@ async fn dead_letter_subject_carries_the_event_and_its_failure() {
     let dead_letters = unique("dlq");
     config.dead_letter_subject = Some(dead_letters.clone());
     let _guard = StreamGuard::new(&config);
+    let _dlq_guard = StreamGuard {
+        url: url.clone(),
+        stream: format!("{}-DLQ", config.stream_name),
+    };
     let bus = connect(config).await;
     let mut errors = bus.errors();
 
@@ -698,6 +702,134 @@ async fn dead_letter_subject_carries_the_event_and_its_failure() {
             .as_str()
             .contains("cannot digest")
     );
+    bus.close().await.unwrap();
+}
+
+/// The one durable consumer of a test's stream, as the server sees it.
+async fn only_consumer(url: &str, stream: &str) -> async_nats::jetstream::consumer::Info {
+    let js = async_nats::jetstream::new(raw_client(url).await);
+    let stream = js.get_stream(stream).await.unwrap();
+    let names: Vec<String> = stream
+        .consumer_names()
+        .map(|n| n.unwrap())
+        .collect()
+        .await;
+    assert_eq!(names.len(), 1, "{names:?}");
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(&names[0]).await.unwrap();
+    consumer.info().await.unwrap().clone()
+}
+
+#[tokio::test]
+async fn jetstream_handlers_slower_than_ack_wait_are_not_redelivered_while_working() {
+    const EVENTS: usize = 3;
+    let url = nats_url();
+    let mut config = js_config(&url);
+    config.ack_wait = Duration::from_millis(500);
+    let _guard = StreamGuard::new(&config);
+    let stream = config.stream_name.clone();
+    let bus = connect(config).await;
+    let calls: Arc<Mutex<Vec<Uuid>>> = Arc::default();
+    let c = calls.clone();
+    bus.subscribe(
+        "slow.*",
+        Arc::new(move |e: Arc<Event>| {
+            let c = c.clone();
+            async move {
+                c.lock().unwrap().push(e.id);
+                // Well past ack_wait: without in-progress acks the server redelivers it, and
+                // the events waiting behind it, while it works.
+                tokio::time::sleep(Duration::from_millis(1_300)).await;
+                Ok(())
+            }
+        }),
+    )
+    .await
+    .unwrap()
+    .detach();
+    // All pulled at once, so two of them wait (longer than ack_wait) behind a slow one.
+    bus.publish_batch((0..EVENTS as u64).map(|n| event("slow.work", n)).collect())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let info = only_consumer(&url, &stream).await;
+        if info.ack_floor.stream_sequence >= EVENTS as u64 && info.num_ack_pending == 0 {
+            assert_eq!(info.num_redelivered, 0, "redelivered while handled: {info:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all acked: {info:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), EVENTS, "one handler call per event: {calls:?}");
+    assert_eq!(calls.iter().collect::<HashSet<_>>().len(), EVENTS);
+    drop(calls);
+    bus.close().await.unwrap();
+}
+
+/// The dead letter is stored by JetStream (PubAck received) before the original is
+/// terminated: a crash between the two leaves the original, never neither. Checked from a
+/// separate connection that sees the bus's `+TERM` ack: by then the dead letter was sent
+/// (before the Term, on the same connection) and the dead-letter stream holds it.
+#[tokio::test]
+async fn jetstream_dead_letter_is_stored_before_the_original_is_terminated() {
+    let url = nats_url();
+    let mut config = js_config(&url);
+    config.max_deliver = 2;
+    let dead_letters = unique("dlq");
+    config.dead_letter_subject = Some(dead_letters.clone());
+    let _guard = StreamGuard::new(&config);
+    let _dlq_guard = StreamGuard {
+        url: url.clone(),
+        stream: format!("{}-DLQ", config.stream_name),
+    };
+    let stream = config.stream_name.clone();
+    let bus = connect(config).await;
+    let mut errors = bus.errors();
+
+    let raw = raw_client(&url).await;
+    let js = async_nats::jetstream::new(raw.clone());
+    let dlq_stream = js.stream_by_subject(dead_letters.clone()).await.unwrap();
+    let mut acks = raw.subscribe(format!("$JS.ACK.{stream}.>")).await.unwrap();
+    let mut dlq = raw.subscribe(dead_letters.clone()).await.unwrap();
+    server_has_processed(&raw).await;
+    bus.on(
+        "poison.*",
+        sync_handler(|_e: &Event| Err("cannot digest".into())),
+    )
+    .await
+    .unwrap()
+    .detach();
+    let poison = event("poison.pill", 0);
+    bus.publish(poison.clone()).await.unwrap();
+
+    let term = tokio::time::timeout(WAIT, async {
+        loop {
+            let ack = acks.next().await.unwrap();
+            if ack.payload.starts_with(b"+TERM") {
+                return ack;
+            }
+        }
+    })
+    .await
+    .expect("the poison message is terminated");
+    drop(term);
+    // At the moment of the Term: the dead letter was already sent, and it is stored.
+    let copy = dlq.next().now_or_never();
+    assert!(
+        matches!(copy, Some(Some(_))),
+        "the dead letter was not sent before the Term"
+    );
+    let mut dlq_stream = js.get_stream(&dlq_stream).await.unwrap();
+    assert_eq!(dlq_stream.info().await.unwrap().state.messages, 1);
+    let stored = dlq_stream.get_raw_message(1).await.unwrap();
+    assert_eq!(Event::from_json(&stored.payload).unwrap().id, poison.id);
+    let e = wait_error(&mut errors, "DeadLettered", |e| {
+        e.kind == BusErrorKind::DeadLettered
+    })
+    .await;
+    assert_eq!(e.event_id, Some(poison.id));
     bus.close().await.unwrap();
 }
 
