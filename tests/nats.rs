@@ -833,6 +833,137 @@ async fn jetstream_dead_letter_is_stored_before_the_original_is_terminated() {
     bus.close().await.unwrap();
 }
 
+/// A message waiting in a stopping subscription's buffer on its last allowed delivery is not
+/// nak'd into oblivion (the server would never deliver it again): it is dead-lettered,
+/// terminated and reported.
+#[tokio::test]
+async fn jetstream_last_delivery_handed_back_on_stop_is_dead_lettered() {
+    let url = nats_url();
+    let mut config = js_config(&url);
+    config.max_deliver = 1;
+    let dead_letters = unique("dlq");
+    config.dead_letter_subject = Some(dead_letters.clone());
+    let _guard = StreamGuard::new(&config);
+    let _dlq_guard = StreamGuard {
+        url: url.clone(),
+        stream: format!("{}-DLQ", config.stream_name),
+    };
+    let bus = connect(config).await;
+    let mut errors = bus.errors();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let started = Arc::new(tokio::sync::Notify::new());
+    let (g, st) = (gate.clone(), started.clone());
+    bus.subscribe(
+        "held.*",
+        Arc::new(move |_e: Arc<Event>| {
+            let (g, st) = (g.clone(), st.clone());
+            async move {
+                st.notify_one();
+                g.acquire().await.unwrap().forget();
+                Ok(())
+            }
+        }),
+    )
+    .await
+    .unwrap()
+    .detach();
+    let (first, second) = (event("held.first", 1), event("held.second", 2));
+    bus.publish_batch(vec![first.clone(), second.clone()])
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .expect("the first handler started");
+    // Stop while the first is handled and the second waits in the buffer.
+    let closing = tokio::spawn({
+        let bus = bus.clone();
+        async move { bus.close().await }
+    });
+    gate.add_permits(1);
+    let e = wait_error(&mut errors, "DeadLettered", |e| {
+        e.kind == BusErrorKind::DeadLettered
+    })
+    .await;
+    assert_eq!(e.event_id, Some(second.id), "{e}");
+    assert!(e.message.contains("handed back"), "{e}");
+    tokio::time::timeout(WAIT, closing)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let js = async_nats::jetstream::new(raw_client(&url).await);
+    let dlq = js.stream_by_subject(dead_letters).await.unwrap();
+    let mut dlq = js.get_stream(&dlq).await.unwrap();
+    let stored = dlq.get_raw_message(1).await.unwrap();
+    assert_eq!(Event::from_json(&stored.payload).unwrap().id, second.id);
+}
+
+/// A message the server gives up on by itself (its handler's process died on the last
+/// delivery) is announced by a MaxDeliveries advisory; another subscriber of the consumer
+/// dead-letters and reports it.
+#[tokio::test]
+async fn jetstream_max_deliveries_advisory_is_dead_lettered_and_reported() {
+    let url = nats_url();
+    let mut config = js_config(&url);
+    config.max_deliver = 1;
+    config.ack_wait = Duration::from_millis(500);
+    let dead_letters = unique("dlq");
+    config.dead_letter_subject = Some(dead_letters.clone());
+    let _guard = StreamGuard::new(&config);
+    let _dlq_guard = StreamGuard {
+        url: url.clone(),
+        stream: format!("{}-DLQ", config.stream_name),
+    };
+    let mut dying_config = config.clone();
+    // Its close gives up on the stuck handler quickly.
+    dying_config.request_timeout = Duration::from_millis(500);
+    let dying = connect(dying_config).await;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let st = started.clone();
+    let _stuck = dying
+        .subscribe_durable(
+            "adv.*",
+            "adv",
+            Arc::new(move |_e: Arc<Event>| {
+                let st = st.clone();
+                async move {
+                    st.notify_one();
+                    std::future::pending::<()>().await;
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let doomed = event("adv.doomed", 1);
+    dying.publish(doomed.clone()).await.unwrap();
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .expect("the handler started");
+
+    let survivor = connect(config).await;
+    let mut errors = survivor.errors();
+    let (handler, _rx) = collector();
+    let _sub = survivor
+        .subscribe_durable("adv.*", "adv", Arc::new(sync_handler(handler)))
+        .await
+        .unwrap();
+    // The process "dies" mid-handler: no ack, no nak, no term.
+    dying.close().await.unwrap();
+
+    let e = wait_error(&mut errors, "DeadLettered", |e| {
+        e.kind == BusErrorKind::DeadLettered
+    })
+    .await;
+    assert_eq!(e.event_id, Some(doomed.id), "{e}");
+    let js = async_nats::jetstream::new(raw_client(&url).await);
+    let dlq = js.stream_by_subject(dead_letters).await.unwrap();
+    let mut dlq = js.get_stream(&dlq).await.unwrap();
+    let stored = dlq.get_raw_message(1).await.unwrap();
+    assert_eq!(Event::from_json(&stored.payload).unwrap().id, doomed.id);
+    survivor.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn unsubscribe_stops_delivery_and_a_new_subscription_starts_at_new_events() {
     let url = nats_url();
