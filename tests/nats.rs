@@ -709,11 +709,7 @@ async fn dead_letter_subject_carries_the_event_and_its_failure() {
 async fn only_consumer(url: &str, stream: &str) -> async_nats::jetstream::consumer::Info {
     let js = async_nats::jetstream::new(raw_client(url).await);
     let stream = js.get_stream(stream).await.unwrap();
-    let names: Vec<String> = stream
-        .consumer_names()
-        .map(|n| n.unwrap())
-        .collect()
-        .await;
+    let names: Vec<String> = stream.consumer_names().map(|n| n.unwrap()).collect().await;
     assert_eq!(names.len(), 1, "{names:?}");
     let mut consumer: async_nats::jetstream::consumer::PullConsumer =
         stream.get_consumer(&names[0]).await.unwrap();
@@ -755,16 +751,18 @@ async fn jetstream_handlers_slower_than_ack_wait_are_not_redelivered_while_worki
     loop {
         let info = only_consumer(&url, &stream).await;
         if info.ack_floor.stream_sequence >= EVENTS as u64 && info.num_ack_pending == 0 {
-            assert_eq!(info.num_redelivered, 0, "redelivered while handled: {info:?}");
+            assert_eq!(
+                info.num_redelivered, 0,
+                "redelivered while handled: {info:?}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "not all acked: {info:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let calls = calls.lock().unwrap();
+    let calls = calls.lock().unwrap().clone();
     assert_eq!(calls.len(), EVENTS, "one handler call per event: {calls:?}");
     assert_eq!(calls.iter().collect::<HashSet<_>>().len(), EVENTS);
-    drop(calls);
     bus.close().await.unwrap();
 }
 
@@ -893,7 +891,7 @@ async fn jetstream_last_delivery_handed_back_on_stop_is_dead_lettered() {
         .unwrap();
     let js = async_nats::jetstream::new(raw_client(&url).await);
     let dlq = js.stream_by_subject(dead_letters).await.unwrap();
-    let mut dlq = js.get_stream(&dlq).await.unwrap();
+    let dlq = js.get_stream(&dlq).await.unwrap();
     let stored = dlq.get_raw_message(1).await.unwrap();
     assert_eq!(Event::from_json(&stored.payload).unwrap().id, second.id);
 }
@@ -958,7 +956,7 @@ async fn jetstream_max_deliveries_advisory_is_dead_lettered_and_reported() {
     assert_eq!(e.event_id, Some(doomed.id), "{e}");
     let js = async_nats::jetstream::new(raw_client(&url).await);
     let dlq = js.stream_by_subject(dead_letters).await.unwrap();
-    let mut dlq = js.get_stream(&dlq).await.unwrap();
+    let dlq = js.get_stream(&dlq).await.unwrap();
     let stored = dlq.get_raw_message(1).await.unwrap();
     assert_eq!(Event::from_json(&stored.payload).unwrap().id, doomed.id);
     survivor.close().await.unwrap();

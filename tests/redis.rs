@@ -304,7 +304,10 @@ async fn streams_offline_group_reads_all_200k_events_published_meanwhile() {
     assert_eq!(cfg.stream_max_len, 100_000);
     let bus = connect(cfg).await;
     let counter = Counter::default();
-    let sub = bus.subscribe("off.*", Arc::new(counter.clone())).await.unwrap();
+    let sub = bus
+        .subscribe("off.*", Arc::new(counter.clone()))
+        .await
+        .unwrap();
     bus.publish(ev("off.marker", 0)).await.unwrap();
     wait_until("the marker", || counter.get() == 1).await;
     sub.unsubscribe();
@@ -360,7 +363,10 @@ async fn streams_offline_group_reads_all_200k_events_published_meanwhile() {
         }
         read += batch;
     }
-    assert_eq!(read, N, "the offline group reads every event published meanwhile");
+    assert_eq!(
+        read, N,
+        "the offline group reads every event published meanwhile"
+    );
     let status = bus.group_status(&group).await.unwrap().unwrap();
     assert_eq!((status.lag, status.pending), (Some(0), 0), "{status:?}");
     // Once read and acked by every group, the entries can go.

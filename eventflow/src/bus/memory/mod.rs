@@ -35,7 +35,7 @@
 //! | order | publish order | each subscription sees each publisher's events in publish order (one queue, one task per subscription) |
 //! | handler error or panic | caught, reported on [`errors`](EventBus::errors) with the event id; the other handlers still run | the same; the dispatcher goes on with the next event |
 //! | guarantee | at most once, in process | at most once, in process (queued events are lost if the process dies) |
-//! | `close` | later publishes fail with [`Error::Closed`]; handlers already running finish | the same, and `close` returns once every event accepted before it has been handled, or after the [drain timeout](InMemoryBusBuilder::drain_timeout) (default 5 s): then the dispatchers still running are cancelled, their queued events discarded, and a [`BusErrorKind::Cancelled`](crate::bus::BusErrorKind::Cancelled) reported |
+//! | `close` | later publishes fail with [`Error::Closed`]; handlers already running finish | the same, and `close` returns once every event accepted before it has been handled, or after the [drain timeout](InMemoryBusBuilder::drain_timeout) (default 5 s): then the dispatchers still running are cancelled, their queued events discarded, and a [`BusErrorKind::Cancelled`] reported |
 //! | unsubscribe / drop | no handler call starts afterwards | no handler call starts afterwards; events still queued for that subscription are discarded |
 //!
 //! Events are wrapped once in an `Arc<Event>` and that one allocation is shared by every
@@ -123,7 +123,7 @@ impl InMemoryBusBuilder {
     /// Async mode: how long [`close`](EventBus::close) waits for the queued events to be
     /// handled (default [`DEFAULT_DRAIN_TIMEOUT`], 5 s). After it, the dispatchers still
     /// running are cancelled (a handler stuck in an `.await` stops there, its remaining queued
-    /// events are discarded) and one [`BusErrorKind::Cancelled`](crate::bus::BusErrorKind::Cancelled)
+    /// events are discarded) and one [`BusErrorKind::Cancelled`]
     /// is reported on the error stream. A handler blocking its thread cannot be cancelled.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;

@@ -391,15 +391,8 @@ impl Worker {
             let failure = "its last delivery was handed back unhandled when the subscription \
                            stopped";
             let event = Event::from_json(&message.payload).ok();
-            self.give_up(
-                &message,
-                event.as_ref(),
-                Verdict {
-                    delivered,
-                    failure,
-                },
-            )
-            .await;
+            self.give_up(&message, event.as_ref(), Verdict { delivered, failure })
+                .await;
         } else {
             let _ = message.ack_with(AckKind::Nak(None)).await;
         }
@@ -543,7 +536,8 @@ impl Worker {
             return;
         }
         let _ = message.ack_with(AckKind::Term).await;
-        self.ctx.report(kind, event, self.given_up_message(&verdict));
+        self.ctx
+            .report(kind, event, self.given_up_message(&verdict));
     }
 
     fn given_up_message(&self, verdict: &Verdict<'_>) -> String {

@@ -78,8 +78,7 @@ impl Consumer {
     /// Reports entries deleted from the stream before this group read them (see
     /// [`super::trim`]), once per range.
     async fn check_loss(&mut self) -> RedisResult<()> {
-        let found =
-            unread_deleted(&mut self.conn, &self.shared.stream_key, &self.group).await?;
+        let found = unread_deleted(&mut self.conn, &self.shared.stream_key, &self.group).await?;
         if let Some(loss) = found
             && self.loss_reported.is_none_or(|r| r < loss.upto)
         {

@@ -208,7 +208,11 @@ pub(super) async fn unread_deleted(
             .and_then(|s| StreamId::parse(&s)),
         _ => None,
     };
-    let Some(ours) = groups(conn, key).await?.into_iter().find(|g| g.name == group) else {
+    let Some(ours) = groups(conn, key)
+        .await?
+        .into_iter()
+        .find(|g| g.name == group)
+    else {
         return Ok(None);
     };
     let after = ours.last_delivered;
