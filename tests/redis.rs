@@ -275,25 +275,6 @@ async fn streams_length_is_bounded_by_stream_max_len() {
     bus.close().await.unwrap();
 }
 
-/// Counts the events it sees, and notes whether it saw `marker`.
-#[derive(Clone, Default)]
-struct Counter {
-    count: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Counter {
-    fn get(&self) -> usize {
-        self.count.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl Handler for Counter {
-    fn handle(&self, _event: Arc<Event>) -> BoxFuture<'static, HandlerResult> {
-        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Box::pin(async { Ok(()) })
-    }
-}
-
 #[tokio::test]
 async fn streams_offline_group_reads_all_200k_events_published_meanwhile() {
     const N: usize = 200_000;
@@ -303,15 +284,9 @@ async fn streams_offline_group_reads_all_200k_events_published_meanwhile() {
     // The default trims every 100,000 publishes: twice during this test, never unread entries.
     assert_eq!(cfg.stream_max_len, 100_000);
     let bus = connect(cfg).await;
-    let counter = Counter::default();
-    let sub = bus
-        .subscribe("off.*", Arc::new(counter.clone()))
-        .await
-        .unwrap();
-    bus.publish(ev("off.marker", 0)).await.unwrap();
-    wait_until("the marker", || counter.get() == 1).await;
-    sub.unsubscribe();
-    let group = bus.consumer_group_for("off.*");
+    // A durable group with no consumer running (a service that is down). Created directly:
+    // a subscription that just ended may still be handed entries by a read in flight.
+    let group = create_group(&bus, "off.*").await;
 
     // The group is offline (it exists, nobody reads it) while N events are published.
     for chunk in 0..(N / 10_000) {
@@ -320,9 +295,11 @@ async fn streams_offline_group_reads_all_200k_events_published_meanwhile() {
             .collect();
         bus.publish_batch(events).await.unwrap();
     }
-    let status = bus.group_status(&group).await.unwrap().unwrap();
-    assert_eq!(status.lag, Some(N as u64), "{status:?}");
-    assert!(stream_len(bus.stream_key()).await >= N as i64);
+    assert_eq!(
+        stream_len(bus.stream_key()).await,
+        N as i64,
+        "nothing trimmed"
+    );
 
     // Read the whole group back (raw, NOACK: decoding 200,000 events through a handler in a
     // debug build takes longer than the rest of the suite; the consumer loop is covered by the
