@@ -946,8 +946,17 @@ async fn jetstream_max_deliveries_advisory_is_dead_lettered_and_reported() {
         .subscribe_durable("adv.*", "adv", Arc::new(sync_handler(handler)))
         .await
         .unwrap();
-    // The process "dies" mid-handler: no ack, no nak, no term.
-    dying.close().await.unwrap();
+    // The process "dies" mid-handler: no ack, no nak, no term. Its close gives up on the
+    // stuck handler after the drain bound and says so.
+    let mut dying_errors = dying.errors();
+    tokio::time::timeout(WAIT, dying.close())
+        .await
+        .expect("close is bounded")
+        .unwrap();
+    wait_error(&mut dying_errors, "Cancelled", |e| {
+        e.kind == BusErrorKind::Cancelled
+    })
+    .await;
 
     let e = wait_error(&mut errors, "DeadLettered", |e| {
         e.kind == BusErrorKind::DeadLettered

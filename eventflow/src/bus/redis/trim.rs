@@ -8,7 +8,9 @@
 //! entry (delivered, not acked) or, with nothing pending, its last delivered entry. `MINID`
 //! never removes an entry at or above that id, so nothing unread or unacked goes. A stream
 //! without any group is trimmed to its newest `stream_max_len` entries (`MAXLEN`): there is
-//! no reader to protect.
+//! no reader to protect. The groups are read, then the stream trimmed, in two commands: a
+//! group created in between at `0` (reading the retained history) may find that history
+//! shorter, never a group's unread entries.
 //!
 //! Entries can still disappear by other means (a manual `XTRIM`/`XDEL`, a server that lost its
 //! data). Each consumer checks, when it starts and at every claim pass, whether entries after
