@@ -17,7 +17,7 @@ use eventflow::{Error, Event, EventBus, EventBusExt, sync_handler};
 use eventflow_tests::nats_server::NatsServer;
 use eventflow_tests::tls::TestCertificates;
 use eventflow_tests::{nats_url, service_unavailable, unique};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde_json::json;
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -663,6 +663,10 @@ async fn dead_letter_subject_carries_the_event_and_its_failure() {
     let dead_letters = unique("dlq");
     config.dead_letter_subject = Some(dead_letters.clone());
     let _guard = StreamGuard::new(&config);
+    let _dlq_guard = StreamGuard {
+        url: url.clone(),
+        stream: format!("{}-DLQ", config.stream_name),
+    };
     let bus = connect(config).await;
     let mut errors = bus.errors();
 
@@ -699,6 +703,272 @@ async fn dead_letter_subject_carries_the_event_and_its_failure() {
             .contains("cannot digest")
     );
     bus.close().await.unwrap();
+}
+
+/// The one durable consumer of a test's stream, as the server sees it.
+async fn only_consumer(url: &str, stream: &str) -> async_nats::jetstream::consumer::Info {
+    let js = async_nats::jetstream::new(raw_client(url).await);
+    let stream = js.get_stream(stream).await.unwrap();
+    let names: Vec<String> = stream.consumer_names().map(|n| n.unwrap()).collect().await;
+    assert_eq!(names.len(), 1, "{names:?}");
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(&names[0]).await.unwrap();
+    consumer.info().await.unwrap().clone()
+}
+
+#[tokio::test]
+async fn jetstream_handlers_slower_than_ack_wait_are_not_redelivered_while_working() {
+    const EVENTS: usize = 3;
+    let url = nats_url();
+    let mut config = js_config(&url);
+    config.ack_wait = Duration::from_millis(500);
+    let _guard = StreamGuard::new(&config);
+    let stream = config.stream_name.clone();
+    let bus = connect(config).await;
+    let calls: Arc<Mutex<Vec<Uuid>>> = Arc::default();
+    let c = calls.clone();
+    bus.subscribe(
+        "slow.*",
+        Arc::new(move |e: Arc<Event>| {
+            let c = c.clone();
+            async move {
+                c.lock().unwrap().push(e.id);
+                // Well past ack_wait: without in-progress acks the server redelivers it, and
+                // the events waiting behind it, while it works.
+                tokio::time::sleep(Duration::from_millis(1_300)).await;
+                Ok(())
+            }
+        }),
+    )
+    .await
+    .unwrap()
+    .detach();
+    // All pulled at once, so two of them wait (longer than ack_wait) behind a slow one.
+    bus.publish_batch((0..EVENTS as u64).map(|n| event("slow.work", n)).collect())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let info = only_consumer(&url, &stream).await;
+        if info.ack_floor.stream_sequence >= EVENTS as u64 && info.num_ack_pending == 0 {
+            assert_eq!(
+                info.num_redelivered, 0,
+                "redelivered while handled: {info:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all acked: {info:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), EVENTS, "one handler call per event: {calls:?}");
+    assert_eq!(calls.iter().collect::<HashSet<_>>().len(), EVENTS);
+    bus.close().await.unwrap();
+}
+
+/// The dead letter is stored by JetStream (PubAck received) before the original is
+/// terminated: a crash between the two leaves the original, never neither. Checked from a
+/// separate connection that sees the bus's `+TERM` ack: by then the dead letter was sent
+/// (before the Term, on the same connection) and the dead-letter stream holds it.
+#[tokio::test]
+async fn jetstream_dead_letter_is_stored_before_the_original_is_terminated() {
+    let url = nats_url();
+    let mut config = js_config(&url);
+    config.max_deliver = 2;
+    let dead_letters = unique("dlq");
+    config.dead_letter_subject = Some(dead_letters.clone());
+    let _guard = StreamGuard::new(&config);
+    let _dlq_guard = StreamGuard {
+        url: url.clone(),
+        stream: format!("{}-DLQ", config.stream_name),
+    };
+    let stream = config.stream_name.clone();
+    let bus = connect(config).await;
+    let mut errors = bus.errors();
+
+    let raw = raw_client(&url).await;
+    let js = async_nats::jetstream::new(raw.clone());
+    let dlq_stream = js.stream_by_subject(dead_letters.clone()).await.unwrap();
+    let mut acks = raw.subscribe(format!("$JS.ACK.{stream}.>")).await.unwrap();
+    let mut dlq = raw.subscribe(dead_letters.clone()).await.unwrap();
+    server_has_processed(&raw).await;
+    bus.on(
+        "poison.*",
+        sync_handler(|_e: &Event| Err("cannot digest".into())),
+    )
+    .await
+    .unwrap()
+    .detach();
+    let poison = event("poison.pill", 0);
+    bus.publish(poison.clone()).await.unwrap();
+
+    let term = tokio::time::timeout(WAIT, async {
+        loop {
+            let ack = acks.next().await.unwrap();
+            if ack.payload.starts_with(b"+TERM") {
+                return ack;
+            }
+        }
+    })
+    .await
+    .expect("the poison message is terminated");
+    drop(term);
+    // At the moment of the Term: the dead letter was already sent, and it is stored.
+    let copy = dlq.next().now_or_never();
+    assert!(
+        matches!(copy, Some(Some(_))),
+        "the dead letter was not sent before the Term"
+    );
+    let mut dlq_stream = js.get_stream(&dlq_stream).await.unwrap();
+    assert_eq!(dlq_stream.info().await.unwrap().state.messages, 1);
+    let stored = dlq_stream.get_raw_message(1).await.unwrap();
+    assert_eq!(Event::from_json(&stored.payload).unwrap().id, poison.id);
+    let e = wait_error(&mut errors, "DeadLettered", |e| {
+        e.kind == BusErrorKind::DeadLettered
+    })
+    .await;
+    assert_eq!(e.event_id, Some(poison.id));
+    bus.close().await.unwrap();
+}
+
+/// A message waiting in a stopping subscription's buffer on its last allowed delivery is not
+/// nak'd into oblivion (the server would never deliver it again): it is dead-lettered,
+/// terminated and reported.
+#[tokio::test]
+async fn jetstream_last_delivery_handed_back_on_stop_is_dead_lettered() {
+    let url = nats_url();
+    let mut config = js_config(&url);
+    config.max_deliver = 1;
+    let dead_letters = unique("dlq");
+    config.dead_letter_subject = Some(dead_letters.clone());
+    let _guard = StreamGuard::new(&config);
+    let _dlq_guard = StreamGuard {
+        url: url.clone(),
+        stream: format!("{}-DLQ", config.stream_name),
+    };
+    let bus = connect(config).await;
+    let mut errors = bus.errors();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let started = Arc::new(tokio::sync::Notify::new());
+    let (g, st) = (gate.clone(), started.clone());
+    bus.subscribe(
+        "held.*",
+        Arc::new(move |_e: Arc<Event>| {
+            let (g, st) = (g.clone(), st.clone());
+            async move {
+                st.notify_one();
+                g.acquire().await.unwrap().forget();
+                Ok(())
+            }
+        }),
+    )
+    .await
+    .unwrap()
+    .detach();
+    let (first, second) = (event("held.first", 1), event("held.second", 2));
+    bus.publish_batch(vec![first.clone(), second.clone()])
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .expect("the first handler started");
+    // Stop while the first is handled and the second waits in the buffer.
+    let closing = tokio::spawn({
+        let bus = bus.clone();
+        async move { bus.close().await }
+    });
+    gate.add_permits(1);
+    let e = wait_error(&mut errors, "DeadLettered", |e| {
+        e.kind == BusErrorKind::DeadLettered
+    })
+    .await;
+    assert_eq!(e.event_id, Some(second.id), "{e}");
+    assert!(e.message.contains("handed back"), "{e}");
+    tokio::time::timeout(WAIT, closing)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let js = async_nats::jetstream::new(raw_client(&url).await);
+    let dlq = js.stream_by_subject(dead_letters).await.unwrap();
+    let dlq = js.get_stream(&dlq).await.unwrap();
+    let stored = dlq.get_raw_message(1).await.unwrap();
+    assert_eq!(Event::from_json(&stored.payload).unwrap().id, second.id);
+}
+
+/// A message the server gives up on by itself (its handler's process died on the last
+/// delivery) is announced by a MaxDeliveries advisory; another subscriber of the consumer
+/// dead-letters and reports it.
+#[tokio::test]
+async fn jetstream_max_deliveries_advisory_is_dead_lettered_and_reported() {
+    let url = nats_url();
+    let mut config = js_config(&url);
+    config.max_deliver = 1;
+    config.ack_wait = Duration::from_millis(500);
+    let dead_letters = unique("dlq");
+    config.dead_letter_subject = Some(dead_letters.clone());
+    let _guard = StreamGuard::new(&config);
+    let _dlq_guard = StreamGuard {
+        url: url.clone(),
+        stream: format!("{}-DLQ", config.stream_name),
+    };
+    let mut dying_config = config.clone();
+    // Its close gives up on the stuck handler quickly.
+    dying_config.request_timeout = Duration::from_millis(500);
+    let dying = connect(dying_config).await;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let st = started.clone();
+    let _stuck = dying
+        .subscribe_durable(
+            "adv.*",
+            "adv",
+            Arc::new(move |_e: Arc<Event>| {
+                let st = st.clone();
+                async move {
+                    st.notify_one();
+                    std::future::pending::<()>().await;
+                    Ok(())
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    let doomed = event("adv.doomed", 1);
+    dying.publish(doomed.clone()).await.unwrap();
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .expect("the handler started");
+
+    let survivor = connect(config).await;
+    let mut errors = survivor.errors();
+    let (handler, _rx) = collector();
+    let _sub = survivor
+        .subscribe_durable("adv.*", "adv", Arc::new(sync_handler(handler)))
+        .await
+        .unwrap();
+    // The process "dies" mid-handler: no ack, no nak, no term. Its close gives up on the
+    // stuck handler after the drain bound and says so.
+    let mut dying_errors = dying.errors();
+    tokio::time::timeout(WAIT, dying.close())
+        .await
+        .expect("close is bounded")
+        .unwrap();
+    wait_error(&mut dying_errors, "Cancelled", |e| {
+        e.kind == BusErrorKind::Cancelled
+    })
+    .await;
+
+    let e = wait_error(&mut errors, "DeadLettered", |e| {
+        e.kind == BusErrorKind::DeadLettered
+    })
+    .await;
+    assert_eq!(e.event_id, Some(doomed.id), "{e}");
+    let js = async_nats::jetstream::new(raw_client(&url).await);
+    let dlq = js.stream_by_subject(dead_letters).await.unwrap();
+    let dlq = js.get_stream(&dlq).await.unwrap();
+    let stored = dlq.get_raw_message(1).await.unwrap();
+    assert_eq!(Event::from_json(&stored.payload).unwrap().id, doomed.id);
+    survivor.close().await.unwrap();
 }
 
 #[tokio::test]

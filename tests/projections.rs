@@ -748,6 +748,91 @@ async fn memory_saga_resumes_and_fires_deadlines_after_restart() {
     saga_resumes_and_fires_deadlines_after_restart(store.clone(), store).await;
 }
 
+/// Sets one deadline on start; its timeout fails for ever for the correlation id `poison`.
+struct Timeouts {
+    fired: Arc<Mutex<BTreeMap<String, u32>>>,
+}
+
+impl Saga for Timeouts {
+    type State = ();
+    fn name(&self) -> &str {
+        "timeouts"
+    }
+    fn starts_on(&self) -> Vec<String> {
+        vec!["job.started".into()]
+    }
+    fn handles(&self) -> Vec<String> {
+        vec!["job.timed_out".into()]
+    }
+    fn handle(&self, _: &mut (), e: &Event, ctx: &mut SagaContext) -> Result<(), BoxError> {
+        let correlation = e.correlation_id.clone().unwrap_or_default();
+        match e.event_type.as_str() {
+            "job.started" => ctx.set_deadline(
+                "limit",
+                Duration::from_secs(60),
+                Event::new("job.timed_out", json!({}))?,
+            ),
+            "job.timed_out" => {
+                if correlation == "poison" {
+                    return Err("this deadline always fails".into());
+                }
+                *self.fired.lock().unwrap().entry(correlation).or_default() += 1;
+                ctx.complete();
+            }
+            other => return Err(format!("unexpected {other}").into()),
+        }
+        Ok(())
+    }
+}
+
+/// 300 deadlines due at once, one of which always fails: the other 299 fire once, the failing
+/// one is retried alone after its backoff.
+async fn saga_deadlines_fail_one_by_one(store: Arc<dyn SagaStore>) {
+    let fired = Arc::new(Mutex::new(BTreeMap::new()));
+    let manager = SagaManager::new(
+        Timeouts {
+            fired: fired.clone(),
+        },
+        store,
+    )
+    .unwrap();
+    // The poison deadline is the earliest, so it comes first.
+    for id in std::iter::once("poison".to_owned()).chain((0..299).map(|i| format!("job-{i}"))) {
+        let start = Event::new("job.started", json!({}))
+            .unwrap()
+            .with_correlation(&id);
+        manager.handle(&start).await.unwrap();
+    }
+    let far = chrono::Utc::now() + chrono::Duration::hours(1);
+    assert_eq!(manager.fire_deadlines_at(far).await.unwrap(), 299);
+    assert_eq!(
+        manager.fire_deadlines_at(far).await.unwrap(),
+        0,
+        "each once"
+    );
+    let failing = manager.failing_deadlines();
+    assert_eq!(failing.len(), 1);
+    assert_eq!(
+        (failing[0].correlation_id.as_str(), failing[0].attempts),
+        ("poison", 1)
+    );
+    let later = far + chrono::Duration::minutes(10);
+    assert_eq!(manager.fire_deadlines_at(later).await.unwrap(), 0);
+    assert_eq!(
+        manager.failing_deadlines()[0].attempts,
+        2,
+        "retried after its backoff"
+    );
+    let fired = fired.lock().unwrap();
+    assert_eq!(fired.len(), 299);
+    assert!(fired.values().all(|&n| n == 1), "the others fired once");
+}
+
+#[tokio::test]
+async fn memory_saga_deadlines_fail_one_by_one() {
+    saga_deadlines_fail_one_by_one(Arc::new(InMemorySagaStore::new())).await;
+}
+
 #[tokio::test]
 async fn memory_saga_outbox_survives_a_failed_publish() {
     saga_outbox_survives_a_failed_publish(Arc::new(InMemorySagaStore::new())).await;
@@ -1315,6 +1400,13 @@ mod postgres {
         let restarted = PostgresSagaStore::new(pool(2).await, store.schema()).unwrap();
         let first = saga_store(&store);
         saga_resumes_and_fires_deadlines_after_restart(first, Arc::new(restarted)).await;
+        drop_schema(&store).await;
+    }
+
+    #[tokio::test]
+    async fn pg_saga_deadlines_fail_one_by_one() {
+        let store = store(4).await;
+        saga_deadlines_fail_one_by_one(saga_store(&store)).await;
         drop_schema(&store).await;
     }
 

@@ -275,6 +275,166 @@ async fn streams_length_is_bounded_by_stream_max_len() {
     bus.close().await.unwrap();
 }
 
+#[tokio::test]
+async fn streams_offline_group_reads_all_200k_events_published_meanwhile() {
+    const N: usize = 200_000;
+    let prefix = unique("ef_redis_offline");
+    let _cleanup = Cleanup(prefix.clone());
+    let cfg = config(Mode::Streams, &prefix);
+    // The default trims every 100,000 publishes: twice during this test, never unread entries.
+    assert_eq!(cfg.stream_max_len, 100_000);
+    let bus = connect(cfg).await;
+    // A durable group with no consumer running (a service that is down). Created directly:
+    // a subscription that just ended may still be handed entries by a read in flight.
+    let group = create_group(&bus, "off.*").await;
+
+    // The group is offline (it exists, nobody reads it) while N events are published.
+    for chunk in 0..(N / 10_000) {
+        let events = (0..10_000)
+            .map(|n| ev("off.item", (chunk * 10_000 + n) as u64))
+            .collect();
+        bus.publish_batch(events).await.unwrap();
+    }
+    assert_eq!(
+        stream_len(bus.stream_key()).await,
+        N as i64,
+        "nothing trimmed"
+    );
+
+    // Read the whole group back (raw, NOACK: decoding 200,000 events through a handler in a
+    // debug build takes longer than the rest of the suite; the consumer loop is covered by the
+    // other tests).
+    let mut conn = raw().await;
+    let mut read = 0;
+    loop {
+        let reply: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&group)
+            .arg("checker")
+            .arg("COUNT")
+            .arg(10_000)
+            .arg("NOACK")
+            .arg("STREAMS")
+            .arg(bus.stream_key())
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        // [[key, [[id, fields], ...]]], or nil when nothing is left.
+        let batch = match reply {
+            Value::Array(streams) => streams
+                .iter()
+                .map(|s| match s {
+                    Value::Array(kv) => match kv.get(1) {
+                        Some(Value::Array(entries)) => entries.len(),
+                        other => panic!("unexpected entries {other:?}"),
+                    },
+                    other => panic!("unexpected stream {other:?}"),
+                })
+                .sum(),
+            Value::Nil => 0,
+            other => panic!("unexpected XREADGROUP reply {other:?}"),
+        };
+        if batch == 0 {
+            break;
+        }
+        read += batch;
+    }
+    assert_eq!(
+        read, N,
+        "the offline group reads every event published meanwhile"
+    );
+    let status = bus.group_status(&group).await.unwrap().unwrap();
+    assert_eq!((status.lag, status.pending), (Some(0), 0), "{status:?}");
+    // Once read and acked by every group, the entries can go.
+    bus.trim_stream().await.unwrap();
+    assert!(stream_len(bus.stream_key()).await < 1_000);
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn streams_entries_deleted_before_the_group_read_them_are_reported_as_dropped() {
+    let prefix = unique("ef_redis_lost");
+    let _cleanup = Cleanup(prefix.clone());
+    let bus = connect(config(Mode::Streams, &prefix)).await;
+    let mut errors = bus.errors();
+    // A durable group with no consumer running (as after a service stopped): nothing is
+    // delivered to it, so nothing is pending.
+    create_group(&bus, "lost.*").await;
+    bus.publish_batch((1..=10).map(|n| ev("lost.item", n)).collect())
+        .await
+        .unwrap();
+    // Trimmed by someone else while the group was offline.
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(bus.stream_key())
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    let again = Recorder::default();
+    let _sub = bus.subscribe("lost.*", again.handler()).await.unwrap();
+    let dropped = expect_error(&mut errors, BusErrorKind::Dropped).await;
+    assert!(dropped.message.contains("deleted before"), "{dropped}");
+    assert_eq!(dropped.pattern.as_deref(), Some("lost.*"));
+    bus.publish(ev("lost.next", 11)).await.unwrap();
+    wait_until("the next event", || again.len() == 1).await;
+    bus.close().await.unwrap();
+}
+
+/// A handler that signals it started, then never returns.
+struct Stuck(Arc<tokio::sync::Notify>);
+
+impl Handler for Stuck {
+    fn handle(&self, _event: Arc<Event>) -> BoxFuture<'static, HandlerResult> {
+        let started = self.0.clone();
+        Box::pin(async move {
+            started.notify_one();
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+    }
+}
+
+async fn close_cancels_a_stuck_handler(mode: Mode) {
+    let prefix = unique("ef_redis_stuck");
+    let _cleanup = Cleanup(prefix.clone());
+    let mut cfg = config(mode, &prefix);
+    cfg.drain_timeout = Duration::from_millis(300);
+    let bus = connect(cfg).await;
+    let mut errors = bus.errors();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let _sub = bus
+        .subscribe("stuck.*", Arc::new(Stuck(started.clone())))
+        .await
+        .unwrap();
+    bus.publish(ev("stuck.one", 1)).await.unwrap();
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .expect("the handler started");
+    tokio::time::timeout(WAIT, bus.close())
+        .await
+        .unwrap_or_else(|_| panic!("{mode:?}: close waited past its drain timeout"))
+        .unwrap();
+    let cancelled = expect_error(&mut errors, BusErrorKind::Cancelled).await;
+    assert!(cancelled.message.contains("drain timeout"), "{cancelled}");
+    if let Mode::Streams = mode {
+        // Not acked: the entry stays pending and is delivered again later.
+        let group = bus.consumer_group_for("stuck.*");
+        assert_eq!(pending_count(bus.stream_key(), &group).await, 1);
+    }
+}
+
+#[tokio::test]
+async fn pubsub_close_cancels_a_stuck_handler_after_the_drain_timeout() {
+    close_cancels_a_stuck_handler(Mode::PubSub).await;
+}
+
+#[tokio::test]
+async fn streams_close_cancels_a_stuck_handler_after_the_drain_timeout() {
+    close_cancels_a_stuck_handler(Mode::Streams).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Handler failures
 

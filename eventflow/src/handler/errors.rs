@@ -28,6 +28,8 @@ pub enum BusErrorKind {
     DeadLettered,
     /// A received message could not be decoded.
     Decode,
+    /// `close` gave up waiting for a handler after its drain timeout and cancelled it.
+    Cancelled,
     /// Anything else.
     Other,
 }

@@ -74,6 +74,8 @@ pub struct SagaManager<S: Saga> {
     /// Serializes instances of one correlation id within this process, so conflicts only
     /// happen between processes.
     locks: Vec<tokio::sync::Mutex<()>>,
+    /// Deadlines whose firing failed, retried with their own backoff.
+    pub(super) deadline_retries: super::deadline::DeadlineRetries,
     _state: PhantomData<fn() -> S::State>,
 }
 
@@ -110,6 +112,7 @@ impl<S: Saga> SagaManager<S> {
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            deadline_retries: super::deadline::DeadlineRetries::default(),
             _state: PhantomData,
         })
     }

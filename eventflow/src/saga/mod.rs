@@ -30,7 +30,7 @@ mod traits;
 pub mod memory;
 
 pub use context::SagaContext;
-pub use deadline::{Deadline, SagaTimer};
+pub use deadline::{Deadline, FailingDeadline, SagaTimer};
 pub use manager::{IgnoreReason, SagaManager, SagaOutcome};
 pub use memory::InMemorySagaStore;
 pub use store::{CommitOutcome, LoadedSaga, SagaCommit, SagaInstance, SagaStore};

@@ -35,7 +35,7 @@
 //! | order | publish order | each subscription sees each publisher's events in publish order (one queue, one task per subscription) |
 //! | handler error or panic | caught, reported on [`errors`](EventBus::errors) with the event id; the other handlers still run | the same; the dispatcher goes on with the next event |
 //! | guarantee | at most once, in process | at most once, in process (queued events are lost if the process dies) |
-//! | `close` | later publishes fail with [`Error::Closed`]; handlers already running finish | the same, and `close` returns once every event accepted before it has been handled |
+//! | `close` | later publishes fail with [`Error::Closed`]; handlers already running finish | the same, and `close` returns once every event accepted before it has been handled, or after the [drain timeout](InMemoryBusBuilder::drain_timeout) (default 5 s): then the dispatchers still running are cancelled, their queued events discarded, and a [`BusErrorKind::Cancelled`] reported |
 //! | unsubscribe / drop | no handler call starts afterwards | no handler call starts afterwards; events still queued for that subscription are discarded |
 //!
 //! Events are wrapped once in an `Arc<Event>` and that one allocation is shared by every
@@ -64,6 +64,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, watch};
@@ -71,7 +72,8 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::bus::{
-    ErrorReceiver, ErrorSender, ErrorStream, EventBus, Handler, Pattern, Subscription,
+    BusError, BusErrorKind, ErrorReceiver, ErrorSender, ErrorStream, EventBus, Handler, Pattern,
+    Subscription,
 };
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -82,6 +84,9 @@ const NAME: &str = "in-memory bus";
 
 /// Async mode: how many queued events a dispatcher takes at once (at most the buffer size).
 const DISPATCH_BATCH: usize = 32;
+
+/// Async mode: how long `close` waits for the queues to drain by default.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An in-process [`EventBus`]; see the [module docs](self) for its delivery semantics.
 ///
@@ -96,6 +101,7 @@ pub struct InMemoryBus {
 pub struct InMemoryBusBuilder {
     buffer: Option<usize>,
     error_capacity: usize,
+    drain_timeout: Duration,
 }
 
 impl InMemoryBusBuilder {
@@ -111,6 +117,16 @@ impl InMemoryBusBuilder {
     /// Dispatches synchronously (the default): handlers run inside `publish`.
     pub fn sync_dispatch(mut self) -> Self {
         self.buffer = None;
+        self
+    }
+
+    /// Async mode: how long [`close`](EventBus::close) waits for the queued events to be
+    /// handled (default [`DEFAULT_DRAIN_TIMEOUT`], 5 s). After it, the dispatchers still
+    /// running are cancelled (a handler stuck in an `.await` stops there, its remaining queued
+    /// events are discarded) and one [`BusErrorKind::Cancelled`]
+    /// is reported on the error stream. A handler blocking its thread cannot be cancelled.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
         self
     }
 
@@ -132,6 +148,7 @@ impl InMemoryBusBuilder {
                 errors: ErrorStream::new(self.error_capacity),
                 dispatchers: Mutex::new(Vec::new()),
                 drained,
+                drain_timeout: self.drain_timeout,
             }),
         }
     }
@@ -142,6 +159,7 @@ impl Default for InMemoryBusBuilder {
         InMemoryBusBuilder {
             buffer: None,
             error_capacity: 1024,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         }
     }
 }
@@ -159,6 +177,8 @@ struct Inner {
     dispatchers: Mutex<Vec<JoinHandle<()>>>,
     /// Set once `close` has drained every queue, for concurrent `close` calls.
     drained: watch::Sender<bool>,
+    /// How long `close` waits for the dispatchers before cancelling them.
+    drain_timeout: Duration,
 }
 
 /// One subscription as seen by `publish`.
@@ -386,11 +406,33 @@ impl EventBus for InMemoryBus {
         }
         tracing::debug!("closing in-memory bus");
         *write(&inner.subs) = Arc::from(Vec::new());
+        // Kept until the drain is over, to report a cancellation.
+        let reporter = inner.errors.sender();
         inner.errors.close();
         let dispatchers = std::mem::take(&mut *lock(&inner.dispatchers));
-        for dispatcher in dispatchers {
+        let deadline = tokio::time::Instant::now() + inner.drain_timeout;
+        let mut cancelled = 0usize;
+        for mut dispatcher in dispatchers {
             // A dispatcher catches handler panics, so it only fails if the runtime cancels it.
-            let _ = dispatcher.await;
+            if tokio::time::timeout_at(deadline, &mut dispatcher)
+                .await
+                .is_err()
+            {
+                dispatcher.abort();
+                cancelled += 1;
+            }
+        }
+        if cancelled > 0
+            && let Some(reporter) = reporter
+        {
+            reporter.report(BusError::new(
+                BusErrorKind::Cancelled,
+                format!(
+                    "close: {cancelled} subscription(s) still busy after the drain timeout of \
+                     {:?}; their handlers were cancelled and their queued events discarded",
+                    inner.drain_timeout
+                ),
+            ));
         }
         inner.drained.send_replace(true);
         Ok(())

@@ -514,3 +514,42 @@ async fn closing_an_idle_bus_twice_is_fine() {
         ));
     }
 }
+
+#[tokio::test]
+async fn close_cancels_a_stuck_handler_after_the_drain_timeout() {
+    let bus = InMemoryBus::builder()
+        .async_dispatch(16)
+        .drain_timeout(Duration::from_millis(200))
+        .build();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let s = started.clone();
+    let handler = Arc::new(move |_event: Arc<Event>| {
+        let s = s.clone();
+        async move {
+            s.notify_one();
+            std::future::pending::<()>().await;
+            HandlerResult::Ok(())
+        }
+    });
+    let _sub = bus.subscribe("stuck.*", handler).await.unwrap();
+    let mut errors = bus.errors();
+    bus.publish(ev("stuck.one")).await.unwrap();
+    bus.publish(ev("stuck.two")).await.unwrap();
+    timeout(WAIT, started.notified()).await.unwrap();
+    timeout(WAIT, bus.close())
+        .await
+        .expect("close returns after the drain timeout")
+        .unwrap();
+    let reported = timeout(WAIT, async {
+        loop {
+            match errors.recv().await {
+                Ok(e) if e.kind == BusErrorKind::Cancelled => return e,
+                Ok(_) => {}
+                Err(e) => panic!("no cancellation reported: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(reported.message.contains("drain timeout"), "{reported:?}");
+}

@@ -14,7 +14,7 @@ use super::NatsConfig;
 use super::jetstream;
 use super::publish::round_trip;
 use super::status::{NatsStatus, Reporter};
-use crate::bus::{ErrorReceiver, EventBus, Handler};
+use crate::bus::{BusError, BusErrorKind, ErrorReceiver, EventBus, Handler};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handler::sync::lock;
@@ -152,14 +152,26 @@ impl EventBus for NatsBus {
         }
         let _ = self.inner.shutdown.send(true);
         let tasks = std::mem::take(&mut *lock(&self.inner.tasks));
-        // Handlers already running finish; a stuck one does not hold `close` for ever.
+        // Handlers already running finish; a stuck one does not hold `close` for ever: after
+        // `request_timeout` (over all tasks) it is cancelled, and that is reported. Its message
+        // is not acked, so JetStream delivers it again.
+        let drain = self.inner.config.request_timeout;
+        let deadline = tokio::time::Instant::now() + drain;
+        let mut cancelled = 0usize;
         for mut task in tasks {
-            if tokio::time::timeout(self.inner.config.request_timeout, &mut task)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
                 task.abort();
+                cancelled += 1;
             }
+        }
+        if cancelled > 0 {
+            self.inner.reporter.report(BusError::new(
+                BusErrorKind::Cancelled,
+                format!(
+                    "close: {cancelled} subscription(s) still busy after the drain timeout of \
+                     {drain:?}; their handlers were cancelled"
+                ),
+            ));
         }
         let flushed = self.flush().await;
         let _ = self.inner.client.drain().await;

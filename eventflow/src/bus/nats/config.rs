@@ -72,7 +72,24 @@ pub struct NatsConfig {
     pub max_retry_backoff: Duration,
     /// Where terminated (poison) events are published, with the failure in headers; `None`
     /// only reports them on the error stream. Keep it outside `<subject_prefix>.>`.
+    ///
+    /// The dead letter is published through JetStream and its PubAck awaited before the
+    /// original is terminated, so a crash in between leaves the original to be delivered
+    /// again, never neither. The subject must be stored by a stream: the one that already
+    /// captures it, or else [`dead_letter_stream`](Self::dead_letter_stream), created at
+    /// connect.
     pub dead_letter_subject: Option<String>,
+    /// Name of the stream created for [`dead_letter_subject`](Self::dead_letter_subject) when
+    /// no stream captures it yet; `None` means `<stream_name>-DLQ`.
+    pub dead_letter_stream: Option<String>,
+    /// Unacknowledged messages the server hands out per durable consumer, over all processes
+    /// sharing it (`max_ack_pending`); beyond that it waits for acks. Default 256 (JetStream).
+    pub max_ack_pending: i64,
+    /// Messages one subscription asks for per pull request (JetStream). Messages pulled but
+    /// not yet handled are kept alive with in-progress acks while a slow handler works, so
+    /// they are not redelivered; a small batch keeps a busy process from holding many.
+    /// Default 16.
+    pub pull_batch: usize,
     /// Publish acknowledgements `publish_batch` keeps in flight at once (JetStream).
     pub publish_window: usize,
     /// Client connection name, shown by the server's monitoring.
@@ -124,6 +141,9 @@ impl fmt::Debug for NatsConfig {
             .field("retry_backoff", &self.retry_backoff)
             .field("max_retry_backoff", &self.max_retry_backoff)
             .field("dead_letter_subject", &self.dead_letter_subject)
+            .field("dead_letter_stream", &self.dead_letter_stream)
+            .field("max_ack_pending", &self.max_ack_pending)
+            .field("pull_batch", &self.pull_batch)
             .field("publish_window", &self.publish_window)
             .field("connection_name", &self.connection_name)
             .field("credentials_file", &self.credentials_file)
@@ -159,6 +179,9 @@ impl Default for NatsConfig {
             retry_backoff: Duration::from_millis(500),
             max_retry_backoff: Duration::from_secs(30),
             dead_letter_subject: None,
+            dead_letter_stream: None,
+            max_ack_pending: 256,
+            pull_batch: 16,
             publish_window: 256,
             connection_name: Some("eventflow".to_owned()),
             credentials_file: None,
@@ -233,6 +256,19 @@ impl NatsConfig {
             }
             if self.max_deliver == 0 || self.max_deliver < -1 {
                 return invalid("nats: max_deliver must be positive or -1".into());
+            }
+            if self.max_ack_pending < 1 {
+                return invalid("nats: max_ack_pending must be at least 1".into());
+            }
+            if self.pull_batch == 0 {
+                return invalid("nats: pull_batch must be at least 1".into());
+            }
+            if let Some(name) = &self.dead_letter_stream
+                && !is_name(name)
+            {
+                return invalid(format!(
+                    "nats: dead_letter_stream {name:?} must be non-empty [A-Za-z0-9_-]"
+                ));
             }
         }
         if self.subscription_capacity == 0 {

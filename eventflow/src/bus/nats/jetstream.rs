@@ -72,6 +72,9 @@ impl JetStream {
             .get_stream(&config.stream_name)
             .await
             .map_err(|e| Error::backend(BACKEND, e))?;
+        if let Some(subject) = &config.dead_letter_subject {
+            ensure_dead_letter_stream(&context, config, subject).await?;
+        }
         Ok(JetStream {
             context,
             stream,
@@ -168,6 +171,7 @@ impl JetStream {
                     ack_policy: AckPolicy::Explicit,
                     ack_wait: config.ack_wait,
                     max_deliver: config.max_deliver,
+                    max_ack_pending: config.max_ack_pending,
                     ..Default::default()
                 },
             )
@@ -178,81 +182,218 @@ impl JetStream {
                     format!("cannot create durable consumer {name:?}: {e}"),
                 )
             })?;
-        let messages = consumer
-            .messages()
+        let pull_batch = config.pull_batch.max(1);
+        let messages = pull_messages(&consumer, pull_batch)
+            .await
+            .map_err(|e| Error::backend(BACKEND, e))?;
+        // Messages the server gives up on without a verdict from us (a process that died or
+        // stopped during the last delivery): one subscriber of the consumer (a queue group)
+        // hears of each and reports and dead-letters it.
+        let advisory_subject = format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{name}",
+            config.stream_name
+        );
+        let advisories = self
+            .context
+            .client()
+            .queue_subscribe(advisory_subject, format!("{name}-max-deliveries"))
             .await
             .map_err(|e| Error::backend(BACKEND, e))?;
         let worker = Worker {
             ctx,
-            client: self.context.client(),
+            context: self.context.clone(),
+            stream: self.stream.clone(),
             max_deliver: config.max_deliver,
             redelivery: Backoff::new(config.retry_backoff, config.max_retry_backoff),
             dead_letter_subject: config.dead_letter_subject.clone(),
             consumer_name: name.to_owned(),
+            progress_every: (config.ack_wait / 2).max(Duration::from_millis(10)),
+            pull_batch,
+            waiting: VecDeque::new(),
         };
-        Ok(tokio::spawn(worker.run(consumer, messages)))
+        Ok(tokio::spawn(worker.run(consumer, messages, advisories)))
     }
+}
+
+/// The pull stream of a subscription: at most `batch` messages asked for at once.
+async fn pull_messages(
+    consumer: &PullConsumer,
+    batch: usize,
+) -> std::result::Result<pull::Stream, async_nats::jetstream::consumer::StreamError> {
+    consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .messages()
+        .await
+}
+
+/// Makes sure a stream stores `subject`: the one that captures it already, or a new one.
+async fn ensure_dead_letter_stream(
+    context: &js::Context,
+    config: &NatsConfig,
+    subject: &str,
+) -> Result<()> {
+    if context.stream_by_subject(subject).await.is_ok() {
+        return Ok(());
+    }
+    let name = config
+        .dead_letter_stream
+        .clone()
+        .unwrap_or_else(|| format!("{}-DLQ", config.stream_name));
+    context
+        .create_or_update_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.to_owned()],
+            storage: if config.memory_storage {
+                StorageType::Memory
+            } else {
+                StorageType::File
+            },
+            duplicate_window: config.duplicate_window,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            Error::backend(
+                BACKEND,
+                format!("cannot create dead-letter stream {name:?} for {subject:?}: {e}"),
+            )
+        })?;
+    Ok(())
+}
+
+/// The part of a MaxDeliveries advisory we use.
+#[derive(serde::Deserialize)]
+struct MaxDeliveriesAdvisory {
+    stream_seq: u64,
+    deliveries: i64,
 }
 
 struct Worker {
     ctx: SubContext,
-    client: async_nats::Client,
+    context: js::Context,
+    stream: stream::Stream,
     max_deliver: i64,
     /// The nak delay after a failed delivery.
     redelivery: Backoff,
     dead_letter_subject: Option<String>,
     consumer_name: String,
+    /// How often the messages held (handled or waiting) get an in-progress ack.
+    progress_every: Duration,
+    pull_batch: usize,
+    /// Pulled, not yet handled, in order.
+    waiting: VecDeque<js::Message>,
+}
+
+/// Why a dead letter is written.
+struct Verdict<'a> {
+    delivered: i64,
+    failure: &'a str,
 }
 
 impl Worker {
-    async fn run(mut self, consumer: PullConsumer, mut messages: pull::Stream) {
+    async fn run(
+        mut self,
+        consumer: PullConsumer,
+        mut messages: pull::Stream,
+        mut advisories: async_nats::Subscriber,
+    ) {
+        let mut ended = false;
         loop {
-            let next = tokio::select! {
-                biased;
-                () = self.ctx.stopping() => break,
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => {
-                    if self.ctx.stopped() {
-                        // Hand it back now rather than after ack_wait.
-                        let _ = message.ack_with(AckKind::Nak(None)).await;
-                        break;
+            if ended {
+                // The pull stream ended (terminal error): start a new one.
+                tracing::debug!(consumer = %self.consumer_name, "nats: pull stream ended");
+                match self.restart(&consumer).await {
+                    Some(m) => {
+                        messages = m;
+                        ended = false;
                     }
-                    self.process(message).await;
-                }
-                Some(Err(e)) => match e.kind() {
-                    // The pull stream re-issues its request itself (also after a reconnect).
-                    MessagesErrorKind::MissingHeartbeat => {
-                        tracing::debug!(consumer = %self.consumer_name, "nats: missed heartbeat");
-                    }
-                    MessagesErrorKind::ConsumerDeleted => {
-                        self.ctx.report(
-                            BusErrorKind::Other,
-                            None,
-                            format!(
-                                "durable consumer {:?} was deleted on the server; the \
-                                 subscription has ended",
-                                self.consumer_name
-                            ),
-                        );
-                        break;
-                    }
-                    _ => tracing::debug!(consumer = %self.consumer_name, "nats: pull error: {e}"),
-                },
-                None => {
-                    // The pull stream ended (terminal error): start a new one.
-                    tracing::debug!(consumer = %self.consumer_name, "nats: pull stream ended");
-                    match self.restart(&consumer).await {
-                        Some(m) => messages = m,
-                        None => break,
-                    }
+                    None => break,
                 }
             }
+            let message = match self.waiting.pop_front() {
+                Some(m) => m,
+                None => {
+                    let next = tokio::select! {
+                        biased;
+                        () = self.ctx.stopping() => break,
+                        Some(advisory) = advisories.next() => {
+                            self.on_advisory(&advisory).await;
+                            continue;
+                        }
+                        next = messages.next() => next,
+                    };
+                    match next {
+                        Some(Ok(message)) => message,
+                        Some(Err(e)) => {
+                            if self.pull_error(&e) {
+                                break;
+                            }
+                            continue;
+                        }
+                        None => {
+                            ended = true;
+                            continue;
+                        }
+                    }
+                }
+            };
+            if self.ctx.stopped() {
+                self.waiting.push_front(message);
+                break;
+            }
+            ended |= self.process(message, &mut messages).await;
         }
         // Return what was already pulled so another subscriber gets it without waiting for
         // ack_wait.
         while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+            self.waiting.push_back(message);
+        }
+        while let Some(message) = self.waiting.pop_front() {
+            self.hand_back(message).await;
+        }
+    }
+
+    /// Handles a pull stream error; true when the subscription has ended.
+    fn pull_error(&self, e: &pull::MessagesError) -> bool {
+        match e.kind() {
+            // The pull stream re-issues its request itself (also after a reconnect).
+            MessagesErrorKind::MissingHeartbeat => {
+                tracing::debug!(consumer = %self.consumer_name, "nats: missed heartbeat");
+                false
+            }
+            MessagesErrorKind::ConsumerDeleted => {
+                self.ctx.report(
+                    BusErrorKind::Other,
+                    None,
+                    format!(
+                        "durable consumer {:?} was deleted on the server; the subscription has \
+                         ended",
+                        self.consumer_name
+                    ),
+                );
+                true
+            }
+            _ => {
+                tracing::debug!(consumer = %self.consumer_name, "nats: pull error: {e}");
+                false
+            }
+        }
+    }
+
+    /// Gives a pulled message back on stop: a nak, so another subscriber gets it at once;
+    /// unless its deliveries are used up, when a nak would leave it to the server's
+    /// MaxDeliveries and nobody would handle it: then it is dead-lettered, terminated and
+    /// reported.
+    async fn hand_back(&self, message: js::Message) {
+        let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+        if self.max_deliver > 0 && delivered >= self.max_deliver {
+            let failure = "its last delivery was handed back unhandled when the subscription \
+                           stopped";
+            let event = Event::from_json(&message.payload).ok();
+            self.give_up(&message, event.as_ref(), Verdict { delivered, failure })
+                .await;
+        } else {
             let _ = message.ack_with(AckKind::Nak(None)).await;
         }
     }
@@ -261,7 +402,7 @@ impl Worker {
     async fn restart(&mut self, consumer: &PullConsumer) -> Option<pull::Stream> {
         let mut delays = RESTART.delays();
         loop {
-            match consumer.messages().await {
+            match pull_messages(consumer, self.pull_batch).await {
                 Ok(m) => return Some(m),
                 Err(e) => {
                     tracing::debug!(consumer = %self.consumer_name, "nats: cannot restart pull: {e}");
@@ -274,48 +415,77 @@ impl Worker {
         }
     }
 
-    async fn process(&self, message: js::Message) {
+    /// Handles one message; while the handler runs, every `progress_every` it moves what the
+    /// pull stream has received into `waiting` and sends an in-progress ack for the message
+    /// and every waiting one, so none of them is redelivered while this process holds it.
+    /// Returns true when the pull stream ended meanwhile.
+    async fn process(&mut self, message: js::Message, messages: &mut pull::Stream) -> bool {
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
         let event = match Event::from_json(&message.payload) {
             Ok(event) => Arc::new(event),
             Err(e) => {
                 // Redelivering bytes that do not decode cannot help.
-                let _ = message.ack_with(AckKind::Term).await;
-                self.ctx.report(
+                let failure = format!("undecodable message on {}: {e}", message.subject);
+                self.give_up_as(
                     BusErrorKind::Decode,
+                    &message,
                     None,
-                    format!("undecodable message on {} terminated: {e}", message.subject),
-                );
-                self.dead_letter(&message, delivered, &e.to_string()).await;
-                return;
+                    Verdict {
+                        delivered,
+                        failure: &failure,
+                    },
+                )
+                .await;
+                return false;
             }
         };
         if !self.ctx.pattern.matches(&event.event_type) {
             let _ = message.ack().await;
-            return;
+            return false;
         }
-        let outcome = self.ctx.run_handler(event.clone()).await;
+        let mut ended = false;
+        let outcome = {
+            let handler = self.ctx.run_handler(event.clone());
+            tokio::pin!(handler);
+            let mut tick = tokio::time::interval(self.progress_every);
+            tick.tick().await; // the first tick is immediate
+            loop {
+                tokio::select! {
+                    outcome = &mut handler => break outcome,
+                    _ = tick.tick() => {
+                        while !ended {
+                            match messages.next().now_or_never() {
+                                Some(Some(Ok(m))) => self.waiting.push_back(m),
+                                Some(Some(Err(_))) => {}
+                                Some(None) => ended = true,
+                                None => break,
+                            }
+                        }
+                        let _ = message.ack_with(AckKind::Progress).await;
+                        for waiting in &self.waiting {
+                            let _ = waiting.ack_with(AckKind::Progress).await;
+                        }
+                    }
+                }
+            }
+        };
         let (Some(kind), Some(failure)) = (outcome.kind(), outcome.failure()) else {
             if let Err(e) = message.ack().await {
                 // The server will redeliver after ack_wait: at least once.
                 tracing::debug!(event_id = %event.id, "nats: ack failed: {e}");
             }
-            return;
+            return ended;
         };
         if self.max_deliver > 0 && delivered >= self.max_deliver {
-            let _ = message.ack_with(AckKind::Term).await;
-            self.ctx.report(
-                BusErrorKind::DeadLettered,
+            self.give_up(
+                &message,
                 Some(&event),
-                format!(
-                    "given up after {delivered} deliveries{}: {failure}",
-                    match &self.dead_letter_subject {
-                        Some(s) => format!(" (published to {s})"),
-                        None => String::new(),
-                    }
-                ),
-            );
-            self.dead_letter(&message, delivered, &failure).await;
+                Verdict {
+                    delivered,
+                    failure: &failure,
+                },
+            )
+            .await;
         } else {
             let attempt = u32::try_from(delivered).unwrap_or(u32::MAX);
             let delay = self.redelivery.next_delay(attempt);
@@ -326,34 +496,146 @@ impl Worker {
                 format!("{failure} (delivery {delivered}; redelivering in {delay:?})"),
             );
         }
+        ended
     }
 
-    /// Publishes the original bytes to the dead-letter subject with the failure in headers.
-    async fn dead_letter(&self, message: &js::Message, delivered: i64, failure: &str) {
-        let Some(subject) = &self.dead_letter_subject else {
+    async fn give_up(&self, message: &js::Message, event: Option<&Event>, verdict: Verdict<'_>) {
+        self.give_up_as(BusErrorKind::DeadLettered, message, event, verdict)
+            .await;
+    }
+
+    /// Dead-letters (published through JetStream, PubAck awaited) and only then terminates
+    /// and reports. When the dead letter cannot be stored the message is not terminated: a
+    /// nak hands it back (redelivered, or given up on by the server and then seen here as a
+    /// MaxDeliveries advisory), and the failure is reported.
+    async fn give_up_as(
+        &self,
+        kind: BusErrorKind,
+        message: &js::Message,
+        event: Option<&Event>,
+        verdict: Verdict<'_>,
+    ) {
+        let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let headers = message.headers.clone().unwrap_or_default();
+        let stored = self
+            .dead_letter(
+                headers,
+                message.payload.to_vec(),
+                &message.subject,
+                sequence,
+                &verdict,
+            )
+            .await;
+        if let Err(e) = stored {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+            self.ctx.report(
+                BusErrorKind::Other,
+                event,
+                format!("not terminated: cannot store the dead letter: {e}"),
+            );
+            return;
+        }
+        let _ = message.ack_with(AckKind::Term).await;
+        self.ctx
+            .report(kind, event, self.given_up_message(&verdict));
+    }
+
+    fn given_up_message(&self, verdict: &Verdict<'_>) -> String {
+        format!(
+            "given up after {} deliveries{}: {}",
+            verdict.delivered,
+            match &self.dead_letter_subject {
+                Some(s) => format!(" (published to {s})"),
+                None => String::new(),
+            },
+            verdict.failure
+        )
+    }
+
+    /// A message the server gave up on by itself (MaxDeliver reached with no ack and no
+    /// term): read it from the stream, dead-letter it and report it.
+    async fn on_advisory(&self, advisory: &async_nats::Message) {
+        let Ok(advisory) = serde_json::from_slice::<MaxDeliveriesAdvisory>(&advisory.payload)
+        else {
+            tracing::debug!(consumer = %self.consumer_name, "nats: unreadable advisory");
             return;
         };
-        let mut headers = message.headers.clone().unwrap_or_default();
+        let failure = "the server gave up after MaxDeliver deliveries without an ack (the \
+                       handling process died or stopped during the last delivery)";
+        let verdict = Verdict {
+            delivered: advisory.deliveries,
+            failure,
+        };
+        let original = match self.stream.get_raw_message(advisory.stream_seq).await {
+            Ok(m) => m,
+            Err(e) => {
+                self.ctx.report(
+                    BusErrorKind::DeadLettered,
+                    None,
+                    format!(
+                        "{} (stream sequence {}; the message is no longer readable: {e})",
+                        self.given_up_message(&verdict),
+                        advisory.stream_seq
+                    ),
+                );
+                return;
+            }
+        };
+        let event = Event::from_json(&original.payload).ok();
+        let stored = self
+            .dead_letter(
+                original.headers.clone(),
+                original.payload.to_vec(),
+                &original.subject,
+                original.sequence,
+                &verdict,
+            )
+            .await;
+        let mut message = self.given_up_message(&verdict);
+        if let Err(e) = stored {
+            message.push_str(&format!(" (the dead letter could not be stored: {e})"));
+        }
+        self.ctx
+            .report(BusErrorKind::DeadLettered, event.as_ref(), message);
+    }
+
+    /// Publishes the original bytes to the dead-letter subject through JetStream, with the
+    /// failure in headers, and waits for its PubAck. `Nats-Msg-Id` is
+    /// `<consumer>:<stream sequence>`, so a retry (or a second report of the same message)
+    /// stores it once. Nothing to do without a dead-letter subject.
+    async fn dead_letter(
+        &self,
+        mut headers: async_nats::HeaderMap,
+        payload: Vec<u8>,
+        subject: &str,
+        sequence: u64,
+        verdict: &Verdict<'_>,
+    ) -> Result<()> {
+        let Some(dead_letters) = &self.dead_letter_subject else {
+            return Ok(());
+        };
         // Header values cannot hold line breaks.
-        let failure: String = failure
+        let failure: String = verdict
+            .failure
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
             .take(1024)
             .collect();
         headers.insert("Eventflow-Error", failure);
-        headers.insert("Eventflow-Deliveries", delivered.to_string());
-        headers.insert("Eventflow-Subject", message.subject.as_str());
+        headers.insert("Eventflow-Deliveries", verdict.delivered.to_string());
+        headers.insert("Eventflow-Subject", subject);
         headers.insert("Eventflow-Consumer", self.consumer_name.as_str());
-        if let Err(e) = self
-            .client
-            .publish_with_headers(subject.clone(), headers, message.payload.clone())
+        headers.insert("Eventflow-Stream-Sequence", sequence.to_string());
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("{}:{sequence}", self.consumer_name).as_str(),
+        );
+        let ack = self
+            .context
+            .publish_with_headers(dead_letters.clone(), headers, payload.into())
             .await
-        {
-            self.ctx.report(
-                BusErrorKind::Other,
-                None,
-                format!("cannot publish to dead-letter subject {subject}: {e}"),
-            );
-        }
+            .map_err(|e| Error::backend(BACKEND, e))?;
+        ack.await.map_err(|e| Error::backend(BACKEND, e))?;
+        Ok(())
     }
 }

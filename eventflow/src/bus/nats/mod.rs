@@ -11,7 +11,12 @@
 //! | delivery | at most once | at least once |
 //! | `publish` returns | once the client has queued the event | once the server stored it (PubAck) |
 //! | handler `Err` / panic | reported on [`errors`](crate::bus::EventBus::errors) | reported, then nak'ed and redelivered with backoff |
-//! | after `max_deliver` failures | — | terminated, reported as `DeadLettered`, published to `dead_letter_subject` |
+//! | after `max_deliver` failures | — | published to `dead_letter_subject` through JetStream (PubAck awaited), then terminated and reported as `DeadLettered` |
+//! | a slow handler | — | in-progress acks every `ack_wait / 2` for the message handled and those pulled and waiting, so none is redelivered while the process holds it |
+//! | flow control | — | at most [`max_ack_pending`](NatsConfig::max_ack_pending) unacked messages per consumer, pulled [`pull_batch`](NatsConfig::pull_batch) at a time |
+//! | stop (`unsubscribe`, `close`) | — | pulled messages are nak'd for another subscriber; one on its last allowed delivery is dead-lettered, terminated and reported instead |
+//! | given up by the server (the process died on the last delivery) | — | the MaxDeliveries advisory reaches one live subscriber of the consumer, which dead-letters and reports it |
+//! | `close` | handlers get up to `request_timeout`, then are cancelled and reported as `Cancelled` | the same; a cancelled message is not acked, so it is delivered again |
 //! | restart | events published meanwhile are missed | a durable consumer resumes where it left off |
 //!
 //! **Publishing while disconnected.** Core: the client buffers the event and sends it once

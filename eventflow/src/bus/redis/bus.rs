@@ -41,6 +41,8 @@ pub(super) struct Inner {
     pub(super) next_task: AtomicU64,
     /// Consumer groups read by this bus's live subscriptions (for the `#n` group suffix).
     pub(super) groups: Mutex<HashSet<String>>,
+    /// Entries published to the stream by this bus, for trimming every `stream_max_len`.
+    pub(super) published: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -173,9 +175,30 @@ impl EventBus for RedisBus {
         for task in &tasks {
             let _ = task.cancel.send(true);
         }
-        for task in tasks {
-            // A handler already running finishes; a task that panicked has nothing to drain.
-            let _ = task.handle.await;
+        // A handler already running may finish within the drain timeout; after it, the tasks
+        // still running are cancelled. An entry whose handler was cancelled is not acked, so
+        // it stays pending in its group and is delivered again.
+        let drain = self.inner.shared.config.drain_timeout;
+        let deadline = tokio::time::Instant::now() + drain;
+        let mut cancelled = 0usize;
+        for mut task in tasks {
+            // A task that panicked has nothing to drain.
+            if tokio::time::timeout_at(deadline, &mut task.handle)
+                .await
+                .is_err()
+            {
+                task.handle.abort();
+                cancelled += 1;
+            }
+        }
+        if cancelled > 0 {
+            self.report(BusError::new(
+                BusErrorKind::Cancelled,
+                format!(
+                    "close: {cancelled} subscription(s) still busy after the drain timeout of \
+                     {drain:?}; their handlers were cancelled"
+                ),
+            ));
         }
         lock(&self.inner.groups).clear();
         self.inner.errors.close();

@@ -38,8 +38,11 @@ pub struct RedisConfig {
     /// a restarted consumer resumes its own pending entries at once instead of waiting for
     /// another consumer to claim them after `claim_idle`.
     pub consumer_name: String,
-    /// Approximate upper bound of the stream length (`XADD MAXLEN ~`); 0 disables trimming.
-    /// Default 100 000.
+    /// Streams mode: every this many publishes of this bus, the entries that every consumer
+    /// group has read and acked are trimmed ([`RedisBus::trim_stream`](super::RedisBus::trim_stream),
+    /// `XTRIM MINID ~` below the slowest group). It is not a hard bound: entries a group has
+    /// not read (an offline or slow group) are never trimmed, so the stream grows while a
+    /// group lags, and nothing is lost. 0 disables trimming. Default 100 000.
     pub stream_max_len: usize,
     /// How long an entry must sit pending with another consumer before it is claimed
     /// (`XAUTOCLAIM` min-idle-time). Default 30 s.
@@ -70,6 +73,9 @@ pub struct RedisConfig {
     pub tls_ca_cert: Option<std::path::PathBuf>,
     /// Failures kept for slow readers of the error stream. Default 1024.
     pub error_capacity: usize,
+    /// How long `close` waits for handlers still running before it cancels them (and reports
+    /// [`BusErrorKind::Cancelled`](crate::bus::BusErrorKind::Cancelled)). Default 5 s.
+    pub drain_timeout: Duration,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -95,6 +101,7 @@ impl fmt::Debug for RedisConfig {
             .field("password", &self.password.as_ref().map(|_| REDACTED))
             .field("tls_ca_cert", &self.tls_ca_cert)
             .field("error_capacity", &self.error_capacity)
+            .field("drain_timeout", &self.drain_timeout)
             .finish()
     }
 }
@@ -126,6 +133,7 @@ impl Default for RedisConfig {
             password: None,
             tls_ca_cert: None,
             error_capacity: 1024,
+            drain_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -103,6 +103,7 @@ impl RedisBus {
                             tasks: Mutex::new(HashMap::new()),
                             next_task: AtomicU64::new(0),
                             groups: Mutex::new(HashSet::new()),
+                            published: AtomicU64::new(0),
                         }),
                     });
                 }

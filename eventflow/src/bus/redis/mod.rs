@@ -59,8 +59,12 @@
 //!
 //! **One stream per bus prefix** (`P:stream`) carries every event type; each entry has the
 //! fields `type` (the event type) and `data` (the envelope JSON). `publish` is one
-//! `XADD P:stream MAXLEN ~ N * type T data J` ([`RedisConfig::stream_max_len`]);
-//! `publish_batch` pipelines them. One stream rather than one per type because it keeps the
+//! `XADD P:stream * type T data J`; `publish_batch` pipelines them. The stream is never trimmed
+//! by length, which would drop entries a slow or offline group has not read: every
+//! [`RedisConfig::stream_max_len`] publishes the bus trims only the entries every group has
+//! read and acked ([`RedisBus::trim_stream`]: `XTRIM MINID ~` below the slowest group), and a
+//! consumer that finds entries deleted before its group read them (a manual `XTRIM`, a server
+//! that lost data) reports [`Dropped`](crate::bus::BusErrorKind::Dropped). One stream rather than one per type because it keeps the
 //! semantics exact and the code small: a wildcard subscription (`*`, `order.>`) never has to
 //! discover streams created later, events of different types stay in publish order, and the
 //! pattern filter is [`Pattern::matches`](crate::bus::Pattern::matches) on the `type` field, the same function the in-memory
@@ -108,6 +112,11 @@
 //! [`Reconnected`](crate::bus::BusErrorKind::Reconnected) once reads work again; nothing is lost, since
 //! unacked entries stay in the group.
 //!
+//! `close` stops every subscription and waits for handlers already running for at most
+//! [`RedisConfig::drain_timeout`]; then it cancels them and reports
+//! [`Cancelled`](crate::bus::BusErrorKind::Cancelled). An entry whose handler was cancelled
+//! is not acked, so it stays pending and is delivered again (Streams mode).
+//!
 //! [`RedisBus::group_status`] reads a group's consumers, pending count and lag (`XINFO GROUPS`)
 //! for health checks.
 //!
@@ -135,6 +144,7 @@ mod reply;
 mod status;
 mod streams;
 mod subscribe;
+mod trim;
 
 pub use bus::RedisBus;
 pub use config::RedisConfig;

@@ -12,10 +12,9 @@ impl RedisBus {
         let shared = &self.inner.shared;
         if shared.config.use_streams {
             let mut cmd = redis::cmd("XADD");
+            // No MAXLEN: trimming by length would drop entries a group has not read. Read
+            // entries are trimmed by `trim_after_publish`.
             cmd.arg(&shared.stream_key);
-            if shared.config.stream_max_len > 0 {
-                cmd.arg("MAXLEN").arg("~").arg(shared.config.stream_max_len);
-            }
             cmd.arg("*")
                 .arg("type")
                 .arg(&event.event_type)
@@ -46,7 +45,9 @@ impl RedisBus {
             cmd.query_async::<()>(&mut conn).await
         })
         .instrument(span)
-        .await
+        .await?;
+        self.trim_after_publish(1).await;
+        Ok(())
     }
 
     /// [`EventBus::publish_batch`](crate::bus::EventBus::publish_batch): one pipeline, one round
@@ -64,11 +65,14 @@ impl RedisBus {
             pipe.add_command(self.publish_cmd(event, &data)).ignore();
         }
         let mut conn = self.inner.conn.clone();
-        let span = tracing::debug_span!("publish_batch", events = events.len());
+        let count = events.len();
+        let span = tracing::debug_span!("publish_batch", events = count);
         self.command("redis publish_batch", async move {
             pipe.query_async::<()>(&mut conn).await
         })
         .instrument(span)
-        .await
+        .await?;
+        self.trim_after_publish(count).await;
+        Ok(())
     }
 }

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::connect::{Shared, is_connection_error};
 use super::reply::{Entry, parse_pending_counts, parse_read, protocol_error, text};
 use super::subscribe::{backoff, cancelled};
+use super::trim::{StreamId, unread_deleted};
 use crate::bus::{BusError, BusErrorKind, ErrorSender, Handler, Pattern};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -33,6 +34,8 @@ pub(super) struct Consumer {
     /// When to re-read our own pending entries (after a failure, a claim or a reconnect).
     pending_due: Option<Instant>,
     next_claim: Instant,
+    /// The greatest deleted-before-read id already reported as a loss.
+    loss_reported: Option<StreamId>,
 }
 
 impl Consumer {
@@ -65,9 +68,37 @@ impl Consumer {
             cancel,
             // Resume our own pending entries first (a restart under the same name).
             pending_due: Some(Instant::now()),
-            // Claim at once: a dead consumer's entries may already be idle long enough.
+            // Claim at once: a dead consumer's entries may already be idle long enough (the
+            // first claim pass also checks for entries deleted before the group read them).
             next_claim: Instant::now(),
+            loss_reported: None,
         })
+    }
+
+    /// Reports entries deleted from the stream before this group read them (see
+    /// [`super::trim`]), once per range.
+    async fn check_loss(&mut self) -> RedisResult<()> {
+        let found = unread_deleted(&mut self.conn, &self.shared.stream_key, &self.group).await?;
+        if let Some(loss) = found
+            && self.loss_reported.is_none_or(|r| r < loss.upto)
+        {
+            self.loss_reported = Some(loss.upto);
+            let count = loss
+                .count
+                .map_or_else(|| "entries".to_owned(), |n| format!("{n} entries"));
+            self.report(
+                BusError::new(
+                    BusErrorKind::Dropped,
+                    format!(
+                        "{count} of {} after {} up to {} were deleted before consumer group {} \
+                         read them",
+                        self.shared.stream_key, loss.after, loss.upto, self.group
+                    ),
+                )
+                .for_pattern(self.pattern.as_str()),
+            );
+        }
+        Ok(())
     }
 
     fn claim_interval(&self) -> Duration {
@@ -153,6 +184,7 @@ impl Consumer {
         }
         if self.next_claim <= now {
             self.next_claim = now + self.claim_interval();
+            self.check_loss().await?;
             if self.claim_pass().await? > 0 {
                 self.pending_pass().await?;
             }
