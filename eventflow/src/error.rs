@@ -172,6 +172,19 @@ pub enum Error {
     /// Invalid configuration or argument.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// A saga or projection was to be fed from a bus that delivers at most once, which loses
+    /// events on a crash, a disconnect or a full queue, without an explicit opt-in. Feed it from
+    /// the event store instead (a `ProjectionRunner`, with `SagaProjection` for a saga), or opt
+    /// in with `FeedOptions::allow_at_most_once`.
+    #[error(
+        "{consumer} refuses an at-most-once bus; catch up from the event store instead, \
+         or opt in with FeedOptions::allow_at_most_once()"
+    )]
+    AtMostOnceBus {
+        /// The saga or projection (as `saga <name>` / `projection <name>`).
+        consumer: String,
+    },
 }
 
 impl Error {

@@ -275,6 +275,12 @@ impl Worker {
     }
 
     async fn process(&self, message: js::Message) {
+        // A consumer of several patterns filters on a wider subject (NATS 2.9 has one filter
+        // subject per consumer): what none of them matches is acknowledged unhandled.
+        if !self.ctx.wants_subject(&message.subject) {
+            let _ = message.ack().await;
+            return;
+        }
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
         let event = match Event::from_json(&message.payload) {
             Ok(event) => Arc::new(event),
@@ -290,7 +296,7 @@ impl Worker {
                 return;
             }
         };
-        if !self.ctx.pattern.matches(&event.event_type) {
+        if !self.ctx.patterns.matches(&event.event_type) {
             let _ = message.ack().await;
             return;
         }

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::connect::{Shared, is_connection_error};
 use super::reply::{Entry, parse_pending_counts, parse_read, protocol_error, text};
 use super::subscribe::{backoff, cancelled};
-use crate::bus::{BusError, BusErrorKind, ErrorSender, Handler, Pattern};
+use crate::bus::{BusError, BusErrorKind, ErrorSender, Handler, PatternSet};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handler::delivery;
@@ -26,7 +26,7 @@ pub(super) struct Consumer {
     shared: Arc<Shared>,
     conn: MultiplexedConnection,
     group: String,
-    pattern: Pattern,
+    patterns: PatternSet,
     handler: Arc<dyn Handler>,
     errors: ErrorSender,
     cancel: watch::Receiver<bool>,
@@ -41,7 +41,7 @@ impl Consumer {
     pub(super) async fn start(
         shared: Arc<Shared>,
         group: String,
-        pattern: Pattern,
+        patterns: PatternSet,
         handler: Arc<dyn Handler>,
         errors: ErrorSender,
         cancel: watch::Receiver<bool>,
@@ -59,7 +59,7 @@ impl Consumer {
             shared,
             conn,
             group,
-            pattern,
+            patterns,
             handler,
             errors,
             cancel,
@@ -303,7 +303,7 @@ impl Consumer {
                 .field("type")
                 .and_then(|t| std::str::from_utf8(t).ok());
             if let Some(t) = event_type
-                && !self.pattern.matches(t)
+                && !self.patterns.matches(t)
             {
                 acks.push(entry.id);
                 continue;
@@ -315,7 +315,7 @@ impl Consumer {
                         BusErrorKind::Decode,
                         format!("stream entry {} does not decode: {reason}", entry.id),
                     )
-                    .for_pattern(self.pattern.as_str());
+                    .for_pattern(self.patterns.label());
                     error.event_type = event_type.map(str::to_owned);
                     self.report(error);
                     self.dead_letter(&entry, &format!("decode: {reason}"), count)
@@ -333,8 +333,8 @@ impl Consumer {
                 break;
             }
             let event = Arc::new(event);
-            let outcome = delivery::run(&*self.handler, event.clone(), self.pattern.as_str()).await;
-            match outcome.to_bus_error(&event, self.pattern.as_str()) {
+            let outcome = delivery::run(&*self.handler, event.clone(), self.patterns.label()).await;
+            match outcome.to_bus_error(&event, self.patterns.label()) {
                 None => acks.push(entry.id),
                 Some(error) => {
                     let message = error.message.clone();
@@ -373,7 +373,7 @@ impl Consumer {
                 ),
             )
             .for_event(event)
-            .for_pattern(self.pattern.as_str()),
+            .for_pattern(self.patterns.label()),
         );
         self.dead_letter(entry, "max deliveries", count).await
     }
@@ -416,7 +416,7 @@ impl Consumer {
 
     fn report(&self, error: BusError) {
         let error = if error.pattern.is_none() {
-            error.for_pattern(self.pattern.as_str())
+            error.for_pattern(self.patterns.label())
         } else {
             error
         };

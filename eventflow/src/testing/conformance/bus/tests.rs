@@ -53,6 +53,22 @@ fn faulty(fault: Fault) -> Faulty {
 
 #[async_trait]
 impl EventBus for Faulty {
+
+    fn guarantee(&self) -> crate::bus::Delivery {
+        crate::bus::Delivery::AtMostOnce
+    }
+
+    async fn subscribe_with(
+        &self,
+        patterns: &[&str],
+        options: crate::bus::SubscriptionOptions,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription> {
+        match patterns {
+            [one] if options.name.is_none() => self.subscribe(one, handler).await,
+            _ => self.inner.subscribe_with(patterns, options, handler).await,
+        }
+    }
     async fn publish(&self, mut event: Event) -> Result<()> {
         match self.fault {
             Fault::Reorders => {
@@ -231,6 +247,22 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 
 #[async_trait]
 impl EventBus for Retrying {
+
+    fn guarantee(&self) -> crate::bus::Delivery {
+        crate::bus::Delivery::AtLeastOnce
+    }
+
+    async fn subscribe_with(
+        &self,
+        patterns: &[&str],
+        options: crate::bus::SubscriptionOptions,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription> {
+        match patterns {
+            [one] if options.name.is_none() => self.subscribe(one, handler).await,
+            _ => self.inner.subscribe_with(patterns, options, handler).await,
+        }
+    }
     async fn publish(&self, event: Event) -> Result<()> {
         self.inner.publish(event).await
     }
