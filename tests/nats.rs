@@ -228,6 +228,12 @@ async fn conformance_kit_jetstream() {
         "dead_letter_after_max_deliveries",
         "durable_subscriber_resumes",
         "competing_consumers_share_work",
+        // Issue 11: one ordered, named subscription per saga and projection.
+        "saga_follow_ups_after_slow_start",
+        "projection_patterns_in_order",
+        "at_most_once_refused_without_opt_in",
+        "different_names_each_get_every_event",
+        "same_name_shares_work",
     ] {
         assert!(report.has_run(check), "{check}: {report}");
     }
