@@ -25,6 +25,8 @@ use crate::saga::{
 
 /// Correlation ids in [`saga_follow_ups_after_slow_start`].
 const SAGAS: usize = 200;
+/// How long the start step of each saga instance takes.
+const START_DELAY: Duration = Duration::from_millis(3);
 /// Events in [`projection_patterns_in_order`].
 const PROJECTED: usize = 200;
 
@@ -83,7 +85,7 @@ impl SagaStore for SlowStartStore {
 
     async fn commit(&self, saga: &str, commit: SagaCommit) -> Result<CommitOutcome> {
         if commit.expected_version == 0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(START_DELAY).await;
         }
         self.inner.commit(saga, commit).await
     }
@@ -119,14 +121,18 @@ pub async fn saga_follow_ups_after_slow_start(bus: &dyn EventBus) {
         Err(e) => fail(promise, format!("subscribe failed: {e}")),
     };
     let ids: Vec<String> = (0..SAGAS).map(|i| format!("kit-{i}-{}", Uuid::new_v4())).collect();
+    // One batch, so publishing outpaces the slow start steps.
+    let mut events = Vec::with_capacity(2 * SAGAS);
     for id in &ids {
         for t in ["kit.saga.started", "kit.saga.next"] {
-            let event = match Event::new(t, json!({})) {
-                Ok(e) => e.with_correlation(id.clone()),
+            match Event::new(t, json!({})) {
+                Ok(e) => events.push(e.with_correlation(id.clone())),
                 Err(e) => fail(promise, format!("cannot build {t}: {e}")),
-            };
-            publish(bus, event, promise).await;
+            }
         }
+    }
+    if let Err(e) = bus.publish_batch(events).await {
+        fail(promise, format!("publish_batch failed: {e}"));
     }
     let deadline = tokio::time::Instant::now() + super::DELIVERY_TIMEOUT;
     let mut pending = ids;
