@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventflow::bus::nats::{NatsBus, NatsConfig, NatsStatus};
-use eventflow::bus::{BusError, BusErrorKind, ErrorReceiver};
+use eventflow::bus::{BusError, BusErrorKind, ErrorReceiver, SubscriptionOptions};
 use eventflow::testing::conformance::{self, Scope, bus::Capabilities};
 use eventflow::{Error, Event, EventBus, EventBusExt, sync_handler};
+use eventflow_tests::child::{self, ChildProcess};
 use eventflow_tests::nats_server::NatsServer;
 use eventflow_tests::tls::TestCertificates;
 use eventflow_tests::{nats_url, service_unavailable, unique};
@@ -912,4 +913,117 @@ async fn jetstream_publish_while_server_down_is_an_error_not_a_silent_drop() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bus.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Named subscriptions across processes (issue 11): the name is the durable consumer, the
+// pattern only a filter
+
+/// The helper test a second process runs for [`one_name_in_two_processes_splits_the_events`].
+const SPLIT_CHILD: &str = "named_subscription_second_process";
+
+#[tokio::test]
+#[ignore = "the second process of one_name_in_two_processes_splits_the_events"]
+async fn named_subscription_second_process() {
+    let Some(out) = child::child_out() else {
+        return;
+    };
+    let mut config = js_config(&nats_url());
+    config.subject_prefix = std::env::var("EF_SPLIT_PREFIX").unwrap();
+    config.stream_name = std::env::var("EF_SPLIT_STREAM").unwrap();
+    config.durable_name = std::env::var("EF_SPLIT_DURABLE").unwrap();
+    let bus = connect(config).await;
+    let o = out.clone();
+    let _sub = bus
+        .subscribe_with(
+            &["split.*"],
+            SubscriptionOptions::named("split-service"),
+            Arc::new(sync_handler(move |e| {
+                child::report(&o, &e.id.to_string());
+                Ok(())
+            })),
+        )
+        .await
+        .unwrap();
+    child::report(&out, child::READY);
+    tokio::time::sleep(child::CHILD_LIFETIME).await;
+}
+
+/// A set of event ids, filled by a handler.
+fn id_collector() -> (Arc<Mutex<HashSet<String>>>, Arc<dyn eventflow::Handler>) {
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let s = seen.clone();
+    let handler = sync_handler(move |e| {
+        s.lock().unwrap().insert(e.id.to_string());
+        Ok(())
+    });
+    (seen, Arc::new(handler))
+}
+
+#[tokio::test]
+async fn one_name_in_two_processes_splits_the_events() {
+    let config = js_config(&nats_url());
+    let _guard = StreamGuard::new(&config);
+    let bus = connect(config.clone()).await;
+    let (mine, handler) = id_collector();
+    let _shared = bus
+        .subscribe_with(
+            &["split.*"],
+            SubscriptionOptions::named("split-service"),
+            handler,
+        )
+        .await
+        .unwrap();
+    // Another service on the same pattern, with the same configuration (so the same derived
+    // consumer, were the name ignored): its own consumer, every event.
+    let other_bus = connect(config.clone()).await;
+    let (other, handler) = id_collector();
+    let _other = other_bus
+        .subscribe_with(
+            &["split.*"],
+            SubscriptionOptions::named("other-service"),
+            handler,
+        )
+        .await
+        .unwrap();
+    let mut second = ChildProcess::spawn(
+        SPLIT_CHILD,
+        &[
+            ("EF_SPLIT_PREFIX", config.subject_prefix.clone()),
+            ("EF_SPLIT_STREAM", config.stream_name.clone()),
+            ("EF_SPLIT_DURABLE", config.durable_name.clone()),
+        ],
+    );
+    second.wait_ready(WAIT).await;
+    let mut ids = HashSet::new();
+    for i in 0..100 {
+        let event = Event::new("split.work", json!({ "n": i })).unwrap();
+        ids.insert(event.id.to_string());
+        bus.publish(event).await.unwrap();
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let theirs = second.reported();
+        let mine = mine.lock().unwrap().clone();
+        let all: HashSet<String> = mine.union(&theirs).cloned().collect();
+        if ids.is_subset(&all) && ids.is_subset(&other.lock().unwrap()) {
+            let both = mine.intersection(&theirs).count();
+            assert_eq!(both, 0, "{both} events went to both processes of one name");
+            assert!(
+                !mine.is_empty() && !theirs.is_empty(),
+                "one name in two processes did not split the events: {} here, {} there",
+                mine.len(),
+                theirs.len()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every event arrived: {} of 100 across the two processes, {} of 100 at the \
+             other service",
+            ids.intersection(&all).count(),
+            ids.intersection(&other.lock().unwrap()).count()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
