@@ -166,6 +166,47 @@ pub async fn saga_follow_ups_after_slow_start(bus: &dyn EventBus) {
     }
 }
 
+/// Capability `redelivers`: a saga's follow-up published before its start event (by another
+/// publisher, say) is not acknowledged while no instance exists: the bus delivers it again,
+/// and the saga handles it once the start event has created the instance.
+pub async fn saga_follow_up_before_start_is_redelivered(bus: &dyn EventBus) {
+    let promise = "a saga's follow-up that finds no instance yet is delivered again";
+    let manager = match SagaManager::new(CountingSaga, Arc::new(InMemorySagaStore::new())) {
+        Ok(m) => Arc::new(m),
+        Err(e) => fail(promise, format!("cannot build the saga manager: {e}")),
+    };
+    let _sub = match manager.subscribe_with(bus, feed_options(bus)).await {
+        Ok(s) => s,
+        Err(e) => fail(promise, format!("subscribe failed: {e}")),
+    };
+    let id = format!("kit-early-{}", Uuid::new_v4());
+    for t in ["kit.saga.next", "kit.saga.started"] {
+        let event = match Event::new(t, json!({})) {
+            Ok(e) => e.with_correlation(id.clone()),
+            Err(e) => fail(promise, format!("cannot build {t}: {e}")),
+        };
+        publish(bus, event, promise).await;
+    }
+    let deadline = tokio::time::Instant::now() + super::DELIVERY_TIMEOUT;
+    loop {
+        match manager.instance(&id).await {
+            Ok(Some((1, _))) => return,
+            Ok(_) => {}
+            Err(e) => fail(promise, format!("cannot read saga {id}: {e}")),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            fail(
+                promise,
+                format!(
+                    "the follow-up was not handled within {:?}",
+                    super::DELIVERY_TIMEOUT
+                ),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A projection of two patterns that records the publish sequence of what it handles and
 /// whether two `handle` calls ever overlapped.
 #[derive(Default)]

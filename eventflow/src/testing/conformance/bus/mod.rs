@@ -78,7 +78,7 @@ pub use errors::{
 };
 pub use feeds::{
     at_most_once_refused_without_opt_in, projection_patterns_in_order,
-    saga_follow_ups_after_slow_start,
+    saga_follow_up_before_start_is_redelivered, saga_follow_ups_after_slow_start,
 };
 pub use ordering::{concurrent_publishers_order, publish_batch_order, publish_order};
 pub use redelivery::{dead_letter_after_max_deliveries, redelivery_after_error_and_panic};
@@ -102,7 +102,8 @@ pub struct Capabilities {
     /// [`handlers_ran_when_publish_returns`].
     pub sync_dispatch: bool,
     /// A handler's `Err` or panic leads to the event being delivered again to that
-    /// subscription, until the handler succeeds. Check: [`redelivery_after_error_and_panic`].
+    /// subscription, until the handler succeeds. Checks: [`redelivery_after_error_and_panic`],
+    /// [`saga_follow_up_before_start_is_redelivered`].
     pub redelivers: bool,
     /// After this many failed deliveries an event is terminated (not delivered again) and
     /// reported as `DeadLettered`, while later events keep flowing; the factory's buses must be
@@ -218,6 +219,7 @@ where
         concurrent_publishers_order if "ordered" caps.ordered,
         handlers_ran_when_publish_returns if "sync_dispatch" caps.sync_dispatch,
         redelivery_after_error_and_panic if "redelivers" caps.redelivers,
+        saga_follow_up_before_start_is_redelivered if "redelivers" caps.redelivers,
     );
     let dead_letters = "dead_letter_after_max_deliveries";
     if let Some(max) = caps.dead_letters {
