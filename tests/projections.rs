@@ -400,7 +400,10 @@ async fn projection_runs_from_a_bus_subscription() {
     let totals = Arc::new(OrderTotals::default());
     // The in-memory bus delivers at most once: feeding a projection from it needs an opt-in.
     let refused = projection::subscribe(&bus, totals.clone()).await;
-    assert!(matches!(refused, Err(eventflow::Error::AtMostOnceBus { .. })));
+    assert!(matches!(
+        refused,
+        Err(eventflow::Error::AtMostOnceBus { .. })
+    ));
     let subscription = projection::subscribe_with(
         &bus,
         totals.clone(),
@@ -772,7 +775,10 @@ async fn saga_subscribed_to_a_bus_drives_a_flow() {
             .with_bus(recording.clone()),
     );
     let refused = manager.subscribe(bus.as_ref()).await;
-    assert!(matches!(refused, Err(eventflow::Error::AtMostOnceBus { .. })));
+    assert!(matches!(
+        refused,
+        Err(eventflow::Error::AtMostOnceBus { .. })
+    ));
     let _subscription = manager
         .subscribe_with(
             bus.as_ref(),

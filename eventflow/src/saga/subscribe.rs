@@ -5,7 +5,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{IgnoreReason, Saga, SagaManager, SagaOutcome};
-use crate::bus::{Delivery, EventBus, FeedOptions, Subscription, SubscriptionOptions, subscription_name};
+use crate::bus::{
+    Delivery, EventBus, FeedOptions, Subscription, SubscriptionOptions, subscription_name,
+};
 use crate::error::{BoxError, Result};
 use crate::event::Event;
 

@@ -72,8 +72,8 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::bus::{
-    Delivery, ErrorReceiver, ErrorSender, ErrorStream, EventBus, Handler, PatternSet,
-    Subscription, SubscriptionOptions,
+    Delivery, ErrorReceiver, ErrorSender, ErrorStream, EventBus, Handler, PatternSet, Subscription,
+    SubscriptionOptions,
 };
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -383,7 +383,12 @@ impl EventBus for InMemoryBus {
             dispatchers.retain(|d| !d.is_finished());
             dispatchers.push(tokio::spawn(task));
         }
-        tracing::debug!(patterns = patterns.label(), name = name.as_deref(), id, "subscribe");
+        tracing::debug!(
+            patterns = patterns.label(),
+            name = name.as_deref(),
+            id,
+            "subscribe"
+        );
         let weak: Weak<Inner> = Arc::downgrade(inner);
         let description = match name {
             Some(name) => format!("{name} [{}]", patterns.label()),

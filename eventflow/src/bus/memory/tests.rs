@@ -111,7 +111,10 @@ async fn async_bus_passes_the_conformance_kit() {
     })
     .await;
     // Issue 11: a saga's follow-ups and a two-pattern projection on the async bus.
-    assert!(report.has_run("saga_follow_ups_after_slow_start"), "{report}");
+    assert!(
+        report.has_run("saga_follow_ups_after_slow_start"),
+        "{report}"
+    );
     assert!(report.has_run("projection_patterns_in_order"), "{report}");
 }
 

@@ -13,6 +13,9 @@
 //! | handler `Err` / panic | reported on [`errors`](crate::bus::EventBus::errors) | reported, then nak'ed and redelivered with backoff |
 //! | after `max_deliver` failures | — | terminated, reported as `DeadLettered`, published to `dead_letter_subject` |
 //! | restart | events published meanwhile are missed | a durable consumer resumes where it left off |
+//! | [`guarantee`](crate::bus::EventBus::guarantee) | `AtMostOnce` | `AtLeastOnce` |
+//! | subscription name ([`SubscriptionOptions`](crate::bus::SubscriptionOptions)) | the queue group: subscribers with one name split the events | the durable consumer: different names each get every event, one name (in any number of processes) splits them |
+//! | several patterns ([`subscribe_with`](crate::bus::EventBus::subscribe_with)) | one subscription to `<prefix>.>`, filtered on the client | one durable consumer filtering on `<prefix>.>` (NATS 2.9 allows one filter subject per consumer), acking unmatched messages unhandled |
 //!
 //! **Publishing while disconnected.** Core: the client buffers the event and sends it once
 //! reconnected; `publish` waits while that buffer is full, up to `request_timeout`, then fails

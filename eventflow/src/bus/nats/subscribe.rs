@@ -80,9 +80,7 @@ impl NatsBus {
             Some(js) => {
                 let subject = match patterns.patterns() {
                     [one] => one.to_subject(&config.subject_prefix),
-                    _ if config.stream_subjects.is_empty()
-                        && !config.subject_prefix.is_empty() =>
-                    {
+                    _ if config.stream_subjects.is_empty() && !config.subject_prefix.is_empty() => {
                         wide_subject(&config.subject_prefix)
                     }
                     // The whole stream.

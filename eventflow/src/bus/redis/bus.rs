@@ -14,7 +14,10 @@ use tokio::task::JoinHandle;
 
 use super::connect::{Shared, is_connection_error};
 use super::{BACKEND, RedisConfig};
-use crate::bus::{Delivery, SubscriptionOptions, BusError, BusErrorKind, ErrorReceiver, ErrorStream, EventBus, Handler, Subscription,};
+use crate::bus::{
+    BusError, BusErrorKind, Delivery, ErrorReceiver, ErrorStream, EventBus, Handler, Subscription,
+    SubscriptionOptions,
+};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handler::sync::lock;

@@ -17,7 +17,11 @@ pub async fn different_names_each_get_every_event(bus: &dyn EventBus) {
     let mut subs = Vec::new();
     for (name, seen) in [("kit-service-a", &seen_a), ("kit-service-b", &seen_b)] {
         match bus
-            .subscribe_with(&["named.*"], SubscriptionOptions::named(name), seen.handler())
+            .subscribe_with(
+                &["named.*"],
+                SubscriptionOptions::named(name),
+                seen.handler(),
+            )
             .await
         {
             Ok(s) => subs.push(s),
@@ -28,8 +32,12 @@ pub async fn different_names_each_get_every_event(bus: &dyn EventBus) {
     for i in 0..30 {
         ids.push(publish(bus, numbered("named.event", 0, i), promise).await);
     }
-    seen_a.expect_exactly(&ids, &format!("{promise} (kit-service-a)")).await;
-    seen_b.expect_exactly(&ids, &format!("{promise} (kit-service-b)")).await;
+    seen_a
+        .expect_exactly(&ids, &format!("{promise} (kit-service-a)"))
+        .await;
+    seen_b
+        .expect_exactly(&ids, &format!("{promise} (kit-service-b)"))
+        .await;
     drop(subs);
 }
 use crate::bus::{EventBus, SubscriptionOptions};

@@ -120,7 +120,9 @@ pub async fn saga_follow_ups_after_slow_start(bus: &dyn EventBus) {
         Ok(s) => s,
         Err(e) => fail(promise, format!("subscribe failed: {e}")),
     };
-    let ids: Vec<String> = (0..SAGAS).map(|i| format!("kit-{i}-{}", Uuid::new_v4())).collect();
+    let ids: Vec<String> = (0..SAGAS)
+        .map(|i| format!("kit-{i}-{}", Uuid::new_v4()))
+        .collect();
     // One batch, so publishing outpaces the slow start steps.
     let mut events = Vec::with_capacity(2 * SAGAS);
     for id in &ids {
@@ -232,7 +234,7 @@ impl Projection for SequenceProjection {
         }
         let seq = event.payload["seq"].as_u64().unwrap_or(u64::MAX);
         // Yield now and then, so that another delivery could start meanwhile.
-        if seq % 4 == 0 {
+        if seq.is_multiple_of(4) {
             tokio::time::sleep(Duration::from_millis(1)).await;
         } else {
             tokio::task::yield_now().await;
@@ -328,7 +330,10 @@ pub async fn at_most_once_refused_without_opt_in(bus: &dyn EventBus) {
             if let Err(e) =
                 projection::subscribe_with(bus, SequenceProjection::default(), opt_in).await
             {
-                fail(promise, format!("projection refused despite the opt-in: {e}"));
+                fail(
+                    promise,
+                    format!("projection refused despite the opt-in: {e}"),
+                );
             }
         }
         Delivery::AtLeastOnce => {

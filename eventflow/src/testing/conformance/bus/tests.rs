@@ -61,7 +61,6 @@ fn faulty(fault: Fault) -> Faulty {
 
 #[async_trait]
 impl EventBus for Faulty {
-
     fn guarantee(&self) -> crate::bus::Delivery {
         crate::bus::Delivery::AtMostOnce
     }
@@ -283,7 +282,6 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 
 #[async_trait]
 impl EventBus for Retrying {
-
     fn guarantee(&self) -> crate::bus::Delivery {
         crate::bus::Delivery::AtLeastOnce
     }
