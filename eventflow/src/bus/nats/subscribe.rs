@@ -19,7 +19,7 @@ impl NatsBus {
     /// [`EventBus::subscribe_with`](crate::bus::EventBus::subscribe_with) with that name.
     ///
     /// # Errors
-    /// As [`EventBus::subscribe`](crate::bus::EventBus::subscribe); [`Error::InvalidArgument`] for a name outside
+    /// As [`EventBus::subscribe`](crate::bus::EventBus::subscribe); [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a name outside
     /// `[A-Za-z0-9_-]`.
     pub async fn subscribe_durable(
         &self,
