@@ -1028,3 +1028,27 @@ async fn one_name_in_two_processes_splits_the_events() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn a_name_bound_to_other_patterns_is_refused() {
+    let config = js_config(&nats_url());
+    let _guard = StreamGuard::new(&config);
+    let bus = connect(config).await;
+    let (_, handler) = id_collector();
+    let _first = bus
+        .subscribe_with(
+            &["name.a.*"],
+            SubscriptionOptions::named("bound"),
+            handler.clone(),
+        )
+        .await
+        .unwrap();
+    // Binding the same durable consumer to other patterns would miss their events in silence.
+    let refused = bus
+        .subscribe_with(&["name.b.*"], SubscriptionOptions::named("bound"), handler)
+        .await;
+    assert!(
+        matches!(refused, Err(Error::InvalidArgument(ref m)) if m.contains("bound")),
+        "{refused:?}"
+    );
+}

@@ -149,7 +149,8 @@ impl JetStream {
     ///
     /// A new consumer starts at the stream's end (`DeliverPolicy::New`): it sees every event
     /// published after `subscribe` returns, none from before. An existing one resumes after
-    /// its last acknowledged event.
+    /// its last acknowledged event; one whose filter subject differs from `filter_subject` is
+    /// refused with [`Error::InvalidArgument`].
     pub(super) async fn subscribe(
         &self,
         config: &NatsConfig,
@@ -163,7 +164,7 @@ impl JetStream {
                 name,
                 pull::Config {
                     durable_name: Some(name.to_owned()),
-                    filter_subject,
+                    filter_subject: filter_subject.clone(),
                     deliver_policy: DeliverPolicy::New,
                     ack_policy: AckPolicy::Explicit,
                     ack_wait: config.ack_wait,
@@ -178,6 +179,16 @@ impl JetStream {
                     format!("cannot create durable consumer {name:?}: {e}"),
                 )
             })?;
+        // A consumer of that name may exist with another filter (the same name subscribed to
+        // other patterns): binding to it would silently miss events outside its filter.
+        let bound = &consumer.cached_info().config.filter_subject;
+        if *bound != filter_subject {
+            return Err(Error::InvalidArgument(format!(
+                "nats: durable consumer {name:?} exists with filter subject {bound:?}, not \
+                 {filter_subject:?}: its name belongs to other patterns (use another name, or \
+                 delete the consumer)"
+            )));
+        }
         let messages = consumer
             .messages()
             .await
