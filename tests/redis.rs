@@ -935,3 +935,35 @@ async fn one_name_in_two_processes_splits_the_events() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test]
+async fn a_name_bound_to_other_patterns_is_refused() {
+    let prefix = unique("ef_bound");
+    let _cleanup = Cleanup(prefix.clone());
+    let bus = connect(config(Mode::Streams, &prefix)).await;
+    let (_, handler) = id_collector();
+    let _first = bus
+        .subscribe_with(
+            &["name.a.*"],
+            SubscriptionOptions::named("bound"),
+            handler.clone(),
+        )
+        .await
+        .unwrap();
+    // Sharing the group with other patterns would ack, unhandled, what the first one wants.
+    let refused = bus
+        .subscribe_with(
+            &["name.b.*"],
+            SubscriptionOptions::named("bound"),
+            handler.clone(),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(Error::InvalidArgument(ref m)) if m.contains("bound")),
+        "{refused:?}"
+    );
+    // The same patterns under the same name are welcome (they share the work).
+    bus.subscribe_with(&["name.a.*"], SubscriptionOptions::named("bound"), handler)
+        .await
+        .unwrap();
+}

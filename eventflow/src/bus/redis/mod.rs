@@ -36,6 +36,7 @@
 //! | the event stream (Streams mode) | `P:stream` |
 //! | the dead-letter stream | `P:dead-letter` (or [`RedisConfig::dead_letter_stream`]) |
 //! | the consumer group of a named subscription | its name ([`SubscriptionOptions::named`](crate::bus::SubscriptionOptions::named)) |
+//! | the patterns each consumer group filters on | hash `P:filters` (group → patterns; a subscription with other patterns under that group name is refused) |
 //! | the consumer group of an unnamed subscription | `G:<pattern>` (`G` = [`RedisConfig::consumer_group`]; several patterns joined by `, `) |
 //!
 //! # Pub/sub mode (at most once)

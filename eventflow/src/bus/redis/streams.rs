@@ -55,6 +55,7 @@ impl Consumer {
         create_group(&mut conn, &shared.stream_key, &group, start)
             .await
             .map_err(|e| Error::backend(super::BACKEND, e))?;
+        claim_filter(&mut conn, &shared, &group, patterns.label()).await?;
         Ok(Consumer {
             shared,
             conn,
@@ -421,6 +422,40 @@ impl Consumer {
             error
         };
         self.errors.report(error);
+    }
+}
+
+/// Records the patterns the group `group` filters on in the hash `P:filters` (the first
+/// subscription of a group sets them), and refuses a subscription with other patterns: it
+/// would acknowledge, unhandled, the entries the group's other subscribers are there for.
+async fn claim_filter(
+    conn: &mut MultiplexedConnection,
+    shared: &Shared,
+    group: &str,
+    patterns: &str,
+) -> Result<()> {
+    let key = format!("{}:filters", shared.config.key_prefix);
+    let backend = |e: RedisError| Error::backend(super::BACKEND, e);
+    redis::cmd("HSETNX")
+        .arg(&key)
+        .arg(group)
+        .arg(patterns)
+        .query_async::<()>(conn)
+        .await
+        .map_err(backend)?;
+    let bound: Option<String> = redis::cmd("HGET")
+        .arg(&key)
+        .arg(group)
+        .query_async(conn)
+        .await
+        .map_err(backend)?;
+    match bound {
+        Some(bound) if bound != patterns => Err(Error::InvalidArgument(format!(
+            "redis: consumer group {group:?} filters on [{bound}], not [{patterns}]: its name \
+             belongs to other patterns (use another name, or delete the group and its field \
+             in {key})"
+        ))),
+        _ => Ok(()),
     }
 }
 
