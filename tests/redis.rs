@@ -963,7 +963,8 @@ async fn a_name_bound_to_other_patterns_is_refused() {
         "{refused:?}"
     );
     // The same patterns under the same name are welcome (they share the work).
-    bus.subscribe_with(&["name.a.*"], SubscriptionOptions::named("bound"), handler)
+    let _second = bus
+        .subscribe_with(&["name.a.*"], SubscriptionOptions::named("bound"), handler)
         .await
         .unwrap();
 }
