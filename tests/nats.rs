@@ -1052,3 +1052,44 @@ async fn a_name_bound_to_other_patterns_is_refused() {
         "{refused:?}"
     );
 }
+
+#[tokio::test]
+async fn core_subscribers_with_one_name_split_the_events() {
+    let config = core_config(&nats_url());
+    let (a, b) = (connect(config.clone()).await, connect(config.clone()).await);
+    let (seen_a, handler_a) = id_collector();
+    let (seen_b, handler_b) = id_collector();
+    let _a = a
+        .subscribe_with(&["q.*"], SubscriptionOptions::named("workers"), handler_a)
+        .await
+        .unwrap();
+    let _b = b
+        .subscribe_with(&["q.*"], SubscriptionOptions::named("workers"), handler_b)
+        .await
+        .unwrap();
+    let mut ids = HashSet::new();
+    for i in 0..100 {
+        let event = Event::new("q.job", json!({ "n": i })).unwrap();
+        ids.insert(event.id.to_string());
+        a.publish(event).await.unwrap();
+    }
+    a.flush().await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (x, y) = (
+            seen_a.lock().unwrap().clone(),
+            seen_b.lock().unwrap().clone(),
+        );
+        let all: HashSet<String> = x.union(&y).cloned().collect();
+        if ids.is_subset(&all) {
+            assert_eq!(x.intersection(&y).count(), 0, "an event went to both");
+            assert!(
+                !x.is_empty() && !y.is_empty(),
+                "the queue group did not split"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} of 100 arrived", all.len());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
