@@ -26,7 +26,9 @@ use crate::saga::{
 /// Correlation ids in [`saga_follow_ups_after_slow_start`].
 const SAGAS: usize = 200;
 /// How long the start step of each saga instance takes.
-const START_DELAY: Duration = Duration::from_millis(3);
+const START_DELAY: Duration = Duration::from_millis(2);
+/// How long the start step of the first saga instance takes.
+const WARMUP_DELAY: Duration = Duration::from_millis(300);
 /// Events in [`projection_patterns_in_order`].
 const PROJECTED: usize = 200;
 
@@ -70,11 +72,14 @@ impl Saga for CountingSaga {
 }
 
 /// The in-memory saga store, with a slow first commit of every instance: the start step
-/// takes a few milliseconds (and yields), time in which a follow-up on an independent
-/// subscription overtakes it.
+/// takes a few milliseconds (and yields), and that of the instance `warmup` much longer, time
+/// in which follow-ups on an independent subscription overtake their start events. (The
+/// manager serializes the steps of one correlation id, so without the long first step a
+/// follow-up would only overtake its start when it wins a race for that lock.)
 #[derive(Default)]
 struct SlowStartStore {
     inner: InMemorySagaStore,
+    warmup: String,
 }
 
 #[async_trait]
@@ -84,7 +89,9 @@ impl SagaStore for SlowStartStore {
     }
 
     async fn commit(&self, saga: &str, commit: SagaCommit) -> Result<CommitOutcome> {
-        if commit.expected_version == 0 {
+        if commit.correlation_id == self.warmup {
+            tokio::time::sleep(WARMUP_DELAY).await;
+        } else if commit.expected_version == 0 {
             tokio::time::sleep(START_DELAY).await;
         }
         self.inner.commit(saga, commit).await
@@ -112,7 +119,12 @@ impl SagaStore for SlowStartStore {
 /// 200 correlation ids, each published right after its start event.
 pub async fn saga_follow_ups_after_slow_start(bus: &dyn EventBus) {
     let promise = "a saga fed from the bus sees each follow-up after its start event";
-    let manager = match SagaManager::new(CountingSaga, Arc::new(SlowStartStore::default())) {
+    let warmup = format!("kit-warmup-{}", Uuid::new_v4());
+    let store = SlowStartStore {
+        inner: InMemorySagaStore::new(),
+        warmup: warmup.clone(),
+    };
+    let manager = match SagaManager::new(CountingSaga, Arc::new(store)) {
         Ok(m) => Arc::new(m),
         Err(e) => fail(promise, format!("cannot build the saga manager: {e}")),
     };
@@ -124,7 +136,11 @@ pub async fn saga_follow_ups_after_slow_start(bus: &dyn EventBus) {
         .map(|i| format!("kit-{i}-{}", Uuid::new_v4()))
         .collect();
     // One batch, so publishing outpaces the slow start steps.
-    let mut events = Vec::with_capacity(2 * SAGAS);
+    let mut events = Vec::with_capacity(2 * SAGAS + 1);
+    match Event::new("kit.saga.started", json!({})) {
+        Ok(e) => events.push(e.with_correlation(warmup)),
+        Err(e) => fail(promise, format!("cannot build the warm-up event: {e}")),
+    }
     for id in &ids {
         for t in ["kit.saga.started", "kit.saga.next"] {
             match Event::new(t, json!({})) {
