@@ -187,7 +187,14 @@ async fn main() -> Result<(), BoxError> {
         )?
         .with_bus(bus.clone()),
     );
-    let _subscription = manager.subscribe(bus.as_ref()).await?;
+    // The in-memory bus delivers at most once (in process); a service on a durable bus
+    // (JetStream, Redis Streams) calls `manager.subscribe(bus)` without the opt-in.
+    let _subscription = manager
+        .subscribe_with(
+            bus.as_ref(),
+            eventflow::FeedOptions::new().allow_at_most_once(),
+        )
+        .await?;
     let _timer = manager.start_timer(Duration::from_millis(50));
 
     for (order_id, amount_cents) in [("o-1", 4_200), ("o-2", 25_000), ("o-3", 1_000)] {

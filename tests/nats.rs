@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventflow::bus::nats::{NatsBus, NatsConfig, NatsStatus};
-use eventflow::bus::{BusError, BusErrorKind, ErrorReceiver};
+use eventflow::bus::{BusError, BusErrorKind, ErrorReceiver, SubscriptionOptions};
 use eventflow::testing::conformance::{self, Scope, bus::Capabilities};
 use eventflow::{Error, Event, EventBus, EventBusExt, sync_handler};
+use eventflow_tests::child::{self, ChildProcess};
 use eventflow_tests::nats_server::NatsServer;
 use eventflow_tests::tls::TestCertificates;
 use eventflow_tests::{nats_url, service_unavailable, unique};
@@ -228,6 +229,13 @@ async fn conformance_kit_jetstream() {
         "dead_letter_after_max_deliveries",
         "durable_subscriber_resumes",
         "competing_consumers_share_work",
+        // Issue 11: one ordered, named subscription per saga and projection.
+        "saga_follow_ups_after_slow_start",
+        "projection_patterns_in_order",
+        "at_most_once_refused_without_opt_in",
+        "different_names_each_get_every_event",
+        "same_name_shares_work",
+        "saga_follow_up_before_start_is_redelivered",
     ] {
         assert!(report.has_run(check), "{check}: {report}");
     }
@@ -1176,4 +1184,182 @@ async fn jetstream_publish_while_server_down_is_an_error_not_a_silent_drop() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bus.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Named subscriptions across processes (issue 11): the name is the durable consumer, the
+// pattern only a filter
+
+/// The helper test a second process runs for [`one_name_in_two_processes_splits_the_events`].
+const SPLIT_CHILD: &str = "named_subscription_second_process";
+
+#[tokio::test]
+#[ignore = "the second process of one_name_in_two_processes_splits_the_events"]
+async fn named_subscription_second_process() {
+    let Some(out) = child::child_out() else {
+        return;
+    };
+    let mut config = js_config(&nats_url());
+    config.subject_prefix = std::env::var("EF_SPLIT_PREFIX").unwrap();
+    config.stream_name = std::env::var("EF_SPLIT_STREAM").unwrap();
+    config.durable_name = std::env::var("EF_SPLIT_DURABLE").unwrap();
+    let bus = connect(config).await;
+    let o = out.clone();
+    let _sub = bus
+        .subscribe_with(
+            &["split.*"],
+            SubscriptionOptions::named("split-service"),
+            Arc::new(sync_handler(move |e| {
+                child::report(&o, &e.id.to_string());
+                Ok(())
+            })),
+        )
+        .await
+        .unwrap();
+    child::report(&out, child::READY);
+    tokio::time::sleep(child::CHILD_LIFETIME).await;
+}
+
+/// A set of event ids, filled by a handler.
+fn id_collector() -> (Arc<Mutex<HashSet<String>>>, Arc<dyn eventflow::Handler>) {
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let s = seen.clone();
+    let handler = sync_handler(move |e| {
+        s.lock().unwrap().insert(e.id.to_string());
+        Ok(())
+    });
+    (seen, Arc::new(handler))
+}
+
+#[tokio::test]
+async fn one_name_in_two_processes_splits_the_events() {
+    let config = js_config(&nats_url());
+    let _guard = StreamGuard::new(&config);
+    let bus = connect(config.clone()).await;
+    let (mine, handler) = id_collector();
+    let _shared = bus
+        .subscribe_with(
+            &["split.*"],
+            SubscriptionOptions::named("split-service"),
+            handler,
+        )
+        .await
+        .unwrap();
+    // Another service on the same pattern, with the same configuration (so the same derived
+    // consumer, were the name ignored): its own consumer, every event.
+    let other_bus = connect(config.clone()).await;
+    let (other, handler) = id_collector();
+    let _other = other_bus
+        .subscribe_with(
+            &["split.*"],
+            SubscriptionOptions::named("other-service"),
+            handler,
+        )
+        .await
+        .unwrap();
+    let mut second = ChildProcess::spawn(
+        SPLIT_CHILD,
+        &[
+            ("EF_SPLIT_PREFIX", config.subject_prefix.clone()),
+            ("EF_SPLIT_STREAM", config.stream_name.clone()),
+            ("EF_SPLIT_DURABLE", config.durable_name.clone()),
+        ],
+    );
+    second.wait_ready(WAIT).await;
+    let mut ids = HashSet::new();
+    for i in 0..100 {
+        let event = Event::new("split.work", json!({ "n": i })).unwrap();
+        ids.insert(event.id.to_string());
+        bus.publish(event).await.unwrap();
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let theirs = second.reported();
+        let mine = mine.lock().unwrap().clone();
+        let all: HashSet<String> = mine.union(&theirs).cloned().collect();
+        if ids.is_subset(&all) && ids.is_subset(&other.lock().unwrap()) {
+            let both = mine.intersection(&theirs).count();
+            assert_eq!(both, 0, "{both} events went to both processes of one name");
+            assert!(
+                !mine.is_empty() && !theirs.is_empty(),
+                "one name in two processes did not split the events: {} here, {} there",
+                mine.len(),
+                theirs.len()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every event arrived: {} of 100 across the two processes, {} of 100 at the \
+             other service",
+            ids.intersection(&all).count(),
+            ids.intersection(&other.lock().unwrap()).count()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_name_bound_to_other_patterns_is_refused() {
+    let config = js_config(&nats_url());
+    let _guard = StreamGuard::new(&config);
+    let bus = connect(config).await;
+    let (_, handler) = id_collector();
+    let _first = bus
+        .subscribe_with(
+            &["name.a.*"],
+            SubscriptionOptions::named("bound"),
+            handler.clone(),
+        )
+        .await
+        .unwrap();
+    // Binding the same durable consumer to other patterns would miss their events in silence.
+    let refused = bus
+        .subscribe_with(&["name.b.*"], SubscriptionOptions::named("bound"), handler)
+        .await;
+    assert!(
+        matches!(refused, Err(Error::InvalidArgument(ref m)) if m.contains("bound")),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn core_subscribers_with_one_name_split_the_events() {
+    let config = core_config(&nats_url());
+    let (a, b) = (connect(config.clone()).await, connect(config.clone()).await);
+    let (seen_a, handler_a) = id_collector();
+    let (seen_b, handler_b) = id_collector();
+    let _a = a
+        .subscribe_with(&["q.*"], SubscriptionOptions::named("workers"), handler_a)
+        .await
+        .unwrap();
+    let _b = b
+        .subscribe_with(&["q.*"], SubscriptionOptions::named("workers"), handler_b)
+        .await
+        .unwrap();
+    let mut ids = HashSet::new();
+    for i in 0..100 {
+        let event = Event::new("q.job", json!({ "n": i })).unwrap();
+        ids.insert(event.id.to_string());
+        a.publish(event).await.unwrap();
+    }
+    a.flush().await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (x, y) = (
+            seen_a.lock().unwrap().clone(),
+            seen_b.lock().unwrap().clone(),
+        );
+        let all: HashSet<String> = x.union(&y).cloned().collect();
+        if ids.is_subset(&all) {
+            assert_eq!(x.intersection(&y).count(), 0, "an event went to both");
+            assert!(
+                !x.is_empty() && !y.is_empty(),
+                "the queue group did not split"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{} of 100 arrived", all.len());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -398,7 +398,19 @@ async fn failure_policy_retry_gives_up_after_max_attempts() {
 async fn projection_runs_from_a_bus_subscription() {
     let bus = InMemoryBus::new();
     let totals = Arc::new(OrderTotals::default());
-    let subscription = projection::subscribe(&bus, totals.clone()).await.unwrap();
+    // The in-memory bus delivers at most once: feeding a projection from it needs an opt-in.
+    let refused = projection::subscribe(&bus, totals.clone()).await;
+    assert!(matches!(
+        refused,
+        Err(eventflow::Error::AtMostOnceBus { .. })
+    ));
+    let subscription = projection::subscribe_with(
+        &bus,
+        totals.clone(),
+        eventflow::FeedOptions::new().allow_at_most_once(),
+    )
+    .await
+    .unwrap();
     for n in 1..=20 {
         bus.publish(order_event(n)).await.unwrap();
     }
@@ -847,7 +859,18 @@ async fn saga_subscribed_to_a_bus_drives_a_flow() {
             .unwrap()
             .with_bus(recording.clone()),
     );
-    let _subscription = manager.subscribe(bus.as_ref()).await.unwrap();
+    let refused = manager.subscribe(bus.as_ref()).await;
+    assert!(matches!(
+        refused,
+        Err(eventflow::Error::AtMostOnceBus { .. })
+    ));
+    let _subscription = manager
+        .subscribe_with(
+            bus.as_ref(),
+            eventflow::FeedOptions::new().allow_at_most_once(),
+        )
+        .await
+        .unwrap();
     bus.publish(race("race.start", "b-1")).await.unwrap();
     bus.publish(race("race.done", "b-1")).await.unwrap();
     tokio::time::timeout(WAIT, async {

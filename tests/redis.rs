@@ -10,9 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use eventflow::bus::redis::{RedisBus, RedisConfig};
-use eventflow::bus::{BusError, BusErrorKind, ErrorReceiver, Handler, HandlerResult};
+use eventflow::bus::{
+    BusError, BusErrorKind, ErrorReceiver, Handler, HandlerResult, SubscriptionOptions,
+};
 use eventflow::testing::conformance::{self, Report, bus::Capabilities};
-use eventflow::{Error, Event, EventBus};
+use eventflow::{Error, Event, EventBus, sync_handler};
+use eventflow_tests::child::{self, ChildProcess};
 use eventflow_tests::redis_server::RedisServer;
 use eventflow_tests::{redis_url, service_unavailable, unique};
 use futures_util::future::BoxFuture;
@@ -906,6 +909,13 @@ async fn streams_passes_the_bus_conformance_kit() {
         "dead_letter_after_max_deliveries",
         "durable_subscriber_resumes",
         "competing_consumers_share_work",
+        // Issue 11: one ordered, named subscription per saga and projection.
+        "saga_follow_ups_after_slow_start",
+        "projection_patterns_in_order",
+        "at_most_once_refused_without_opt_in",
+        "different_names_each_get_every_event",
+        "same_name_shares_work",
+        "saga_follow_up_before_start_is_redelivered",
     ] {
         assert!(report.has_run(check), "{check}: {report}");
     }
@@ -975,4 +985,146 @@ async fn pubsub_idle_subscription_stays_connected_past_its_heartbeat() {
         );
     }
     bus.close().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Named subscriptions across processes (issue 11): the name is the consumer group, the pattern
+// only a filter
+
+/// The helper test a second process runs for [`one_name_in_two_processes_splits_the_events`].
+const SPLIT_CHILD: &str = "named_subscription_second_process";
+
+#[tokio::test]
+#[ignore = "the second process of one_name_in_two_processes_splits_the_events"]
+async fn named_subscription_second_process() {
+    let Some(out) = child::child_out() else {
+        return;
+    };
+    let mut second = config(Mode::Streams, &std::env::var("EF_SPLIT_PREFIX").unwrap());
+    // Another process: another consumer inside the group.
+    second.consumer_name = "second-process".to_owned();
+    let bus = connect(second).await;
+    let o = out.clone();
+    let _sub = bus
+        .subscribe_with(
+            &["split.*"],
+            SubscriptionOptions::named("split-service"),
+            Arc::new(sync_handler(move |e| {
+                child::report(&o, &e.id.to_string());
+                Ok(())
+            })),
+        )
+        .await
+        .unwrap();
+    child::report(&out, child::READY);
+    tokio::time::sleep(child::CHILD_LIFETIME).await;
+}
+
+/// A set of event ids, filled by a handler.
+fn id_collector() -> (Arc<Mutex<HashSet<String>>>, Arc<dyn Handler>) {
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let s = seen.clone();
+    let handler = sync_handler(move |e| {
+        s.lock().unwrap().insert(e.id.to_string());
+        Ok(())
+    });
+    (seen, Arc::new(handler))
+}
+
+#[tokio::test]
+async fn one_name_in_two_processes_splits_the_events() {
+    let prefix = unique("ef_split");
+    let _cleanup = Cleanup(prefix.clone());
+    let mut first = config(Mode::Streams, &prefix);
+    first.consumer_name = "first-process".to_owned();
+    let bus = connect(first).await;
+    let (mine, handler) = id_collector();
+    let _shared = bus
+        .subscribe_with(
+            &["split.*"],
+            SubscriptionOptions::named("split-service"),
+            handler,
+        )
+        .await
+        .unwrap();
+    // Another service on the same pattern, with the same configuration (so the same derived
+    // group, were the name ignored): its own group, every event.
+    let mut other_config = config(Mode::Streams, &prefix);
+    other_config.consumer_name = "other-process".to_owned();
+    let other_bus = connect(other_config).await;
+    let (other, handler) = id_collector();
+    let _other = other_bus
+        .subscribe_with(
+            &["split.*"],
+            SubscriptionOptions::named("other-service"),
+            handler,
+        )
+        .await
+        .unwrap();
+    let mut second = ChildProcess::spawn(SPLIT_CHILD, &[("EF_SPLIT_PREFIX", prefix.clone())]);
+    second.wait_ready(Duration::from_secs(20)).await;
+    let mut ids = HashSet::new();
+    for i in 0..100 {
+        let event = Event::new("split.work", json!({ "n": i })).unwrap();
+        ids.insert(event.id.to_string());
+        bus.publish(event).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let theirs = second.reported();
+        let mine = mine.lock().unwrap().clone();
+        let all: HashSet<String> = mine.union(&theirs).cloned().collect();
+        if ids.is_subset(&all) && ids.is_subset(&other.lock().unwrap()) {
+            let both = mine.intersection(&theirs).count();
+            assert_eq!(both, 0, "{both} events went to both processes of one name");
+            assert!(
+                !mine.is_empty() && !theirs.is_empty(),
+                "one name in two processes did not split the events: {} here, {} there",
+                mine.len(),
+                theirs.len()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every event arrived: {} of 100 across the two processes, {} of 100 at the \
+             other service",
+            ids.intersection(&all).count(),
+            ids.intersection(&other.lock().unwrap()).count()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_name_bound_to_other_patterns_is_refused() {
+    let prefix = unique("ef_bound");
+    let _cleanup = Cleanup(prefix.clone());
+    let bus = connect(config(Mode::Streams, &prefix)).await;
+    let (_, handler) = id_collector();
+    let _first = bus
+        .subscribe_with(
+            &["name.a.*"],
+            SubscriptionOptions::named("bound"),
+            handler.clone(),
+        )
+        .await
+        .unwrap();
+    // Sharing the group with other patterns would ack, unhandled, what the first one wants.
+    let refused = bus
+        .subscribe_with(
+            &["name.b.*"],
+            SubscriptionOptions::named("bound"),
+            handler.clone(),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(Error::InvalidArgument(ref m)) if m.contains("bound")),
+        "{refused:?}"
+    );
+    // The same patterns under the same name are welcome (they share the work).
+    let _second = bus
+        .subscribe_with(&["name.a.*"], SubscriptionOptions::named("bound"), handler)
+        .await
+        .unwrap();
 }

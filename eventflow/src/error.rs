@@ -189,6 +189,19 @@ pub enum Error {
     /// Invalid configuration or argument.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// A saga or projection was to be fed from a bus that delivers at most once, which loses
+    /// events on a crash, a disconnect or a full queue, without an explicit opt-in. Feed it from
+    /// the event store instead (a `ProjectionRunner`, with `SagaProjection` for a saga), or opt
+    /// in with `FeedOptions::allow_at_most_once`.
+    #[error(
+        "{consumer} refuses an at-most-once bus; catch up from the event store instead, \
+         or opt in with FeedOptions::allow_at_most_once()"
+    )]
+    AtMostOnceBus {
+        /// The saga or projection (as `saga <name>` / `projection <name>`).
+        consumer: String,
+    },
 }
 
 impl Error {
@@ -228,6 +241,7 @@ impl Error {
             | Error::Decode { .. }
             | Error::UnknownEventType { .. }
             | Error::MissingUpcaster { .. }
+            | Error::AtMostOnceBus { .. }
             | Error::InvalidArgument(_) => FailureClass::Permanent,
             // Connections, timeouts, backend calls, races and handlers may do better next time.
             Error::Conflict { .. }
@@ -250,7 +264,7 @@ impl Error {
 ///
 /// | class | errors | what delivery does |
 /// |---|---|---|
-/// | `Permanent` | `EventTooLarge`, `PayloadTooDeep`, `InvalidEventType`, `InvalidStreamId`, `InvalidPattern`, `Encode`, `Decode`, `UnknownEventType`, `MissingUpcaster`, `InvalidArgument` (a value the backend rejects) | park the event in a dead-letter store, report it, move on |
+/// | `Permanent` | `EventTooLarge`, `PayloadTooDeep`, `InvalidEventType`, `InvalidStreamId`, `InvalidPattern`, `Encode`, `Decode`, `UnknownEventType`, `MissingUpcaster`, `AtMostOnceBus`, `InvalidArgument` (a value the backend rejects) | park the event in a dead-letter store, report it, move on |
 /// | `Transient` | `Connect`, `Timeout`, `Backend`, `Closed`, `Conflict`, `DuplicateEvent`, `Handler` | retry with backoff, in order |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailureClass {

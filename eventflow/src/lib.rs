@@ -100,7 +100,7 @@ pub mod __private_0_1_0 {
 
 pub use aggregate::{Aggregate, CommandContext, Repository};
 pub use bus::memory::InMemoryBus;
-pub use bus::{EventBus, EventBusExt, Pattern};
+pub use bus::{Delivery, EventBus, EventBusExt, FeedOptions, Pattern, SubscriptionOptions};
 pub use error::{BoxError, Error, Result};
 pub use event::{DomainEvent, Event, Metadata, Upcaster, validate_event_type};
 pub use handler::{Handler, HandlerResult, Subscription, sync_handler};

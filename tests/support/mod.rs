@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub mod child;
 #[cfg(feature = "nats")]
 pub mod nats_server;
 #[cfg(feature = "redis")]

@@ -24,7 +24,145 @@ pub use crate::handler::{
     BusError, BusErrorKind, ErrorReceiver, ErrorSender, ErrorStream, Handler, HandlerResult,
     Subscription, SyncHandler, sync_handler,
 };
-pub use pattern::Pattern;
+pub use pattern::{Pattern, PatternSet};
+
+/// What a bus guarantees about delivery, in its type ([`EventBus::guarantee`]) and at run time.
+///
+/// | backend | guarantee |
+/// |---|---|
+/// | [`InMemoryBus`](memory::InMemoryBus) (sync or async) | at most once, in process |
+/// | NATS core, Redis pub/sub | at most once |
+/// | NATS JetStream, Redis Streams | at least once |
+/// | `RecordingBus`, `NoopBus` (`eventflow::testing`) | that of the bus they wrap (`NoopBus`: at most once) |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Delivery {
+    /// An event may be lost (process crash, disconnect, full queue); a handler's failure is
+    /// reported, not retried.
+    AtMostOnce,
+    /// An event is delivered until a handler succeeds (or the bus dead-letters it after its
+    /// maximum deliveries); a handler may see it more than once.
+    AtLeastOnce,
+}
+
+/// How to subscribe, for [`EventBus::subscribe_with`].
+///
+/// The `name` is the subscription's identity on a durable bus, and the patterns only a filter:
+/// - **JetStream**: the durable consumer's name. Two subscriptions with different names each
+///   get every event; subscriptions with the same name (in one or several processes) share one
+///   consumer and split the events between them.
+/// - **Redis Streams**: the consumer group. The same rules.
+/// - **NATS core**: the queue group: subscribers with the same name split the events (at most
+///   once); without a name every subscriber gets every event.
+/// - **In-memory, Redis pub/sub**: a label only; every subscription gets every event.
+///
+/// Without a name, a durable bus derives one from its configuration and the patterns (see the
+/// backend's docs); name every subscription whose identity must survive restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscriptionOptions {
+    /// The subscription's identity (see above); `[A-Za-z0-9_-]`, at most 200 bytes.
+    pub name: Option<String>,
+}
+
+impl SubscriptionOptions {
+    /// No name: the backend's derived identity.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Options naming the subscription `name`.
+    pub fn named(name: impl Into<String>) -> Self {
+        SubscriptionOptions {
+            name: Some(name.into()),
+        }
+    }
+
+    /// The name, checked: `[A-Za-z0-9_-]`, 1 to 200 bytes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) naming it otherwise.
+    pub fn checked_name(&self) -> Result<Option<&str>> {
+        match self.name.as_deref() {
+            None => Ok(None),
+            Some(name) if is_subscription_name(name) => Ok(Some(name)),
+            Some(name) => Err(crate::Error::InvalidArgument(format!(
+                "subscription name {name:?} must be 1 to 200 bytes of [A-Za-z0-9_-]"
+            ))),
+        }
+    }
+}
+
+fn is_subscription_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Turns `raw` (a saga or projection name) into a subscription name: every byte outside
+/// `[A-Za-z0-9_-]` becomes `_`, and a long name is cut at 200 bytes.
+pub fn subscription_name(raw: &str) -> String {
+    let mut name: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(200)
+        .collect();
+    if name.is_empty() {
+        name.push('_');
+    }
+    name
+}
+
+/// How a saga manager or projection is fed from a bus (`SagaManager::subscribe_with`,
+/// `projection::subscribe_with`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FeedOptions {
+    /// Accept a bus whose [`guarantee`](EventBus::guarantee) is [`Delivery::AtMostOnce`].
+    pub allow_at_most_once: bool,
+    /// The subscription name, instead of the one derived from the saga or projection name.
+    pub name: Option<String>,
+}
+
+impl FeedOptions {
+    /// The defaults: at-least-once buses only, named after the saga or projection.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Accepts an at-most-once bus (in-memory, NATS core, Redis pub/sub): events lost by the
+    /// bus are lost to the saga or projection. Prefer catching up from the event store.
+    pub fn allow_at_most_once(mut self) -> Self {
+        self.allow_at_most_once = true;
+        self
+    }
+
+    /// Names the subscription `name` instead.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Refuses `bus` for `consumer` when it delivers at most once and that was not allowed.
+    ///
+    /// # Errors
+    /// [`Error::AtMostOnceBus`](crate::Error::AtMostOnceBus).
+    pub fn check(&self, bus: &dyn EventBus, consumer: &str) -> Result<()> {
+        if bus.guarantee() == Delivery::AtMostOnce && !self.allow_at_most_once {
+            return Err(crate::Error::AtMostOnceBus {
+                consumer: consumer.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
 
 /// Publishes events and delivers them to subscribed handlers.
 ///
@@ -39,9 +177,13 @@ pub use pattern::Pattern;
 ///   the backend can, and reported on [`errors`](Self::errors) otherwise.
 /// - After `close`, `publish` fails with [`Error::Closed`](crate::Error::Closed).
 ///
-/// Whether delivery is at most once or at least once depends on the backend; see its docs.
+/// Whether delivery is at most once or at least once depends on the backend:
+/// [`guarantee`](Self::guarantee) says which.
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {
+    /// What this bus guarantees about delivery (see [`Delivery`]).
+    fn guarantee(&self) -> Delivery;
+
     /// Publishes one event.
     ///
     /// # Errors
@@ -61,12 +203,32 @@ pub trait EventBus: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Delivers every event whose type matches any of `patterns` to `handler`, through ONE
+    /// ordered consumer, until the returned [`Subscription`] is dropped: the handler sees one
+    /// publisher's events in publish order, whatever pattern they matched, and one at a time.
+    ///
+    /// `options.name` is the subscription's identity on a durable bus (see
+    /// [`SubscriptionOptions`]).
+    ///
+    /// # Errors
+    /// Invalid or no pattern, invalid name, closed bus, backend failure.
+    async fn subscribe_with(
+        &self,
+        patterns: &[&str],
+        options: SubscriptionOptions,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription>;
+
     /// Delivers every event whose type matches `pattern` to `handler` until the returned
-    /// [`Subscription`] is dropped.
+    /// [`Subscription`] is dropped: [`subscribe_with`](Self::subscribe_with) with one pattern
+    /// and no name.
     ///
     /// # Errors
     /// Invalid pattern, closed bus, backend failure.
-    async fn subscribe(&self, pattern: &str, handler: Arc<dyn Handler>) -> Result<Subscription>;
+    async fn subscribe(&self, pattern: &str, handler: Arc<dyn Handler>) -> Result<Subscription> {
+        self.subscribe_with(&[pattern], SubscriptionOptions::default(), handler)
+            .await
+    }
 
     /// Stops accepting events, delivers what was already accepted (where the backend queues),
     /// and ends every subscription.

@@ -141,6 +141,67 @@ impl Pattern {
     }
 }
 
+/// The patterns of one subscription: an event is delivered when any of them matches.
+///
+/// Built by [`EventBus::subscribe_with`](crate::bus::EventBus::subscribe_with) from the
+/// caller's patterns; backends map the whole set onto one ordered consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatternSet {
+    patterns: Box<[Pattern]>,
+    label: Box<str>,
+}
+
+impl PatternSet {
+    /// Parses every pattern of `patterns` (duplicates are dropped).
+    ///
+    /// # Errors
+    /// [`Error::InvalidPattern`] for the first invalid pattern, or for an empty list.
+    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Self> {
+        if patterns.is_empty() {
+            return Err(Error::InvalidPattern {
+                pattern: String::new(),
+                reason: "a subscription needs at least one pattern",
+            });
+        }
+        let mut parsed: Vec<Pattern> = Vec::with_capacity(patterns.len());
+        for p in patterns {
+            let p = Pattern::parse(p.as_ref())?;
+            if !parsed.contains(&p) {
+                parsed.push(p);
+            }
+        }
+        let label = parsed
+            .iter()
+            .map(Pattern::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok(PatternSet {
+            patterns: parsed.into_boxed_slice(),
+            label: label.into(),
+        })
+    }
+
+    /// Whether any pattern matches `event_type`.
+    pub fn matches(&self, event_type: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(event_type))
+    }
+
+    /// The patterns, in the caller's order.
+    pub fn patterns(&self) -> &[Pattern] {
+        &self.patterns
+    }
+
+    /// The patterns joined by `, ` (for logs, errors and subscription descriptions).
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// True when one pattern is the catch-all `*`.
+    pub fn is_all(&self) -> bool {
+        self.patterns.iter().any(Pattern::is_all)
+    }
+}
+
 impl fmt::Display for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.raw)
@@ -195,6 +256,15 @@ mod tests {
             );
         }
         assert!(Pattern::parse(&"a".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn pattern_sets_match_any_and_reject_empty() {
+        let set = PatternSet::parse(&["a.*", "b.>", "a.*"]).unwrap();
+        assert_eq!(set.label(), "a.*, b.>");
+        assert!(set.matches("a.x") && set.matches("b.x.y") && !set.matches("c.x"));
+        assert!(PatternSet::parse::<&str>(&[]).is_err());
+        assert!(PatternSet::parse(&["a.*", "A"]).is_err());
     }
 
     #[test]

@@ -56,7 +56,7 @@ mod traits;
 pub use policy::{Backoff, FailurePolicy, RunnerOptions};
 pub use runner::{ProjectionRunner, ProjectionTask};
 pub use status::{FailedEvent, ProjectionStatus, RunState};
-pub use subscribe::subscribe;
+pub use subscribe::{subscribe, subscribe_with};
 pub use traits::{Projection, event_types_of};
 
 // For the PostgreSQL projection (and the saga runner).

@@ -51,8 +51,16 @@ impl EventBus for FlakyBus {
         }
         self.inner.publish_batch(events).await
     }
-    async fn subscribe(&self, pattern: &str, handler: Arc<dyn Handler>) -> Result<Subscription> {
-        self.inner.subscribe(pattern, handler).await
+    fn guarantee(&self) -> crate::bus::Delivery {
+        self.inner.guarantee()
+    }
+    async fn subscribe_with(
+        &self,
+        patterns: &[&str],
+        options: crate::bus::SubscriptionOptions,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription> {
+        self.inner.subscribe_with(patterns, options, handler).await
     }
     async fn close(&self) -> Result<()> {
         self.inner.close().await
@@ -385,8 +393,16 @@ impl EventBus for PickyBus {
         }
         self.inner.publish_batch(events).await
     }
-    async fn subscribe(&self, pattern: &str, handler: Arc<dyn Handler>) -> Result<Subscription> {
-        self.inner.subscribe(pattern, handler).await
+    fn guarantee(&self) -> crate::bus::Delivery {
+        self.inner.guarantee()
+    }
+    async fn subscribe_with(
+        &self,
+        patterns: &[&str],
+        options: crate::bus::SubscriptionOptions,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription> {
+        self.inner.subscribe_with(patterns, options, handler).await
     }
     async fn close(&self) -> Result<()> {
         self.inner.close().await

@@ -160,12 +160,16 @@ impl crate::bus::EventBus for RejectsPoison {
         }
         self.0.publish_batch(events).await
     }
-    async fn subscribe(
+    fn guarantee(&self) -> crate::bus::Delivery {
+        self.0.guarantee()
+    }
+    async fn subscribe_with(
         &self,
-        pattern: &str,
+        patterns: &[&str],
+        options: crate::bus::SubscriptionOptions,
         handler: std::sync::Arc<dyn crate::bus::Handler>,
     ) -> crate::error::Result<crate::bus::Subscription> {
-        self.0.subscribe(pattern, handler).await
+        self.0.subscribe_with(patterns, options, handler).await
     }
     async fn close(&self) -> crate::error::Result<()> {
         self.0.close().await

@@ -51,7 +51,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use crate::bus::memory::InMemoryBus;
-use crate::bus::{ErrorReceiver, ErrorStream, EventBus, Handler, Pattern, Subscription};
+use crate::bus::{
+    Delivery, ErrorReceiver, ErrorStream, EventBus, Handler, Pattern, PatternSet, Subscription,
+    SubscriptionOptions,
+};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handler::sync;
@@ -189,10 +192,20 @@ impl EventBus for RecordingBus {
         self.inner.publish_batch(events).await
     }
 
-    async fn subscribe(&self, pattern: &str, handler: Arc<dyn Handler>) -> Result<Subscription> {
-        Pattern::parse(pattern)?;
+    /// That of the bus it forwards to (the in-memory bus when it records only).
+    fn guarantee(&self) -> Delivery {
+        self.inner.guarantee()
+    }
+
+    async fn subscribe_with(
+        &self,
+        patterns: &[&str],
+        options: SubscriptionOptions,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription> {
+        PatternSet::parse(patterns)?;
         self.check_open()?;
-        self.inner.subscribe(pattern, handler).await
+        self.inner.subscribe_with(patterns, options, handler).await
     }
 
     async fn close(&self) -> Result<()> {
@@ -261,11 +274,22 @@ impl EventBus for NoopBus {
         Ok(())
     }
 
-    async fn subscribe(&self, pattern: &str, handler: Arc<dyn Handler>) -> Result<Subscription> {
-        let pattern = Pattern::parse(pattern)?;
+    /// At most once: it delivers nothing at all.
+    fn guarantee(&self) -> Delivery {
+        Delivery::AtMostOnce
+    }
+
+    async fn subscribe_with(
+        &self,
+        patterns: &[&str],
+        options: SubscriptionOptions,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription> {
+        let patterns = PatternSet::parse(patterns)?;
+        options.checked_name()?;
         self.check_open()?;
         drop(handler);
-        Ok(Subscription::new(pattern.as_str(), || {}))
+        Ok(Subscription::new(patterns.label(), || {}))
     }
 
     async fn close(&self) -> Result<()> {

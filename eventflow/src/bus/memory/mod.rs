@@ -34,7 +34,8 @@
 //! | back-pressure | the publisher runs the handlers | each subscription queues at most `n` events, and its dispatcher holds at most `min(n, 32)` more that it took from the queue; `publish` waits while a matching subscription's queue is full |
 //! | order | publish order | each subscription sees each publisher's events in publish order (one queue, one task per subscription) |
 //! | handler error or panic | caught, reported on [`errors`](EventBus::errors) with the event id; the other handlers still run | the same; the dispatcher goes on with the next event |
-//! | guarantee | at most once, in process | at most once, in process (queued events are lost if the process dies) |
+//! | guarantee ([`Delivery::AtMostOnce`]) | at most once, in process | at most once, in process (queued events are lost if the process dies) |
+//! | several patterns ([`EventBus::subscribe_with`]) | one subscription: each event once, in publish order | one queue and one dispatcher for all of them: in publish order, one handler call at a time |
 //! | `close` | later publishes fail with [`Error::Closed`]; handlers already running finish | the same, and `close` returns once every event accepted before it has been handled, or after the [drain timeout](InMemoryBusBuilder::drain_timeout) (default 5 s): then the dispatchers still running are cancelled, their queued events discarded, and a [`BusErrorKind::Cancelled`] reported |
 //! | unsubscribe / drop | no handler call starts afterwards | no handler call starts afterwards; events still queued for that subscription are discarded |
 //!
@@ -72,8 +73,8 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::bus::{
-    BusError, BusErrorKind, ErrorReceiver, ErrorSender, ErrorStream, EventBus, Handler, Pattern,
-    Subscription,
+    BusError, BusErrorKind, Delivery, ErrorReceiver, ErrorSender, ErrorStream, EventBus, Handler,
+    PatternSet, Subscription, SubscriptionOptions,
 };
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -184,7 +185,7 @@ struct Inner {
 /// One subscription as seen by `publish`.
 struct Sub {
     id: u64,
-    pattern: Pattern,
+    patterns: PatternSet,
     active: Arc<AtomicBool>,
     target: Target,
 }
@@ -281,13 +282,13 @@ async fn publish_to(subs: &[Arc<Sub>], event: Event) {
 /// Hands `event` to every matching subscription: runs the handler (sync) or queues it (async).
 async fn deliver(subs: &[Arc<Sub>], event: Arc<Event>) {
     for sub in subs {
-        if !sub.pattern.matches(&event.event_type) {
+        if !sub.patterns.matches(&event.event_type) {
             continue;
         }
         match &sub.target {
             Target::Inline { handler, errors } => {
                 if sub.active.load(Ordering::Acquire) {
-                    invoke(&**handler, &event, errors, &sub.pattern).await;
+                    invoke(&**handler, &event, errors, &sub.patterns).await;
                 }
             }
             Target::Queue(queue) => {
@@ -303,9 +304,9 @@ async fn invoke(
     handler: &dyn Handler,
     event: &Arc<Event>,
     errors: &ErrorSender,
-    pattern: &Pattern,
+    patterns: &PatternSet,
 ) {
-    let _ = delivery::deliver(handler, event, pattern.as_str(), errors).await;
+    let _ = delivery::deliver(handler, event, patterns.label(), errors).await;
 }
 
 /// Async mode: delivers one subscription's queue, in order, until every sender is gone.
@@ -314,7 +315,7 @@ async fn dispatch(
     handler: Arc<dyn Handler>,
     active: Arc<AtomicBool>,
     errors: ErrorSender,
-    pattern: Pattern,
+    patterns: PatternSet,
 ) {
     // Taking a batch at a time frees many queue slots at once, so a publisher waiting on a
     // full queue is woken once per batch rather than once per event.
@@ -324,7 +325,7 @@ async fn dispatch(
         for event in batch.drain(..) {
             // After unsubscribe, what is still queued is discarded.
             if active.load(Ordering::Acquire) {
-                invoke(&*handler, &event, &errors, &pattern).await;
+                invoke(&*handler, &event, &errors, &patterns).await;
             }
         }
     }
@@ -350,8 +351,21 @@ impl EventBus for InMemoryBus {
         Ok(())
     }
 
-    async fn subscribe(&self, pattern: &str, handler: Arc<dyn Handler>) -> Result<Subscription> {
-        let pattern = Pattern::parse(pattern)?;
+    fn guarantee(&self) -> Delivery {
+        Delivery::AtMostOnce
+    }
+
+    /// One subscription for every pattern: in async mode one queue and one dispatcher, so the
+    /// handler sees the events of all its patterns in publish order, one at a time. The name
+    /// is a label only (every subscription gets every matching event).
+    async fn subscribe_with(
+        &self,
+        patterns: &[&str],
+        options: SubscriptionOptions,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription> {
+        let patterns = PatternSet::parse(patterns)?;
+        let name = options.checked_name()?.map(str::to_owned);
         let inner = &self.inner;
         let Some(errors) = inner.errors.sender() else {
             return Err(Error::Closed(NAME));
@@ -362,13 +376,13 @@ impl EventBus for InMemoryBus {
             None => (Target::Inline { handler, errors }, None),
             Some(buffer) => {
                 let (tx, rx) = mpsc::channel(buffer);
-                let task = dispatch(rx, handler, active.clone(), errors, pattern.clone());
+                let task = dispatch(rx, handler, active.clone(), errors, patterns.clone());
                 (Target::Queue(tx), Some(task))
             }
         };
         let sub = Arc::new(Sub {
             id,
-            pattern: pattern.clone(),
+            patterns: patterns.clone(),
             active: active.clone(),
             target,
         });
@@ -386,9 +400,18 @@ impl EventBus for InMemoryBus {
             dispatchers.retain(|d| !d.is_finished());
             dispatchers.push(tokio::spawn(task));
         }
-        tracing::debug!(pattern = pattern.as_str(), id, "subscribe");
+        tracing::debug!(
+            patterns = patterns.label(),
+            name = name.as_deref(),
+            id,
+            "subscribe"
+        );
         let weak: Weak<Inner> = Arc::downgrade(inner);
-        Ok(Subscription::new(pattern.as_str(), move || {
+        let description = match name {
+            Some(name) => format!("{name} [{}]", patterns.label()),
+            None => patterns.label().to_owned(),
+        };
+        Ok(Subscription::new(description, move || {
             active.store(false, Ordering::Release);
             if let Some(inner) = weak.upgrade() {
                 inner.remove(id);

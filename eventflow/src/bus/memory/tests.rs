@@ -78,11 +78,20 @@ async fn sync_bus_passes_the_conformance_kit() {
         "{report}"
     );
     assert!(report.has_run("publish_order"), "{report}");
+    for check in [
+        "saga_follow_ups_after_slow_start",
+        "projection_patterns_in_order",
+        "at_most_once_refused_without_opt_in",
+        "different_names_each_get_every_event",
+    ] {
+        assert!(report.has_run(check), "{report}");
+    }
     for (check, needs) in [
         ("redelivery_after_error_and_panic", "redelivers"),
         ("dead_letter_after_max_deliveries", "dead_letters"),
         ("durable_subscriber_resumes", "persistent"),
         ("competing_consumers_share_work", "competing_consumers"),
+        ("same_name_shares_work", "competing_consumers"),
     ] {
         assert!(report.skipped().contains(&(check, needs)), "{report}");
     }
@@ -97,10 +106,16 @@ async fn sync_bus_passes_the_conformance_kit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_bus_passes_the_conformance_kit() {
     let caps = conformance::bus::Capabilities::at_most_once();
-    conformance::bus::run(caps, |_scope| async {
+    let report = conformance::bus::run(caps, |_scope| async {
         Arc::new(async_bus(16)) as Arc<dyn EventBus>
     })
     .await;
+    // Issue 11: a saga's follow-ups and a two-pattern projection on the async bus.
+    assert!(
+        report.has_run("saga_follow_ups_after_slow_start"),
+        "{report}"
+    );
+    assert!(report.has_run("projection_patterns_in_order"), "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

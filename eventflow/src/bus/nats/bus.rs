@@ -14,7 +14,9 @@ use super::NatsConfig;
 use super::jetstream;
 use super::publish::round_trip;
 use super::status::{NatsStatus, Reporter};
-use crate::bus::{BusError, BusErrorKind, ErrorReceiver, EventBus, Handler};
+use crate::bus::{
+    BusError, BusErrorKind, Delivery, ErrorReceiver, EventBus, Handler, SubscriptionOptions,
+};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handler::sync::lock;
@@ -37,7 +39,8 @@ pub(super) struct Inner {
     /// Set to `true` by `close`; dropped with the bus, which also ends every task.
     pub(super) shutdown: watch::Sender<bool>,
     pub(super) tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// Subscriptions made per pattern, so the n-th one gets its own durable consumer.
+    /// Unnamed subscriptions made per pattern set, so the n-th one gets its own durable
+    /// consumer.
     pub(super) per_pattern: Mutex<HashMap<String, u32>>,
 }
 
@@ -138,12 +141,22 @@ impl EventBus for NatsBus {
         }
     }
 
-    async fn subscribe(
+    /// At least once with JetStream, at most once in core mode.
+    fn guarantee(&self) -> Delivery {
+        if self.inner.js.is_some() {
+            Delivery::AtLeastOnce
+        } else {
+            Delivery::AtMostOnce
+        }
+    }
+
+    async fn subscribe_with(
         &self,
-        pattern: &str,
+        patterns: &[&str],
+        options: SubscriptionOptions,
         handler: Arc<dyn Handler>,
     ) -> Result<crate::Subscription> {
-        self.subscribe_as(pattern, None, handler).await
+        self.subscribe_as(patterns, options, handler).await
     }
 
     async fn close(&self) -> Result<()> {

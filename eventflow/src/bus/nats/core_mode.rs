@@ -13,19 +13,21 @@ use crate::bus::BusErrorKind;
 use crate::error::{Error, Result};
 use crate::event::Event;
 
-/// Subscribes to `subject` and spawns the delivery task. The server has processed the
+/// Subscribes to `subject` (in queue group `queue` when given) and spawns the delivery task. The server has processed the
 /// SUBSCRIBE before this returns, so an event published right after (from any connection) is
 /// delivered.
 pub(super) async fn subscribe(
     client: &async_nats::Client,
     subject: String,
+    queue: Option<String>,
     mut ctx: SubContext,
     timeout: Duration,
 ) -> Result<JoinHandle<()>> {
-    let mut subscriber = client
-        .subscribe(subject)
-        .await
-        .map_err(|e| Error::backend(BACKEND, e))?;
+    let subscribed = match queue {
+        Some(queue) => client.queue_subscribe(subject, queue).await,
+        None => client.subscribe(subject).await,
+    };
+    let mut subscriber = subscribed.map_err(|e| Error::backend(BACKEND, e))?;
     round_trip(client, timeout).await?;
 
     Ok(tokio::spawn(async move {
@@ -40,6 +42,10 @@ pub(super) async fn subscribe(
             if ctx.stopped() {
                 break;
             }
+            // Several patterns share one wider subscription: filter here.
+            if !ctx.wants_subject(&message.subject) {
+                continue;
+            }
             let event = match Event::from_json(&message.payload) {
                 Ok(event) => Arc::new(event),
                 Err(e) => {
@@ -53,11 +59,11 @@ pub(super) async fn subscribe(
             };
             // The subject already matched; this guards against an envelope whose type
             // disagrees with the subject it was published on.
-            if !ctx.pattern.matches(&event.event_type) {
+            if !ctx.patterns.matches(&event.event_type) {
                 continue;
             }
             let outcome = ctx.run_handler(event.clone()).await;
-            if let Some(mut error) = outcome.to_bus_error(&event, ctx.pattern.as_str()) {
+            if let Some(mut error) = outcome.to_bus_error(&event, ctx.patterns.label()) {
                 error.message.push_str(" (core NATS does not redeliver)");
                 ctx.reporter.report(error);
             }

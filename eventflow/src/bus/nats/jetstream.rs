@@ -152,7 +152,8 @@ impl JetStream {
     ///
     /// A new consumer starts at the stream's end (`DeliverPolicy::New`): it sees every event
     /// published after `subscribe` returns, none from before. An existing one resumes after
-    /// its last acknowledged event.
+    /// its last acknowledged event; one whose filter subject differs from `filter_subject` is
+    /// refused with [`Error::InvalidArgument`].
     pub(super) async fn subscribe(
         &self,
         config: &NatsConfig,
@@ -166,7 +167,7 @@ impl JetStream {
                 name,
                 pull::Config {
                     durable_name: Some(name.to_owned()),
-                    filter_subject,
+                    filter_subject: filter_subject.clone(),
                     deliver_policy: DeliverPolicy::New,
                     ack_policy: AckPolicy::Explicit,
                     ack_wait: config.ack_wait,
@@ -182,6 +183,16 @@ impl JetStream {
                     format!("cannot create durable consumer {name:?}: {e}"),
                 )
             })?;
+        // A consumer of that name may exist with another filter (the same name subscribed to
+        // other patterns): binding to it would silently miss events outside its filter.
+        let bound = &consumer.cached_info().config.filter_subject;
+        if *bound != filter_subject {
+            return Err(Error::InvalidArgument(format!(
+                "nats: durable consumer {name:?} exists with filter subject {bound:?}, not \
+                 {filter_subject:?}: its name belongs to other patterns (use another name, or \
+                 delete the consumer)"
+            )));
+        }
         let pull_batch = config.pull_batch.max(1);
         let messages = pull_messages(&consumer, pull_batch)
             .await
@@ -420,6 +431,12 @@ impl Worker {
     /// and every waiting one, so none of them is redelivered while this process holds it.
     /// Returns true when the pull stream ended meanwhile.
     async fn process(&mut self, message: js::Message, messages: &mut pull::Stream) -> bool {
+        // A consumer of several patterns filters on a wider subject (NATS 2.9 has one filter
+        // subject per consumer): what none of them matches is acknowledged unhandled.
+        if !self.ctx.wants_subject(&message.subject) {
+            let _ = message.ack().await;
+            return false;
+        }
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
         let event = match Event::from_json(&message.payload) {
             Ok(event) => Arc::new(event),
@@ -439,7 +456,7 @@ impl Worker {
                 return false;
             }
         };
-        if !self.ctx.pattern.matches(&event.event_type) {
+        if !self.ctx.patterns.matches(&event.event_type) {
             let _ = message.ack().await;
             return false;
         }

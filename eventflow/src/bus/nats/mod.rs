@@ -18,6 +18,9 @@
 //! | given up by the server (the process died on the last delivery) | — | the MaxDeliveries advisory reaches one live subscriber of the consumer, which dead-letters and reports it |
 //! | `close` | handlers get up to `request_timeout`, then are cancelled and reported as `Cancelled` | the same; a cancelled message is not acked, so it is delivered again |
 //! | restart | events published meanwhile are missed | a durable consumer resumes where it left off |
+//! | [`guarantee`](crate::bus::EventBus::guarantee) | `AtMostOnce` | `AtLeastOnce` |
+//! | subscription name ([`SubscriptionOptions`](crate::bus::SubscriptionOptions)) | the queue group: subscribers with one name split the events | the durable consumer: different names each get every event, one name (in any number of processes) splits them |
+//! | several patterns ([`subscribe_with`](crate::bus::EventBus::subscribe_with)) | one subscription to `<prefix>.>`, filtered on the client | one durable consumer filtering on `<prefix>.>` (NATS 2.9 allows one filter subject per consumer), acking unmatched messages unhandled |
 //!
 //! **Publishing while disconnected.** Core: the client buffers the event and sends it once
 //! reconnected; `publish` waits while that buffer is full, up to `request_timeout`, then fails

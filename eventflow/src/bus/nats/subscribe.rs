@@ -7,18 +7,19 @@ use tokio::sync::{Notify, watch};
 
 use super::status::Reporter;
 use super::{NatsBus, core_mode};
-use crate::bus::{BusError, BusErrorKind, Handler, Pattern};
-use crate::error::{Error, Result};
+use crate::bus::{BusError, BusErrorKind, Handler, PatternSet, SubscriptionOptions};
+use crate::error::Result;
 use crate::event::Event;
 use crate::handler::delivery::{self, Outcome};
 use crate::handler::sync::lock;
 
 impl NatsBus {
     /// Subscribes `handler` to `pattern` through the durable consumer named `durable` instead
-    /// of the derived name (JetStream); in core mode this is [`EventBus::subscribe`](crate::bus::EventBus::subscribe).
+    /// of the derived name (JetStream); in core mode `durable` is the queue group. The same as
+    /// [`EventBus::subscribe_with`](crate::bus::EventBus::subscribe_with) with that name.
     ///
     /// # Errors
-    /// As [`EventBus::subscribe`](crate::bus::EventBus::subscribe); [`Error::InvalidArgument`] for a name outside
+    /// As [`EventBus::subscribe`](crate::bus::EventBus::subscribe); [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a name outside
     /// `[A-Za-z0-9_-]`.
     pub async fn subscribe_durable(
         &self,
@@ -26,50 +27,70 @@ impl NatsBus {
         durable: &str,
         handler: Arc<dyn Handler>,
     ) -> Result<crate::Subscription> {
-        if durable.is_empty()
-            || !durable
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(Error::InvalidArgument(format!(
-                "nats: durable name {durable:?} must be non-empty [A-Za-z0-9_-]"
-            )));
-        }
-        self.subscribe_as(pattern, Some(durable.to_owned()), handler)
+        self.subscribe_as(&[pattern], SubscriptionOptions::named(durable), handler)
             .await
     }
 
+    /// [`EventBus::subscribe_with`](crate::bus::EventBus::subscribe_with): one consumer for
+    /// every pattern.
+    ///
+    /// - JetStream: one durable pull consumer, named `options.name` (or derived, see
+    ///   [`consumer_name`](Self::consumer_name)). With one pattern its filter subject is that
+    ///   pattern's subject. With several, NATS 2.9 allows one filter subject per consumer
+    ///   (2.10 added `filter_subjects`), so the consumer filters on `<prefix>.>` (the whole
+    ///   stream when the prefix is empty or the stream has its own subjects) and the client
+    ///   acknowledges, without handling, every message no pattern matches.
+    /// - Core: one subscription (a queue subscription in group `options.name` when named), to
+    ///   the pattern's subject, or to `<prefix>.>` filtered on the client when there are
+    ///   several patterns, so one connection-ordered stream feeds the handler.
     pub(super) async fn subscribe_as(
         &self,
-        pattern: &str,
-        durable: Option<String>,
+        patterns: &[&str],
+        options: SubscriptionOptions,
         handler: Arc<dyn Handler>,
     ) -> Result<crate::Subscription> {
-        let pattern = Pattern::parse(pattern)?;
+        let patterns = PatternSet::parse(patterns)?;
+        let name = options.checked_name()?.map(str::to_owned);
         self.check_open()?;
         let cancel = Arc::new(Cancel::default());
         let ctx = SubContext {
-            pattern: pattern.clone(),
+            prefix: self.inner.config.subject_prefix.clone(),
+            patterns: patterns.clone(),
             handler,
             reporter: self.inner.reporter.clone(),
             cancel: cancel.clone(),
             shutdown: self.inner.shutdown.subscribe(),
         };
-        let subject = pattern.to_subject(&self.inner.config.subject_prefix);
+        let config = &self.inner.config;
         let task = match &self.inner.js {
             None => {
+                let subject = match patterns.patterns() {
+                    [one] => one.to_subject(&config.subject_prefix),
+                    _ => wide_subject(&config.subject_prefix),
+                };
                 core_mode::subscribe(
                     &self.inner.client,
                     subject,
+                    name.clone(),
                     ctx,
-                    self.inner.config.request_timeout,
+                    config.request_timeout,
                 )
                 .await?
             }
             Some(js) => {
-                let name = durable.unwrap_or_else(|| self.consumer_name(&pattern));
-                js.subscribe(&self.inner.config, &name, subject, ctx)
-                    .await?
+                let subject = match patterns.patterns() {
+                    [one] => one.to_subject(&config.subject_prefix),
+                    _ if config.stream_subjects.is_empty() && !config.subject_prefix.is_empty() => {
+                        wide_subject(&config.subject_prefix)
+                    }
+                    // The whole stream.
+                    _ => String::new(),
+                };
+                let durable = match &name {
+                    Some(name) => name.clone(),
+                    None => self.consumer_name(&patterns),
+                };
+                js.subscribe(config, &durable, subject, ctx).await?
             }
         };
         {
@@ -77,26 +98,42 @@ impl NatsBus {
             tasks.retain(|t| !t.is_finished());
             tasks.push(task);
         }
-        Ok(crate::Subscription::new(pattern.as_str(), move || {
+        let description = match name {
+            Some(name) => format!("{name} [{}]", patterns.label()),
+            None => patterns.label().to_owned(),
+        };
+        Ok(crate::Subscription::new(description, move || {
             cancel.cancel()
         }))
     }
 
-    /// `<durable_name>-<hash of the pattern>`, plus `-<n>` for the n-th further subscription to
-    /// the same pattern on this bus: stable across restarts, distinct per subscription.
-    fn consumer_name(&self, pattern: &Pattern) -> String {
+    /// The durable consumer of an unnamed subscription: `<durable_name>-<hash of the
+    /// patterns>`, plus `-<n>` for the n-th further unnamed subscription to the same patterns
+    /// on this bus. Stable across restarts only while the process subscribes in the same
+    /// order; name the subscription ([`SubscriptionOptions::named`]) for an identity that
+    /// does not depend on it.
+    fn consumer_name(&self, patterns: &PatternSet) -> String {
         let n = {
             let mut per = lock(&self.inner.per_pattern);
-            let n = per.entry(pattern.as_str().to_owned()).or_insert(0);
+            let n = per.entry(patterns.label().to_owned()).or_insert(0);
             *n += 1;
             *n - 1
         };
         let base = format!(
             "{}-{:016x}",
             self.inner.config.durable_name,
-            fnv1a(pattern.as_str())
+            fnv1a(patterns.label())
         );
         if n == 0 { base } else { format!("{base}-{n}") }
+    }
+}
+
+/// Every subject below `prefix` (`>` without one).
+fn wide_subject(prefix: &str) -> String {
+    if prefix.is_empty() {
+        ">".to_owned()
+    } else {
+        format!("{prefix}.>")
     }
 }
 
@@ -129,7 +166,9 @@ impl Cancel {
 
 /// What a subscription task needs.
 pub(super) struct SubContext {
-    pub(super) pattern: Pattern,
+    /// The bus's subject prefix (empty: none).
+    pub(super) prefix: String,
+    pub(super) patterns: PatternSet,
     pub(super) handler: Arc<dyn Handler>,
     pub(super) reporter: Arc<Reporter>,
     pub(super) cancel: Arc<Cancel>,
@@ -137,6 +176,19 @@ pub(super) struct SubContext {
 }
 
 impl SubContext {
+    /// Whether a message on `subject` is for this subscription (its event type, the subject
+    /// below the prefix, matches a pattern).
+    pub(super) fn wants_subject(&self, subject: &str) -> bool {
+        let event_type = if self.prefix.is_empty() {
+            Some(subject)
+        } else {
+            subject
+                .strip_prefix(self.prefix.as_str())
+                .and_then(|rest| rest.strip_prefix('.'))
+        };
+        event_type.is_some_and(|t| self.patterns.matches(t))
+    }
+
     /// True once the subscription was cancelled or the bus closed.
     pub(super) fn stopped(&self) -> bool {
         self.cancel.is_cancelled() || *self.shutdown.borrow()
@@ -155,7 +207,7 @@ impl SubContext {
 
     /// Reports a failure of this subscription (for `event`, when there is one).
     pub(super) fn report(&self, kind: BusErrorKind, event: Option<&Event>, message: String) {
-        let mut error = BusError::new(kind, message).for_pattern(self.pattern.as_str());
+        let mut error = BusError::new(kind, message).for_pattern(self.patterns.label());
         if let Some(event) = event {
             error = error.for_event(event);
         }
@@ -164,7 +216,7 @@ impl SubContext {
 
     /// Runs the handler through the shared delivery core.
     pub(super) async fn run_handler(&self, event: Arc<Event>) -> Outcome {
-        delivery::run(&*self.handler, event, self.pattern.as_str()).await
+        delivery::run(&*self.handler, event, self.patterns.label()).await
     }
 }
 

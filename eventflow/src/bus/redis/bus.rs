@@ -15,7 +15,8 @@ use tokio::task::JoinHandle;
 use super::connect::{Shared, is_connection_error};
 use super::{BACKEND, RedisConfig};
 use crate::bus::{
-    BusError, BusErrorKind, ErrorReceiver, ErrorStream, EventBus, Handler, Subscription,
+    BusError, BusErrorKind, Delivery, ErrorReceiver, ErrorStream, EventBus, Handler, Subscription,
+    SubscriptionOptions,
 };
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -163,8 +164,22 @@ impl EventBus for RedisBus {
         self.publish_all(events).await
     }
 
-    async fn subscribe(&self, pattern: &str, handler: Arc<dyn Handler>) -> Result<Subscription> {
-        self.subscribe_pattern(pattern, handler).await
+    /// At least once in Streams mode, at most once in pub/sub mode.
+    fn guarantee(&self) -> Delivery {
+        if self.inner.shared.config.use_streams {
+            Delivery::AtLeastOnce
+        } else {
+            Delivery::AtMostOnce
+        }
+    }
+
+    async fn subscribe_with(
+        &self,
+        patterns: &[&str],
+        options: SubscriptionOptions,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription> {
+        self.subscribe_patterns(patterns, options, handler).await
     }
 
     async fn close(&self) -> Result<()> {

@@ -30,8 +30,9 @@ pub struct RedisConfig {
     pub use_streams: bool,
     /// Prefix of every channel and key the bus uses. Default `events`.
     pub key_prefix: String,
-    /// Consumer group name prefix (Streams mode); each subscription's group is
-    /// `<consumer_group>:<pattern>`. Default `eventflow`.
+    /// Consumer group name prefix (Streams mode) of unnamed subscriptions: their group is
+    /// `<consumer_group>:<pattern>`. A named subscription's group is its name. Default
+    /// `eventflow`.
     pub consumer_group: String,
     /// This process's consumer name inside the groups (Streams mode). Default
     /// `<HOSTNAME or "eventflow">-<pid>-<random>`; set a name that is stable across restarts so

@@ -35,9 +35,16 @@
 //! | pub/sub channel of event type `T` | `P:T` (e.g. `events:order.created`) |
 //! | the event stream (Streams mode) | `P:stream` |
 //! | the dead-letter stream | `P:dead-letter` (or [`RedisConfig::dead_letter_stream`]) |
-//! | the consumer group of a subscription | `G:<pattern>` (`G` = [`RedisConfig::consumer_group`]) |
+//! | the consumer group of a named subscription | its name ([`SubscriptionOptions::named`](crate::bus::SubscriptionOptions::named)) |
+//! | the patterns each consumer group filters on | hash `P:filters` (group → patterns; a subscription with other patterns under that group name is refused) |
+//! | the consumer group of an unnamed subscription | `G:<pattern>` (`G` = [`RedisConfig::consumer_group`]; several patterns joined by `, `) |
 //!
 //! # Pub/sub mode (at most once)
+//!
+//! A subscription with several patterns has one connection and `PSUBSCRIBE`s the glob of every
+//! channel under the prefix, filtering exactly on the client (one glob per pattern would deliver
+//! an event matching two of them twice). A name is a label only: every subscription gets every
+//! event.
 //!
 //! `publish` is one `PUBLISH P:T <envelope JSON>`; `publish_batch` pipelines them in one round
 //! trip. Each subscription has its own connection and `PSUBSCRIBE`s a Redis glob derived from the
@@ -71,7 +78,16 @@
 //! bus uses. The cost is that each subscription's group reads (and acks, without decoding) the
 //! entries of types it does not want; Redis reads are cheap next to handler work.
 //!
-//! Each subscription reads through its own consumer group, `G:<pattern>`, created with
+//! **Named subscriptions** ([`EventBus::subscribe_with`](crate::bus::EventBus::subscribe_with)
+//! with [`SubscriptionOptions::named`](crate::bus::SubscriptionOptions::named)): the name is
+//! the consumer group, the patterns only a filter. Two services with different names each get
+//! every event; subscriptions with the same name, in one process or several (each with its own
+//! [`RedisConfig::consumer_name`]), share the group and split the events. A subscription with
+//! several patterns is one group reading the one stream with one `XREADGROUP`, so its handler
+//! sees every matching entry in stream order, one at a time. Sagas and projections fed from the
+//! bus subscribe this way, named after themselves.
+//!
+//! An unnamed subscription reads through its own consumer group, `G:<pattern>`, created with
 //! `XGROUP CREATE P:stream G:<pattern> $ MKSTREAM` before `subscribe` returns: a new group
 //! starts at the end of the stream (like an in-memory subscription it sees events published
 //! after it subscribed; set [`RedisConfig::start_from_beginning`] to read the retained history

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::connect::{Shared, connect_error};
 use super::subscribe::{backoff, cancelled};
-use crate::bus::{BusError, BusErrorKind, ErrorSender, Handler, Pattern};
+use crate::bus::{BusError, BusErrorKind, ErrorSender, Handler, Pattern, PatternSet};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handler::delivery;
@@ -20,7 +20,7 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 
 pub(super) struct Listener {
     shared: Arc<Shared>,
-    pattern: Pattern,
+    patterns: PatternSet,
     glob: String,
     handler: Arc<dyn Handler>,
     errors: ErrorSender,
@@ -31,18 +31,26 @@ pub(super) struct Listener {
 
 impl Listener {
     /// Connects and subscribes; returns once Redis confirmed the `PSUBSCRIBE`.
+    ///
+    /// One connection and one glob per subscription: the pattern's glob, or with several
+    /// patterns the glob of every channel under the prefix (Redis sends a message once per
+    /// matching glob, so one glob per pattern would deliver some events twice), filtered
+    /// exactly here.
     pub(super) async fn start(
         shared: Arc<Shared>,
-        pattern: Pattern,
+        patterns: PatternSet,
         handler: Arc<dyn Handler>,
         errors: ErrorSender,
         cancel: watch::Receiver<bool>,
     ) -> Result<Self> {
-        let glob = glob_for(&shared.channel_prefix, &pattern);
+        let glob = match patterns.patterns() {
+            [one] => glob_for(&shared.channel_prefix, one),
+            _ => format!("{}*", escape_glob(&shared.channel_prefix)),
+        };
         let (sink, stream) = connect(&shared, &glob).await?;
         Ok(Listener {
             shared,
-            pattern,
+            patterns,
             glob,
             handler,
             errors,
@@ -89,7 +97,7 @@ impl Listener {
             return;
         };
         // The glob over-matches (Redis `*` crosses dots); this is the exact filter.
-        if !self.pattern.matches(event_type) || cancelled(&self.cancel) {
+        if !self.patterns.matches(event_type) || cancelled(&self.cancel) {
             return;
         }
         let event = match Event::from_json(payload) {
@@ -99,7 +107,7 @@ impl Listener {
                     BusErrorKind::Decode,
                     format!("message on {channel} does not decode as an event: {e}"),
                 )
-                .for_pattern(self.pattern.as_str());
+                .for_pattern(self.patterns.label());
                 error.event_type = Some(event_type.to_owned());
                 self.errors.report(error);
                 return;
@@ -108,7 +116,7 @@ impl Listener {
         let _ = delivery::deliver(
             &*self.handler,
             &Arc::new(event),
-            self.pattern.as_str(),
+            self.patterns.label(),
             &self.errors,
         )
         .await;
@@ -124,7 +132,7 @@ impl Listener {
                     self.shared.target
                 ),
             )
-            .for_pattern(self.pattern.as_str()),
+            .for_pattern(self.patterns.label()),
         );
         let mut attempt = 0;
         loop {
@@ -139,7 +147,7 @@ impl Listener {
                 Ok((sink, stream)) => {
                     self.sink = sink;
                     self.stream = stream;
-                    let pattern = self.pattern.as_str();
+                    let pattern = self.patterns.label();
                     self.errors.report(
                         BusError::new(
                             BusErrorKind::Reconnected,
@@ -159,7 +167,7 @@ impl Listener {
                 }
                 Err(e) => {
                     tracing::debug!(
-                        pattern = self.pattern.as_str(),
+                        pattern = self.patterns.label(),
                         "redis pub/sub reconnect failed: {e}"
                     );
                     attempt += 1;

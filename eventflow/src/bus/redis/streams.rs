@@ -14,7 +14,7 @@ use super::connect::{Shared, is_connection_error};
 use super::reply::{Entry, parse_pending_counts, parse_read, protocol_error, text};
 use super::subscribe::{backoff, cancelled};
 use super::trim::{StreamId, unread_deleted};
-use crate::bus::{BusError, BusErrorKind, ErrorSender, Handler, Pattern};
+use crate::bus::{BusError, BusErrorKind, ErrorSender, Handler, PatternSet};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handler::delivery;
@@ -27,7 +27,7 @@ pub(super) struct Consumer {
     shared: Arc<Shared>,
     conn: MultiplexedConnection,
     group: String,
-    pattern: Pattern,
+    patterns: PatternSet,
     handler: Arc<dyn Handler>,
     errors: ErrorSender,
     cancel: watch::Receiver<bool>,
@@ -44,7 +44,7 @@ impl Consumer {
     pub(super) async fn start(
         shared: Arc<Shared>,
         group: String,
-        pattern: Pattern,
+        patterns: PatternSet,
         handler: Arc<dyn Handler>,
         errors: ErrorSender,
         cancel: watch::Receiver<bool>,
@@ -58,11 +58,12 @@ impl Consumer {
         create_group(&mut conn, &shared.stream_key, &group, start)
             .await
             .map_err(|e| Error::backend(super::BACKEND, e))?;
+        claim_filter(&mut conn, &shared, &group, patterns.label()).await?;
         Ok(Consumer {
             shared,
             conn,
             group,
-            pattern,
+            patterns,
             handler,
             errors,
             cancel,
@@ -95,7 +96,7 @@ impl Consumer {
                         self.shared.stream_key, loss.after, loss.upto, self.group
                     ),
                 )
-                .for_pattern(self.pattern.as_str()),
+                .for_pattern(self.patterns.label()),
             );
         }
         Ok(())
@@ -335,7 +336,7 @@ impl Consumer {
                 .field("type")
                 .and_then(|t| std::str::from_utf8(t).ok());
             if let Some(t) = event_type
-                && !self.pattern.matches(t)
+                && !self.patterns.matches(t)
             {
                 acks.push(entry.id);
                 continue;
@@ -347,7 +348,7 @@ impl Consumer {
                         BusErrorKind::Decode,
                         format!("stream entry {} does not decode: {reason}", entry.id),
                     )
-                    .for_pattern(self.pattern.as_str());
+                    .for_pattern(self.patterns.label());
                     error.event_type = event_type.map(str::to_owned);
                     self.report(error);
                     self.dead_letter(&entry, &format!("decode: {reason}"), count)
@@ -365,8 +366,8 @@ impl Consumer {
                 break;
             }
             let event = Arc::new(event);
-            let outcome = delivery::run(&*self.handler, event.clone(), self.pattern.as_str()).await;
-            match outcome.to_bus_error(&event, self.pattern.as_str()) {
+            let outcome = delivery::run(&*self.handler, event.clone(), self.patterns.label()).await;
+            match outcome.to_bus_error(&event, self.patterns.label()) {
                 None => acks.push(entry.id),
                 Some(error) => {
                     let message = error.message.clone();
@@ -405,7 +406,7 @@ impl Consumer {
                 ),
             )
             .for_event(event)
-            .for_pattern(self.pattern.as_str()),
+            .for_pattern(self.patterns.label()),
         );
         self.dead_letter(entry, "max deliveries", count).await
     }
@@ -448,11 +449,45 @@ impl Consumer {
 
     fn report(&self, error: BusError) {
         let error = if error.pattern.is_none() {
-            error.for_pattern(self.pattern.as_str())
+            error.for_pattern(self.patterns.label())
         } else {
             error
         };
         self.errors.report(error);
+    }
+}
+
+/// Records the patterns the group `group` filters on in the hash `P:filters` (the first
+/// subscription of a group sets them), and refuses a subscription with other patterns: it
+/// would acknowledge, unhandled, the entries the group's other subscribers are there for.
+async fn claim_filter(
+    conn: &mut MultiplexedConnection,
+    shared: &Shared,
+    group: &str,
+    patterns: &str,
+) -> Result<()> {
+    let key = format!("{}:filters", shared.config.key_prefix);
+    let backend = |e: RedisError| Error::backend(super::BACKEND, e);
+    redis::cmd("HSETNX")
+        .arg(&key)
+        .arg(group)
+        .arg(patterns)
+        .query_async::<()>(conn)
+        .await
+        .map_err(backend)?;
+    let bound: Option<String> = redis::cmd("HGET")
+        .arg(&key)
+        .arg(group)
+        .query_async(conn)
+        .await
+        .map_err(backend)?;
+    match bound {
+        Some(bound) if bound != patterns => Err(Error::InvalidArgument(format!(
+            "redis: consumer group {group:?} filters on [{bound}], not [{patterns}]: its name \
+             belongs to other patterns (use another name, or delete the group and its field \
+             in {key})"
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use super::bus::{Inner, RedisBus, Task};
 use super::{pubsub, streams};
 use crate::backoff::Backoff;
-use crate::bus::{ErrorSender, Handler, Pattern, Subscription};
+use crate::bus::{ErrorSender, Handler, PatternSet, Subscription, SubscriptionOptions};
 use crate::error::{Error, Result};
 use crate::handler::sync::lock;
 
@@ -27,23 +27,36 @@ pub(super) fn cancelled(cancel: &watch::Receiver<bool>) -> bool {
 }
 
 impl RedisBus {
-    /// [`EventBus::subscribe`](crate::bus::EventBus::subscribe).
-    pub(super) async fn subscribe_pattern(
+    /// [`EventBus::subscribe_with`](crate::bus::EventBus::subscribe_with): one consumer for
+    /// every pattern. Streams: one consumer group (named `options.name`, or derived from the
+    /// patterns, see [`claim_group`](Self::claim_group)) reading the bus's one stream with one
+    /// `XREADGROUP`, in entry order, filtering by type. Pub/sub: one connection, one glob.
+    pub(super) async fn subscribe_patterns(
         &self,
-        pattern: &str,
+        patterns: &[&str],
+        options: SubscriptionOptions,
         handler: Arc<dyn Handler>,
     ) -> Result<Subscription> {
-        let pattern = Pattern::parse(pattern)?;
+        let patterns = PatternSet::parse(patterns)?;
+        let name = options.checked_name()?.map(str::to_owned);
         self.ensure_open()?;
         let errors = self.error_sender()?;
         let shared = self.inner.shared.clone();
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let task = if shared.config.use_streams {
-            let group = self.claim_group(&pattern);
+            // A named group is shared by every subscription with that name (in this process or
+            // another): they split its entries. An unnamed one is claimed per subscription.
+            let (group, claimed) = match &name {
+                Some(name) => (name.clone(), None),
+                None => {
+                    let group = self.claim_group(patterns.label());
+                    (group.clone(), Some(group))
+                }
+            };
             let started = streams::Consumer::start(
                 shared,
-                group.clone(),
-                pattern.clone(),
+                group,
+                patterns.clone(),
                 handler,
                 errors,
                 cancel_rx,
@@ -52,18 +65,20 @@ impl RedisBus {
             let consumer = match started {
                 Ok(consumer) => consumer,
                 Err(e) => {
-                    lock(&self.inner.groups).remove(&group);
+                    if let Some(group) = &claimed {
+                        lock(&self.inner.groups).remove(group);
+                    }
                     return Err(e);
                 }
             };
             Task {
                 cancel: cancel_tx,
                 handle: tokio::spawn(consumer.run()),
-                group: Some(group),
+                group: claimed,
             }
         } else {
             let listener =
-                pubsub::Listener::start(shared, pattern.clone(), handler, errors, cancel_rx)
+                pubsub::Listener::start(shared, patterns.clone(), handler, errors, cancel_rx)
                     .await?;
             Task {
                 cancel: cancel_tx,
@@ -72,7 +87,11 @@ impl RedisBus {
             }
         };
         let id = self.register(task);
-        Ok(self.subscription(&pattern, id))
+        let description = match name {
+            Some(name) => format!("{name} [{}]", patterns.label()),
+            None => patterns.label().to_owned(),
+        };
+        Ok(self.subscription(description, id))
     }
 
     fn register(&self, task: Task) -> u64 {
@@ -81,16 +100,17 @@ impl RedisBus {
         id
     }
 
-    /// The group for a new subscription to `pattern`: `G:<pattern>`, or `G:<pattern>#n` with
-    /// the smallest `n` not read by another live subscription of this bus. Reusing freed names
-    /// keeps group names the same across restarts and resubscriptions (so they resume), and
-    /// keeps them from piling up in Redis.
-    fn claim_group(&self, pattern: &Pattern) -> String {
+    /// The group for a new unnamed subscription to `pattern` (the patterns joined by `, `):
+    /// `G:<pattern>`, or `G:<pattern>#n` with the smallest `n` not read by another live
+    /// unnamed subscription of this bus. Reusing freed names keeps group names the same across
+    /// restarts and resubscriptions (so they resume), and keeps them from piling up in Redis;
+    /// a named subscription does not depend on this order.
+    fn claim_group(&self, pattern: &str) -> String {
         let prefix = &self.inner.shared.config.consumer_group;
         let mut groups = lock(&self.inner.groups);
         let mut ordinal = 1;
         loop {
-            let name = group_name(prefix, pattern.as_str(), ordinal);
+            let name = group_name(prefix, pattern, ordinal);
             if !groups.contains(&name) {
                 groups.insert(name.clone());
                 return name;
@@ -99,9 +119,9 @@ impl RedisBus {
         }
     }
 
-    fn subscription(&self, pattern: &Pattern, id: u64) -> Subscription {
+    fn subscription(&self, description: String, id: u64) -> Subscription {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        Subscription::new(pattern.as_str(), move || {
+        Subscription::new(description, move || {
             if let Some(inner) = weak.upgrade() {
                 let task = lock(&inner.tasks).remove(&id);
                 if let Some(task) = task {

@@ -8,7 +8,39 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::support::{Collector, fail, numbered, publish, subscribe};
-use crate::bus::EventBus;
+
+/// Two subscriptions to one pattern with different names (two services) each get every
+/// event, on every bus.
+pub async fn different_names_each_get_every_event(bus: &dyn EventBus) {
+    let promise = "subscriptions with different names each get every event";
+    let (seen_a, seen_b) = (Collector::new(), Collector::new());
+    let mut subs = Vec::new();
+    for (name, seen) in [("kit-service-a", &seen_a), ("kit-service-b", &seen_b)] {
+        match bus
+            .subscribe_with(
+                &["named.*"],
+                SubscriptionOptions::named(name),
+                seen.handler(),
+            )
+            .await
+        {
+            Ok(s) => subs.push(s),
+            Err(e) => fail(promise, format!("subscribe as {name} failed: {e}")),
+        }
+    }
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        ids.push(publish(bus, numbered("named.event", 0, i), promise).await);
+    }
+    seen_a
+        .expect_exactly(&ids, &format!("{promise} (kit-service-a)"))
+        .await;
+    seen_b
+        .expect_exactly(&ids, &format!("{promise} (kit-service-b)"))
+        .await;
+    drop(subs);
+}
+use crate::bus::{EventBus, SubscriptionOptions};
 use crate::event::Event;
 use crate::testing::conformance::Scope;
 
@@ -96,10 +128,44 @@ where
 {
     let promise = "subscribers sharing a durable name share the events, each to one of them";
     let scope = Scope::new("competing_consumers_share_work");
+    share_work(make_bus, scope, None, promise).await;
+}
+
+/// Capability `competing_consumers`: two buses made for the same scope (two processes) whose
+/// subscriptions to one pattern carry the same name ([`SubscriptionOptions::named`]) share its
+/// events: together they handle every event, and no event goes to both.
+pub async fn same_name_shares_work<F, Fut>(make_bus: &F)
+where
+    F: Fn(Scope) -> Fut,
+    Fut: Future<Output = Arc<dyn EventBus>>,
+{
+    let promise = "subscriptions with the same name share the events, each to one of them";
+    let scope = Scope::new("same_name_shares_work");
+    share_work(make_bus, scope, Some("kit-shared"), promise).await;
+}
+
+/// Two subscribers of `work.*`, on two buses of `scope`, named `name` (or unnamed).
+async fn share_work<F, Fut>(make_bus: &F, scope: Scope, name: Option<&str>, promise: &str)
+where
+    F: Fn(Scope) -> Fut,
+    Fut: Future<Output = Arc<dyn EventBus>>,
+{
     let (a, b) = (make_bus(scope.clone()).await, make_bus(scope).await);
     let (seen_a, seen_b) = (Collector::new(), Collector::new());
-    let _sub_a = subscribe(&*a, "work.*", seen_a.handler(), promise).await;
-    let _sub_b = subscribe(&*b, "work.*", seen_b.handler(), promise).await;
+    let options = match name {
+        Some(name) => SubscriptionOptions::named(name),
+        None => SubscriptionOptions::new(),
+    };
+    let mut subs = Vec::new();
+    for (bus, seen) in [(&a, &seen_a), (&b, &seen_b)] {
+        match bus
+            .subscribe_with(&["work.*"], options.clone(), seen.handler())
+            .await
+        {
+            Ok(s) => subs.push(s),
+            Err(e) => fail(promise, format!("subscribe failed: {e}")),
+        }
+    }
     let events: Vec<Event> = (0..40).map(|i| numbered("work.item", 0, i)).collect();
     let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
     if let Err(e) = a.publish_batch(events).await {

@@ -53,6 +53,7 @@
 mod delivery;
 mod durable;
 mod errors;
+mod feeds;
 mod ordering;
 mod redelivery;
 mod support;
@@ -67,10 +68,17 @@ pub use delivery::{
     multiple_subscribers, pattern_all, pattern_leading_wildcard, pattern_one_or_more,
     pattern_one_token, subscribe_effective_on_return, unsubscribe_stops_delivery,
 };
-pub use durable::{competing_consumers_share_work, durable_subscriber_resumes};
+pub use durable::{
+    competing_consumers_share_work, different_names_each_get_every_event,
+    durable_subscriber_resumes, same_name_shares_work,
+};
 pub use errors::{
     closed_bus_rejects, handler_error_isolated, handler_failures_reported, handler_panic_isolated,
     invalid_event_type, invalid_event_type_in_batch, invalid_pattern,
+};
+pub use feeds::{
+    at_most_once_refused_without_opt_in, projection_patterns_in_order,
+    saga_follow_up_before_start_is_redelivered, saga_follow_ups_after_slow_start,
 };
 pub use ordering::{concurrent_publishers_order, publish_batch_order, publish_order};
 pub use redelivery::{dead_letter_after_max_deliveries, redelivery_after_error_and_panic};
@@ -85,15 +93,17 @@ pub use crate::testing::conformance::{Report, Scope};
 /// `Capabilities::default()` declares nothing; the constructors name the usual sets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Capabilities {
-    /// A subscriber sees one publisher's events in publish order (also within a batch and with
-    /// several concurrent publishers). Checks: [`publish_order`], [`publish_batch_order`],
-    /// [`concurrent_publishers_order`].
+    /// A subscriber sees one publisher's events in publish order (also within a batch, with
+    /// several concurrent publishers, and across the patterns of one subscription). Checks:
+    /// [`publish_order`], [`publish_batch_order`], [`concurrent_publishers_order`],
+    /// [`saga_follow_ups_after_slow_start`], [`projection_patterns_in_order`].
     pub ordered: bool,
     /// Every matching handler has run when `publish` / `publish_batch` returns. Check:
     /// [`handlers_ran_when_publish_returns`].
     pub sync_dispatch: bool,
     /// A handler's `Err` or panic leads to the event being delivered again to that
-    /// subscription, until the handler succeeds. Check: [`redelivery_after_error_and_panic`].
+    /// subscription, until the handler succeeds. Checks: [`redelivery_after_error_and_panic`],
+    /// [`saga_follow_up_before_start_is_redelivered`].
     pub redelivers: bool,
     /// After this many failed deliveries an event is terminated (not delivered again) and
     /// reported as `DeadLettered`, while later events keep flowing; the factory's buses must be
@@ -103,8 +113,9 @@ pub struct Capabilities {
     /// scope, as after a restart) after events were published still gets them, and resumes
     /// after what its predecessor handled. Check: [`durable_subscriber_resumes`].
     pub persistent: bool,
-    /// Subscribers on different buses of the same scope that subscribe the same pattern share
-    /// its events (each event goes to one of them). Check: [`competing_consumers_share_work`].
+    /// Subscribers on different buses of the same scope that subscribe the same pattern (unnamed,
+    /// or with the same name) share its events (each event goes to one of them). Checks:
+    /// [`competing_consumers_share_work`], [`same_name_shares_work`].
     pub competing_consumers: bool,
 }
 
@@ -199,11 +210,16 @@ where
         handler_failures_reported,
         envelope_intact,
         closed_bus_rejects,
+        different_names_each_get_every_event,
+        at_most_once_refused_without_opt_in,
         publish_order if "ordered" caps.ordered,
+        saga_follow_ups_after_slow_start if "ordered" caps.ordered,
+        projection_patterns_in_order if "ordered" caps.ordered,
         publish_batch_order if "ordered" caps.ordered,
         concurrent_publishers_order if "ordered" caps.ordered,
         handlers_ran_when_publish_returns if "sync_dispatch" caps.sync_dispatch,
         redelivery_after_error_and_panic if "redelivers" caps.redelivers,
+        saga_follow_up_before_start_is_redelivered if "redelivers" caps.redelivers,
     );
     let dead_letters = "dead_letter_after_max_deliveries";
     if let Some(max) = caps.dead_letters {
@@ -226,9 +242,15 @@ where
     );
     if caps.competing_consumers {
         competing_consumers_share_work(&make_bus).await;
+        same_name_shares_work(&make_bus).await;
     }
     report.record(
         "competing_consumers_share_work",
+        Some("competing_consumers"),
+        caps.competing_consumers,
+    );
+    report.record(
+        "same_name_shares_work",
         Some("competing_consumers"),
         caps.competing_consumers,
     );

@@ -35,6 +35,9 @@ enum Fault {
     LosesCustomMetadata,
     /// `errors()` is a stream that has ended: nothing is ever reported.
     ReportsNothing,
+    /// A subscription to several patterns is one independent subscription per pattern (what
+    /// sagas and projections did before issue 11), on an async bus.
+    SplitsPatterns,
 }
 
 struct Faulty {
@@ -44,8 +47,13 @@ struct Faulty {
 }
 
 fn faulty(fault: Fault) -> Faulty {
+    let inner = if fault == Fault::SplitsPatterns {
+        InMemoryBus::builder().async_dispatch(1024).build()
+    } else {
+        InMemoryBus::new()
+    };
     Faulty {
-        inner: InMemoryBus::new(),
+        inner,
         fault,
         held: Mutex::new(None),
     }
@@ -53,6 +61,28 @@ fn faulty(fault: Fault) -> Faulty {
 
 #[async_trait]
 impl EventBus for Faulty {
+    fn guarantee(&self) -> crate::bus::Delivery {
+        crate::bus::Delivery::AtMostOnce
+    }
+
+    async fn subscribe_with(
+        &self,
+        patterns: &[&str],
+        options: crate::bus::SubscriptionOptions,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription> {
+        match patterns {
+            [one] if options.name.is_none() => self.subscribe(one, handler).await,
+            _ if self.fault == Fault::SplitsPatterns => {
+                let mut subs = Vec::new();
+                for p in patterns {
+                    subs.push(self.inner.subscribe(p, handler.clone()).await?);
+                }
+                Ok(Subscription::new("split", move || drop(subs)))
+            }
+            _ => self.inner.subscribe_with(patterns, options, handler).await,
+        }
+    }
     async fn publish(&self, mut event: Event) -> Result<()> {
         match self.fault {
             Fault::Reorders => {
@@ -138,6 +168,27 @@ impl EventBus for Faulty {
 #[should_panic(expected = "in publish order (publish)")]
 async fn catches_reordering() {
     publish_order(&faulty(Fault::Reorders)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "a saga fed from the bus sees each follow-up after its start event")]
+async fn catches_a_saga_split_over_subscriptions() {
+    saga_follow_ups_after_slow_start(&faulty(Fault::SplitsPatterns)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "a projection fed from the bus handles its patterns' events")]
+async fn catches_a_projection_split_over_subscriptions() {
+    projection_patterns_in_order(&faulty(Fault::SplitsPatterns)).await;
+}
+
+#[tokio::test]
+async fn saga_and_projection_checks_pass_on_an_async_bus() {
+    let bus = InMemoryBus::builder().async_dispatch(1024).build();
+    saga_follow_ups_after_slow_start(&bus).await;
+    projection_patterns_in_order(&bus).await;
+    at_most_once_refused_without_opt_in(&bus).await;
+    different_names_each_get_every_event(&bus).await;
 }
 
 #[tokio::test]
@@ -231,6 +282,21 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 
 #[async_trait]
 impl EventBus for Retrying {
+    fn guarantee(&self) -> crate::bus::Delivery {
+        crate::bus::Delivery::AtLeastOnce
+    }
+
+    async fn subscribe_with(
+        &self,
+        patterns: &[&str],
+        options: crate::bus::SubscriptionOptions,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription> {
+        match patterns {
+            [one] if options.name.is_none() => self.subscribe(one, handler).await,
+            _ => self.inner.subscribe_with(patterns, options, handler).await,
+        }
+    }
     async fn publish(&self, event: Event) -> Result<()> {
         self.inner.publish(event).await
     }

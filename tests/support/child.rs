@@ -1,0 +1,104 @@
+//! Running a test binary's `#[ignore]`d helper test as a second OS process, for tests of
+//! several processes sharing a durable subscription.
+//!
+//! The parent spawns `current_exe() <test> --exact --ignored` with [`OUT_ENV`] naming a file;
+//! the child appends one line per thing it wants the parent to see ([`report`]) and runs until
+//! the parent drops the [`ChildProcess`] (which kills it), or for at most [`CHILD_LIFETIME`].
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// The variable naming the child's output file; set only in the child.
+pub const OUT_ENV: &str = "EVENTFLOW_TEST_CHILD_OUT";
+
+/// How long a child runs at most when its parent does not kill it.
+pub const CHILD_LIFETIME: Duration = Duration::from_secs(60);
+
+/// The line a child reports once it is subscribed.
+pub const READY: &str = "ready";
+
+/// The child process; killed when dropped.
+pub struct ChildProcess {
+    process: std::process::Child,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ChildProcess {
+    /// Runs the ignored test `test` of this test binary in a new process, with `env` set.
+    pub fn spawn(test: &str, env: &[(&str, String)]) -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory for the child's output");
+        let out = dir.path().join("child.out");
+        std::fs::write(&out, "").expect("the child's output file");
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let mut command = Command::new(exe);
+        command
+            .args([test, "--exact", "--ignored", "--test-threads=1"])
+            .env(OUT_ENV, &out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let process = command.spawn().expect("spawning the child test process");
+        ChildProcess {
+            process,
+            out,
+            _dir: dir,
+        }
+    }
+
+    /// Every line the child reported so far.
+    pub fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The lines other than [`READY`].
+    pub fn reported(&self) -> HashSet<String> {
+        self.lines().into_iter().filter(|l| l != READY).collect()
+    }
+
+    /// Waits until the child reported [`READY`], or panics after `within` (or if it exited).
+    pub async fn wait_ready(&mut self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.lines().iter().any(|l| l == READY) {
+            if let Ok(Some(status)) = self.process.try_wait() {
+                panic!("the child process exited before it was ready: {status}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the child process was not ready within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// In a child: the output file, or `None` when this is a normal test run.
+pub fn child_out() -> Option<PathBuf> {
+    std::env::var_os(OUT_ENV).map(PathBuf::from)
+}
+
+/// In a child: appends `line` to the output file.
+pub fn report(out: &PathBuf, line: &str) {
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(out)
+        .expect("the child's output file");
+    writeln!(file, "{line}").expect("writing the child's output");
+    file.flush().expect("flushing the child's output");
+}
