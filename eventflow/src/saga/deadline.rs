@@ -64,9 +64,10 @@ impl<S: Saga> SagaManager<S> {
     /// backoff ([`with_deadline_backoff`](Self::with_deadline_backoff)); every other due
     /// deadline still fires in this call. [`failing_deadlines`](Self::failing_deadlines)
     /// lists the ones waiting for a retry. When a deadline has failed the backoff's
-    /// `max_attempts` times, it is parked (see the [module docs](self) and
-    /// [`parked_deadlines`](Self::parked_deadlines)), reported as an error, and not counted in
-    /// the returned number.
+    /// `max_attempts` times, it is parked: its timeout event goes to the saga's dead-letter
+    /// store ([`parked_deadlines`](Self::parked_deadlines)), the deadline leaves its instance
+    /// in the saga store (so it never fires again by itself, even after a restart), it is
+    /// reported as an error, and it is not counted in the returned number.
     ///
     /// # Errors
     /// Store errors while reading the due deadlines.
@@ -152,7 +153,10 @@ impl<S: Saga> SagaManager<S> {
     }
 
     /// The source under which this saga parks the timeout events of deadlines that failed too
-    /// often: `saga:<name>:deadlines`.
+    /// often: `saga:<name>:deadlines`, in the store set by [`dead_letters`](Self::dead_letters).
+    /// It is apart from the outbox's [`parked_source`](Self::parked_source) because a parked
+    /// deadline is delivered again to the saga
+    /// ([`retry_parked_deadlines`](Self::retry_parked_deadlines)), not published.
     pub fn parked_deadline_source(&self) -> String {
         format!("saga:{}:deadlines", self.name)
     }
