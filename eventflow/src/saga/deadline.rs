@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-
 use uuid::Uuid;
 
 use super::{IgnoreReason, Saga, SagaCommit, SagaManager, SagaOutcome};
