@@ -5,16 +5,18 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use eventflow::backoff::Jitter;
 use eventflow::bus::memory::InMemoryBus;
 use eventflow::projection::{self, Backoff, FailurePolicy, Projection, ProjectionRunner, RunState};
 use eventflow::saga::{
     IgnoreReason, InMemorySagaStore, Saga, SagaContext, SagaManager, SagaOutcome, SagaStore,
 };
+use eventflow::store::DeadLetterStore;
 use eventflow::store::memory::{InMemoryCheckpointStore, InMemoryEventStore};
 use eventflow::testing::RecordingBus;
 use eventflow::{
@@ -760,9 +762,15 @@ async fn memory_saga_resumes_and_fires_deadlines_after_restart() {
     saga_resumes_and_fires_deadlines_after_restart(store.clone(), store).await;
 }
 
-/// Sets one deadline on start; its timeout fails for ever for the correlation id `poison`.
+/// Sets one deadline on start; its timeout fails for the correlation id `poison` until
+/// `poison_fixed` is set. Clones share the counters.
+#[derive(Clone, Default)]
 struct Timeouts {
+    /// Timeouts handled, per correlation id.
     fired: Arc<Mutex<BTreeMap<String, u32>>>,
+    /// Calls of the handler with the `poison` timeout, failed or not.
+    poison_calls: Arc<AtomicU32>,
+    poison_fixed: Arc<AtomicBool>,
 }
 
 impl Saga for Timeouts {
@@ -786,7 +794,10 @@ impl Saga for Timeouts {
             ),
             "job.timed_out" => {
                 if correlation == "poison" {
-                    return Err("this deadline always fails".into());
+                    self.poison_calls.fetch_add(1, Ordering::SeqCst);
+                    if !self.poison_fixed.load(Ordering::SeqCst) {
+                        return Err("this deadline always fails".into());
+                    }
                 }
                 *self.fired.lock().unwrap().entry(correlation).or_default() += 1;
                 ctx.complete();
@@ -800,14 +811,8 @@ impl Saga for Timeouts {
 /// 300 deadlines due at once, one of which always fails: the other 299 fire once, the failing
 /// one is retried alone after its backoff.
 async fn saga_deadlines_fail_one_by_one(store: Arc<dyn SagaStore>) {
-    let fired = Arc::new(Mutex::new(BTreeMap::new()));
-    let manager = SagaManager::new(
-        Timeouts {
-            fired: fired.clone(),
-        },
-        store,
-    )
-    .unwrap();
+    let saga = Timeouts::default();
+    let manager = SagaManager::new(saga.clone(), store).unwrap();
     // The poison deadline is the earliest, so it comes first.
     for id in std::iter::once("poison".to_owned()).chain((0..299).map(|i| format!("job-{i}"))) {
         let start = Event::new("job.started", json!({}))
@@ -835,14 +840,144 @@ async fn saga_deadlines_fail_one_by_one(store: Arc<dyn SagaStore>) {
         2,
         "retried after its backoff"
     );
-    let fired = fired.lock().unwrap();
+    let fired = saga.fired.lock().unwrap();
     assert_eq!(fired.len(), 299);
     assert!(fired.values().all(|&n| n == 1), "the others fired once");
+}
+
+fn job_started(correlation: &str) -> Event {
+    Event::new("job.started", json!({}))
+        .unwrap()
+        .with_correlation(correlation)
+}
+
+/// 300 deadlines, one of which fails until its handler is fixed: it is parked after 3 failed
+/// attempts with its reason and removed from its instance, while the other 299 fire once (150
+/// in the tick of its first failure, 149 set later in the tick of its second); it never fires
+/// again by itself, in this process or a restarted one (the handler's call count stays put);
+/// once fixed, a retry delivers it once. `restarted` is `store` as a restarted process sees it.
+async fn saga_failing_deadline_is_parked(
+    store: Arc<dyn SagaStore>,
+    restarted: Arc<dyn SagaStore>,
+    dead_letters: Arc<dyn DeadLetterStore>,
+) {
+    let saga = Timeouts::default();
+    let bus = Arc::new(RecordingBus::new());
+    let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(1))
+        .with_jitter(Jitter::None)
+        .with_max_attempts(Some(3));
+    let manager = SagaManager::new(saga.clone(), store.clone())
+        .unwrap()
+        .with_bus(bus.clone())
+        .dead_letters(dead_letters.clone())
+        .with_deadline_backoff(backoff);
+    // The poison deadline is the earliest, so every tick meets it first.
+    manager.handle(&job_started("poison")).await.unwrap();
+    for i in 0..150 {
+        manager
+            .handle(&job_started(&format!("job-{i}")))
+            .await
+            .unwrap();
+    }
+    let t0 = chrono::Utc::now() + chrono::Duration::hours(1);
+    let tick = |n: i64| t0 + chrono::Duration::minutes(n);
+
+    assert_eq!(manager.fire_deadlines_at(tick(1)).await.unwrap(), 150);
+    for i in 150..299 {
+        manager
+            .handle(&job_started(&format!("job-{i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(manager.fire_deadlines_at(tick(2)).await.unwrap(), 149);
+    assert_eq!(manager.failing_deadlines()[0].attempts, 2);
+    assert_eq!(manager.parked_deadline_count().await.unwrap(), 0);
+    // The third failure parks it.
+    assert_eq!(manager.fire_deadlines_at(tick(3)).await.unwrap(), 0);
+    assert_eq!(saga.poison_calls.load(Ordering::SeqCst), 3);
+    assert!(
+        manager.failing_deadlines().is_empty(),
+        "parked, not failing"
+    );
+    let parked = manager.parked_deadlines(10).await.unwrap();
+    assert_eq!(parked.len(), 1, "{parked:?}");
+    let parked = &parked[0];
+    assert_eq!(parked.source, "saga:timeouts:deadlines");
+    assert_eq!(parked.source, manager.parked_deadline_source());
+    assert_eq!(
+        parked.reason,
+        r#"deadline "limit" of instance "poison" failed 3 times"#
+    );
+    assert_eq!(parked.attempts, 3);
+    assert!(
+        parked.error.contains("this deadline always fails"),
+        "{}",
+        parked.error
+    );
+    assert_eq!(parked.event.event_type, "job.timed_out");
+    assert_eq!(parked.event.correlation_id.as_deref(), Some("poison"));
+    assert_eq!(
+        manager.parked_count().await.unwrap(),
+        0,
+        "not an outbox event"
+    );
+    let loaded = store
+        .load("timeouts", "poison", parked.event.id)
+        .await
+        .unwrap();
+    assert!(!loaded.already_handled);
+    assert!(
+        loaded.instance.unwrap().deadlines.is_empty(),
+        "removed from its instance in the store"
+    );
+
+    // Later ticks never fire it, here or after a restart (which forgets the retry counts).
+    assert_eq!(manager.fire_deadlines_at(tick(60)).await.unwrap(), 0);
+    assert_eq!(manager.fire_deadlines_at(tick(60 * 24)).await.unwrap(), 0);
+    let after = SagaManager::new(saga.clone(), restarted)
+        .unwrap()
+        .with_bus(bus.clone())
+        .dead_letters(dead_letters)
+        .with_deadline_backoff(backoff);
+    assert_eq!(after.fire_deadlines_at(tick(60 * 48)).await.unwrap(), 0);
+    assert_eq!(
+        saga.poison_calls.load(Ordering::SeqCst),
+        3,
+        "a parked deadline never fires by itself"
+    );
+
+    // Retried while still failing: it stays parked.
+    let outcome = after.retry_parked_deadlines(10).await.unwrap();
+    assert_eq!((outcome.delivered, outcome.failed), (0, 1));
+    assert_eq!(after.parked_deadline_count().await.unwrap(), 1);
+    // Fixed: one retry delivers it, once.
+    saga.poison_fixed.store(true, Ordering::SeqCst);
+    let outcome = after.retry_parked_deadlines(10).await.unwrap();
+    assert_eq!((outcome.delivered, outcome.failed), (1, 0));
+    assert_eq!(after.parked_deadline_count().await.unwrap(), 0);
+    assert_eq!(after.retry_parked_deadlines(10).await.unwrap().delivered, 0);
+    assert_eq!(after.fire_deadlines_at(tick(60 * 72)).await.unwrap(), 0);
+    let (_, completed) = after.instance("poison").await.unwrap().unwrap();
+    assert!(completed, "its timeout was handled");
+
+    let fired = saga.fired.lock().unwrap();
+    assert_eq!(fired.len(), 300);
+    assert!(fired.values().all(|&n| n == 1), "every deadline fired once");
+    let published = bus.events_of_type("job.timed_out");
+    assert_eq!(published.len(), 300, "each timeout published once");
+    assert!(published.iter().any(|e| e.id == parked.event.id));
 }
 
 #[tokio::test]
 async fn memory_saga_deadlines_fail_one_by_one() {
     saga_deadlines_fail_one_by_one(Arc::new(InMemorySagaStore::new())).await;
+}
+
+#[tokio::test]
+async fn memory_saga_failing_deadline_is_parked() {
+    let store = Arc::new(InMemorySagaStore::new());
+    let dead_letters = Arc::new(eventflow::store::InMemoryDeadLetterStore::new());
+    saga_failing_deadline_is_parked(store.clone(), store, dead_letters).await;
 }
 
 #[tokio::test]
@@ -1430,6 +1565,20 @@ mod postgres {
     async fn pg_saga_deadlines_fail_one_by_one() {
         let store = store(4).await;
         saga_deadlines_fail_one_by_one(saga_store(&store)).await;
+        drop_schema(&store).await;
+    }
+
+    #[tokio::test]
+    async fn pg_saga_failing_deadline_is_parked() {
+        let store = store(4).await;
+        // The restarted process connects anew; the dead letters are the store's table.
+        let restarted = PostgresSagaStore::new(pool(2).await, store.schema()).unwrap();
+        saga_failing_deadline_is_parked(
+            saga_store(&store),
+            Arc::new(restarted),
+            Arc::new(store.dead_letters()),
+        )
+        .await;
         drop_schema(&store).await;
     }
 

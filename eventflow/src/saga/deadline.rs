@@ -1,5 +1,16 @@
 //! Deadlines: timers a saga instance sets, fired by [`SagaManager::fire_due_deadlines`] or
 //! the background [`SagaTimer`].
+//!
+//! Deadlines fail one by one. A deadline whose firing fails is retried after its own backoff
+//! while every other deadline keeps firing; after the backoff's
+//! [`max_attempts`](Backoff::max_attempts) failed attempts (5 by default) it is **parked**: its
+//! timeout event goes to the saga's dead-letter store under
+//! [`parked_deadline_source`](SagaManager::parked_deadline_source) (`saga:<name>:deadlines`,
+//! apart from the outbox's `saga:<name>`, because a parked deadline is delivered again to the
+//! saga, not published), with a reason naming the deadline and the instance, the last error and
+//! the attempt count; the deadline is removed from the instance through the saga store, so it
+//! never fires again by itself, in this process or after a restart;
+//! [`retry_parked_deadlines`](SagaManager::retry_parked_deadlines) delivers it later.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -7,11 +18,22 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
-use super::{Saga, SagaManager, SagaOutcome};
-use crate::backoff::Backoff;
+use super::{IgnoreReason, Saga, SagaCommit, SagaManager, SagaOutcome};
+use crate::backoff::{Backoff, Jitter};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::store::dead_letter::ParkedEvent;
+
+/// Failed attempts after which a deadline is parked, unless
+/// [`SagaManager::with_deadline_backoff`] says otherwise.
+const DEFAULT_DEADLINE_ATTEMPTS: u32 = 5;
+
+/// Reloads of an instance whose deadline is being parked, when another step commits first.
+const REMOVE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(50))
+    .with_jitter(Jitter::Full)
+    .with_max_attempts(Some(16));
 
 /// A timer set by a saga instance: at `due_at`, `event` is delivered to the saga and published.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,7 +62,11 @@ impl<S: Saga> SagaManager<S> {
     /// error, or its commit fails) is logged, kept, and retried on a later call after its own
     /// backoff ([`with_deadline_backoff`](Self::with_deadline_backoff)); every other due
     /// deadline still fires in this call. [`failing_deadlines`](Self::failing_deadlines)
-    /// lists the ones waiting for a retry.
+    /// lists the ones waiting for a retry. When a deadline has failed the backoff's
+    /// `max_attempts` times, it is parked: its timeout event goes to the saga's dead-letter
+    /// store ([`parked_deadlines`](Self::parked_deadlines)), the deadline leaves its instance
+    /// in the saga store (so it never fires again by itself, even after a restart), it is
+    /// reported as an error, and it is not counted in the returned number.
     ///
     /// # Errors
     /// Store errors while reading the due deadlines.
@@ -78,6 +104,12 @@ impl<S: Saga> SagaManager<S> {
                     }
                     Err(e) => {
                         let attempts = self.deadline_retries.failed(&key, now, &e);
+                        if self.deadline_retries.backoff.exhausted(attempts) {
+                            self.park_failing(correlation_id, deadline, &key, &e, attempts)
+                                .await;
+                            skip.insert(key);
+                            continue;
+                        }
                         tracing::warn!(
                             saga = %self.name,
                             correlation_id = %correlation_id,
@@ -101,17 +133,208 @@ impl<S: Saga> SagaManager<S> {
         }
     }
 
-    /// Sets the backoff between retries of one failing deadline (default: 1 s doubling to
-    /// 5 min, retrying for ever). Each deadline has its own count; the others keep firing.
+    /// Sets the backoff between retries of one failing deadline, and with its
+    /// [`max_attempts`](Backoff::max_attempts) after how many failed attempts it is parked
+    /// (default: 1 s doubling to 5 min, parked after 5 attempts, about 15 s after the first
+    /// failure; `with_max_attempts(None)` retries for ever and never parks). Each deadline has
+    /// its own count, kept in memory (a restarted process gives a failing deadline its attempts
+    /// anew); the others keep firing.
     #[must_use]
     pub fn with_deadline_backoff(mut self, backoff: Backoff) -> Self {
         self.deadline_retries.backoff = backoff;
         self
     }
 
-    /// The deadlines whose firing failed and that wait for a retry.
+    /// The deadlines whose firing failed and that wait for a retry. A parked deadline leaves
+    /// this list for [`parked_deadlines`](Self::parked_deadlines).
     pub fn failing_deadlines(&self) -> Vec<FailingDeadline> {
         self.deadline_retries.list()
+    }
+
+    /// The source under which this saga parks the timeout events of deadlines that failed too
+    /// often: `saga:<name>:deadlines`, in the store set by [`dead_letters`](Self::dead_letters).
+    /// It is apart from the outbox's [`parked_source`](Self::parked_source) because a parked
+    /// deadline is delivered again to the saga
+    /// ([`retry_parked_deadlines`](Self::retry_parked_deadlines)), not published.
+    pub fn parked_deadline_source(&self) -> String {
+        format!("saga:{}:deadlines", self.name)
+    }
+
+    /// Up to `limit` parked deadlines of this saga, oldest first: each one's timeout event
+    /// (with the instance's correlation id), a reason naming the deadline and the instance, the
+    /// last error and the attempt count.
+    ///
+    /// # Errors
+    /// The dead-letter store's errors.
+    pub async fn parked_deadlines(&self, limit: usize) -> Result<Vec<ParkedEvent>> {
+        self.dead_letter_store()
+            .list(&self.parked_deadline_source(), limit)
+            .await
+    }
+
+    /// How many deadlines of this saga are parked.
+    ///
+    /// # Errors
+    /// The dead-letter store's errors.
+    pub async fn parked_deadline_count(&self) -> Result<u64> {
+        self.dead_letter_store()
+            .count(&self.parked_deadline_source())
+            .await
+    }
+
+    /// Delivers up to `limit` parked deadlines again, oldest first, one at a time: each
+    /// timeout event is handled by the saga as its instance's deadline event (and published,
+    /// with a bus), exactly as if the deadline had fired, and its dead letter is removed once
+    /// that step committed. One that fails again stays parked, and the next is tried.
+    ///
+    /// A dead letter is removed only after its step committed, so a crash in between delivers
+    /// it again on the next retry, where the saga ignores it as already handled. One whose
+    /// instance has completed or is gone, or that was handled since, is discarded (a completed
+    /// instance cancels its deadlines).
+    ///
+    /// # Errors
+    /// The dead-letter store's errors.
+    pub async fn retry_parked_deadlines(&self, limit: usize) -> Result<DeadlineRetryOutcome> {
+        let source = self.parked_deadline_source();
+        let mut outcome = DeadlineRetryOutcome::default();
+        for parked in self.dead_letter_store().list(&source, limit).await? {
+            let event = &parked.event;
+            // Handled as a deadline's event: the name only marks it as one.
+            match self.handle_inner(event, Some("parked")).await {
+                Ok(SagaOutcome::Handled { .. }) => {
+                    self.dead_letter_store().discard(parked.id).await?;
+                    outcome.delivered += 1;
+                    tracing::info!(saga = %self.name, event_id = %event.id, reason = %parked.reason, "delivered a parked saga deadline");
+                }
+                Ok(other) => {
+                    self.dead_letter_store().discard(parked.id).await?;
+                    outcome.discarded += 1;
+                    let why = match other {
+                        SagaOutcome::Duplicate => "already handled",
+                        SagaOutcome::Ignored(IgnoreReason::Completed) => "instance completed",
+                        SagaOutcome::Ignored(IgnoreReason::NoInstance) => "instance gone",
+                        _ => "ignored by the saga",
+                    };
+                    tracing::warn!(saga = %self.name, event_id = %event.id, reason = %parked.reason, why, "discarded a parked saga deadline that has nothing left to do");
+                }
+                Err(error) => {
+                    outcome.failed += 1;
+                    tracing::warn!(saga = %self.name, event_id = %event.id, reason = %parked.reason, %error, "a parked saga deadline failed again; it stays parked");
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Parks a deadline that failed `attempts` times: the timeout event into the dead-letter
+    /// store first, then the deadline out of the instance. Parking before removing means a
+    /// crash in between leaves both (the deadline fires again and may be parked twice; the
+    /// second delivery is ignored as already handled), never neither. When the removal fails,
+    /// the dead letter is taken back and the deadline stays failing, retried after its backoff.
+    async fn park_failing(
+        &self,
+        correlation_id: &str,
+        deadline: &Deadline,
+        key: &DeadlineKey,
+        error: &Error,
+        attempts: u32,
+    ) {
+        let parked = ParkedEvent::new(
+            self.parked_deadline_source(),
+            deadline.event.clone(),
+            format!(
+                "deadline {:?} of instance {correlation_id:?} failed {attempts} times",
+                deadline.name
+            ),
+            error,
+            attempts,
+        );
+        let id = parked.id;
+        let removed = match self.dead_letter_store().park(parked).await {
+            Ok(()) => {
+                self.remove_deadline(correlation_id, deadline.event.id)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match removed {
+            Ok(true) => {
+                self.deadline_retries.succeeded(key);
+                tracing::error!(
+                    saga = %self.name,
+                    correlation_id = %correlation_id,
+                    deadline = %deadline.name,
+                    event_id = %deadline.event.id,
+                    attempts,
+                    %error,
+                    "saga deadline parked after failing too often; it will not fire again until retried"
+                );
+            }
+            Ok(false) => {
+                // Handled or replaced meanwhile (another process): nothing is left to park.
+                self.deadline_retries.succeeded(key);
+                self.discard_parked(id).await;
+            }
+            Err(park_error) => {
+                self.discard_parked(id).await;
+                tracing::warn!(
+                    saga = %self.name,
+                    correlation_id = %correlation_id,
+                    deadline = %deadline.name,
+                    attempts,
+                    error = %park_error,
+                    "could not park a failing saga deadline; retrying it later"
+                );
+            }
+        }
+    }
+
+    async fn discard_parked(&self, id: Uuid) {
+        if let Err(e) = self.dead_letter_store().discard(id).await {
+            tracing::warn!(saga = %self.name, dead_letter = %id, error = %e, "could not discard a stale parked deadline; a retry will ignore it");
+        }
+    }
+
+    /// Removes the deadline whose timeout event is `event_id` from the instance, in one commit
+    /// that keeps its state as it is (the way a handled step consumes a fired deadline).
+    /// `false` when the deadline is no longer there.
+    async fn remove_deadline(&self, correlation_id: &str, event_id: Uuid) -> Result<bool> {
+        let mut attempt = 0;
+        loop {
+            let loaded = self
+                .store
+                .load(&self.name, correlation_id, Uuid::nil())
+                .await?;
+            let Some(instance) = loaded.instance else {
+                return Ok(false);
+            };
+            if !instance.deadlines.iter().any(|d| d.event.id == event_id) {
+                return Ok(false);
+            }
+            let commit = SagaCommit {
+                correlation_id: correlation_id.to_owned(),
+                expected_version: instance.version,
+                state: instance.state,
+                completed: instance.completed,
+                deadlines: instance
+                    .deadlines
+                    .into_iter()
+                    .filter(|d| d.event.id != event_id)
+                    .collect(),
+                // A fresh id, not the timeout event's: the event was not handled, and a retry
+                // must not be ignored as a duplicate.
+                handled_event: Uuid::new_v4(),
+                outbox: Vec::new(),
+            };
+            match self.store.commit(&self.name, commit).await {
+                Ok(_) => return Ok(true),
+                Err(e) if e.is_conflict() && !REMOVE_BACKOFF.exhausted(attempt) => {
+                    attempt += 1;
+                    tokio::time::sleep(REMOVE_BACKOFF.next_delay(attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The deadlines due at `now`, as (name, timeout event).
@@ -161,6 +384,19 @@ impl Drop for SagaTimer {
     fn drop(&mut self) {
         self.handle.abort();
     }
+}
+
+/// What [`SagaManager::retry_parked_deadlines`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadlineRetryOutcome {
+    /// Deadlines handled by the saga; they are no longer parked.
+    pub delivered: usize,
+    /// Deadlines whose handling failed again; they stay parked.
+    pub failed: usize,
+    /// Deadlines with nothing left to do (already handled, instance completed or gone); their
+    /// dead letters were removed.
+    pub discarded: usize,
 }
 
 /// A deadline whose firing failed, waiting for its retry (see
@@ -217,7 +453,8 @@ pub(super) struct DeadlineRetries {
 impl Default for DeadlineRetries {
     fn default() -> Self {
         DeadlineRetries {
-            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
+            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300))
+                .with_max_attempts(Some(DEFAULT_DEADLINE_ATTEMPTS)),
             failing: Mutex::new(HashMap::new()),
         }
     }

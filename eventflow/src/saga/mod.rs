@@ -19,6 +19,9 @@
 //! - **Deadlines** ([`SagaContext::set_deadline`]) are stored with the instance; when due,
 //!   [`SagaManager::fire_due_deadlines`] delivers the timeout event to the saga (and publishes it),
 //!   even if the process that set it has restarted since. Completing an instance cancels them.
+//!   Deadlines fail one by one: a failing one is retried with its own backoff, then parked in
+//!   the saga's dead-letter store ([`SagaManager::parked_deadlines`],
+//!   [`SagaManager::retry_parked_deadlines`]); the others keep firing.
 
 mod context;
 mod deadline;
@@ -30,7 +33,7 @@ mod traits;
 pub mod memory;
 
 pub use context::SagaContext;
-pub use deadline::{Deadline, FailingDeadline, SagaTimer};
+pub use deadline::{Deadline, DeadlineRetryOutcome, FailingDeadline, SagaTimer};
 pub use manager::{IgnoreReason, SagaManager, SagaOutcome};
 pub use memory::InMemorySagaStore;
 pub use store::{CommitOutcome, LoadedSaga, SagaCommit, SagaInstance, SagaStore};
