@@ -1,7 +1,7 @@
 //! [`SagaManager`]: routes events to saga instances and commits each step atomically.
 
 use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, RandomState};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,6 +74,9 @@ pub struct SagaManager<S: Saga> {
     /// Serializes instances of one correlation id within this process, so conflicts only
     /// happen between processes.
     locks: Vec<tokio::sync::Mutex<()>>,
+    /// Picks a lock stripe; seeded per manager, so correlation ids (chosen by whoever
+    /// publishes) cannot be chosen to pile onto one stripe.
+    stripes: RandomState,
     /// Deadlines whose firing failed, retried with their own backoff.
     pub(super) deadline_retries: super::deadline::DeadlineRetries,
     _state: PhantomData<fn() -> S::State>,
@@ -112,6 +115,7 @@ impl<S: Saga> SagaManager<S> {
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            stripes: RandomState::new(),
             deadline_retries: super::deadline::DeadlineRetries::default(),
             _state: PhantomData,
         })
@@ -219,9 +223,7 @@ impl<S: Saga> SagaManager<S> {
     }
 
     fn lock_for(&self, correlation_id: &str) -> &tokio::sync::Mutex<()> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        correlation_id.hash(&mut hasher);
-        let stripe = (hasher.finish() as usize) % self.locks.len();
+        let stripe = (self.stripes.hash_one(correlation_id) as usize) % self.locks.len();
         &self.locks[stripe]
     }
 
