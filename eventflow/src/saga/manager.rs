@@ -79,6 +79,8 @@ pub struct SagaManager<S: Saga> {
     stripes: RandomState,
     /// Deadlines whose firing failed, retried with their own backoff.
     pub(super) deadline_retries: super::deadline::DeadlineRetries,
+    /// How long completed instances and their tombstones are kept (`retention.rs`).
+    pub(super) retention: super::retention::Retention,
     _state: PhantomData<fn() -> S::State>,
 }
 
@@ -117,6 +119,7 @@ impl<S: Saga> SagaManager<S> {
                 .collect(),
             stripes: RandomState::new(),
             deadline_retries: super::deadline::DeadlineRetries::default(),
+            retention: super::retention::Retention::default(),
             _state: PhantomData,
         })
     }
@@ -202,7 +205,8 @@ impl<S: Saga> SagaManager<S> {
         types
     }
 
-    /// The state and completion of the instance for `correlation_id`, if it exists.
+    /// The state and completion of the instance for `correlation_id`, if it exists (`None`
+    /// too once it completed and was [pruned](Self::prune)).
     ///
     /// # Errors
     /// Backend errors; [`Error::Decode`] when the stored state does not decode.
@@ -274,6 +278,10 @@ impl<S: Saga> SagaManager<S> {
             if loaded.already_handled {
                 tracing::debug!("saga ignored an event it already handled");
                 return Ok(SagaOutcome::Duplicate);
+            }
+            if loaded.pruned {
+                // Completed and pruned: only its tombstone is left, and it must not restart.
+                return Ok(SagaOutcome::Ignored(IgnoreReason::Completed));
             }
             let (mut state, version, deadlines) = match loaded.instance {
                 Some(i) if i.completed => {
