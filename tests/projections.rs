@@ -875,7 +875,7 @@ type Counts = Box<dyn Fn() -> futures_util::future::BoxFuture<'static, (u64, u64
 async fn saga_retention_bounds_bookkeeping(store: Arc<dyn SagaStore>, seeded: u64, counts: Counts) {
     const REAL: u64 = 1_000;
     const LIVE: u64 = 10;
-    let manager = SagaManager::new(OneShot, store).unwrap();
+    let manager = SagaManager::new(OneShot, store.clone()).unwrap();
     let run = |c: String| {
         Event::new("job.run", json!({}))
             .unwrap()
@@ -941,6 +941,18 @@ async fn saga_retention_bounds_bookkeeping(store: Arc<dyn SagaStore>, seeded: u6
         SagaOutcome::Ignored(IgnoreReason::Completed)
     );
     assert_eq!(manager.instance("real-0").await.unwrap(), None);
+    // The store itself refuses to create a tombstoned instance again.
+    let again = SagaCommit {
+        correlation_id: "real-0".into(),
+        expected_version: 0,
+        state: json!(1),
+        completed: false,
+        deadlines: Vec::new(),
+        handled_event: uuid::Uuid::new_v4(),
+        outbox: Vec::new(),
+    };
+    let refused = store.commit("oneshot", again).await.unwrap_err();
+    assert!(refused.is_conflict(), "{refused}");
     assert_eq!(counts().await, (LIVE, LIVE, total), "nothing restarted");
 
     // After the tombstone window (default 7 days) only the running instances are left.
