@@ -1,5 +1,6 @@
 //! [`InMemorySagaStore`]: the reference [`SagaStore`], for tests and single-process services.
 
+use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
@@ -122,61 +123,49 @@ impl SagaStore for InMemorySagaStore {
             expected: ExpectedVersion::Exact(commit.expected_version),
             actual,
         };
-        let now = Utc::now();
-        let completed_at = commit.completed.then_some(now);
-        let version = match s.instances.get_mut(&commit.correlation_id) {
-            Some(entry) => {
-                if entry.handled.contains(&commit.handled_event) {
-                    return Ok(CommitOutcome::AlreadyHandled);
-                }
-                if entry.instance.version != commit.expected_version {
-                    return Err(conflict(entry.instance.version));
-                }
-                if let Some(at) = entry.completed_at.take() {
-                    s.completed.remove(&(at, commit.correlation_id.clone()));
-                }
-                entry.handled.insert(commit.handled_event);
-                entry.completed_at = completed_at;
-                entry.instance.version + 1
+        // Checks first, then writes: a rejected commit leaves nothing behind.
+        let actual = match s.instances.get(&commit.correlation_id) {
+            Some(entry) if entry.handled.contains(&commit.handled_event) => {
+                return Ok(CommitOutcome::AlreadyHandled);
             }
+            Some(entry) => entry.instance.version,
             // A pruned instance is not created again: the manager reloads and sees it pruned.
-            None if commit.expected_version != 0
-                || s.tombstones.contains_key(&commit.correlation_id) =>
-            {
+            None if s.tombstones.contains_key(&commit.correlation_id) => {
                 return Err(conflict(0));
             }
-            None => {
-                s.instances.insert(
-                    commit.correlation_id.clone(),
-                    Entry {
-                        instance: SagaInstance {
-                            correlation_id: commit.correlation_id.clone(),
-                            state: serde_json::Value::Null,
-                            version: 0,
-                            completed: false,
-                            deadlines: Vec::new(),
-                        },
-                        handled: HashSet::from([commit.handled_event]),
-                        completed_at,
-                    },
-                );
-                1
-            }
+            None => 0,
         };
-        if let Some(at) = completed_at {
-            s.completed.insert((at, commit.correlation_id.clone()));
+        if actual != commit.expected_version {
+            return Err(conflict(actual));
         }
-        let entry = s
-            .instances
-            .get_mut(&commit.correlation_id)
-            .ok_or_else(|| conflict(0))?;
-        entry.instance = SagaInstance {
-            correlation_id: commit.correlation_id,
+        let completed_at = commit.completed.then(Utc::now);
+        let instance = SagaInstance {
+            correlation_id: commit.correlation_id.clone(),
             state: commit.state,
-            version,
+            version: actual + 1,
             completed: commit.completed,
             deadlines: commit.deadlines,
         };
+        let entry = match s.instances.entry(commit.correlation_id.clone()) {
+            MapEntry::Occupied(occupied) => {
+                let entry = occupied.into_mut();
+                entry.instance = instance;
+                entry
+            }
+            MapEntry::Vacant(vacant) => vacant.insert(Entry {
+                instance,
+                handled: HashSet::new(),
+                completed_at: None,
+            }),
+        };
+        if let Some(at) = entry.completed_at.take() {
+            s.completed.remove(&(at, commit.correlation_id.clone()));
+        }
+        entry.handled.insert(commit.handled_event);
+        entry.completed_at = completed_at;
+        if let Some(at) = completed_at {
+            s.completed.insert((at, commit.correlation_id));
+        }
         s.outbox.extend(commit.outbox);
         Ok(CommitOutcome::Committed)
     }
