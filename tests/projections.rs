@@ -14,7 +14,8 @@ use eventflow::backoff::Jitter;
 use eventflow::bus::memory::InMemoryBus;
 use eventflow::projection::{self, Backoff, FailurePolicy, Projection, ProjectionRunner, RunState};
 use eventflow::saga::{
-    IgnoreReason, InMemorySagaStore, Saga, SagaContext, SagaManager, SagaOutcome, SagaStore,
+    IgnoreReason, InMemorySagaStore, Pruned, Saga, SagaCommit, SagaContext, SagaManager,
+    SagaOutcome, SagaStore,
 };
 use eventflow::store::DeadLetterStore;
 use eventflow::store::memory::{InMemoryCheckpointStore, InMemoryEventStore};
@@ -985,6 +986,167 @@ async fn memory_saga_outbox_survives_a_failed_publish() {
     saga_outbox_survives_a_failed_publish(Arc::new(InMemorySagaStore::new())).await;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Saga retention
+
+/// Starts on `job.run` and completes at once, unless the payload says `"keep": true`.
+struct OneShot;
+
+impl Saga for OneShot {
+    type State = u32;
+    fn name(&self) -> &str {
+        "oneshot"
+    }
+    fn starts_on(&self) -> Vec<String> {
+        vec!["job.run".into()]
+    }
+    fn handles(&self) -> Vec<String> {
+        vec!["job.late".into()]
+    }
+    fn handle(&self, runs: &mut u32, e: &Event, ctx: &mut SagaContext) -> Result<(), BoxError> {
+        *runs += 1;
+        if e.payload.get("keep") != Some(&json!(true)) {
+            ctx.complete();
+        }
+        Ok(())
+    }
+}
+
+/// (instances, handled ids, tombstones) of the `oneshot` saga in a store.
+type Counts = Box<dyn Fn() -> futures_util::future::BoxFuture<'static, (u64, u64, u64)>>;
+
+/// Completed sagas ending up bounded. `seeded` completed `oneshot` instances (one handled id
+/// each, correlation ids `bulk-*`) are already in `store`; this starts and completes 1,000 more
+/// through a manager, keeps 10 running, prunes after each window, and redelivers the old
+/// events.
+async fn saga_retention_bounds_bookkeeping(store: Arc<dyn SagaStore>, seeded: u64, counts: Counts) {
+    const REAL: u64 = 1_000;
+    const LIVE: u64 = 10;
+    let manager = SagaManager::new(OneShot, store.clone()).unwrap();
+    let run = |c: String| {
+        Event::new("job.run", json!({}))
+            .unwrap()
+            .with_correlation(c)
+    };
+    let starts: Vec<Event> = (0..REAL).map(|i| run(format!("real-{i}"))).collect();
+    for start in &starts {
+        assert!(matches!(
+            manager.handle(start).await.unwrap(),
+            SagaOutcome::Handled {
+                started: true,
+                completed: true,
+                ..
+            }
+        ));
+    }
+    for i in 0..LIVE {
+        let keep = Event::new("job.run", json!({ "keep": true }))
+            .unwrap()
+            .with_correlation(format!("live-{i}"));
+        manager.handle(&keep).await.unwrap();
+    }
+    let total = seeded + REAL;
+    assert_eq!(counts().await, (total + LIVE, total + LIVE, 0));
+
+    // Inside the retention window nothing goes, and a redelivery is a duplicate.
+    let now = chrono::Utc::now();
+    assert_eq!(manager.prune_at(now).await.unwrap(), Pruned::default());
+    assert_eq!(
+        manager.handle(&starts[0]).await.unwrap(),
+        SagaOutcome::Duplicate
+    );
+
+    // After the retention window (default 24 h): only tombstones are left of completed ones.
+    let pruned = manager
+        .prune_at(now + chrono::Duration::hours(25))
+        .await
+        .unwrap();
+    assert_eq!((pruned.instances, pruned.tombstones), (total, 0));
+    assert_eq!(
+        counts().await,
+        (LIVE, LIVE, total),
+        "completed instances pruned"
+    );
+    // Every old event redelivered, a late one and a fresh start with an old correlation id:
+    // none restarts a saga.
+    for start in &starts {
+        assert_eq!(
+            manager.handle(start).await.unwrap(),
+            SagaOutcome::Ignored(IgnoreReason::Completed),
+            "a redelivered start after the window"
+        );
+    }
+    let late = Event::new("job.late", json!({}))
+        .unwrap()
+        .with_correlation("real-1");
+    assert_eq!(
+        manager.handle(&late).await.unwrap(),
+        SagaOutcome::Ignored(IgnoreReason::Completed)
+    );
+    assert_eq!(
+        manager.handle(&run("bulk-7".into())).await.unwrap(),
+        SagaOutcome::Ignored(IgnoreReason::Completed)
+    );
+    assert_eq!(manager.instance("real-0").await.unwrap(), None);
+    // The store itself refuses to create a tombstoned instance again.
+    let again = SagaCommit {
+        correlation_id: "real-0".into(),
+        expected_version: 0,
+        state: json!(1),
+        completed: false,
+        deadlines: Vec::new(),
+        handled_event: uuid::Uuid::new_v4(),
+        outbox: Vec::new(),
+    };
+    let refused = store.commit("oneshot", again).await.unwrap_err();
+    assert!(refused.is_conflict(), "{refused}");
+    assert_eq!(counts().await, (LIVE, LIVE, total), "nothing restarted");
+
+    // After the tombstone window (default 7 days) only the running instances are left.
+    let pruned = manager
+        .prune_at(now + chrono::Duration::days(8))
+        .await
+        .unwrap();
+    assert_eq!((pruned.instances, pruned.tombstones), (0, total));
+    assert_eq!(counts().await, (LIVE, LIVE, 0), "bounded by what runs");
+    // As documented: past both windows the correlation id is unknown again.
+    assert!(matches!(
+        manager.handle(&starts[0]).await.unwrap(),
+        SagaOutcome::Handled { started: true, .. }
+    ));
+}
+
+#[tokio::test]
+async fn memory_saga_100000_completed_instances_are_pruned_to_tombstones_then_gone() {
+    const SEEDED: u64 = 99_000;
+    let store = Arc::new(InMemorySagaStore::new());
+    // In bulk through the store API: one commit per instance, as the manager makes them.
+    for i in 0..SEEDED {
+        let commit = SagaCommit {
+            correlation_id: format!("bulk-{i}"),
+            expected_version: 0,
+            state: json!(1),
+            completed: true,
+            deadlines: Vec::new(),
+            handled_event: uuid::Uuid::new_v4(),
+            outbox: Vec::new(),
+        };
+        store.commit("oneshot", commit).await.unwrap();
+    }
+    let counted = store.clone();
+    let counts: Counts = Box::new(move || {
+        let s = counted.clone();
+        Box::pin(async move {
+            (
+                s.instance_count("oneshot") as u64,
+                s.handled_count("oneshot") as u64,
+                s.tombstone_count("oneshot") as u64,
+            )
+        })
+    });
+    saga_retention_bounds_bookkeeping(store, SEEDED, counts).await;
+}
+
 #[tokio::test]
 async fn saga_subscribed_to_a_bus_drives_a_flow() {
     let bus = Arc::new(InMemoryBus::new());
@@ -1579,6 +1741,41 @@ mod postgres {
             Arc::new(store.dead_letters()),
         )
         .await;
+        drop_schema(&store).await;
+    }
+
+    #[tokio::test]
+    async fn pg_saga_100000_completed_instances_are_pruned_to_tombstones_then_gone() {
+        const SEEDED: u64 = 99_000;
+        let store = store(4).await;
+        // In bulk with SQL: the rows `commit` writes for a saga that started and completed in
+        // one step (one instance at version 1, one handled id).
+        let schema = store.schema().to_owned();
+        for statement in [
+            "INSERT INTO \"{s}\".saga_instances (saga, correlation_id, state, version, completed) \
+             SELECT 'oneshot', 'bulk-' || g, '1'::jsonb, 1, true FROM generate_series(0, $1 - 1) g",
+            "INSERT INTO \"{s}\".saga_handled (saga, correlation_id, event_id) \
+             SELECT 'oneshot', 'bulk-' || g, gen_random_uuid() FROM generate_series(0, $1 - 1) g",
+        ] {
+            sqlx::query(&statement.replace("{s}", &schema))
+                .bind(i64::try_from(SEEDED).unwrap())
+                .execute(store.pool())
+                .await
+                .unwrap();
+        }
+        let sagas = saga_store(&store);
+        let counted = sagas.clone();
+        let counts: Counts = Box::new(move || {
+            let s = counted.clone();
+            Box::pin(async move {
+                (
+                    s.instance_count("oneshot").await.unwrap(),
+                    s.handled_count("oneshot").await.unwrap(),
+                    s.tombstone_count("oneshot").await.unwrap(),
+                )
+            })
+        });
+        saga_retention_bounds_bookkeeping(sagas, SEEDED, counts).await;
         drop_schema(&store).await;
     }
 

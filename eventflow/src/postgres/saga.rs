@@ -6,6 +6,9 @@
 //! event finds it and writes nothing), creates the instance (primary key on (saga, correlation
 //! id): of two racing creations one finds the row and gets [`Error::Conflict`]) or updates it
 //! only at the expected version, and writes the outbox.
+//!
+//! Retention (`migrations/0004_saga_retention.sql`): `prune` moves completed instances to
+//! `saga_tombstones` and deletes their `saga_handled` rows, one statement per batch.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -74,6 +77,31 @@ impl PostgresSagaStore {
             .map_err(|e| self.map(e))?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
+
+    /// How many handled event ids the instances of `saga` hold.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn handled_count(&self, saga: &str) -> Result<u64> {
+        self.count(&self.sql.saga_handled_count, saga).await
+    }
+
+    /// How many tombstones of pruned instances of `saga` exist.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn tombstone_count(&self, saga: &str) -> Result<u64> {
+        self.count(&self.sql.saga_tombstone_count, saga).await
+    }
+
+    async fn count(&self, statement: &str, saga: &str) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(statement)
+            .bind(saga)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.map(e))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
 }
 
 impl PostgresSagaStore {
@@ -103,6 +131,7 @@ impl SagaStore for PostgresSagaStore {
             Option<bool>,
             Option<serde_json::Value>,
             bool,
+            bool,
         );
         let row: Row = sqlx::query_as(&self.sql.saga_load)
             .bind(saga)
@@ -111,7 +140,7 @@ impl SagaStore for PostgresSagaStore {
             .fetch_one(&self.pool)
             .await
             .map_err(|e| self.map(e))?;
-        let (state, version, completed, deadlines, already_handled) = row;
+        let (state, version, completed, deadlines, already_handled, pruned) = row;
         let instance = match (state, version) {
             (Some(state), Some(version)) => Some(SagaInstance {
                 correlation_id: correlation_id.to_owned(),
@@ -130,6 +159,7 @@ impl SagaStore for PostgresSagaStore {
         Ok(LoadedSaga {
             instance,
             already_handled,
+            pruned,
         })
     }
 
@@ -159,6 +189,38 @@ impl SagaStore for PostgresSagaStore {
 
     async fn ack_outbox(&self, saga: &str, event_ids: &[Uuid]) -> Result<()> {
         self.ack_outbox_now(saga, event_ids).await
+    }
+
+    async fn prune(
+        &self,
+        saga: &str,
+        completed_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(&self.sql.saga_prune)
+            .bind(saga)
+            .bind(completed_before)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.map(e))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn prune_tombstones(
+        &self,
+        saga: &str,
+        completed_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64> {
+        let done = sqlx::query(&self.sql.saga_prune_tombstones)
+            .bind(saga)
+            .bind(completed_before)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.map(e))?;
+        Ok(done.rows_affected())
     }
 }
 

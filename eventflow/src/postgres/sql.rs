@@ -143,10 +143,13 @@ const SET_LOCAL_SEARCH_PATH: &str = "SET LOCAL search_path TO {schema}";
 
 const SAGA_INSTANCE_COUNT: &str = "SELECT count(*) FROM {schema}.saga_instances WHERE saga = $1";
 
-/// One round trip: the instance (if any) and whether the event is recorded as handled.
+/// One round trip: the instance (if any), whether the event is recorded as handled, and whether
+/// the instance was pruned (a tombstone).
 const SAGA_LOAD: &str = "SELECT i.state, i.version, i.completed, i.deadlines, \
         EXISTS (SELECT 1 FROM {schema}.saga_handled h \
-                WHERE h.saga = $1 AND h.correlation_id = $2 AND h.event_id = $3) \
+                WHERE h.saga = $1 AND h.correlation_id = $2 AND h.event_id = $3), \
+        EXISTS (SELECT 1 FROM {schema}.saga_tombstones t \
+                WHERE t.saga = $1 AND t.correlation_id = $2) \
      FROM (SELECT 1) AS one \
      LEFT JOIN {schema}.saga_instances i ON i.saga = $1 AND i.correlation_id = $2";
 
@@ -154,10 +157,14 @@ const SAGA_LOAD: &str = "SELECT i.state, i.version, i.completed, i.deadlines, \
 const SAGA_RECORD_HANDLED: &str = "INSERT INTO {schema}.saga_handled \
      (saga, correlation_id, event_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
 
-/// Creates an instance; the primary key decides a creation race: the loser inserts nothing.
+/// Creates an instance; the primary key decides a creation race: the loser inserts nothing. A
+/// pruned instance (its tombstone) is not created again: nothing is inserted either.
 const SAGA_CREATE: &str = "INSERT INTO {schema}.saga_instances \
         (saga, correlation_id, state, version, completed, deadlines, next_deadline) \
-     VALUES ($1, $2, $3, 1, $4, $5, $6) ON CONFLICT DO NOTHING";
+     SELECT $1::text, $2::text, $3::jsonb, 1, $4::bool, $5::jsonb, $6::timestamptz \
+      WHERE NOT EXISTS (SELECT 1 FROM {schema}.saga_tombstones t \
+                        WHERE t.saga = $1 AND t.correlation_id = $2) \
+     ON CONFLICT DO NOTHING";
 
 /// Updates an instance only at the expected version (`$7`).
 const SAGA_UPDATE: &str = "UPDATE {schema}.saga_instances \
@@ -183,6 +190,37 @@ const SAGA_PENDING_OUTBOX: &str =
 
 const SAGA_ACK_OUTBOX: &str =
     "DELETE FROM {schema}.saga_outbox WHERE saga = $1 AND event_id = ANY($2)";
+
+/// Removes up to `$3` instances that completed before `$2`, oldest first, with their handled
+/// ids, and leaves a tombstone for each: one statement, so one short transaction per batch.
+/// `SKIP LOCKED` lets two pruners (two processes) take different batches.
+const SAGA_PRUNE: &str = "WITH done AS ( \
+        SELECT correlation_id FROM {schema}.saga_instances \
+         WHERE saga = $1 AND completed AND updated_at < $2 \
+         ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED), \
+     removed AS ( \
+        DELETE FROM {schema}.saga_instances i USING done \
+         WHERE i.saga = $1 AND i.correlation_id = done.correlation_id \
+        RETURNING i.correlation_id, i.updated_at), \
+     handled AS ( \
+        DELETE FROM {schema}.saga_handled h USING removed \
+         WHERE h.saga = $1 AND h.correlation_id = removed.correlation_id), \
+     tombstones AS ( \
+        INSERT INTO {schema}.saga_tombstones (saga, correlation_id, completed_at) \
+        SELECT $1, correlation_id, updated_at FROM removed \
+        ON CONFLICT (saga, correlation_id) DO UPDATE SET completed_at = EXCLUDED.completed_at) \
+     SELECT count(*) FROM removed";
+
+/// Removes up to `$3` tombstones of instances that completed before `$2`, oldest first.
+const SAGA_PRUNE_TOMBSTONES: &str = "DELETE FROM {schema}.saga_tombstones t USING ( \
+        SELECT correlation_id FROM {schema}.saga_tombstones \
+         WHERE saga = $1 AND completed_at < $2 \
+         ORDER BY completed_at LIMIT $3 FOR UPDATE SKIP LOCKED) old \
+     WHERE t.saga = $1 AND t.correlation_id = old.correlation_id";
+
+const SAGA_HANDLED_COUNT: &str = "SELECT count(*) FROM {schema}.saga_handled WHERE saga = $1";
+
+const SAGA_TOMBSTONE_COUNT: &str = "SELECT count(*) FROM {schema}.saga_tombstones WHERE saga = $1";
 
 /// Parks an event (see `DeadLetterStore`).
 const DEAD_LETTER_PARK: &str = "INSERT INTO {schema}.dead_letters \
@@ -228,6 +266,10 @@ pub(crate) struct Sql {
     pub(crate) saga_due_deadlines: String,
     pub(crate) saga_pending_outbox: String,
     pub(crate) saga_ack_outbox: String,
+    pub(crate) saga_prune: String,
+    pub(crate) saga_prune_tombstones: String,
+    pub(crate) saga_handled_count: String,
+    pub(crate) saga_tombstone_count: String,
     pub(crate) dead_letter_park: String,
     pub(crate) dead_letter_list: String,
     pub(crate) dead_letter_take: String,
@@ -282,6 +324,10 @@ impl Sql {
             saga_due_deadlines: fill(SAGA_DUE_DEADLINES),
             saga_pending_outbox: fill(SAGA_PENDING_OUTBOX),
             saga_ack_outbox: fill(SAGA_ACK_OUTBOX),
+            saga_prune: fill(SAGA_PRUNE),
+            saga_prune_tombstones: fill(SAGA_PRUNE_TOMBSTONES),
+            saga_handled_count: fill(SAGA_HANDLED_COUNT),
+            saga_tombstone_count: fill(SAGA_TOMBSTONE_COUNT),
             dead_letter_park: fill(DEAD_LETTER_PARK),
             dead_letter_list: fill(DEAD_LETTER_LIST),
             dead_letter_take: fill(DEAD_LETTER_TAKE),
@@ -339,6 +385,10 @@ mod tests {
             &sql.saga_due_deadlines,
             &sql.saga_pending_outbox,
             &sql.saga_ack_outbox,
+            &sql.saga_prune,
+            &sql.saga_prune_tombstones,
+            &sql.saga_handled_count,
+            &sql.saga_tombstone_count,
             &sql.dead_letter_park,
             &sql.dead_letter_list,
             &sql.dead_letter_take,

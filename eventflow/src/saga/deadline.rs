@@ -356,11 +356,22 @@ impl<S: Saga> SagaManager<S> {
     }
 
     /// Starts a background loop that every `tick` fires due deadlines and flushes the outbox
-    /// (resuming whatever a previous process left). Dropping the returned task stops it.
+    /// (resuming whatever a previous process left), and about once a minute
+    /// [prunes](Self::prune) what the retention windows let go. Dropping the returned task
+    /// stops it.
     pub fn start_timer(self: &Arc<Self>, tick: Duration) -> SagaTimer {
+        /// Pruning finds nothing most of the time: once a minute is plenty.
+        const PRUNE_EVERY: Duration = Duration::from_secs(60);
         let manager = Arc::clone(self);
         let handle = tokio::spawn(async move {
+            let mut last_prune: Option<tokio::time::Instant> = None;
             loop {
+                if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                    last_prune = Some(tokio::time::Instant::now());
+                    if let Err(e) = manager.prune().await {
+                        tracing::warn!(saga = %manager.name, error = %e, "saga pruning failed");
+                    }
+                }
                 if let Err(e) = manager.flush_outbox().await {
                     tracing::warn!(saga = %manager.name, error = %e, "saga outbox flush failed");
                 }

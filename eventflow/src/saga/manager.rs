@@ -1,7 +1,7 @@
 //! [`SagaManager`]: routes events to saga instances and commits each step atomically.
 
 use std::collections::HashSet;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, RandomState};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,8 +74,13 @@ pub struct SagaManager<S: Saga> {
     /// Serializes instances of one correlation id within this process, so conflicts only
     /// happen between processes.
     locks: Vec<tokio::sync::Mutex<()>>,
+    /// Picks a lock stripe; seeded per manager, so correlation ids (chosen by whoever
+    /// publishes) cannot be chosen to pile onto one stripe.
+    stripes: RandomState,
     /// Deadlines whose firing failed, retried with their own backoff.
     pub(super) deadline_retries: super::deadline::DeadlineRetries,
+    /// How long completed instances and their tombstones are kept (`retention.rs`).
+    pub(super) retention: super::retention::Retention,
     _state: PhantomData<fn() -> S::State>,
 }
 
@@ -112,7 +117,9 @@ impl<S: Saga> SagaManager<S> {
             locks: (0..LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            stripes: RandomState::new(),
             deadline_retries: super::deadline::DeadlineRetries::default(),
+            retention: super::retention::Retention::default(),
             _state: PhantomData,
         })
     }
@@ -198,7 +205,8 @@ impl<S: Saga> SagaManager<S> {
         types
     }
 
-    /// The state and completion of the instance for `correlation_id`, if it exists.
+    /// The state and completion of the instance for `correlation_id`, if it exists (`None`
+    /// too once it completed and was [pruned](Self::prune)).
     ///
     /// # Errors
     /// Backend errors; [`Error::Decode`] when the stored state does not decode.
@@ -219,9 +227,7 @@ impl<S: Saga> SagaManager<S> {
     }
 
     fn lock_for(&self, correlation_id: &str) -> &tokio::sync::Mutex<()> {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        correlation_id.hash(&mut hasher);
-        let stripe = (hasher.finish() as usize) % self.locks.len();
+        let stripe = (self.stripes.hash_one(correlation_id) as usize) % self.locks.len();
         &self.locks[stripe]
     }
 
@@ -272,6 +278,10 @@ impl<S: Saga> SagaManager<S> {
             if loaded.already_handled {
                 tracing::debug!("saga ignored an event it already handled");
                 return Ok(SagaOutcome::Duplicate);
+            }
+            if loaded.pruned {
+                // Completed and pruned: only its tombstone is left, and it must not restart.
+                return Ok(SagaOutcome::Ignored(IgnoreReason::Completed));
             }
             let (mut state, version, deadlines) = match loaded.instance {
                 Some(i) if i.completed => {

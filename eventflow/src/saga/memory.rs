@@ -1,6 +1,7 @@
 //! [`InMemorySagaStore`]: the reference [`SagaStore`], for tests and single-process services.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -13,16 +14,43 @@ use crate::event::Event;
 use crate::handler::sync;
 use crate::store::ExpectedVersion;
 
-#[derive(Default)]
 struct Entry {
-    instance: Option<SagaInstance>,
+    instance: SagaInstance,
     handled: HashSet<Uuid>,
+    /// When it completed (its last commit), while it is completed.
+    completed_at: Option<DateTime<Utc>>,
 }
 
+/// One saga's bookkeeping. Every map is keyed by correlation ids, which whoever publishes
+/// chooses, so they keep std's randomly seeded hasher.
 #[derive(Default)]
 struct Saga {
     instances: HashMap<String, Entry>,
+    /// Completed instances by completion time, so pruning finds the oldest without a scan.
+    completed: BTreeSet<(DateTime<Utc>, String)>,
+    /// Pruned instances: correlation id -> completion time.
+    tombstones: HashMap<String, DateTime<Utc>>,
+    /// The same tombstones by completion time.
+    tombstones_by_time: BTreeSet<(DateTime<Utc>, String)>,
     outbox: Vec<Event>,
+}
+
+impl Saga {
+    /// Removes and returns up to `limit` entries of `index` older than `before`, oldest first.
+    fn take_older(
+        index: &mut BTreeSet<(DateTime<Utc>, String)>,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Vec<(DateTime<Utc>, String)> {
+        let mut taken = Vec::new();
+        while taken.len() < limit {
+            match index.first() {
+                Some((at, _)) if *at < before => taken.extend(index.pop_first()),
+                _ => break,
+            }
+        }
+        taken
+    }
 }
 
 /// Saga state in process memory. Commits are atomic (one lock); state is lost with the process,
@@ -47,12 +75,19 @@ impl InMemorySagaStore {
 
     /// How many instances of `saga` exist.
     pub fn instance_count(&self, saga: &str) -> usize {
-        self.lock().get(saga).map_or(0, |s| {
-            s.instances
-                .values()
-                .filter(|e| e.instance.is_some())
-                .count()
-        })
+        self.lock().get(saga).map_or(0, |s| s.instances.len())
+    }
+
+    /// How many handled event ids the instances of `saga` hold.
+    pub fn handled_count(&self, saga: &str) -> usize {
+        self.lock()
+            .get(saga)
+            .map_or(0, |s| s.instances.values().map(|e| e.handled.len()).sum())
+    }
+
+    /// How many tombstones of pruned instances of `saga` exist.
+    pub fn tombstone_count(&self, saga: &str) -> usize {
+        self.lock().get(saga).map_or(0, |s| s.tombstones.len())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Saga>> {
@@ -65,42 +100,73 @@ impl InMemorySagaStore {
 impl SagaStore for InMemorySagaStore {
     async fn load(&self, saga: &str, correlation_id: &str, event_id: Uuid) -> Result<LoadedSaga> {
         let sagas = self.lock();
-        let entry = sagas
-            .get(saga)
-            .and_then(|s| s.instances.get(correlation_id));
+        let Some(s) = sagas.get(saga) else {
+            return Ok(LoadedSaga {
+                instance: None,
+                already_handled: false,
+                pruned: false,
+            });
+        };
+        let entry = s.instances.get(correlation_id);
         Ok(LoadedSaga {
-            instance: entry.and_then(|e| e.instance.clone()),
+            instance: entry.map(|e| e.instance.clone()),
             already_handled: entry.is_some_and(|e| e.handled.contains(&event_id)),
+            pruned: s.tombstones.contains_key(correlation_id),
         })
     }
 
     async fn commit(&self, saga: &str, commit: SagaCommit) -> Result<CommitOutcome> {
         let mut sagas = self.lock();
-        let saga_entry = sagas.entry(saga.to_owned()).or_default();
-        let entry = saga_entry
-            .instances
-            .entry(commit.correlation_id.clone())
-            .or_default();
-        if entry.handled.contains(&commit.handled_event) {
-            return Ok(CommitOutcome::AlreadyHandled);
-        }
-        let actual = entry.instance.as_ref().map_or(0, |i| i.version);
+        let s = sagas.entry(saga.to_owned()).or_default();
+        let conflict = |actual| Error::Conflict {
+            stream: format!("saga:{saga}:{}", commit.correlation_id),
+            expected: ExpectedVersion::Exact(commit.expected_version),
+            actual,
+        };
+        // Checks first, then writes: a rejected commit leaves nothing behind.
+        let actual = match s.instances.get(&commit.correlation_id) {
+            Some(entry) if entry.handled.contains(&commit.handled_event) => {
+                return Ok(CommitOutcome::AlreadyHandled);
+            }
+            Some(entry) => entry.instance.version,
+            // A pruned instance is not created again: the manager reloads and sees it pruned.
+            None if s.tombstones.contains_key(&commit.correlation_id) => {
+                return Err(conflict(0));
+            }
+            None => 0,
+        };
         if actual != commit.expected_version {
-            return Err(Error::Conflict {
-                stream: format!("saga:{saga}:{}", commit.correlation_id),
-                expected: ExpectedVersion::Exact(commit.expected_version),
-                actual,
-            });
+            return Err(conflict(actual));
         }
-        entry.handled.insert(commit.handled_event);
-        entry.instance = Some(SagaInstance {
-            correlation_id: commit.correlation_id,
+        let completed_at = commit.completed.then(Utc::now);
+        let instance = SagaInstance {
+            correlation_id: commit.correlation_id.clone(),
             state: commit.state,
             version: actual + 1,
             completed: commit.completed,
             deadlines: commit.deadlines,
-        });
-        saga_entry.outbox.extend(commit.outbox);
+        };
+        let entry = match s.instances.entry(commit.correlation_id.clone()) {
+            MapEntry::Occupied(occupied) => {
+                let entry = occupied.into_mut();
+                entry.instance = instance;
+                entry
+            }
+            MapEntry::Vacant(vacant) => vacant.insert(Entry {
+                instance,
+                handled: HashSet::new(),
+                completed_at: None,
+            }),
+        };
+        if let Some(at) = entry.completed_at.take() {
+            s.completed.remove(&(at, commit.correlation_id.clone()));
+        }
+        entry.handled.insert(commit.handled_event);
+        entry.completed_at = completed_at;
+        if let Some(at) = completed_at {
+            s.completed.insert((at, commit.correlation_id));
+        }
+        s.outbox.extend(commit.outbox);
         Ok(CommitOutcome::Committed)
     }
 
@@ -117,9 +183,9 @@ impl SagaStore for InMemorySagaStore {
         let mut due: Vec<(String, Deadline)> = s
             .instances
             .iter()
-            .filter_map(|(c, e)| e.instance.as_ref().map(|i| (c, i)))
-            .flat_map(|(c, i)| {
-                i.deadlines
+            .flat_map(|(c, e)| {
+                e.instance
+                    .deadlines
                     .iter()
                     .filter(|d| d.due_at <= now)
                     .map(move |d| (c.clone(), d.clone()))
@@ -145,5 +211,44 @@ impl SagaStore for InMemorySagaStore {
             s.outbox.retain(|e| !ids.contains(&e.id));
         }
         Ok(())
+    }
+
+    async fn prune(
+        &self,
+        saga: &str,
+        completed_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64> {
+        let mut sagas = self.lock();
+        let Some(s) = sagas.get_mut(saga) else {
+            return Ok(0);
+        };
+        let taken = Saga::take_older(&mut s.completed, completed_before, limit);
+        for (at, correlation_id) in &taken {
+            s.instances.remove(correlation_id);
+            if let Some(old) = s.tombstones.insert(correlation_id.clone(), *at) {
+                s.tombstones_by_time.remove(&(old, correlation_id.clone()));
+            }
+        }
+        let pruned = taken.len() as u64;
+        s.tombstones_by_time.extend(taken);
+        Ok(pruned)
+    }
+
+    async fn prune_tombstones(
+        &self,
+        saga: &str,
+        completed_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64> {
+        let mut sagas = self.lock();
+        let Some(s) = sagas.get_mut(saga) else {
+            return Ok(0);
+        };
+        let taken = Saga::take_older(&mut s.tombstones_by_time, completed_before, limit);
+        for (_, correlation_id) in &taken {
+            s.tombstones.remove(correlation_id);
+        }
+        Ok(taken.len() as u64)
     }
 }

@@ -22,10 +22,22 @@
 //!   Deadlines fail one by one: a failing one is retried with its own backoff, then parked in
 //!   the saga's dead-letter store ([`SagaManager::parked_deadlines`],
 //!   [`SagaManager::retry_parked_deadlines`]); the others keep firing.
+//! - **Nothing grows without bound** ([`SagaManager::prune`], run by the timer about once a
+//!   minute): a completed instance and its handled event ids are kept for
+//!   [`retention`](SagaManager::retention) (default 24 hours) after it completed, then replaced
+//!   by a tombstone (saga, correlation id, completion time) that is kept until
+//!   [`tombstone_retention`](SagaManager::tombstone_retention) (default 7 days) after
+//!   completion. Until then, any event of a completed instance's correlation id, a redelivered
+//!   one included, starts nothing ([`IgnoreReason::Completed`]); after it, a starting event
+//!   with that correlation id starts a new instance. So deduplication holds for the
+//!   tombstone window; set it longer than the longest redelivery the bus can make. Instances
+//!   that never complete are kept (complete them with a deadline). In memory, each window
+//!   bounds the entries to what completed within it; in PostgreSQL, the rows.
 
 mod context;
 mod deadline;
 mod manager;
+mod retention;
 mod store;
 mod subscribe;
 mod traits;
@@ -36,6 +48,7 @@ pub use context::SagaContext;
 pub use deadline::{Deadline, DeadlineRetryOutcome, FailingDeadline, SagaTimer};
 pub use manager::{IgnoreReason, SagaManager, SagaOutcome};
 pub use memory::InMemorySagaStore;
+pub use retention::{DEFAULT_RETENTION, DEFAULT_TOMBSTONE_RETENTION, Pruned};
 pub use store::{CommitOutcome, LoadedSaga, SagaCommit, SagaInstance, SagaStore};
 pub use subscribe::SagaProjection;
 pub use traits::{Saga, event_types_of};

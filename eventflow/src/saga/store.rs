@@ -36,6 +36,9 @@ pub struct LoadedSaga {
     pub instance: Option<SagaInstance>,
     /// Whether the event asked about was already handled by it.
     pub already_handled: bool,
+    /// Whether the instance completed and was pruned ([`SagaStore::prune`]): only its tombstone
+    /// is left (`instance` is `None`), and it must not start again.
+    pub pruned: bool,
 }
 
 /// One atomic step of an instance, for [`SagaStore::commit`].
@@ -75,6 +78,14 @@ pub enum CommitOutcome {
 ///   whose version is not `expected_version`, fails with [`Error::Conflict`] and writes nothing.
 /// - An event id is recorded at most once per instance: committing a step for an id already
 ///   recorded returns [`CommitOutcome::AlreadyHandled`] and writes nothing.
+/// - Retention: [`prune`](Self::prune) removes a completed instance and its handled ids and
+///   leaves a tombstone (saga, correlation id, completion time); creating an instance whose
+///   tombstone exists fails with [`Error::Conflict`], and [`load`](Self::load) reports it as
+///   [`LoadedSaga::pruned`]. [`prune_tombstones`](Self::prune_tombstones) removes old
+///   tombstones; after that the correlation id is unknown again. Each call removes at most
+///   `limit` entries in one short atomic step, so pruning never holds a long transaction or
+///   lock. A completed instance's completion time is the time of its last commit (in
+///   PostgreSQL, the database's clock).
 #[async_trait]
 pub trait SagaStore: Send + Sync + 'static {
     /// The instance of `saga` for `correlation_id`, and whether it has handled `event_id`.
@@ -111,4 +122,26 @@ pub trait SagaStore: Send + Sync + 'static {
     /// # Errors
     /// Backend errors.
     async fn ack_outbox(&self, saga: &str, event_ids: &[Uuid]) -> Result<()>;
+
+    /// Removes up to `limit` instances of `saga` that completed before `completed_before`,
+    /// oldest first, with their handled event ids, leaving a tombstone for each. Returns how
+    /// many it removed (fewer than `limit`: none are left to remove). Instances that have not
+    /// completed are never removed.
+    ///
+    /// # Errors
+    /// Backend errors.
+    async fn prune(&self, saga: &str, completed_before: DateTime<Utc>, limit: usize)
+    -> Result<u64>;
+
+    /// Removes up to `limit` tombstones of `saga` whose instance completed before
+    /// `completed_before`, oldest first. Returns how many it removed.
+    ///
+    /// # Errors
+    /// Backend errors.
+    async fn prune_tombstones(
+        &self,
+        saga: &str,
+        completed_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64>;
 }

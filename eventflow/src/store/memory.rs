@@ -48,41 +48,10 @@ struct Log {
     events: Vec<Event>,
     /// Per stream, the indexes into `events`; `streams[s][v - 1]` is version `v`.
     streams: HashMap<String, Vec<usize>>,
-    /// Event id -> index into `events`.
-    ids: HashMap<Uuid, usize, IdHash>,
-}
-
-/// Hashing for event ids. They are UUIDs (v7: a timestamp and random bits), never chosen by an
-/// attacker to collide inside one process's map, so a multiply-fold is enough and much cheaper
-/// than SipHash on the append path.
-#[derive(Default, Clone, Copy)]
-struct IdHash;
-
-impl std::hash::BuildHasher for IdHash {
-    type Hasher = IdHasher;
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher(0)
-    }
-}
-
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        // Final avalanche (from splitmix64) so the low bits used by the table are well mixed.
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(29) ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
+    /// Event id -> index into `events`. Ids can be chosen by a caller (`Event::with_id`) or
+    /// arrive from a bus, so the map keeps std's randomly seeded SipHash: a fixed or unseeded
+    /// hasher lets chosen ids collide and turns every lookup into a scan.
+    ids: HashMap<Uuid, usize>,
 }
 
 struct Inner {
@@ -113,8 +82,7 @@ impl Inner {
         // A batch holding one id twice cannot be stored: the second would be a duplicate of
         // the first.
         if events.len() > 1 {
-            let mut seen =
-                std::collections::HashSet::with_capacity_and_hasher(events.len(), IdHash);
+            let mut seen = std::collections::HashSet::with_capacity(events.len());
             if let Some(dup) = events.iter().find(|e| !seen.insert(e.id)) {
                 return Err(Error::InvalidArgument(format!(
                     "batch for stream {stream_id:?} holds event id {} twice",

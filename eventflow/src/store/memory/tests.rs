@@ -283,3 +283,103 @@ async fn checkpoints_start_at_zero_and_keep_the_last_save() {
     assert_eq!(checkpoints.load_checkpoint("p").await.unwrap(), 7);
     assert_eq!(checkpoints.load_checkpoint("q").await.unwrap(), 2);
 }
+
+/// The id hasher the store used before its maps were seeded: a fixed multiply-fold with a
+/// splitmix64 finish, starting from 0. Kept here only to derive ids that collide under it.
+#[derive(Default)]
+struct UnseededIdHasher(u64);
+
+impl std::hash::Hasher for UnseededIdHasher {
+    fn finish(&self) -> u64 {
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(29) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+}
+
+/// `n` distinct ids with one and the same hash under [`UnseededIdHasher`]. A `Uuid` hashes as
+/// one 16-byte write: two words `a` and `b`, giving `(rotl(a * K, 29) ^ b) * K`; choosing
+/// `b = rotl(a * K, 29)` makes that 0 whatever `a` is.
+fn ids_colliding_under_the_unseeded_hasher(n: u64) -> Vec<Uuid> {
+    (1..=n)
+        .map(|a| {
+            let b = a.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+            let mut bytes = [0u8; 16];
+            bytes[..8].copy_from_slice(&a.to_le_bytes());
+            bytes[8..].copy_from_slice(&b.to_le_bytes());
+            Uuid::from_bytes(bytes)
+        })
+        .collect()
+}
+
+/// Appends `ids` in batches of 1,000 (one stream per batch), then appends every batch again
+/// (idempotent: each id is looked up) and loads each stream. Panics once `limit` has passed.
+async fn append_and_reload(ids: &[Uuid], limit: Duration, what: &str) -> Duration {
+    let batches: Vec<Vec<Event>> = ids
+        .chunks(1_000)
+        .map(|chunk| chunk.iter().map(|&id| ev(0).with_id(id)).collect())
+        .collect();
+    let store = InMemoryEventStore::new();
+    let started = std::time::Instant::now();
+    let over = |phase: &str| {
+        assert!(
+            started.elapsed() < limit,
+            "{what}: {phase} took over {limit:?}; colliding ids degrade the id map to a list"
+        );
+    };
+    for (n, batch) in batches.iter().enumerate() {
+        store
+            .append_batch(&format!("s-{n}"), ExpectedVersion::Any, batch.clone())
+            .await
+            .unwrap();
+        over("appending");
+    }
+    for (n, batch) in batches.iter().enumerate() {
+        let again = store
+            .append_batch(&format!("s-{n}"), ExpectedVersion::Any, batch.clone())
+            .await
+            .unwrap();
+        assert_eq!(again.len(), batch.len());
+        assert_eq!(
+            store.load_stream(&format!("s-{n}"), 1).await.unwrap().len(),
+            batch.len(),
+            "a retried batch is stored once"
+        );
+        over("appending again and loading");
+    }
+    assert_eq!(store.len(), ids.len());
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn ids_chosen_to_collide_under_the_old_hasher_append_and_load_in_linear_time() {
+    use std::hash::BuildHasher;
+    const N: u64 = 100_000;
+    let colliding = ids_colliding_under_the_unseeded_hasher(N);
+    // The ids are what an attacker would send: distinct, and one hash under the old hasher.
+    let unseeded = std::hash::BuildHasherDefault::<UnseededIdHasher>::default();
+    let hashes: std::collections::HashSet<u64> =
+        colliding.iter().map(|id| unseeded.hash_one(id)).collect();
+    assert_eq!(hashes.len(), 1, "the ids collide under the unseeded hasher");
+    let distinct: std::collections::HashSet<&Uuid> = colliding.iter().collect();
+    assert_eq!(distinct.len(), colliding.len());
+
+    // Baseline: as many random ids, in the same run. With a seeded hasher the chosen ids cost
+    // the same; under the old hasher each insert scanned every earlier id (quadratic: hours
+    // for 100,000), so a limit of ten times the baseline plus 5 s is generous and still fails
+    // clearly.
+    let random: Vec<Uuid> = (0..N).map(|_| Uuid::new_v4()).collect();
+    let baseline = append_and_reload(&random, Duration::from_secs(600), "random ids").await;
+    let limit = baseline * 10 + Duration::from_secs(5);
+    let chosen = append_and_reload(&colliding, limit, "chosen ids").await;
+    eprintln!("random ids: {baseline:?}, chosen ids: {chosen:?} (limit {limit:?})");
+}

@@ -113,6 +113,26 @@ impl SagaStore for SlowStartStore {
     async fn ack_outbox(&self, saga: &str, event_ids: &[Uuid]) -> Result<()> {
         self.inner.ack_outbox(saga, event_ids).await
     }
+
+    async fn prune(
+        &self,
+        saga: &str,
+        completed_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64> {
+        self.inner.prune(saga, completed_before, limit).await
+    }
+
+    async fn prune_tombstones(
+        &self,
+        saga: &str,
+        completed_before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64> {
+        self.inner
+            .prune_tombstones(saga, completed_before, limit)
+            .await
+    }
 }
 
 /// A saga fed from the bus whose start step is slow receives the follow-up of every one of
