@@ -29,8 +29,8 @@ pub struct ParkedEvent {
     /// The id of this dead letter (not the event's id: one event may be parked by several
     /// consumers).
     pub id: Uuid,
-    /// Who gave up on it: the relay's name, `saga:<name>` for a saga's outbox, the projection's
-    /// name.
+    /// Who gave up on it: the relay's name, `saga:<name>` for a saga's outbox,
+    /// `saga:<name>:deadlines` for a saga's deadlines that kept failing, the projection's name.
     pub source: String,
     /// The event, as it was to be delivered.
     pub event: Event,
