@@ -27,6 +27,9 @@ pub(super) struct Consumer {
     shared: Arc<Shared>,
     conn: MultiplexedConnection,
     group: String,
+    /// An unnamed subscription's group: created at `$` whatever the configuration, shared by
+    /// nobody, destroyed when the subscription stops.
+    ephemeral: bool,
     patterns: PatternSet,
     handler: Arc<dyn Handler>,
     errors: ErrorSender,
@@ -39,18 +42,19 @@ pub(super) struct Consumer {
 }
 
 impl Consumer {
-    /// Opens the dedicated connection and creates the group (at `$`, or `0` when configured),
-    /// so that entries added after this returns are delivered.
+    /// Opens the dedicated connection and creates the group (at `$`, or for a named group `0`
+    /// when configured), so that entries added after this returns are delivered.
     pub(super) async fn start(
         shared: Arc<Shared>,
         group: String,
+        ephemeral: bool,
         patterns: PatternSet,
         handler: Arc<dyn Handler>,
         errors: ErrorSender,
         cancel: watch::Receiver<bool>,
     ) -> Result<Self> {
         let mut conn = shared.dedicated_connection().await?;
-        let start = if shared.config.start_from_beginning {
+        let start = if shared.config.start_from_beginning && !ephemeral {
             "0"
         } else {
             "$"
@@ -58,11 +62,15 @@ impl Consumer {
         create_group(&mut conn, &shared.stream_key, &group, start)
             .await
             .map_err(|e| Error::backend(super::BACKEND, e))?;
-        claim_filter(&mut conn, &shared, &group, patterns.label()).await?;
+        // An ephemeral group has one subscription, so no other patterns to guard against.
+        if !ephemeral {
+            claim_filter(&mut conn, &shared, &group, patterns.label()).await?;
+        }
         Ok(Consumer {
             shared,
             conn,
             group,
+            ephemeral,
             patterns,
             handler,
             errors,
@@ -165,6 +173,15 @@ impl Consumer {
                     attempt += 1;
                     self.pending_due = Some(Instant::now());
                 }
+            }
+        }
+        if self.ephemeral {
+            // Nobody else reads it and nobody will resume it: leaving it would only hold back
+            // trimming. Its pending entries go with it (at least once while subscribed).
+            if let Err(e) =
+                destroy_group(&mut self.conn, &self.shared.stream_key, &self.group).await
+            {
+                tracing::debug!(group = %self.group, "redis: cannot destroy ephemeral consumer group: {e}");
             }
         }
     }
@@ -508,6 +525,27 @@ async fn create_group(
     match created {
         // An existing group keeps its position: a restarted service resumes where it stopped.
         Err(e) if has_code(&e, "BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+/// `XGROUP DESTROY`: harmless when the group (or the stream) is already gone.
+pub(super) async fn destroy_group(
+    conn: &mut impl redis::aio::ConnectionLike,
+    key: &str,
+    group: &str,
+) -> RedisResult<()> {
+    let destroyed = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(key)
+        .arg(group)
+        .query_async::<()>(conn)
+        .await;
+    match destroyed {
+        // `ERR The XGROUP subcommand requires the key to exist`: no stream, so no group.
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
+            Ok(())
+        }
         other => other,
     }
 }
