@@ -766,7 +766,11 @@ async fn jetstream_unnamed_subscription_leaves_no_consumer_behind() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     bus.close().await.unwrap();
-    assert_eq!(consumer_names(&url, &stream).await, ["e-svc"], "after close");
+    assert_eq!(
+        consumer_names(&url, &stream).await,
+        ["e-svc"],
+        "after close"
+    );
 }
 
 #[tokio::test]

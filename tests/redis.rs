@@ -61,7 +61,12 @@ fn config(mode: Mode, prefix: &str) -> RedisConfig {
 }
 
 /// Subscribes `handler` to `pattern` as `name` (its consumer group in Streams mode).
-async fn named(bus: &RedisBus, pattern: &str, name: &str, handler: Arc<dyn Handler>) -> Subscription {
+async fn named(
+    bus: &RedisBus,
+    pattern: &str,
+    name: &str,
+    handler: Arc<dyn Handler>,
+) -> Subscription {
     bus.subscribe_with(&[pattern], SubscriptionOptions::named(name), handler)
         .await
         .unwrap()
@@ -298,13 +303,19 @@ async fn streams_unnamed_subscription_leaves_no_group_behind() {
     let _sub_b = bus.subscribe("e.*", b.handler()).await.unwrap();
     let _named = named(&bus, "e.*", "e-svc", Recorder::default().handler()).await;
     bus.publish(ev("e.one", 1)).await.unwrap();
-    wait_until("both unnamed subscriptions", || a.len() == 1 && b.len() == 1).await;
+    wait_until("both unnamed subscriptions", || {
+        a.len() == 1 && b.len() == 1
+    })
+    .await;
     let mut groups = group_names(&key).await;
     groups.sort();
     assert_eq!(groups.len(), 3, "{groups:?}");
     assert!(groups.contains(&"e-svc".to_owned()), "{groups:?}");
     let unnamed: Vec<String> = groups.into_iter().filter(|g| g != "e-svc").collect();
-    assert_ne!(unnamed[0], unnamed[1], "two unnamed subscriptions share a group");
+    assert_ne!(
+        unnamed[0], unnamed[1],
+        "two unnamed subscriptions share a group"
+    );
 
     sub_a.unsubscribe();
     let deadline = Instant::now() + WAIT;
@@ -483,7 +494,13 @@ async fn close_cancels_a_stuck_handler(mode: Mode) {
     let mut errors = bus.errors();
     let started = Arc::new(tokio::sync::Notify::new());
     // Named, so that its group (and the entry pending in it) outlives the bus.
-    let _sub = named(&bus, "stuck.*", "stuck-svc", Arc::new(Stuck(started.clone()))).await;
+    let _sub = named(
+        &bus,
+        "stuck.*",
+        "stuck-svc",
+        Arc::new(Stuck(started.clone())),
+    )
+    .await;
     bus.publish(ev("stuck.one", 1)).await.unwrap();
     tokio::time::timeout(WAIT, started.notified())
         .await
@@ -537,10 +554,7 @@ async fn streams_dead_letter_entry_records_the_event_and_why() {
     assert_eq!(dlq[0]["group"], "p-svc");
     let stored: Event = serde_json::from_str(&dlq[0]["data"]).unwrap();
     assert_eq!(stored.id, poison.id);
-    assert_eq!(
-        pending_count(bus.stream_key(), "p-svc").await,
-        0
-    );
+    assert_eq!(pending_count(bus.stream_key(), "p-svc").await, 0);
     bus.close().await.unwrap();
 }
 
@@ -574,10 +588,7 @@ async fn streams_undecodable_entry_is_reported_and_dead_lettered() {
     assert!(dlq[0]["reason"].starts_with("decode"), "{dlq:?}");
     assert_eq!(dlq[0]["data"], "{not json");
     assert!(dlq[1]["reason"].contains("type"), "{dlq:?}");
-    assert_eq!(
-        pending_count(bus.stream_key(), "u-svc").await,
-        0
-    );
+    assert_eq!(pending_count(bus.stream_key(), "u-svc").await, 0);
     bus.close().await.unwrap();
 }
 

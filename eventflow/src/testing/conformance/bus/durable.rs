@@ -42,8 +42,8 @@ pub async fn different_names_each_get_every_event(bus: &dyn EventBus) {
     drop(subs);
 }
 use crate::bus::{EventBus, Handler, SubscriptionOptions};
-use crate::handler::Subscription;
 use crate::event::Event;
+use crate::handler::Subscription;
 use crate::testing::conformance::Scope;
 
 async fn close(bus: &dyn EventBus, promise: &str) {
@@ -67,7 +67,10 @@ async fn subscribe_named(
         .await
     {
         Ok(s) => s,
-        Err(e) => fail(promise, format!("subscribe({pattern:?}) as {name} failed: {e}")),
+        Err(e) => fail(
+            promise,
+            format!("subscribe({pattern:?}) as {name} failed: {e}"),
+        ),
     }
 }
 
@@ -84,7 +87,14 @@ where
 
     let first = make_bus(scope.clone()).await;
     let handled = Collector::new();
-    let sub = subscribe_named(&*first, "durable.*", DURABLE_NAME, handled.handler(), promise).await;
+    let sub = subscribe_named(
+        &*first,
+        "durable.*",
+        DURABLE_NAME,
+        handled.handler(),
+        promise,
+    )
+    .await;
     let before: Vec<Uuid> = {
         let mut ids = Vec::new();
         for i in 0..5 {
@@ -195,8 +205,12 @@ where
     for i in 0..5 {
         both.push(publish(&*bus, numbered("fresh.event", 0, i), promise).await);
     }
-    first.expect_exactly(&both, &format!("{promise} (first)")).await;
-    second.expect_exactly(&both, &format!("{promise} (second)")).await;
+    first
+        .expect_exactly(&both, &format!("{promise} (first)"))
+        .await;
+    second
+        .expect_exactly(&both, &format!("{promise} (second)"))
+        .await;
     // The first stops; the second goes on alone, so the two positions differ.
     drop(sub_first);
     for i in 5..8 {
