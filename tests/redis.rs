@@ -339,6 +339,56 @@ async fn streams_unnamed_subscription_leaves_no_group_behind() {
         .expect("the handler started");
     bus.close().await.unwrap();
     assert_eq!(group_names(&key).await, ["e-svc"], "after close");
+    let leases: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:lease:*"))
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    assert!(leases.is_empty(), "leases left behind: {leases:?}");
+}
+
+/// A process that died left its unnamed subscription's group (no lease any more): the next trim
+/// destroys it, so it does not hold back trimming, and leaves a live unnamed group alone.
+#[tokio::test]
+async fn streams_trim_destroys_the_group_of_a_dead_unnamed_subscription() {
+    let prefix = unique("ef_redis_abandoned");
+    let _cleanup = Cleanup(prefix.clone());
+    let bus = connect(config(Mode::Streams, &prefix)).await;
+    let key = bus.stream_key().to_owned();
+    let rec = Recorder::default();
+    let _live = bus.subscribe("l.*", rec.handler()).await.unwrap();
+    // The dead process's group: created at the start, read nothing, no lease.
+    let dead = "ephemeral:0123456789abcdef0123456789abcdef";
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg(dead)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    bus.publish_batch((0..10).map(|n| ev("l.item", n)).collect())
+        .await
+        .unwrap();
+    wait_until("the live subscription read everything", || rec.len() == 10).await;
+    let deadline = Instant::now() + WAIT;
+    // Acked by the live group once its next read ran; the dead group alone holds entries back.
+    while bus.trim_stream().await.unwrap() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing trimmed: {:?}",
+            group_names(&key).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let groups = group_names(&key).await;
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert!(
+        groups[0].starts_with("ephemeral:") && groups[0] != dead,
+        "{groups:?}"
+    );
+    bus.close().await.unwrap();
 }
 
 #[tokio::test]

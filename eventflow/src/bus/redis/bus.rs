@@ -203,9 +203,10 @@ impl EventBus for RedisBus {
         for group in orphans {
             let mut conn = self.inner.conn.clone();
             let key = self.inner.shared.stream_key.clone();
+            let key_prefix = self.inner.shared.config.key_prefix.clone();
             let destroyed = self
                 .command("redis xgroup destroy", async move {
-                    super::streams::destroy_group(&mut conn, &key, &group).await
+                    super::streams::destroy_ephemeral(&mut conn, &key, &key_prefix, &group).await
                 })
                 .await;
             if let Err(e) = destroyed {

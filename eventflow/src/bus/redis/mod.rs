@@ -38,6 +38,7 @@
 //! | the consumer group of a named subscription | its name ([`SubscriptionOptions::named`](crate::bus::SubscriptionOptions::named)) |
 //! | the patterns each consumer group filters on | hash `P:filters` (group → patterns; a subscription with other patterns under that group name is refused) |
 //! | the consumer group of an unnamed subscription | `ephemeral:<random uuid>`, one per subscription, destroyed when it stops |
+//! | the lease of an unnamed subscription's group | `P:lease:ephemeral:<uuid>` (expires 60 s after its process stopped renewing it) |
 //!
 //! # Pub/sub mode (at most once)
 //!
@@ -102,9 +103,10 @@
 //! configuration, each get every event; none takes over another's position. The group is
 //! destroyed (`XGROUP DESTROY`, with its pending entries) when the subscription stops
 //! (unsubscribe, drop, `close`), so events published while no unnamed subscription runs are
-//! never delivered to a later one. A process that dies leaves its group behind; since
-//! trimming keeps what every group has not read, such a group holds back trimming until it is
-//! destroyed (`XINFO GROUPS` lists them; their names start with `ephemeral:`).
+//! never delivered to a later one. A process that dies cannot destroy its groups; each
+//! ephemeral group has a lease key (`P:lease:<group>`, renewed every 20 s, expiring after 60 s),
+//! and the next trim ([`RedisBus::trim_stream`]) destroys the groups whose lease is gone, so
+//! they do not hold back trimming.
 
 //! The consumer (named [`RedisConfig::consumer_name`]) loop:
 //! 1. on start, and after any connection error, it first re-reads **its own pending entries**

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::connect::{Shared, is_connection_error};
 use super::reply::{Entry, parse_pending_counts, parse_read, protocol_error, text};
-use super::subscribe::{backoff, cancelled};
+use super::subscribe::{backoff, cancelled, lease_key, renew_lease};
 use super::trim::{StreamId, unread_deleted};
 use crate::bus::{BusError, BusErrorKind, ErrorSender, Handler, PatternSet};
 use crate::error::{Error, Result};
@@ -54,6 +54,12 @@ impl Consumer {
         cancel: watch::Receiver<bool>,
     ) -> Result<Self> {
         let mut conn = shared.dedicated_connection().await?;
+        if ephemeral {
+            // Before the group exists, so that no trim takes it for a dead process's group.
+            renew_lease(&mut conn, &shared.config.key_prefix, &group)
+                .await
+                .map_err(|e| Error::backend(super::BACKEND, e))?;
+        }
         let start = if shared.config.start_from_beginning && !ephemeral {
             "0"
         } else {
@@ -178,9 +184,14 @@ impl Consumer {
         if self.ephemeral {
             // Nobody else reads it and nobody will resume it: leaving it would only hold back
             // trimming. Its pending entries go with it (at least once while subscribed).
-            if let Err(e) =
-                destroy_group(&mut self.conn, &self.shared.stream_key, &self.group).await
-            {
+            let destroyed = destroy_ephemeral(
+                &mut self.conn,
+                &self.shared.stream_key,
+                &self.shared.config.key_prefix,
+                &self.group,
+            )
+            .await;
+            if let Err(e) = destroyed {
                 tracing::debug!(group = %self.group, "redis: cannot destroy ephemeral consumer group: {e}");
             }
         }
@@ -548,6 +559,20 @@ pub(super) async fn destroy_group(
         }
         other => other,
     }
+}
+
+/// Destroys an unnamed subscription's group, then its lease.
+pub(super) async fn destroy_ephemeral(
+    conn: &mut impl redis::aio::ConnectionLike,
+    key: &str,
+    key_prefix: &str,
+    group: &str,
+) -> RedisResult<()> {
+    destroy_group(conn, key, group).await?;
+    redis::cmd("DEL")
+        .arg(lease_key(key_prefix, group))
+        .query_async(conn)
+        .await
 }
 
 fn decode(entry: &Entry) -> std::result::Result<Event, String> {

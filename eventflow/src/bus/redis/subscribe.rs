@@ -52,15 +52,23 @@ impl RedisBus {
                 None => (ephemeral_group(), true),
             };
             let consumer = streams::Consumer::start(
-                shared,
+                shared.clone(),
                 group.clone(),
                 ephemeral,
                 patterns.clone(),
                 handler,
                 errors,
-                cancel_rx,
+                cancel_rx.clone(),
             )
             .await?;
+            if ephemeral {
+                tokio::spawn(keep_lease(
+                    self.inner.conn.clone(),
+                    shared.config.key_prefix.clone(),
+                    group.clone(),
+                    cancel_rx,
+                ));
+            }
             Task {
                 cancel: cancel_tx,
                 handle: tokio::spawn(consumer.run()),
@@ -110,6 +118,54 @@ impl RedisBus {
 
 /// The prefix of every unnamed subscription's consumer group.
 pub(super) const EPHEMERAL_GROUP_PREFIX: &str = "ephemeral:";
+
+/// How long an unnamed subscription's lease lives unless renewed; renewed every third of it.
+/// A group whose lease is gone belongs to a process that died without destroying it, and the
+/// next trim destroys it (see [`super::trim`]).
+pub(super) const EPHEMERAL_LEASE: Duration = Duration::from_secs(60);
+
+/// The key whose presence says that the ephemeral group `group` is still read:
+/// `<key_prefix>:lease:<group>`.
+pub(super) fn lease_key(key_prefix: &str, group: &str) -> String {
+    format!("{key_prefix}:lease:{group}")
+}
+
+/// `SET <lease key> 1 PX <lease>`.
+pub(super) async fn renew_lease(
+    conn: &mut impl redis::aio::ConnectionLike,
+    key_prefix: &str,
+    group: &str,
+) -> redis::RedisResult<()> {
+    redis::cmd("SET")
+        .arg(lease_key(key_prefix, group))
+        .arg(1)
+        .arg("PX")
+        .arg(EPHEMERAL_LEASE.as_millis() as u64)
+        .query_async(conn)
+        .await
+}
+
+/// Renews the lease of an ephemeral group until its subscription stops. A task of its own, so
+/// a handler that runs long does not let the lease lapse.
+async fn keep_lease(
+    mut conn: redis::aio::ConnectionManager,
+    key_prefix: String,
+    group: String,
+    mut cancel: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.changed() => {}
+            () = tokio::time::sleep(EPHEMERAL_LEASE / 3) => {}
+        }
+        if cancelled(&cancel) {
+            return;
+        }
+        if let Err(e) = renew_lease(&mut conn, &key_prefix, &group).await {
+            tracing::debug!(%group, "redis: cannot renew the lease of an ephemeral group: {e}");
+        }
+    }
+}
 
 /// A fresh consumer group name for one unnamed subscription: `ephemeral:<random uuid>`, so no
 /// other subscription, in this process or another, ever reads through it.
