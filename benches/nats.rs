@@ -70,7 +70,6 @@ fn config(jetstream: bool) -> NatsConfig {
     c.subject_prefix = unique("bench");
     c.enable_jetstream = jetstream;
     c.stream_name = unique("BENCH");
-    c.durable_name = unique("d");
     c.publish_window = WINDOW;
     c.request_timeout = Duration::from_secs(10);
     c

@@ -20,7 +20,7 @@ use std::time::Duration;
 use eventflow::bus::nats::{NatsBus, NatsConfig};
 use eventflow::postgres::PostgresEventStore;
 use eventflow::relay::Relay;
-use eventflow::{Event, EventBus, EventBusExt, EventStore, ExpectedVersion, sync_handler};
+use eventflow::{Event, EventBus, EventStore, ExpectedVersion, SubscriptionOptions, sync_handler};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -38,19 +38,20 @@ async fn main() -> eventflow::Result<()> {
     let mut config = NatsConfig::jetstream(nats_url);
     config.subject_prefix = "example".into();
     config.stream_name = "EVENTFLOW_EXAMPLE".into();
-    config.durable_name = "example-projection".into();
     config.max_age = Duration::from_secs(3600); // an example should not keep data for ever
     let bus = NatsBus::connect(config).await?;
 
-    // A subscriber in "another service": a durable consumer on `order.*`.
+    // A subscriber in "another service": named, so its durable consumer (the name) resumes
+    // after a restart; an unnamed subscription would start at new events each time.
     let (tx, mut rx) = mpsc::unbounded_channel::<Event>();
     let _orders = bus
-        .on(
-            "order.*",
-            sync_handler(move |event: &Event| {
+        .subscribe_with(
+            &["order.*"],
+            SubscriptionOptions::named("example-projection"),
+            Arc::new(sync_handler(move |event: &Event| {
                 let _ = tx.send(event.clone());
                 Ok(())
-            }),
+            })),
         )
         .await?;
 

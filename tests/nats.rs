@@ -41,7 +41,6 @@ fn js_config(url: &str) -> NatsConfig {
     let mut c = core_config(url);
     c.enable_jetstream = true;
     c.stream_name = unique("S");
-    c.durable_name = unique("d");
     c.ack_wait = Duration::from_secs(2);
     c.retry_backoff = Duration::from_millis(20);
     c.max_retry_backoff = Duration::from_millis(200);
@@ -186,13 +185,12 @@ async fn wait_status(bus: &NatsBus, what: &str, pred: impl Fn(NatsStatus) -> boo
 // failures, redelivery, dead letters, durable and competing subscribers: see
 // `eventflow::testing::conformance::bus`)
 
-/// The kit's buses for `scope`: their subject prefix, and in JetStream their stream and durable
-/// names, come from the scope, so buses of one scope share them.
+/// The kit's buses for `scope`: their subject prefix, and in JetStream their stream, come from
+/// the scope, so buses of one scope share them.
 fn scoped(config: &mut NatsConfig, scope: &Scope) {
     config.subject_prefix = scope.name().to_owned();
     if config.enable_jetstream {
         config.stream_name = scope.name().to_owned();
-        config.durable_name = scope.name().to_owned();
     }
 }
 
@@ -228,7 +226,8 @@ async fn conformance_kit_jetstream() {
         "redelivery_after_error_and_panic",
         "dead_letter_after_max_deliveries",
         "durable_subscriber_resumes",
-        "competing_consumers_share_work",
+        "unnamed_subscribers_each_get_every_event",
+        "unnamed_subscriptions_do_not_resume",
         // Issue 11: one ordered, named subscription per saga and projection.
         "saga_follow_ups_after_slow_start",
         "projection_patterns_in_order",
@@ -724,6 +723,56 @@ async fn only_consumer(url: &str, stream: &str) -> async_nats::jetstream::consum
     consumer.info().await.unwrap().clone()
 }
 
+/// The names of `stream`'s consumers, as the server lists them, sorted.
+async fn consumer_names(url: &str, stream: &str) -> Vec<String> {
+    let js = async_nats::jetstream::new(raw_client(url).await);
+    let stream = js.get_stream(stream).await.unwrap();
+    let mut names: Vec<String> = stream.consumer_names().map(|n| n.unwrap()).collect().await;
+    names.sort();
+    names
+}
+
+/// An unnamed subscription reads through an ephemeral consumer of its own, deleted once the
+/// subscription stops (unsubscribe, close); a named one stays (it is durable).
+#[tokio::test]
+async fn jetstream_unnamed_subscription_leaves_no_consumer_behind() {
+    let url = nats_url();
+    let config = js_config(&url);
+    let _guard = StreamGuard::new(&config);
+    let stream = config.stream_name.clone();
+    let bus = connect(config).await;
+    let ((h1, mut rx1), (h2, mut rx2)) = (collector(), collector());
+    let first = bus.on("e.*", sync_handler(h1)).await.unwrap();
+    let _second = bus.on("e.*", sync_handler(h2)).await.unwrap();
+    let _named = bus
+        .subscribe_durable("e.*", "e-svc", Arc::new(sync_handler(|_e: &Event| Ok(()))))
+        .await
+        .unwrap();
+    bus.publish(event("e.one", 1)).await.unwrap();
+    recv_n(&mut rx1, 1, "first unnamed").await;
+    recv_n(&mut rx2, 1, "second unnamed").await;
+    let names = consumer_names(&url, &stream).await;
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.contains(&"e-svc".to_owned()), "{names:?}");
+
+    first.unsubscribe();
+    let deadline = Instant::now() + WAIT;
+    while consumer_names(&url, &stream).await.len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the consumer of an unsubscribed unnamed subscription is still there: {:?}",
+            consumer_names(&url, &stream).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bus.close().await.unwrap();
+    assert_eq!(
+        consumer_names(&url, &stream).await,
+        ["e-svc"],
+        "after close"
+    );
+}
+
 #[tokio::test]
 async fn jetstream_handlers_slower_than_ack_wait_are_not_redelivered_while_working() {
     const EVENTS: usize = 3;
@@ -1202,7 +1251,6 @@ async fn named_subscription_second_process() {
     let mut config = js_config(&nats_url());
     config.subject_prefix = std::env::var("EF_SPLIT_PREFIX").unwrap();
     config.stream_name = std::env::var("EF_SPLIT_STREAM").unwrap();
-    config.durable_name = std::env::var("EF_SPLIT_DURABLE").unwrap();
     let bus = connect(config).await;
     let o = out.clone();
     let _sub = bus
@@ -1245,8 +1293,8 @@ async fn one_name_in_two_processes_splits_the_events() {
         )
         .await
         .unwrap();
-    // Another service on the same pattern, with the same configuration (so the same derived
-    // consumer, were the name ignored): its own consumer, every event.
+    // Another service on the same pattern, with the same configuration: its own consumer,
+    // every event.
     let other_bus = connect(config.clone()).await;
     let (other, handler) = id_collector();
     let _other = other_bus
@@ -1262,7 +1310,6 @@ async fn one_name_in_two_processes_splits_the_events() {
         &[
             ("EF_SPLIT_PREFIX", config.subject_prefix.clone()),
             ("EF_SPLIT_STREAM", config.stream_name.clone()),
-            ("EF_SPLIT_DURABLE", config.durable_name.clone()),
         ],
     );
     second.wait_ready(WAIT).await;

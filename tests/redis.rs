@@ -14,7 +14,7 @@ use eventflow::bus::{
     BusError, BusErrorKind, ErrorReceiver, Handler, HandlerResult, SubscriptionOptions,
 };
 use eventflow::testing::conformance::{self, Report, bus::Capabilities};
-use eventflow::{Error, Event, EventBus, sync_handler};
+use eventflow::{Error, Event, EventBus, Subscription, sync_handler};
 use eventflow_tests::child::{self, ChildProcess};
 use eventflow_tests::redis_server::RedisServer;
 use eventflow_tests::{redis_url, service_unavailable, unique};
@@ -55,10 +55,21 @@ fn config(mode: Mode, prefix: &str) -> RedisConfig {
     let mut config = RedisConfig::new(redis_url());
     config.use_streams = matches!(mode, Mode::Streams);
     config.key_prefix = prefix.to_owned();
-    config.consumer_group = format!("{prefix}-g");
     config.retry_delay = Duration::from_millis(50);
     config.block = Duration::from_millis(200);
     config
+}
+
+/// Subscribes `handler` to `pattern` as `name` (its consumer group in Streams mode).
+async fn named(
+    bus: &RedisBus,
+    pattern: &str,
+    name: &str,
+    handler: Arc<dyn Handler>,
+) -> Subscription {
+    bus.subscribe_with(&[pattern], SubscriptionOptions::named(name), handler)
+        .await
+        .unwrap()
 }
 
 async fn connect(config: RedisConfig) -> RedisBus {
@@ -240,18 +251,143 @@ async fn streams_resubscription_resumes_its_durable_group() {
     let _cleanup = Cleanup(prefix.clone());
     let bus = connect(config(Mode::Streams, &prefix)).await;
     let rec = Recorder::default();
-    let sub = bus.subscribe("d.*", rec.handler()).await.unwrap();
+    let sub = named(&bus, "d.*", "d-svc", rec.handler()).await;
     bus.publish(ev("d.one", 1)).await.unwrap();
     wait_until("the first event", || rec.len() == 1).await;
     sub.unsubscribe();
     // Published while nobody listens: the group keeps it for the next subscription.
     bus.publish(ev("d.two", 2)).await.unwrap();
     let again = Recorder::default();
-    let _sub = bus.subscribe("d.*", again.handler()).await.unwrap();
+    let _sub = named(&bus, "d.*", "d-svc", again.handler()).await;
     bus.publish(ev("d.three", 3)).await.unwrap();
     wait_until("the missed and the new event", || again.len() == 2).await;
     assert_eq!(again.types(), ["d.two", "d.three"]);
     assert_eq!(rec.len(), 1);
+    bus.close().await.unwrap();
+}
+
+/// The consumer groups of stream `key` (`XINFO GROUPS`); none when the stream does not exist.
+async fn group_names(key: &str) -> Vec<String> {
+    let reply: redis::RedisResult<Vec<std::collections::HashMap<String, Value>>> =
+        redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(key)
+            .query_async(&mut raw().await)
+            .await;
+    let Ok(groups) = reply else {
+        return Vec::new();
+    };
+    groups
+        .iter()
+        .map(|g| match &g["name"] {
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            Value::SimpleString(s) => s.clone(),
+            other => panic!("unexpected group name {other:?}"),
+        })
+        .collect()
+}
+
+/// An unnamed subscription's consumer group is its own and is gone once the subscription
+/// stops: on unsubscribe, on close, and on close after cancelling a stuck handler. A named
+/// one stays (it is durable).
+#[tokio::test]
+async fn streams_unnamed_subscription_leaves_no_group_behind() {
+    let prefix = unique("ef_redis_ephemeral");
+    let _cleanup = Cleanup(prefix.clone());
+    let mut cfg = config(Mode::Streams, &prefix);
+    cfg.drain_timeout = Duration::from_millis(300);
+    let bus = connect(cfg).await;
+    let key = bus.stream_key().to_owned();
+    let (a, b) = (Recorder::default(), Recorder::default());
+    let sub_a = bus.subscribe("e.*", a.handler()).await.unwrap();
+    let _sub_b = bus.subscribe("e.*", b.handler()).await.unwrap();
+    let _named = named(&bus, "e.*", "e-svc", Recorder::default().handler()).await;
+    bus.publish(ev("e.one", 1)).await.unwrap();
+    wait_until("both unnamed subscriptions", || {
+        a.len() == 1 && b.len() == 1
+    })
+    .await;
+    let mut groups = group_names(&key).await;
+    groups.sort();
+    assert_eq!(groups.len(), 3, "{groups:?}");
+    assert!(groups.contains(&"e-svc".to_owned()), "{groups:?}");
+    let unnamed: Vec<String> = groups.into_iter().filter(|g| g != "e-svc").collect();
+    assert_ne!(
+        unnamed[0], unnamed[1],
+        "two unnamed subscriptions share a group"
+    );
+
+    sub_a.unsubscribe();
+    let deadline = Instant::now() + WAIT;
+    while group_names(&key).await.len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the group of an unsubscribed unnamed subscription is still there: {:?}",
+            group_names(&key).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A stuck handler: close cancels it after the drain timeout and still destroys its group.
+    let started = Arc::new(tokio::sync::Notify::new());
+    let _stuck = bus
+        .subscribe("s.*", Arc::new(Stuck(started.clone())))
+        .await
+        .unwrap();
+    bus.publish(ev("s.one", 1)).await.unwrap();
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .expect("the handler started");
+    bus.close().await.unwrap();
+    assert_eq!(group_names(&key).await, ["e-svc"], "after close");
+    let leases: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:lease:*"))
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    assert!(leases.is_empty(), "leases left behind: {leases:?}");
+}
+
+/// A process that died left its unnamed subscription's group (no lease any more): the next trim
+/// destroys it, so it does not hold back trimming, and leaves a live unnamed group alone.
+#[tokio::test]
+async fn streams_trim_destroys_the_group_of_a_dead_unnamed_subscription() {
+    let prefix = unique("ef_redis_abandoned");
+    let _cleanup = Cleanup(prefix.clone());
+    let bus = connect(config(Mode::Streams, &prefix)).await;
+    let key = bus.stream_key().to_owned();
+    let rec = Recorder::default();
+    let _live = bus.subscribe("l.*", rec.handler()).await.unwrap();
+    // The dead process's group: created at the start, read nothing, no lease.
+    let dead = "ephemeral:0123456789abcdef0123456789abcdef";
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg(dead)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut raw().await)
+        .await
+        .unwrap();
+    bus.publish_batch((0..10).map(|n| ev("l.item", n)).collect())
+        .await
+        .unwrap();
+    wait_until("the live subscription read everything", || rec.len() == 10).await;
+    let deadline = Instant::now() + WAIT;
+    // Acked by the live group once its next read ran; the dead group alone holds entries back.
+    while bus.trim_stream().await.unwrap() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing trimmed: {:?}",
+            group_names(&key).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let groups = group_names(&key).await;
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert!(
+        groups[0].starts_with("ephemeral:") && groups[0] != dead,
+        "{groups:?}"
+    );
     bus.close().await.unwrap();
 }
 
@@ -289,7 +425,7 @@ async fn streams_offline_group_reads_all_200k_events_published_meanwhile() {
     let bus = connect(cfg).await;
     // A durable group with no consumer running (a service that is down). Created directly:
     // a subscription that just ended may still be handed entries by a read in flight.
-    let group = create_group(&bus, "off.*").await;
+    let group = create_group(&bus, "off-svc").await;
 
     // The group is offline (it exists, nobody reads it) while N events are published.
     for chunk in 0..(N / 10_000) {
@@ -363,7 +499,7 @@ async fn streams_entries_deleted_before_the_group_read_them_are_reported_as_drop
     let mut errors = bus.errors();
     // A durable group with no consumer running (as after a service stopped): nothing is
     // delivered to it, so nothing is pending.
-    create_group(&bus, "lost.*").await;
+    create_group(&bus, "lost-svc").await;
     bus.publish_batch((1..=10).map(|n| ev("lost.item", n)).collect())
         .await
         .unwrap();
@@ -376,7 +512,7 @@ async fn streams_entries_deleted_before_the_group_read_them_are_reported_as_drop
         .await
         .unwrap();
     let again = Recorder::default();
-    let _sub = bus.subscribe("lost.*", again.handler()).await.unwrap();
+    let _sub = named(&bus, "lost.*", "lost-svc", again.handler()).await;
     let dropped = expect_error(&mut errors, BusErrorKind::Dropped).await;
     assert!(dropped.message.contains("deleted before"), "{dropped}");
     assert_eq!(dropped.pattern.as_deref(), Some("lost.*"));
@@ -407,10 +543,14 @@ async fn close_cancels_a_stuck_handler(mode: Mode) {
     let bus = connect(cfg).await;
     let mut errors = bus.errors();
     let started = Arc::new(tokio::sync::Notify::new());
-    let _sub = bus
-        .subscribe("stuck.*", Arc::new(Stuck(started.clone())))
-        .await
-        .unwrap();
+    // Named, so that its group (and the entry pending in it) outlives the bus.
+    let _sub = named(
+        &bus,
+        "stuck.*",
+        "stuck-svc",
+        Arc::new(Stuck(started.clone())),
+    )
+    .await;
     bus.publish(ev("stuck.one", 1)).await.unwrap();
     tokio::time::timeout(WAIT, started.notified())
         .await
@@ -423,8 +563,7 @@ async fn close_cancels_a_stuck_handler(mode: Mode) {
     assert!(cancelled.message.contains("drain timeout"), "{cancelled}");
     if let Mode::Streams = mode {
         // Not acked: the entry stays pending and is delivered again later.
-        let group = bus.consumer_group_for("stuck.*");
-        assert_eq!(pending_count(bus.stream_key(), &group).await, 1);
+        assert_eq!(pending_count(bus.stream_key(), "stuck-svc").await, 1);
     }
 }
 
@@ -452,7 +591,7 @@ async fn streams_dead_letter_entry_records_the_event_and_why() {
     let bus = connect(cfg).await;
     let mut errors = bus.errors();
     let rec = Recorder::failing(|e, _| e.payload["poison"] == json!(true));
-    let _sub = bus.subscribe("p.>", rec.handler()).await.unwrap();
+    let _sub = named(&bus, "p.>", "p-svc", rec.handler()).await;
     let poison = Event::new("p.item", json!({ "poison": true })).unwrap();
     bus.publish(poison.clone()).await.unwrap();
     let dead = expect_error(&mut errors, BusErrorKind::DeadLettered).await;
@@ -462,13 +601,10 @@ async fn streams_dead_letter_entry_records_the_event_and_why() {
     assert_eq!(dlq[0]["reason"], "max deliveries");
     assert_eq!(dlq[0]["deliveries"], "3");
     assert_eq!(dlq[0]["type"], "p.item");
-    assert_eq!(dlq[0]["group"], bus.consumer_group_for("p.>"));
+    assert_eq!(dlq[0]["group"], "p-svc");
     let stored: Event = serde_json::from_str(&dlq[0]["data"]).unwrap();
     assert_eq!(stored.id, poison.id);
-    assert_eq!(
-        pending_count(bus.stream_key(), &bus.consumer_group_for("p.>")).await,
-        0
-    );
+    assert_eq!(pending_count(bus.stream_key(), "p-svc").await, 0);
     bus.close().await.unwrap();
 }
 
@@ -479,7 +615,7 @@ async fn streams_undecodable_entry_is_reported_and_dead_lettered() {
     let bus = connect(config(Mode::Streams, &prefix)).await;
     let mut errors = bus.errors();
     let rec = Recorder::default();
-    let _sub = bus.subscribe("u.*", rec.handler()).await.unwrap();
+    let _sub = named(&bus, "u.*", "u-svc", rec.handler()).await;
     let mut conn = raw().await;
     for fields in [
         vec![("type", "u.broken"), ("data", "{not json")],
@@ -502,10 +638,7 @@ async fn streams_undecodable_entry_is_reported_and_dead_lettered() {
     assert!(dlq[0]["reason"].starts_with("decode"), "{dlq:?}");
     assert_eq!(dlq[0]["data"], "{not json");
     assert!(dlq[1]["reason"].contains("type"), "{dlq:?}");
-    assert_eq!(
-        pending_count(bus.stream_key(), &bus.consumer_group_for("u.*")).await,
-        0
-    );
+    assert_eq!(pending_count(bus.stream_key(), "u-svc").await, 0);
     bus.close().await.unwrap();
 }
 
@@ -521,7 +654,7 @@ async fn streams_entries_of_a_dead_consumer_are_claimed_and_nothing_stays_pendin
     cfg.consumer_name = "survivor".into();
     let bus = connect(cfg).await;
     let key = bus.stream_key().to_owned();
-    let group = bus.consumer_group_for("c.*");
+    let group = "c-svc".to_owned();
     let mut conn = raw().await;
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
@@ -566,7 +699,7 @@ async fn streams_entries_of_a_dead_consumer_are_claimed_and_nothing_stays_pendin
 
     // A second consumer of the group claims the rest after the idle time and handles them.
     let rec = Recorder::default();
-    let _sub = bus.subscribe("c.*", rec.handler()).await.unwrap();
+    let _sub = named(&bus, "c.*", &group, rec.handler()).await;
     wait_until("the 500 unacked entries to be handled", || rec.len() >= 500).await;
     let deadline = Instant::now() + WAIT;
     while pending_count(&key, &group).await != 0 {
@@ -582,9 +715,9 @@ async fn streams_entries_of_a_dead_consumer_are_claimed_and_nothing_stays_pendin
     bus.close().await.unwrap();
 }
 
-/// Creates the group a bus subscription to `pattern` will use, at the end of the stream.
-async fn create_group(bus: &RedisBus, pattern: &str) -> String {
-    let group = bus.consumer_group_for(pattern);
+/// Creates the group of a subscription named `group`, at the end of the stream.
+async fn create_group(bus: &RedisBus, group: &str) -> String {
+    let group = group.to_owned();
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(bus.stream_key())
@@ -629,13 +762,13 @@ async fn streams_entry_that_crashed_consumers_is_dead_lettered_without_another_t
     cfg.claim_idle = Duration::from_millis(200);
     let bus = connect(cfg).await;
     let mut errors = bus.errors();
-    let group = create_group(&bus, "k.*").await;
+    let group = create_group(&bus, "k-svc").await;
     let deadly = ev("k.deadly", 1);
     bus.publish(deadly.clone()).await.unwrap();
     // Consumers that died while handling it: delivered 4 times, never acked.
     deliver_raw(&bus, &group, "crashed", 3).await;
     let rec = Recorder::default();
-    let _sub = bus.subscribe("k.*", rec.handler()).await.unwrap();
+    let _sub = named(&bus, "k.*", &group, rec.handler()).await;
     bus.publish(ev("k.fine", 2)).await.unwrap();
     let dead = expect_error(&mut errors, BusErrorKind::DeadLettered).await;
     assert_eq!(dead.event_id, Some(deadly.id));
@@ -668,7 +801,7 @@ async fn streams_pending_entry_deleted_from_the_stream_is_reported_and_acked() {
     cfg.claim_idle = Duration::from_secs(3600);
     let bus = connect(cfg).await;
     let mut errors = bus.errors();
-    let group = create_group(&bus, "z.*").await;
+    let group = create_group(&bus, "z-svc").await;
     bus.publish(ev("z.gone", 1)).await.unwrap();
     let ids = deliver_raw(&bus, &group, "worker", 0).await;
     // Trimmed away (here: deleted) while pending with "worker".
@@ -679,7 +812,7 @@ async fn streams_pending_entry_deleted_from_the_stream_is_reported_and_acked() {
         .await
         .unwrap();
     let rec = Recorder::default();
-    let _sub = bus.subscribe("z.*", rec.handler()).await.unwrap();
+    let _sub = named(&bus, "z.*", &group, rec.handler()).await;
     let dropped = expect_error(&mut errors, BusErrorKind::Dropped).await;
     assert!(dropped.message.contains(&ids[0]), "{dropped}");
     bus.publish(ev("z.next", 2)).await.unwrap();
@@ -698,7 +831,7 @@ async fn streams_restarted_consumer_resumes_its_own_pending_entries_first() {
     cfg.consumer_name = "worker-1".into();
     let first = connect(cfg.clone()).await;
     let key = first.stream_key().to_owned();
-    let group = first.consumer_group_for("job.*");
+    let group = "job-svc".to_owned();
     let mut conn = raw().await;
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
@@ -726,7 +859,7 @@ async fn streams_restarted_consumer_resumes_its_own_pending_entries_first() {
     // Restarted under the same name: its pending entries come first, then new ones.
     let bus = connect(cfg).await;
     let rec = Recorder::default();
-    let _sub = bus.subscribe("job.*", rec.handler()).await.unwrap();
+    let _sub = named(&bus, "job.*", &group, rec.handler()).await;
     bus.publish(ev("job.run", 10)).await.unwrap();
     wait_until("the 11 entries", || rec.len() == 11).await;
     let seen: Vec<_> = rec.seen.lock().unwrap().iter().map(|e| e.id).collect();
@@ -875,8 +1008,8 @@ async fn streams_private_server_killed_and_restarted() {
 /// Max deliveries of the kit's Streams buses.
 const KIT_MAX_DELIVERIES: u32 = 3;
 
-/// Runs the kit; buses of one scope share their key prefix and consumer group (each has its own
-/// consumer name), so they are one deployment's processes.
+/// Runs the kit; buses of one scope share their key prefix (each has its own consumer name),
+/// so they are one deployment's processes.
 async fn conformance(mode: Mode) -> Report {
     let cleanups = Arc::new(Mutex::new(Vec::new()));
     let caps = match mode {
@@ -908,7 +1041,8 @@ async fn streams_passes_the_bus_conformance_kit() {
         "redelivery_after_error_and_panic",
         "dead_letter_after_max_deliveries",
         "durable_subscriber_resumes",
-        "competing_consumers_share_work",
+        "unnamed_subscribers_each_get_every_event",
+        "unnamed_subscriptions_do_not_resume",
         // Issue 11: one ordered, named subscription per saga and projection.
         "saga_follow_ups_after_slow_start",
         "projection_patterns_in_order",

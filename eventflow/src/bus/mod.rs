@@ -46,17 +46,22 @@ pub enum Delivery {
 
 /// How to subscribe, for [`EventBus::subscribe_with`].
 ///
-/// The `name` is the subscription's identity on a durable bus, and the patterns only a filter:
-/// - **JetStream**: the durable consumer's name. Two subscriptions with different names each
-///   get every event; subscriptions with the same name (in one or several processes) share one
-///   consumer and split the events between them.
-/// - **Redis Streams**: the consumer group. The same rules.
-/// - **NATS core**: the queue group: subscribers with the same name split the events (at most
-///   once); without a name every subscriber gets every event.
-/// - **In-memory, Redis pub/sub**: a label only; every subscription gets every event.
+/// The `name` is the subscription's identity, given by the caller and by nothing else (not the
+/// configuration, not the order of subscribing); the patterns are only a filter.
 ///
-/// Without a name, a durable bus derives one from its configuration and the patterns (see the
-/// backend's docs); name every subscription whose identity must survive restarts.
+/// | | named | unnamed |
+/// |---|---|---|
+/// | **JetStream** | the durable consumer: resumes after a restart; different names each get every event, one name (in one or several processes) splits the events | an ephemeral consumer of its own, from new events on, deleted when the subscription stops |
+/// | **Redis Streams** | the consumer group: the same rules as JetStream | a consumer group of its own (`ephemeral:<uuid>`) at the stream's end, destroyed when the subscription stops |
+/// | **NATS core** | the queue group: one name splits the events (at most once) | every subscriber gets every event |
+/// | **In-memory, Redis pub/sub** | a label only: every subscription gets every event | every subscription gets every event |
+///
+/// So on an at-least-once bus, **named = durable, resumable, shared**, and **unnamed = live
+/// from now, at least once while subscribed, nothing shared, nothing resumed**: two unnamed
+/// subscriptions (in one process, or in two services on the same configuration) each get
+/// every event, and events published while no unnamed subscription runs are never delivered
+/// to a later one. Name every subscription that must not miss events while its process is
+/// down, or whose work several processes share.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SubscriptionOptions {
@@ -65,7 +70,7 @@ pub struct SubscriptionOptions {
 }
 
 impl SubscriptionOptions {
-    /// No name: the backend's derived identity.
+    /// No name: a subscription with no identity of its own (see above).
     pub fn new() -> Self {
         Self::default()
     }

@@ -90,7 +90,11 @@ async fn sync_bus_passes_the_conformance_kit() {
         ("redelivery_after_error_and_panic", "redelivers"),
         ("dead_letter_after_max_deliveries", "dead_letters"),
         ("durable_subscriber_resumes", "persistent"),
-        ("competing_consumers_share_work", "competing_consumers"),
+        ("unnamed_subscriptions_do_not_resume", "persistent"),
+        (
+            "unnamed_subscribers_each_get_every_event",
+            "competing_consumers",
+        ),
         ("same_name_shares_work", "competing_consumers"),
     ] {
         assert!(report.skipped().contains(&(check, needs)), "{report}");

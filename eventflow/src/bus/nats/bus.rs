@@ -1,7 +1,7 @@
 //! [`NatsBus`] itself: its state, accessors and the [`EventBus`] implementation, which
 //! delegates to [`publish`](super::publish) and [`subscribe`](super::subscribe).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,9 +39,6 @@ pub(super) struct Inner {
     /// Set to `true` by `close`; dropped with the bus, which also ends every task.
     pub(super) shutdown: watch::Sender<bool>,
     pub(super) tasks: Mutex<Vec<JoinHandle<()>>>,
-    /// Unnamed subscriptions made per pattern set, so the n-th one gets its own durable
-    /// consumer.
-    pub(super) per_pattern: Mutex<HashMap<String, u32>>,
 }
 
 impl fmt::Debug for NatsBus {

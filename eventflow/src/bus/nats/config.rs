@@ -1,5 +1,5 @@
 //! [`NatsConfig`]: where to connect, how to authenticate, core or JetStream, and the delivery
-//! knobs of durable consumers.
+//! knobs of JetStream consumers.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -13,7 +13,13 @@ use crate::redact::{REDACTED, redact_url};
 /// `NatsConfig::default()` mirrors the seed's `DefaultNATSConfig()`: a local server, the subject
 /// prefix `events`, core NATS (at most once), and reconnecting up to 60 times, 2 seconds apart
 /// (the Go client's defaults). Set [`enable_jetstream`](Self::enable_jetstream) for
-/// at-least-once delivery through durable consumers.
+/// at-least-once delivery through JetStream consumers.
+///
+/// There is no configured consumer name: a subscription's identity is the name the caller
+/// gives it ([`SubscriptionOptions::named`](crate::bus::SubscriptionOptions::named)), which
+/// becomes its durable consumer. An unnamed subscription has no identity at all (an ephemeral
+/// consumer of its own; see the [module docs](super)), so two services on this default
+/// configuration never share, or take over, each other's events.
 ///
 /// ```
 /// use std::time::Duration;
@@ -54,11 +60,6 @@ pub struct NatsConfig {
     pub connect_timeout: Duration,
     /// Limit for one JetStream publish acknowledgement or API request.
     pub request_timeout: Duration,
-    /// Base name of the durable consumers (JetStream). A subscription to pattern `p` uses the
-    /// durable consumer `<durable_name>-<hash of p>` (with `-<n>` appended for the n-th further
-    /// subscription to the same pattern on one bus), so a restarted subscriber resumes where
-    /// it left off, and processes sharing the name share the work.
-    pub durable_name: String,
     /// How long the server waits for a handler's ack before redelivering (JetStream).
     pub ack_wait: Duration,
     /// Deliveries of one event before it is given up on (terminated, reported and sent to the
@@ -82,7 +83,7 @@ pub struct NatsConfig {
     /// Name of the stream created for [`dead_letter_subject`](Self::dead_letter_subject) when
     /// no stream captures it yet; `None` means `<stream_name>-DLQ`.
     pub dead_letter_stream: Option<String>,
-    /// Unacknowledged messages the server hands out per durable consumer, over all processes
+    /// Unacknowledged messages the server hands out per consumer, over all processes
     /// sharing it (`max_ack_pending`); beyond that it waits for acks. Default 256 (JetStream).
     pub max_ack_pending: i64,
     /// Messages one subscription asks for per pull request (JetStream). Messages pulled but
@@ -135,7 +136,6 @@ impl fmt::Debug for NatsConfig {
             .field("reconnect_wait", &self.reconnect_wait)
             .field("connect_timeout", &self.connect_timeout)
             .field("request_timeout", &self.request_timeout)
-            .field("durable_name", &self.durable_name)
             .field("ack_wait", &self.ack_wait)
             .field("max_deliver", &self.max_deliver)
             .field("retry_backoff", &self.retry_backoff)
@@ -173,7 +173,6 @@ impl Default for NatsConfig {
             reconnect_wait: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
-            durable_name: "eventflow".to_owned(),
             ack_wait: Duration::from_secs(30),
             max_deliver: 5,
             retry_backoff: Duration::from_millis(500),
@@ -246,12 +245,6 @@ impl NatsConfig {
                 return invalid(format!(
                     "nats: stream_name {:?} must be non-empty [A-Za-z0-9_-]",
                     self.stream_name
-                ));
-            }
-            if !is_name(&self.durable_name) {
-                return invalid(format!(
-                    "nats: durable_name {:?} must be non-empty [A-Za-z0-9_-]",
-                    self.durable_name
                 ));
             }
             if self.max_deliver == 0 || self.max_deliver < -1 {

@@ -1,6 +1,5 @@
 //! [`NatsBus::connect`]: options, authentication, TLS, and the JetStream stream.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -103,7 +102,6 @@ impl NatsBus {
                 closed: AtomicBool::new(false),
                 shutdown: watch::channel(false).0,
                 tasks: Mutex::new(Vec::new()),
-                per_pattern: Mutex::new(HashMap::new()),
             }),
         })
     }

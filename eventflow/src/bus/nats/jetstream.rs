@@ -1,5 +1,5 @@
 //! JetStream: the stream (created or updated at connect), publish with PubAck (pipelined for
-//! batches), and durable pull consumers that ack on success, nak with backoff on failure, and
+//! batches), and pull consumers (durable for named subscriptions, ephemeral otherwise) that ack on success, nak with backoff on failure, and
 //! terminate (dead-letter) after `max_deliver` deliveries.
 
 use std::collections::VecDeque;
@@ -22,6 +22,12 @@ use crate::backoff::Backoff;
 use crate::bus::BusErrorKind;
 use crate::error::{Error, Result};
 use crate::event::Event;
+
+/// How long the server keeps an unnamed subscription's ephemeral consumer without a pull
+/// request before deleting it (`inactive_threshold`). A live subscription pulls far more often
+/// (the pull stream renews its request every 30 s, and while a handler works); this only
+/// cleans up after a process that stopped without deleting its consumer.
+pub(super) const EPHEMERAL_INACTIVE_THRESHOLD: Duration = Duration::from_secs(300);
 
 /// Pauses between attempts to restart a pull stream: 100 ms doubling to 5 s, with jitter.
 const RESTART: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -148,51 +154,83 @@ impl JetStream {
         }
     }
 
-    /// Creates (or binds to) the durable consumer `name`, then spawns the delivery task.
+    /// Creates the subscription's consumer, then spawns the delivery task.
     ///
-    /// A new consumer starts at the stream's end (`DeliverPolicy::New`): it sees every event
-    /// published after `subscribe` returns, none from before. An existing one resumes after
-    /// its last acknowledged event; one whose filter subject differs from `filter_subject` is
-    /// refused with [`Error::InvalidArgument`].
+    /// - Named: creates (or binds to) the durable consumer `name`. A new one starts at the
+    ///   stream's end (`DeliverPolicy::New`): it sees every event published after `subscribe`
+    ///   returns, none from before. An existing one resumes after its last acknowledged event;
+    ///   one whose filter subject differs from `filter_subject` is refused with
+    ///   [`Error::InvalidArgument`].
+    /// - Unnamed: creates an ephemeral consumer with a fresh random name, for this
+    ///   subscription alone, starting at the stream's end. It is deleted when the subscription
+    ///   stops (unsubscribe, drop, `close`), and the server deletes it by itself after
+    ///   [`EPHEMERAL_INACTIVE_THRESHOLD`] without a pull (a process that died). Nothing shares
+    ///   it and nothing resumes it.
     pub(super) async fn subscribe(
         &self,
         config: &NatsConfig,
-        name: &str,
+        name: Option<&str>,
         filter_subject: String,
         ctx: SubContext,
     ) -> Result<JoinHandle<()>> {
-        let consumer: PullConsumer = self
-            .stream
-            .get_or_create_consumer(
-                name,
-                pull::Config {
-                    durable_name: Some(name.to_owned()),
-                    filter_subject: filter_subject.clone(),
-                    deliver_policy: DeliverPolicy::New,
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: config.ack_wait,
-                    max_deliver: config.max_deliver,
-                    max_ack_pending: config.max_ack_pending,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| {
-                Error::backend(
-                    BACKEND,
-                    format!("cannot create durable consumer {name:?}: {e}"),
-                )
-            })?;
-        // A consumer of that name may exist with another filter (the same name subscribed to
-        // other patterns): binding to it would silently miss events outside its filter.
-        let bound = &consumer.cached_info().config.filter_subject;
-        if *bound != filter_subject {
-            return Err(Error::InvalidArgument(format!(
-                "nats: durable consumer {name:?} exists with filter subject {bound:?}, not \
-                 {filter_subject:?}: its name belongs to other patterns (use another name, or \
-                 delete the consumer)"
-            )));
-        }
+        let base = pull::Config {
+            filter_subject: filter_subject.clone(),
+            deliver_policy: DeliverPolicy::New,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: config.ack_wait,
+            max_deliver: config.max_deliver,
+            max_ack_pending: config.max_ack_pending,
+            ..Default::default()
+        };
+        let (consumer, name, ephemeral): (PullConsumer, String, bool) = match name {
+            Some(name) => {
+                let consumer = self
+                    .stream
+                    .get_or_create_consumer(
+                        name,
+                        pull::Config {
+                            durable_name: Some(name.to_owned()),
+                            ..base
+                        },
+                    )
+                    .await
+                    .map_err(|e| {
+                        Error::backend(
+                            BACKEND,
+                            format!("cannot create durable consumer {name:?}: {e}"),
+                        )
+                    })?;
+                // A consumer of that name may exist with another filter (the same name
+                // subscribed to other patterns): binding to it would silently miss events
+                // outside its filter.
+                let bound = &consumer.cached_info().config.filter_subject;
+                if *bound != filter_subject {
+                    return Err(Error::InvalidArgument(format!(
+                        "nats: durable consumer {name:?} exists with filter subject {bound:?}, \
+                         not {filter_subject:?}: its name belongs to other patterns (use another \
+                         name, or delete the consumer)"
+                    )));
+                }
+                (consumer, name.to_owned(), false)
+            }
+            None => {
+                // Named by us (not by the server) so that it can be deleted on stop and its
+                // MaxDeliveries advisories subscribed to before the first delivery.
+                let name = format!("ephemeral-{}", uuid::Uuid::new_v4().simple());
+                let consumer = self
+                    .stream
+                    .create_consumer(pull::Config {
+                        name: Some(name.clone()),
+                        inactive_threshold: EPHEMERAL_INACTIVE_THRESHOLD,
+                        ..base
+                    })
+                    .await
+                    .map_err(|e| {
+                        Error::backend(BACKEND, format!("cannot create ephemeral consumer: {e}"))
+                    })?;
+                (consumer, name, true)
+            }
+        };
         let pull_batch = config.pull_batch.max(1);
         let messages = pull_messages(&consumer, pull_batch)
             .await
@@ -217,7 +255,8 @@ impl JetStream {
             max_deliver: config.max_deliver,
             redelivery: Backoff::new(config.retry_backoff, config.max_retry_backoff),
             dead_letter_subject: config.dead_letter_subject.clone(),
-            consumer_name: name.to_owned(),
+            consumer_name: name,
+            ephemeral,
             progress_every: (config.ack_wait / 2).max(Duration::from_millis(10)),
             pull_batch,
             waiting: VecDeque::new(),
@@ -289,6 +328,8 @@ struct Worker {
     redelivery: Backoff,
     dead_letter_subject: Option<String>,
     consumer_name: String,
+    /// An unnamed subscription's consumer, deleted when the subscription stops.
+    ephemeral: bool,
     /// How often the messages held (handled or waiting) get an in-progress ack.
     progress_every: Duration,
     pull_batch: usize,
@@ -363,6 +404,13 @@ impl Worker {
         while let Some(message) = self.waiting.pop_front() {
             self.hand_back(message).await;
         }
+        if self.ephemeral {
+            // Nobody else reads it, and nobody will resume it. Should this fail (server
+            // unreachable), the server deletes it after the inactive threshold.
+            if let Err(e) = self.stream.delete_consumer(&self.consumer_name).await {
+                tracing::debug!(consumer = %self.consumer_name, "nats: cannot delete ephemeral consumer: {e}");
+            }
+        }
     }
 
     /// Handles a pull stream error; true when the subscription has ended.
@@ -378,8 +426,7 @@ impl Worker {
                     BusErrorKind::Other,
                     None,
                     format!(
-                        "durable consumer {:?} was deleted on the server; the subscription has \
-                         ended",
+                        "consumer {:?} was deleted on the server; the subscription has ended",
                         self.consumer_name
                     ),
                 );

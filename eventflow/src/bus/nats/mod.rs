@@ -17,10 +17,33 @@
 //! | stop (`unsubscribe`, `close`) | — | pulled messages are nak'd for another subscriber; one on its last allowed delivery is dead-lettered, terminated and reported instead |
 //! | given up by the server (the process died on the last delivery) | — | the MaxDeliveries advisory reaches one live subscriber of the consumer, which dead-letters and reports it |
 //! | `close` | handlers get up to `request_timeout`, then are cancelled and reported as `Cancelled` | the same; a cancelled message is not acked, so it is delivered again |
-//! | restart | events published meanwhile are missed | a durable consumer resumes where it left off |
+//! | restart | events published meanwhile are missed | a named subscription (durable consumer) resumes where it left off; an unnamed one starts again at new events |
 //! | [`guarantee`](crate::bus::EventBus::guarantee) | `AtMostOnce` | `AtLeastOnce` |
 //! | subscription name ([`SubscriptionOptions`](crate::bus::SubscriptionOptions)) | the queue group: subscribers with one name split the events | the durable consumer: different names each get every event, one name (in any number of processes) splits them |
-//! | several patterns ([`subscribe_with`](crate::bus::EventBus::subscribe_with)) | one subscription to `<prefix>.>`, filtered on the client | one durable consumer filtering on `<prefix>.>` (NATS 2.9 allows one filter subject per consumer), acking unmatched messages unhandled |
+//! | no name | a plain subscription: every event | an ephemeral consumer of its own: every event published while it lives, shared with nobody, deleted when it stops |
+//! | several patterns ([`subscribe_with`](crate::bus::EventBus::subscribe_with)) | one subscription to `<prefix>.>`, filtered on the client | one consumer filtering on `<prefix>.>` (NATS 2.9 allows one filter subject per consumer), acking unmatched messages unhandled |
+//!
+//! **Named and unnamed subscriptions (JetStream).** The identity of a subscription is the name
+//! its caller gives it ([`SubscriptionOptions::named`](crate::bus::SubscriptionOptions::named),
+//! [`NatsBus::subscribe_durable`]); the patterns are only a filter, and nothing in the
+//! configuration or the order of subscribing contributes to it.
+//!
+//! - **Named: durable, resumable, shared.** The name is the durable consumer. It outlives the
+//!   process: a subscription made again with that name resumes after the last acknowledged
+//!   event and gets what was published meanwhile. Subscriptions with one name, in one process
+//!   or several, split the events (competing consumers); two services with different names
+//!   each get every event. A service that must not miss events while it is down, or that runs
+//!   several instances, names its subscriptions (sagas and projections fed from a bus do,
+//!   after themselves).
+//! - **Unnamed: live from now, at least once while subscribed, nothing shared, nothing
+//!   resumed.** Each unnamed subscription creates an ephemeral consumer with a random name
+//!   that starts at new messages (`DeliverPolicy::New`), so it gets every event published
+//!   after `subscribe` returns, with redelivery and dead letters as above while it lives. Two
+//!   unnamed subscriptions, in one process or in two services, each get every event. The
+//!   consumer is deleted when the subscription stops (unsubscribe, drop, `close`); one left
+//!   behind by a process that died is deleted by the server after 5 minutes without a pull
+//!   (`inactive_threshold`). Events published while no unnamed subscription runs are never
+//!   delivered to a later one.
 //!
 //! **Publishing while disconnected.** Core: the client buffers the event and sends it once
 //! reconnected; `publish` waits while that buffer is full, up to `request_timeout`, then fails

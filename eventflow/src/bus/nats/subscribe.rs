@@ -1,4 +1,4 @@
-//! Subscribing: durable consumer names, cancellation, and what a subscription task needs.
+//! Subscribing: which consumer a subscription reads through, cancellation, and what a subscription task needs.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +14,8 @@ use crate::handler::delivery::{self, Outcome};
 use crate::handler::sync::lock;
 
 impl NatsBus {
-    /// Subscribes `handler` to `pattern` through the durable consumer named `durable` instead
-    /// of the derived name (JetStream); in core mode `durable` is the queue group. The same as
+    /// Subscribes `handler` to `pattern` through the durable consumer named `durable`
+    /// (JetStream); in core mode `durable` is the queue group. The same as
     /// [`EventBus::subscribe_with`](crate::bus::EventBus::subscribe_with) with that name.
     ///
     /// # Errors
@@ -34,9 +34,10 @@ impl NatsBus {
     /// [`EventBus::subscribe_with`](crate::bus::EventBus::subscribe_with): one consumer for
     /// every pattern.
     ///
-    /// - JetStream: one durable pull consumer, named `options.name` (or derived, see
-    ///   [`consumer_name`](Self::consumer_name)). With one pattern its filter subject is that
-    ///   pattern's subject. With several, NATS 2.9 allows one filter subject per consumer
+    /// - JetStream: one pull consumer: the durable consumer `options.name` when named, else an
+    ///   ephemeral consumer of this subscription alone (see
+    ///   [`JetStream::subscribe`](super::jetstream::JetStream::subscribe)). With
+    ///   one pattern its filter subject is that pattern's subject. With several, NATS 2.9 allows one filter subject per consumer
     ///   (2.10 added `filter_subjects`), so the consumer filters on `<prefix>.>` (the whole
     ///   stream when the prefix is empty or the stream has its own subjects) and the client
     ///   acknowledges, without handling, every message no pattern matches.
@@ -86,11 +87,7 @@ impl NatsBus {
                     // The whole stream.
                     _ => String::new(),
                 };
-                let durable = match &name {
-                    Some(name) => name.clone(),
-                    None => self.consumer_name(&patterns),
-                };
-                js.subscribe(config, &durable, subject, ctx).await?
+                js.subscribe(config, name.as_deref(), subject, ctx).await?
             }
         };
         {
@@ -106,26 +103,6 @@ impl NatsBus {
             cancel.cancel()
         }))
     }
-
-    /// The durable consumer of an unnamed subscription: `<durable_name>-<hash of the
-    /// patterns>`, plus `-<n>` for the n-th further unnamed subscription to the same patterns
-    /// on this bus. Stable across restarts only while the process subscribes in the same
-    /// order; name the subscription ([`SubscriptionOptions::named`]) for an identity that
-    /// does not depend on it.
-    fn consumer_name(&self, patterns: &PatternSet) -> String {
-        let n = {
-            let mut per = lock(&self.inner.per_pattern);
-            let n = per.entry(patterns.label().to_owned()).or_insert(0);
-            *n += 1;
-            *n - 1
-        };
-        let base = format!(
-            "{}-{:016x}",
-            self.inner.config.durable_name,
-            fnv1a(patterns.label())
-        );
-        if n == 0 { base } else { format!("{base}-{n}") }
-    }
 }
 
 /// Every subject below `prefix` (`>` without one).
@@ -135,14 +112,6 @@ fn wide_subject(prefix: &str) -> String {
     } else {
         format!("{prefix}.>")
     }
-}
-
-/// FNV-1a, 64 bits: a hash that is stable across processes and Rust versions (consumer names
-/// must not change when a service restarts).
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// Stops one subscription: a flag checked before each handler call (so nothing is handled
@@ -217,18 +186,5 @@ impl SubContext {
     /// Runs the handler through the shared delivery core.
     pub(super) async fn run_handler(&self, event: Arc<Event>) -> Outcome {
         delivery::run(&*self.handler, event, self.patterns.label()).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn consumer_name_hash_is_stable() {
-        // Pinned: a changed hash would orphan every durable consumer on upgrade.
-        assert_eq!(fnv1a(""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
-        assert_ne!(fnv1a("a.*"), fnv1a("a.>"));
     }
 }

@@ -2,7 +2,7 @@
 //! the [`EventBus`] implementation, which delegates to [`publish`](super::publish) and
 //! [`subscribe`](super::subscribe).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,8 +26,8 @@ use crate::handler::sync::lock;
 pub(super) struct Task {
     pub(super) cancel: watch::Sender<bool>,
     pub(super) handle: JoinHandle<()>,
-    /// The consumer group it reads (Streams mode), released when it ends.
-    pub(super) group: Option<String>,
+    /// The consumer group of an unnamed subscription (Streams mode), destroyed when it ends.
+    pub(super) ephemeral_group: Option<String>,
 }
 
 pub(super) struct Inner {
@@ -40,8 +40,6 @@ pub(super) struct Inner {
     pub(super) connected: AtomicBool,
     pub(super) tasks: Mutex<HashMap<u64, Task>>,
     pub(super) next_task: AtomicU64,
-    /// Consumer groups read by this bus's live subscriptions (for the `#n` group suffix).
-    pub(super) groups: Mutex<HashSet<String>>,
     /// Entries published to the stream by this bus, for trimming every `stream_max_len`.
     pub(super) published: AtomicU64,
 }
@@ -92,13 +90,6 @@ impl RedisBus {
     /// The pub/sub channel of `event_type` (`<key_prefix>:<event_type>`).
     pub fn channel(&self, event_type: &str) -> String {
         self.inner.shared.channel(event_type)
-    }
-
-    /// The consumer group the first subscription of this bus to `pattern` reads through
-    /// (`<consumer_group>:<pattern>`); a second live subscription to the same pattern gets
-    /// `#2` appended, and so on.
-    pub fn consumer_group_for(&self, pattern: &str) -> String {
-        super::subscribe::group_name(&self.inner.shared.config.consumer_group, pattern, 1)
     }
 
     /// Reports on the bus's error stream.
@@ -196,6 +187,7 @@ impl EventBus for RedisBus {
         let drain = self.inner.shared.config.drain_timeout;
         let deadline = tokio::time::Instant::now() + drain;
         let mut cancelled = 0usize;
+        let mut orphans = Vec::new();
         for mut task in tasks {
             // A task that panicked has nothing to drain.
             if tokio::time::timeout_at(deadline, &mut task.handle)
@@ -204,6 +196,21 @@ impl EventBus for RedisBus {
             {
                 task.handle.abort();
                 cancelled += 1;
+                // A stopped task destroys its own ephemeral group; a cancelled one cannot.
+                orphans.extend(task.ephemeral_group);
+            }
+        }
+        for group in orphans {
+            let mut conn = self.inner.conn.clone();
+            let key = self.inner.shared.stream_key.clone();
+            let key_prefix = self.inner.shared.config.key_prefix.clone();
+            let destroyed = self
+                .command("redis xgroup destroy", async move {
+                    super::streams::destroy_ephemeral(&mut conn, &key, &key_prefix, &group).await
+                })
+                .await;
+            if let Err(e) = destroyed {
+                tracing::debug!("redis: cannot destroy an ephemeral consumer group: {e}");
             }
         }
         if cancelled > 0 {
@@ -215,7 +222,6 @@ impl EventBus for RedisBus {
                 ),
             ));
         }
-        lock(&self.inner.groups).clear();
         self.inner.errors.close();
         Ok(())
     }

@@ -18,6 +18,12 @@ use crate::redact::{REDACTED, redact_url};
 /// config.consumer_name = "billing-1".into(); // stable across restarts: resume pending at once
 /// ```
 ///
+/// There is no configured consumer group: a subscription's group is the name its caller gives
+/// it ([`SubscriptionOptions::named`](crate::bus::SubscriptionOptions::named)). An unnamed
+/// subscription has a group of its own under a random name (see the [module docs](super)),
+/// so two services on this default configuration never share, or take over, each other's
+/// events.
+///
 /// Its `Debug` output redacts the password and any credentials in the addresses, so a
 /// `tracing::info!(?config)` does not leak them.
 #[derive(Clone)]
@@ -30,10 +36,6 @@ pub struct RedisConfig {
     pub use_streams: bool,
     /// Prefix of every channel and key the bus uses. Default `events`.
     pub key_prefix: String,
-    /// Consumer group name prefix (Streams mode) of unnamed subscriptions: their group is
-    /// `<consumer_group>:<pattern>`. A named subscription's group is its name. Default
-    /// `eventflow`.
-    pub consumer_group: String,
     /// This process's consumer name inside the groups (Streams mode). Default
     /// `<HOSTNAME or "eventflow">-<pid>-<random>`; set a name that is stable across restarts so
     /// a restarted consumer resumes its own pending entries at once instead of waiting for
@@ -54,8 +56,9 @@ pub struct RedisConfig {
     pub retry_delay: Duration,
     /// Dead-letter stream key. Default `None`: `<key_prefix>:dead-letter`.
     pub dead_letter_stream: Option<String>,
-    /// Let a new consumer group start at the beginning of the stream (`0`) instead of its end
-    /// (`$`). Default `false`.
+    /// Let the new consumer group of a named subscription start at the beginning of the stream
+    /// (`0`, the retained history) instead of its end (`$`). An unnamed subscription always
+    /// starts at the end. Default `false`.
     pub start_from_beginning: bool,
     /// Entries read per `XREADGROUP`. Default 100.
     pub batch_size: usize,
@@ -86,7 +89,6 @@ impl fmt::Debug for RedisConfig {
             .field("addrs", &addrs)
             .field("use_streams", &self.use_streams)
             .field("key_prefix", &self.key_prefix)
-            .field("consumer_group", &self.consumer_group)
             .field("consumer_name", &self.consumer_name)
             .field("stream_max_len", &self.stream_max_len)
             .field("claim_idle", &self.claim_idle)
@@ -118,7 +120,6 @@ impl Default for RedisConfig {
             addrs: vec!["redis://127.0.0.1:6379".to_owned()],
             use_streams: false,
             key_prefix: "events".to_owned(),
-            consumer_group: "eventflow".to_owned(),
             consumer_name: format!("{host}-{}-{random}", std::process::id()),
             stream_max_len: 100_000,
             claim_idle: Duration::from_secs(30),
@@ -156,8 +157,8 @@ impl RedisConfig {
         if self.key_prefix.is_empty() {
             return bad("key_prefix is empty");
         }
-        if self.consumer_group.is_empty() || self.consumer_name.is_empty() {
-            return bad("consumer_group and consumer_name must not be empty");
+        if self.consumer_name.is_empty() {
+            return bad("consumer_name must not be empty");
         }
         if self.max_deliveries == 0 {
             return bad("max_deliveries must be at least 1");

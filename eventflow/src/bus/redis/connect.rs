@@ -1,7 +1,7 @@
 //! Connecting: [`RedisBus::connect`], per-address attempts with TLS and ACL credentials, the
 //! state shared with subscription tasks, and connection error classification.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -102,7 +102,6 @@ impl RedisBus {
                             connected: AtomicBool::new(true),
                             tasks: Mutex::new(HashMap::new()),
                             next_task: AtomicU64::new(0),
-                            groups: Mutex::new(HashSet::new()),
                             published: AtomicU64::new(0),
                         }),
                     });

@@ -37,7 +37,8 @@
 //! | the dead-letter stream | `P:dead-letter` (or [`RedisConfig::dead_letter_stream`]) |
 //! | the consumer group of a named subscription | its name ([`SubscriptionOptions::named`](crate::bus::SubscriptionOptions::named)) |
 //! | the patterns each consumer group filters on | hash `P:filters` (group → patterns; a subscription with other patterns under that group name is refused) |
-//! | the consumer group of an unnamed subscription | `G:<pattern>` (`G` = [`RedisConfig::consumer_group`]; several patterns joined by `, `) |
+//! | the consumer group of an unnamed subscription | `ephemeral:<random uuid>`, one per subscription, destroyed when it stops |
+//! | the lease of an unnamed subscription's group | `P:lease:ephemeral:<uuid>` (expires 60 s after its process stopped renewing it) |
 //!
 //! # Pub/sub mode (at most once)
 //!
@@ -87,19 +88,26 @@
 //! sees every matching entry in stream order, one at a time. Sagas and projections fed from the
 //! bus subscribe this way, named after themselves.
 //!
-//! An unnamed subscription reads through its own consumer group, `G:<pattern>`, created with
-//! `XGROUP CREATE P:stream G:<pattern> $ MKSTREAM` before `subscribe` returns: a new group
-//! starts at the end of the stream (like an in-memory subscription it sees events published
-//! after it subscribed; set [`RedisConfig::start_from_beginning`] to read the retained history
-//! instead), and an existing group keeps its position, so a restarted service resumes where it
-//! stopped. Several processes that subscribe the same pattern with the same
-//! `consumer_group` share the group and so share the work (competing consumers). Inside one bus,
-//! a second live subscription to the same pattern gets its own group (`G:<pattern>#2`, then
-//! `#3`, ...) so that, as on the in-memory bus, every subscription sees every event; the name of
-//! an ended subscription is reused by the next one, so a resubscription resumes its group and
-//! groups do not pile up. Groups are durable: unsubscribing does not delete them (delete the
-//! key, or `XGROUP DESTROY`, to forget them).
+//! A named group is created at the end of the stream (`$`) by its first subscription (or at
+//! `0`, the retained history, with [`RedisConfig::start_from_beginning`]); an existing one
+//! keeps its position, so a restarted service resumes where it stopped and gets what was
+//! published meanwhile. Groups of named subscriptions are durable: unsubscribing does not
+//! delete them (`XGROUP DESTROY` forgets one).
 //!
+//! **Unnamed subscriptions: live from now, at least once while subscribed, nothing shared,
+//! nothing resumed.** An unnamed subscription reads through a consumer group of its own,
+//! `ephemeral:<random uuid>`, created at the end of the stream (`$`, whatever
+//! `start_from_beginning` says) before `subscribe` returns: like an in-memory subscription it
+//! sees every event published after it subscribed, with redelivery and dead letters as below
+//! while it lives. Two unnamed subscriptions, in one process or in two services on the same
+//! configuration, each get every event; none takes over another's position. The group is
+//! destroyed (`XGROUP DESTROY`, with its pending entries) when the subscription stops
+//! (unsubscribe, drop, `close`), so events published while no unnamed subscription runs are
+//! never delivered to a later one. A process that dies cannot destroy its groups; each
+//! ephemeral group has a lease key (`P:lease:<group>`, renewed every 20 s, expiring after 60 s),
+//! and the next trim ([`RedisBus::trim_stream`]) destroys the groups whose lease is gone, so
+//! they do not hold back trimming.
+
 //! The consumer (named [`RedisConfig::consumer_name`]) loop:
 //! 1. on start, and after any connection error, it first re-reads **its own pending entries**
 //!    (`XREADGROUP ... 0`), so a consumer restarted under the same name resumes them first;

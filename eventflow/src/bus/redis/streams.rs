@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::connect::{Shared, is_connection_error};
 use super::reply::{Entry, parse_pending_counts, parse_read, protocol_error, text};
-use super::subscribe::{backoff, cancelled};
+use super::subscribe::{backoff, cancelled, lease_key, renew_lease};
 use super::trim::{StreamId, unread_deleted};
 use crate::bus::{BusError, BusErrorKind, ErrorSender, Handler, PatternSet};
 use crate::error::{Error, Result};
@@ -27,6 +27,9 @@ pub(super) struct Consumer {
     shared: Arc<Shared>,
     conn: MultiplexedConnection,
     group: String,
+    /// An unnamed subscription's group: created at `$` whatever the configuration, shared by
+    /// nobody, destroyed when the subscription stops.
+    ephemeral: bool,
     patterns: PatternSet,
     handler: Arc<dyn Handler>,
     errors: ErrorSender,
@@ -39,18 +42,25 @@ pub(super) struct Consumer {
 }
 
 impl Consumer {
-    /// Opens the dedicated connection and creates the group (at `$`, or `0` when configured),
-    /// so that entries added after this returns are delivered.
+    /// Opens the dedicated connection and creates the group (at `$`, or for a named group `0`
+    /// when configured), so that entries added after this returns are delivered.
     pub(super) async fn start(
         shared: Arc<Shared>,
         group: String,
+        ephemeral: bool,
         patterns: PatternSet,
         handler: Arc<dyn Handler>,
         errors: ErrorSender,
         cancel: watch::Receiver<bool>,
     ) -> Result<Self> {
         let mut conn = shared.dedicated_connection().await?;
-        let start = if shared.config.start_from_beginning {
+        if ephemeral {
+            // Before the group exists, so that no trim takes it for a dead process's group.
+            renew_lease(&mut conn, &shared.config.key_prefix, &group)
+                .await
+                .map_err(|e| Error::backend(super::BACKEND, e))?;
+        }
+        let start = if shared.config.start_from_beginning && !ephemeral {
             "0"
         } else {
             "$"
@@ -58,11 +68,15 @@ impl Consumer {
         create_group(&mut conn, &shared.stream_key, &group, start)
             .await
             .map_err(|e| Error::backend(super::BACKEND, e))?;
-        claim_filter(&mut conn, &shared, &group, patterns.label()).await?;
+        // An ephemeral group has one subscription, so no other patterns to guard against.
+        if !ephemeral {
+            claim_filter(&mut conn, &shared, &group, patterns.label()).await?;
+        }
         Ok(Consumer {
             shared,
             conn,
             group,
+            ephemeral,
             patterns,
             handler,
             errors,
@@ -165,6 +179,20 @@ impl Consumer {
                     attempt += 1;
                     self.pending_due = Some(Instant::now());
                 }
+            }
+        }
+        if self.ephemeral {
+            // Nobody else reads it and nobody will resume it: leaving it would only hold back
+            // trimming. Its pending entries go with it (at least once while subscribed).
+            let destroyed = destroy_ephemeral(
+                &mut self.conn,
+                &self.shared.stream_key,
+                &self.shared.config.key_prefix,
+                &self.group,
+            )
+            .await;
+            if let Err(e) = destroyed {
+                tracing::debug!(group = %self.group, "redis: cannot destroy ephemeral consumer group: {e}");
             }
         }
     }
@@ -510,6 +538,41 @@ async fn create_group(
         Err(e) if has_code(&e, "BUSYGROUP") => Ok(()),
         other => other,
     }
+}
+
+/// `XGROUP DESTROY`: harmless when the group (or the stream) is already gone.
+pub(super) async fn destroy_group(
+    conn: &mut impl redis::aio::ConnectionLike,
+    key: &str,
+    group: &str,
+) -> RedisResult<()> {
+    let destroyed = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(key)
+        .arg(group)
+        .query_async::<()>(conn)
+        .await;
+    match destroyed {
+        // `ERR The XGROUP subcommand requires the key to exist`: no stream, so no group.
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Destroys an unnamed subscription's group, then its lease.
+pub(super) async fn destroy_ephemeral(
+    conn: &mut impl redis::aio::ConnectionLike,
+    key: &str,
+    key_prefix: &str,
+    group: &str,
+) -> RedisResult<()> {
+    destroy_group(conn, key, group).await?;
+    redis::cmd("DEL")
+        .arg(lease_key(key_prefix, group))
+        .query_async(conn)
+        .await
 }
 
 fn decode(entry: &Entry) -> std::result::Result<Event, String> {

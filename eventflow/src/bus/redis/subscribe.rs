@@ -28,8 +28,8 @@ pub(super) fn cancelled(cancel: &watch::Receiver<bool>) -> bool {
 
 impl RedisBus {
     /// [`EventBus::subscribe_with`](crate::bus::EventBus::subscribe_with): one consumer for
-    /// every pattern. Streams: one consumer group (named `options.name`, or derived from the
-    /// patterns, see [`claim_group`](Self::claim_group)) reading the bus's one stream with one
+    /// every pattern. Streams: one consumer group (named `options.name`, or a random
+    /// `ephemeral:<uuid>` of this subscription alone when unnamed) reading the bus's one stream with one
     /// `XREADGROUP`, in entry order, filtering by type. Pub/sub: one connection, one glob.
     pub(super) async fn subscribe_patterns(
         &self,
@@ -45,36 +45,34 @@ impl RedisBus {
         let (cancel_tx, cancel_rx) = watch::channel(false);
         let task = if shared.config.use_streams {
             // A named group is shared by every subscription with that name (in this process or
-            // another): they split its entries. An unnamed one is claimed per subscription.
-            let (group, claimed) = match &name {
-                Some(name) => (name.clone(), None),
-                None => {
-                    let group = self.claim_group(patterns.label());
-                    (group.clone(), Some(group))
-                }
+            // another): they split its entries. An unnamed subscription gets a group of its
+            // own, under a random name, destroyed when it stops.
+            let (group, ephemeral) = match &name {
+                Some(name) => (name.clone(), false),
+                None => (ephemeral_group(), true),
             };
-            let started = streams::Consumer::start(
-                shared,
-                group,
+            let consumer = streams::Consumer::start(
+                shared.clone(),
+                group.clone(),
+                ephemeral,
                 patterns.clone(),
                 handler,
                 errors,
-                cancel_rx,
+                cancel_rx.clone(),
             )
-            .await;
-            let consumer = match started {
-                Ok(consumer) => consumer,
-                Err(e) => {
-                    if let Some(group) = &claimed {
-                        lock(&self.inner.groups).remove(group);
-                    }
-                    return Err(e);
-                }
-            };
+            .await?;
+            if ephemeral {
+                tokio::spawn(keep_lease(
+                    self.inner.conn.clone(),
+                    shared.config.key_prefix.clone(),
+                    group.clone(),
+                    cancel_rx,
+                ));
+            }
             Task {
                 cancel: cancel_tx,
                 handle: tokio::spawn(consumer.run()),
-                group: claimed,
+                ephemeral_group: ephemeral.then_some(group),
             }
         } else {
             let listener =
@@ -83,7 +81,7 @@ impl RedisBus {
             Task {
                 cancel: cancel_tx,
                 handle: tokio::spawn(listener.run()),
-                group: None,
+                ephemeral_group: None,
             }
         };
         let id = self.register(task);
@@ -100,35 +98,14 @@ impl RedisBus {
         id
     }
 
-    /// The group for a new unnamed subscription to `pattern` (the patterns joined by `, `):
-    /// `G:<pattern>`, or `G:<pattern>#n` with the smallest `n` not read by another live
-    /// unnamed subscription of this bus. Reusing freed names keeps group names the same across
-    /// restarts and resubscriptions (so they resume), and keeps them from piling up in Redis;
-    /// a named subscription does not depend on this order.
-    fn claim_group(&self, pattern: &str) -> String {
-        let prefix = &self.inner.shared.config.consumer_group;
-        let mut groups = lock(&self.inner.groups);
-        let mut ordinal = 1;
-        loop {
-            let name = group_name(prefix, pattern, ordinal);
-            if !groups.contains(&name) {
-                groups.insert(name.clone());
-                return name;
-            }
-            ordinal += 1;
-        }
-    }
-
     fn subscription(&self, description: String, id: u64) -> Subscription {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         Subscription::new(description, move || {
             if let Some(inner) = weak.upgrade() {
                 let task = lock(&inner.tasks).remove(&id);
                 if let Some(task) = task {
+                    // The task destroys its ephemeral group itself once it has stopped.
                     let _ = task.cancel.send(true);
-                    if let Some(group) = &task.group {
-                        lock(&inner.groups).remove(group);
-                    }
                 }
             }
         })
@@ -139,12 +116,61 @@ impl RedisBus {
     }
 }
 
-pub(crate) fn group_name(prefix: &str, pattern: &str, ordinal: u32) -> String {
-    if ordinal <= 1 {
-        format!("{prefix}:{pattern}")
-    } else {
-        format!("{prefix}:{pattern}#{ordinal}")
+/// The prefix of every unnamed subscription's consumer group.
+pub(super) const EPHEMERAL_GROUP_PREFIX: &str = "ephemeral:";
+
+/// How long an unnamed subscription's lease lives unless renewed; renewed every third of it.
+/// A group whose lease is gone belongs to a process that died without destroying it, and the
+/// next trim destroys it (see [`super::trim`]).
+pub(super) const EPHEMERAL_LEASE: Duration = Duration::from_secs(60);
+
+/// The key whose presence says that the ephemeral group `group` is still read:
+/// `<key_prefix>:lease:<group>`.
+pub(super) fn lease_key(key_prefix: &str, group: &str) -> String {
+    format!("{key_prefix}:lease:{group}")
+}
+
+/// `SET <lease key> 1 PX <lease>`.
+pub(super) async fn renew_lease(
+    conn: &mut impl redis::aio::ConnectionLike,
+    key_prefix: &str,
+    group: &str,
+) -> redis::RedisResult<()> {
+    redis::cmd("SET")
+        .arg(lease_key(key_prefix, group))
+        .arg(1)
+        .arg("PX")
+        .arg(EPHEMERAL_LEASE.as_millis() as u64)
+        .query_async(conn)
+        .await
+}
+
+/// Renews the lease of an ephemeral group until its subscription stops. A task of its own, so
+/// a handler that runs long does not let the lease lapse.
+async fn keep_lease(
+    mut conn: redis::aio::ConnectionManager,
+    key_prefix: String,
+    group: String,
+    mut cancel: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.changed() => {}
+            () = tokio::time::sleep(EPHEMERAL_LEASE / 3) => {}
+        }
+        if cancelled(&cancel) {
+            return;
+        }
+        if let Err(e) = renew_lease(&mut conn, &key_prefix, &group).await {
+            tracing::debug!(%group, "redis: cannot renew the lease of an ephemeral group: {e}");
+        }
     }
+}
+
+/// A fresh consumer group name for one unnamed subscription: `ephemeral:<random uuid>`, so no
+/// other subscription, in this process or another, ever reads through it.
+fn ephemeral_group() -> String {
+    format!("{EPHEMERAL_GROUP_PREFIX}{}", uuid::Uuid::new_v4().simple())
 }
 
 #[cfg(test)]
@@ -152,9 +178,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn group_names_carry_pattern_and_ordinal() {
-        assert_eq!(group_name("g", "order.*", 1), "g:order.*");
-        assert_eq!(group_name("g", "order.*", 2), "g:order.*#2");
+    fn ephemeral_groups_are_unique() {
+        let (a, b) = (ephemeral_group(), ephemeral_group());
+        assert_ne!(a, b);
+        assert!(a.starts_with(EPHEMERAL_GROUP_PREFIX), "{a}");
     }
 
     #[test]

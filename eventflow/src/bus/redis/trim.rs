@@ -12,6 +12,12 @@
 //! group created in between at `0` (reading the retained history) may find that history
 //! shorter, never a group's unread entries.
 //!
+//! An unnamed subscription's group (`ephemeral:<uuid>`) is destroyed when the subscription
+//! stops; one left by a process that died would hold trimming back for ever, so each such group
+//! has a lease key, `<key_prefix>:lease:<group>`, set before the group is created and renewed
+//! every 20 s (expiring after 60 s) by a task of the subscription, independent of its handler.
+//! A trim destroys every ephemeral group whose lease is gone before it computes the minimum.
+//!
 //! Entries can still disappear by other means (a manual `XTRIM`/`XDEL`, a server that lost its
 //! data). Each consumer checks, when it starts and at every claim pass, whether entries after
 //! its group's last delivered id are gone ([`unread_deleted`]: `XINFO STREAM` and `XINFO
@@ -26,6 +32,8 @@ use redis::{RedisResult, Value};
 
 use super::RedisBus;
 use super::reply::text;
+use super::streams::destroy_group;
+use super::subscribe::{EPHEMERAL_GROUP_PREFIX, lease_key};
 use crate::error::Result;
 
 /// A stream entry id, `<ms>-<seq>`, ordered as Redis orders them.
@@ -128,11 +136,27 @@ async fn groups(conn: &mut impl ConnectionLike, key: &str) -> RedisResult<Vec<Gr
 }
 
 /// The smallest id every group still needs (see the module docs); `None` when there is no
-/// group, so no reader to protect.
-async fn safe_min_id(conn: &mut impl ConnectionLike, key: &str) -> RedisResult<Option<StreamId>> {
+/// group, so no reader to protect. An unnamed subscription's group whose lease is gone (its
+/// process died without destroying it) is destroyed instead: nobody will read it again.
+async fn safe_min_id(
+    conn: &mut impl ConnectionLike,
+    key: &str,
+    key_prefix: &str,
+) -> RedisResult<Option<StreamId>> {
     let groups = groups(conn, key).await?;
     let mut min: Option<StreamId> = None;
     for group in &groups {
+        if group.name.starts_with(EPHEMERAL_GROUP_PREFIX) {
+            let live: bool = redis::cmd("EXISTS")
+                .arg(lease_key(key_prefix, &group.name))
+                .query_async(conn)
+                .await?;
+            if !live {
+                tracing::debug!(group = %group.name, "redis: destroying an abandoned ephemeral group");
+                destroy_group(conn, key, &group.name).await?;
+                continue;
+            }
+        }
         let mut needed = group.last_delivered;
         if group.pending > 0 {
             // `XPENDING key group`: [count, smallest id, greatest id, consumers].
@@ -264,7 +288,8 @@ pub(super) async fn unread_deleted(
 impl RedisBus {
     /// Streams mode: removes the entries every consumer group has read and acknowledged
     /// (`XTRIM MINID` below the slowest group's oldest pending or last delivered entry) and
-    /// returns how many went. Entries some group has not read, or not acked, are never removed.
+    /// returns how many went. First it destroys the groups of unnamed subscriptions whose
+    /// process died (their lease expired), which would otherwise hold trimming back for ever. Entries some group has not read, or not acked, are never removed.
     /// Without any group (no reader could miss anything) it keeps the newest
     /// [`stream_max_len`](super::RedisConfig::stream_max_len) entries. Run automatically every
     /// [`RedisConfig::stream_max_len`](super::RedisConfig::stream_max_len) publishes of this
@@ -277,10 +302,11 @@ impl RedisBus {
         let mut conn = self.inner.conn.clone();
         let key = self.inner.shared.stream_key.clone();
         let max_len = self.inner.shared.config.stream_max_len;
+        let key_prefix = self.inner.shared.config.key_prefix.clone();
         self.command("redis xtrim", async move {
             let mut cmd = redis::cmd("XTRIM");
             cmd.arg(&key);
-            match safe_min_id(&mut conn, &key).await? {
+            match safe_min_id(&mut conn, &key, &key_prefix).await? {
                 // Exact, not `~`: an approximate trim removes at most 10 nodes' worth per call.
                 Some(min) => cmd.arg("MINID").arg(min.to_string()),
                 // No group, so no reader that could miss anything: keep the newest entries.

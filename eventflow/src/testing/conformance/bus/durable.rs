@@ -1,6 +1,7 @@
-//! Durable subscriptions: a subscriber that starts later gets what was published meanwhile
-//! (capability `persistent`), and subscribers sharing a durable name share the work
-//! (capability `competing_consumers`). Both need several buses for one [`Scope`].
+//! Durable subscriptions: a named subscriber that starts later gets what was published
+//! meanwhile while an unnamed one resumes nothing (capability `persistent`), and subscribers
+//! sharing a name share the work while unnamed ones each get every event (capability
+//! `competing_consumers`). They need several buses for one [`Scope`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -40,8 +41,9 @@ pub async fn different_names_each_get_every_event(bus: &dyn EventBus) {
         .await;
     drop(subs);
 }
-use crate::bus::{EventBus, SubscriptionOptions};
+use crate::bus::{EventBus, Handler, SubscriptionOptions};
 use crate::event::Event;
+use crate::handler::Subscription;
 use crate::testing::conformance::Scope;
 
 async fn close(bus: &dyn EventBus, promise: &str) {
@@ -50,8 +52,30 @@ async fn close(bus: &dyn EventBus, promise: &str) {
     }
 }
 
-/// Capability `persistent`: a subscriber on a bus closed and made again for the same scope
-/// (a restarted process) resumes after the events its predecessor handled: it gets the events
+/// The name of [`durable_subscriber_resumes`]'s subscriber.
+const DURABLE_NAME: &str = "kit-durable";
+
+async fn subscribe_named(
+    bus: &dyn EventBus,
+    pattern: &str,
+    name: &str,
+    handler: Arc<dyn Handler>,
+    promise: &str,
+) -> Subscription {
+    match bus
+        .subscribe_with(&[pattern], SubscriptionOptions::named(name), handler)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => fail(
+            promise,
+            format!("subscribe({pattern:?}) as {name} failed: {e}"),
+        ),
+    }
+}
+
+/// Capability `persistent`: a named subscriber on a bus closed and made again for the same
+/// scope (a restarted process) resumes after the events its predecessor handled: it gets the events
 /// published while no subscriber ran, then live ones, and not the ones already handled.
 pub async fn durable_subscriber_resumes<F, Fut>(make_bus: &F)
 where
@@ -63,7 +87,14 @@ where
 
     let first = make_bus(scope.clone()).await;
     let handled = Collector::new();
-    let sub = subscribe(&*first, "durable.*", handled.handler(), promise).await;
+    let sub = subscribe_named(
+        &*first,
+        "durable.*",
+        DURABLE_NAME,
+        handled.handler(),
+        promise,
+    )
+    .await;
     let before: Vec<Uuid> = {
         let mut ids = Vec::new();
         for i in 0..5 {
@@ -89,7 +120,14 @@ where
 
     let restarted = make_bus(scope.clone()).await;
     let resumed = Collector::new();
-    let _sub = subscribe(&*restarted, "durable.*", resumed.handler(), promise).await;
+    let _sub = subscribe_named(
+        &*restarted,
+        "durable.*",
+        DURABLE_NAME,
+        resumed.handler(),
+        promise,
+    )
+    .await;
     resumed.wait_for(&expected, promise).await;
     let live = publish(&*publisher, numbered("durable.event", 0, 10), promise).await;
     expected.push(live);
@@ -118,17 +156,102 @@ where
     close(&*publisher, promise).await;
 }
 
-/// Capability `competing_consumers`: two buses made for the same scope (two processes) that
-/// subscribe the same pattern share its events: together they handle every event, and no event
-/// goes to both.
-pub async fn competing_consumers_share_work<F, Fut>(make_bus: &F)
+/// Capability `competing_consumers`: two buses made for the same scope (two services on one
+/// configuration) whose subscriptions to one pattern have no name each get every event: an
+/// unnamed subscription has no identity to share.
+pub async fn unnamed_subscribers_each_get_every_event<F, Fut>(make_bus: &F)
 where
     F: Fn(Scope) -> Fut,
     Fut: Future<Output = Arc<dyn EventBus>>,
 {
-    let promise = "subscribers sharing a durable name share the events, each to one of them";
-    let scope = Scope::new("competing_consumers_share_work");
-    share_work(make_bus, scope, None, promise).await;
+    let promise = "unnamed subscribers on two buses of one configuration each get every event";
+    let scope = Scope::new("unnamed_subscribers_each_get_every_event");
+    let (a, b) = (make_bus(scope.clone()).await, make_bus(scope).await);
+    let (seen_a, seen_b) = (Collector::new(), Collector::new());
+    let _sub_a = subscribe(&*a, "unnamed.*", seen_a.handler(), promise).await;
+    let _sub_b = subscribe(&*b, "unnamed.*", seen_b.handler(), promise).await;
+    let events: Vec<Event> = (0..40).map(|i| numbered("unnamed.item", 0, i)).collect();
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    if let Err(e) = a.publish_batch(events).await {
+        fail(promise, format!("publish_batch failed: {e}"));
+    }
+    seen_a
+        .expect_exactly(&ids, &format!("{promise} (first bus)"))
+        .await;
+    seen_b
+        .expect_exactly(&ids, &format!("{promise} (second bus)"))
+        .await;
+    close(&*a, promise).await;
+    close(&*b, promise).await;
+}
+
+/// Capability `persistent`: only named subscriptions resume. Two unnamed subscriptions to one
+/// pattern each get every event; once both are gone, unnamed subscriptions made again (on the
+/// same bus, and on a bus made again for the same scope, as after a restart), in the opposite
+/// order, get only events published after they subscribed: nothing of what was published
+/// while none ran, and neither takes over the other's position.
+pub async fn unnamed_subscriptions_do_not_resume<F, Fut>(make_bus: &F)
+where
+    F: Fn(Scope) -> Fut,
+    Fut: Future<Output = Arc<dyn EventBus>>,
+{
+    let promise = "an unnamed subscription starts at new events and resumes nothing";
+    let scope = Scope::new("unnamed_subscriptions_do_not_resume");
+    let bus = make_bus(scope.clone()).await;
+    let (first, second) = (Collector::new(), Collector::new());
+    let sub_first = subscribe(&*bus, "fresh.*", first.handler(), promise).await;
+    let sub_second = subscribe(&*bus, "fresh.*", second.handler(), promise).await;
+    let mut both = Vec::new();
+    for i in 0..5 {
+        both.push(publish(&*bus, numbered("fresh.event", 0, i), promise).await);
+    }
+    first
+        .expect_exactly(&both, &format!("{promise} (first)"))
+        .await;
+    second
+        .expect_exactly(&both, &format!("{promise} (second)"))
+        .await;
+    // The first stops; the second goes on alone, so the two positions differ.
+    drop(sub_first);
+    for i in 5..8 {
+        publish(&*bus, numbered("fresh.event", 0, i), promise).await;
+    }
+    drop(sub_second);
+    for i in 8..10 {
+        publish(&*bus, numbered("fresh.event", 0, i), promise).await;
+    }
+    // Made again in the opposite order, on the same bus.
+    let (again_second, again_first) = (Collector::new(), Collector::new());
+    let _s = subscribe(&*bus, "fresh.*", again_second.handler(), promise).await;
+    let _f = subscribe(&*bus, "fresh.*", again_first.handler(), promise).await;
+    let marker = publish(&*bus, numbered("fresh.marker", 0, 0), promise).await;
+    let detail = "(made again on the same bus; anything before the marker was published before it subscribed)";
+    again_second
+        .expect_exactly(&[marker], &format!("{promise} {detail}"))
+        .await;
+    again_first
+        .expect_exactly(&[marker], &format!("{promise} {detail}"))
+        .await;
+    drop((_s, _f));
+    for i in 10..12 {
+        publish(&*bus, numbered("fresh.event", 0, i), promise).await;
+    }
+    close(&*bus, promise).await;
+
+    // A restarted process, subscribing in the opposite order.
+    let restarted = make_bus(scope).await;
+    let (third, fourth) = (Collector::new(), Collector::new());
+    let _t = subscribe(&*restarted, "fresh.*", third.handler(), promise).await;
+    let _u = subscribe(&*restarted, "fresh.*", fourth.handler(), promise).await;
+    let marker = publish(&*restarted, numbered("fresh.marker", 0, 1), promise).await;
+    let detail = "(made again on a restarted bus)";
+    third
+        .expect_exactly(&[marker], &format!("{promise} {detail}"))
+        .await;
+    fourth
+        .expect_exactly(&[marker], &format!("{promise} {detail}"))
+        .await;
+    close(&*restarted, promise).await;
 }
 
 /// Capability `competing_consumers`: two buses made for the same scope (two processes) whose
@@ -141,21 +264,18 @@ where
 {
     let promise = "subscriptions with the same name share the events, each to one of them";
     let scope = Scope::new("same_name_shares_work");
-    share_work(make_bus, scope, Some("kit-shared"), promise).await;
+    share_work(make_bus, scope, "kit-shared", promise).await;
 }
 
-/// Two subscribers of `work.*`, on two buses of `scope`, named `name` (or unnamed).
-async fn share_work<F, Fut>(make_bus: &F, scope: Scope, name: Option<&str>, promise: &str)
+/// Two subscribers of `work.*`, on two buses of `scope`, named `name`.
+async fn share_work<F, Fut>(make_bus: &F, scope: Scope, name: &str, promise: &str)
 where
     F: Fn(Scope) -> Fut,
     Fut: Future<Output = Arc<dyn EventBus>>,
 {
     let (a, b) = (make_bus(scope.clone()).await, make_bus(scope).await);
     let (seen_a, seen_b) = (Collector::new(), Collector::new());
-    let options = match name {
-        Some(name) => SubscriptionOptions::named(name),
-        None => SubscriptionOptions::new(),
-    };
+    let options = SubscriptionOptions::named(name);
     let mut subs = Vec::new();
     for (bus, seen) in [(&a, &seen_a), (&b, &seen_b)] {
         match bus

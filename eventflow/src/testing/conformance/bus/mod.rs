@@ -69,8 +69,8 @@ pub use delivery::{
     pattern_one_token, subscribe_effective_on_return, unsubscribe_stops_delivery,
 };
 pub use durable::{
-    competing_consumers_share_work, different_names_each_get_every_event,
-    durable_subscriber_resumes, same_name_shares_work,
+    different_names_each_get_every_event, durable_subscriber_resumes, same_name_shares_work,
+    unnamed_subscribers_each_get_every_event, unnamed_subscriptions_do_not_resume,
 };
 pub use errors::{
     closed_bus_rejects, handler_error_isolated, handler_failures_reported, handler_panic_isolated,
@@ -109,13 +109,16 @@ pub struct Capabilities {
     /// reported as `DeadLettered`, while later events keep flowing; the factory's buses must be
     /// configured with this maximum. Check: [`dead_letter_after_max_deliveries`].
     pub dead_letters: Option<u32>,
-    /// Subscriptions are durable: a subscriber that starts (on a bus made again for the same
-    /// scope, as after a restart) after events were published still gets them, and resumes
-    /// after what its predecessor handled. Check: [`durable_subscriber_resumes`].
+    /// Named subscriptions are durable: a named subscriber that starts (on a bus made again
+    /// for the same scope, as after a restart) after events were published still gets them,
+    /// and resumes after what its predecessor handled. Unnamed ones are not: they start at new
+    /// events and resume nothing, whatever the order they are made in. Checks:
+    /// [`durable_subscriber_resumes`], [`unnamed_subscriptions_do_not_resume`].
     pub persistent: bool,
-    /// Subscribers on different buses of the same scope that subscribe the same pattern (unnamed,
-    /// or with the same name) share its events (each event goes to one of them). Checks:
-    /// [`competing_consumers_share_work`], [`same_name_shares_work`].
+    /// Subscribers on different buses of the same scope that subscribe the same pattern with
+    /// the same name share its events (each event goes to one of them); unnamed ones each get
+    /// every event. Checks: [`same_name_shares_work`],
+    /// [`unnamed_subscribers_each_get_every_event`].
     pub competing_consumers: bool,
 }
 
@@ -234,18 +237,24 @@ where
     );
     if caps.persistent {
         durable_subscriber_resumes(&make_bus).await;
+        unnamed_subscriptions_do_not_resume(&make_bus).await;
     }
     report.record(
         "durable_subscriber_resumes",
         Some("persistent"),
         caps.persistent,
     );
+    report.record(
+        "unnamed_subscriptions_do_not_resume",
+        Some("persistent"),
+        caps.persistent,
+    );
     if caps.competing_consumers {
-        competing_consumers_share_work(&make_bus).await;
+        unnamed_subscribers_each_get_every_event(&make_bus).await;
         same_name_shares_work(&make_bus).await;
     }
     report.record(
-        "competing_consumers_share_work",
+        "unnamed_subscribers_each_get_every_event",
         Some("competing_consumers"),
         caps.competing_consumers,
     );

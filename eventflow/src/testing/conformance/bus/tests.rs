@@ -398,7 +398,27 @@ async fn catches_subscribers_that_do_not_compete() {
             .clone();
         async move { bus as Arc<dyn EventBus> }
     };
-    competing_consumers_share_work(&make).await;
+    same_name_shares_work(&make).await;
+}
+
+#[tokio::test]
+async fn unnamed_subscriber_checks_pass_on_the_reference_bus() {
+    // Two "services" of a scope share one in-memory bus: unnamed subscribers each see all.
+    let buses: Mutex<HashMap<Scope, Arc<InMemoryBus>>> = Mutex::default();
+    let shared = |scope: Scope| {
+        let bus = buses
+            .lock()
+            .unwrap()
+            .entry(scope)
+            .or_insert_with(|| Arc::new(InMemoryBus::new()))
+            .clone();
+        async move { bus as Arc<dyn EventBus> }
+    };
+    unnamed_subscribers_each_get_every_event(&shared).await;
+    unnamed_subscriptions_do_not_resume(&|_scope| async {
+        Arc::new(InMemoryBus::new()) as Arc<dyn EventBus>
+    })
+    .await;
 }
 
 #[tokio::test]
