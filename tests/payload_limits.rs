@@ -14,8 +14,9 @@ use eventflow::bus::nats::{NatsBus, NatsConfig};
 use eventflow::bus::redis::{RedisBus, RedisConfig};
 use eventflow::bus::{EventBus, HandlerResult};
 use eventflow::event::{MAX_PAYLOAD_DEPTH, dismantle, payload_depth};
-use eventflow::postgres::PostgresEventStore;
+use eventflow::postgres::{PostgresEventStore, UNDECODABLE_SOURCE};
 use eventflow::store::memory::InMemoryEventStore;
+use eventflow::store::{DeadLetterStore, ParkedEvent};
 use eventflow::testing::RecordingBus;
 use eventflow::{
     Error, Event, EventCriteria, EventStore, EventStoreExt, ExpectedVersion, InMemoryBus,
@@ -298,14 +299,19 @@ async fn a_too_deep_row_written_by_another_tool_stops_no_reader() {
     // Two rows no writer of eventflow accepts and serde_json cannot parse: a payload 200
     // levels deep, and metadata 10,000 levels deep (about as deep as PostgreSQL's own parser
     // goes). Decoding them into values would also make them dangerous to drop.
-    let bad = pg.insert_raw("s", 2, &brackets(200), "{}").await;
-    pg.insert_raw(
-        "s",
-        3,
-        "{}",
-        &format!(r#"{{"custom":{{"k":{}}}}}"#, brackets(10_000)),
-    )
-    .await;
+    let bad_payload = brackets(200);
+    let bad_metadata = format!(r#"{{"custom":{{"k":{}}}}}"#, brackets(10_000));
+    let bad = pg.insert_raw("s", 2, &bad_payload, "{}").await;
+    let bad_meta = pg.insert_raw("s", 3, "{}", &bad_metadata).await;
+    // Several readers meet the rows at once: each row is parked once all the same.
+    let reads = futures_util::future::join_all((0..4).map(|_| store.read_all(0, 100))).await;
+    for read in reads {
+        assert_eq!(
+            read.unwrap().len(),
+            1,
+            "only the first event decodes so far"
+        );
+    }
     let after = store
         .append("s", ExpectedVersion::Any, ev("ok.after", 2))
         .await
@@ -364,6 +370,76 @@ async fn a_too_deep_row_written_by_another_tool_stops_no_reader() {
     eventually("the relay past the bad rows", || bus.len() >= 3).await;
     assert_eq!(ids(&bus.events()), [first.id, after.id, live.id]);
     drop(relayed);
+
+    // Each row was parked exactly once, with its reason and its stored text, whole.
+    let dead_letters = store.dead_letters();
+    let parked = dead_letters.list(UNDECODABLE_SOURCE, 10).await.unwrap();
+    assert_eq!(UNDECODABLE_SOURCE, "store:undecodable");
+    let parked_ids: Vec<Uuid> = parked.iter().map(|p| p.event.id).collect();
+    assert_eq!(
+        parked_ids,
+        [bad, bad_meta],
+        "each bad row parked once, in order"
+    );
+    let stored_text = |p: &ParkedEvent, key: &str| {
+        // PostgreSQL prints jsonb with a space after `:` and `,`; the texts here hold neither
+        // inside strings.
+        p.event.payload[key].as_str().unwrap().replace(' ', "")
+    };
+    let (payload_row, metadata_row) = (&parked[0], &parked[1]);
+    assert_eq!(
+        payload_row.reason,
+        "undecodable: the stored payload cannot be decoded"
+    );
+    assert!(
+        payload_row.error.contains("recursion limit"),
+        "{}",
+        payload_row.error
+    );
+    assert_eq!(stored_text(payload_row, "undecodable_payload"), bad_payload);
+    assert_eq!(stored_text(payload_row, "undecodable_metadata"), "{}");
+    assert_eq!(
+        (
+            payload_row.event.event_type.as_str(),
+            payload_row.event.stream_id.as_deref(),
+            payload_row.event.stream_version,
+            payload_row.attempts,
+        ),
+        ("deep.event", Some("s"), Some(2), 1)
+    );
+    assert!(payload_row.event.position.unwrap() > first.position.unwrap());
+    assert_eq!(
+        metadata_row.reason,
+        "undecodable: the stored metadata cannot be decoded"
+    );
+    assert_eq!(stored_text(metadata_row, "undecodable_payload"), "{}");
+    assert_eq!(
+        stored_text(metadata_row, "undecodable_metadata"),
+        bad_metadata
+    );
+    assert_eq!(metadata_row.event.stream_version, Some(3));
+
+    // Another store over the same schema (another process) reads on and parks nothing more;
+    // a row whose dead letter was dealt with is not parked again either.
+    assert!(dead_letters.discard(payload_row.id).await.unwrap());
+    let other = PostgresEventStore::builder(pg.pool.clone())
+        .schema(&pg.schema)
+        .build()
+        .unwrap();
+    assert_eq!(
+        ids(&other.read_all(0, 100).await.unwrap()),
+        [first.id, after.id, live.id]
+    );
+    assert_eq!(ids(&other.load_stream("s", 1).await.unwrap()).len(), 3);
+    assert_eq!(ids(&store.read_all(0, 100).await.unwrap()).len(), 3);
+    assert_eq!(dead_letters.count(UNDECODABLE_SOURCE).await.unwrap(), 1);
+    assert_eq!(
+        dead_letters.list(UNDECODABLE_SOURCE, 10).await.unwrap()[0]
+            .event
+            .id,
+        bad_meta
+    );
+    drop(other);
     pg.cleanup().await;
 }
 

@@ -4,7 +4,7 @@
 use sqlx::{PgConnection, Postgres};
 
 use super::error::{map_sqlx, unique_violation};
-use super::rows::{Columns, EventRow, events as row_events, to_i64};
+use super::rows::{Columns, EventRow, to_i64};
 use super::sql::{MAX_EVENTS_PER_TX, Sql};
 use super::store::PostgresEventStore;
 use crate::error::{Error, Result};
@@ -102,7 +102,10 @@ impl PostgresEventStore {
                 stream: bad.stream_id.clone(),
             });
         }
-        let stored = row_events(stored);
+        let stored: Vec<Event> = stored
+            .into_iter()
+            .filter_map(|row| row.event.ok())
+            .collect();
         if let Some(first) = stored.first() {
             let all_here = stored.len() == columns.ids.len()
                 && stored

@@ -63,7 +63,7 @@ impl PostgresDeadLetterStore {
 }
 
 /// Text columns cannot hold NUL; an error message that carries one must still be parked.
-fn text(value: &str) -> String {
+pub(super) fn text(value: &str) -> String {
     value.replace('\0', "\u{fffd}")
 }
 

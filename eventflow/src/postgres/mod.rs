@@ -97,6 +97,7 @@ mod snapshot;
 mod sql;
 mod store;
 mod subscribe;
+mod undecodable;
 
 #[cfg(test)]
 mod tests;
@@ -128,3 +129,4 @@ pub use saga::PostgresSagaStore;
 pub use schema::DEFAULT_SCHEMA;
 pub use snapshot::PostgresSnapshotStore;
 pub use store::{PostgresEventStore, PostgresEventStoreBuilder};
+pub use undecodable::UNDECODABLE_SOURCE;

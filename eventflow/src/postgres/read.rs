@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sqlx::{Postgres, QueryBuilder};
 
-use super::rows::{EventRow, events as row_events, to_i64};
+use super::rows::{EventRow, to_i64};
 use super::sql;
 use super::store::PostgresEventStore;
 use crate::error::Result;
@@ -39,7 +39,7 @@ impl PostgresEventStore {
     /// One page of the global order: its events, `(top, head)` of its snapshot when it was not
     /// empty, the position of its last row, and whether the page was full.
     ///
-    /// Rows that cannot be decoded are reported and skipped (see `rows::events`); a page of
+    /// Rows that cannot be decoded are parked and skipped (see `undecodable.rs`); a page of
     /// nothing but such rows is read past, so a reader never stops in front of one.
     async fn read_all_once(
         &self,
@@ -56,7 +56,7 @@ impl PostgresEventStore {
             let top_head = rows.first().and_then(|r| r.top_head);
             let last = rows.last().map_or(after, |r| r.position);
             let full = rows.len() as i64 >= limit;
-            let events = row_events(rows);
+            let events = self.decoded(rows).await;
             if events.is_empty() && last > after && full {
                 after = last;
                 continue;
@@ -81,7 +81,7 @@ impl PostgresEventStore {
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| self.map(e))?;
-        Ok(row_events(rows))
+        Ok(self.decoded(rows).await)
     }
 
     /// [`EventStore::stream_version`](crate::store::EventStore::stream_version).
@@ -155,7 +155,7 @@ impl PostgresEventStore {
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| self.map(e))?;
-        Ok(row_events(rows))
+        Ok(self.decoded(rows).await)
     }
 
     /// [`EventStore::read_all`](crate::store::EventStore::read_all).

@@ -83,7 +83,7 @@ impl Columns {
 /// columns (see `sql::READ_ALL`).
 pub(crate) struct EventRow {
     /// The event, or why its payload or metadata could not be decoded.
-    pub(crate) event: std::result::Result<Event, Undecodable>,
+    pub(crate) event: std::result::Result<Event, Box<Undecodable>>,
     /// Its global position.
     pub(crate) position: i64,
     /// `(top, head)` when the query selected them.
@@ -95,12 +95,22 @@ pub(crate) struct EventRow {
 /// [`MAX_PAYLOAD_DEPTH`](crate::event::MAX_PAYLOAD_DEPTH)), or otherwise not what an envelope
 /// holds. Written before the limit existed or by another tool. It is never turned into a
 /// `serde_json::Value`: one thousands of levels deep would overflow the stack when dropped.
+/// Everything else of the row is kept, to park it (see `undecodable.rs`).
 pub(crate) struct Undecodable {
     pub(crate) id: Uuid,
     pub(crate) stream_id: String,
-    stream_version: i64,
-    event_type: String,
-    error: sqlx::Error,
+    pub(crate) stream_version: i64,
+    pub(crate) event_type: String,
+    pub(crate) schema_version: i32,
+    /// The metadata, when only the payload is undecodable.
+    pub(crate) metadata: Option<Metadata>,
+    pub(crate) correlation_id: Option<String>,
+    pub(crate) causation_id: Option<String>,
+    pub(crate) source: Option<String>,
+    pub(crate) occurred_at: DateTime<Utc>,
+    /// Which column failed: `"payload"` or `"metadata"`.
+    pub(crate) column: &'static str,
+    pub(crate) error: sqlx::Error,
 }
 
 impl<'r> sqlx::FromRow<'r, PgRow> for EventRow {
@@ -116,22 +126,34 @@ impl<'r> sqlx::FromRow<'r, PgRow> for EventRow {
             None
         };
         // serde_json fails fast at its recursion limit, before building anything deeper, so
-        // trying is safe at any depth.
-        let json = row
-            .try_get::<Value, _>(6)
-            .and_then(|payload| Ok((payload, row.try_get::<Json<Metadata>, _>(7)?.0)));
-        let (payload, metadata) = match json {
-            Ok(json) => json,
-            Err(error) => {
+        // trying is safe at any depth. Both columns are tried, so a parked row keeps whichever
+        // decodes.
+        let payload = row.try_get::<Value, _>(6);
+        let metadata = row.try_get::<Json<Metadata>, _>(7).map(|m| m.0);
+        let (payload, metadata) = match (payload, metadata) {
+            (Ok(payload), Ok(metadata)) => (payload, metadata),
+            (payload, metadata) => {
+                let (column, error, metadata) = match (payload, metadata) {
+                    (Err(error), metadata) => ("payload", error, metadata.ok()),
+                    (Ok(_), Err(error)) => ("metadata", error, None),
+                    (Ok(_), Ok(_)) => unreachable!("matched above"),
+                };
                 let undecodable = Undecodable {
                     id: row.try_get(1)?,
                     stream_id: row.try_get(2)?,
                     stream_version,
                     event_type: row.try_get(4)?,
+                    schema_version,
+                    metadata,
+                    correlation_id: row.try_get(8)?,
+                    causation_id: row.try_get(9)?,
+                    source: row.try_get(10)?,
+                    occurred_at: row.try_get(11)?,
+                    column,
                     error,
                 };
                 return Ok(EventRow {
-                    event: Err(undecodable),
+                    event: Err(Box::new(undecodable)),
                     position,
                     top_head,
                 });
@@ -157,28 +179,6 @@ impl<'r> sqlx::FromRow<'r, PgRow> for EventRow {
             top_head,
         })
     }
-}
-
-/// The events of decoded rows. A row that could not be decoded is reported (a `tracing` error
-/// naming its position, id, stream and type) and skipped, so no reader stops on it.
-pub(crate) fn events(rows: Vec<EventRow>) -> Vec<Event> {
-    rows.into_iter()
-        .filter_map(|row| match row.event {
-            Ok(event) => Some(event),
-            Err(bad) => {
-                tracing::error!(
-                    position = row.position,
-                    event_id = %bad.id,
-                    stream_id = %bad.stream_id,
-                    stream_version = bad.stream_version,
-                    event_type = %bad.event_type,
-                    error = &bad.error as &(dyn std::error::Error + 'static),
-                    "postgres store: stored event cannot be decoded; skipping it"
-                );
-                None
-            }
-        })
-        .collect()
 }
 
 /// A `u64` position, version or limit as the `bigint` PostgreSQL stores.

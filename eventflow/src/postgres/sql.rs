@@ -237,6 +237,22 @@ const DEAD_LETTER_TAKE: &str = "DELETE FROM {schema}.dead_letters WHERE id = $1 
 
 const DEAD_LETTER_COUNT: &str = "SELECT count(*) FROM {schema}.dead_letters WHERE source = $1";
 
+/// The stored text of an undecodable row, unless it is parked already (then no row): what
+/// `jsonb` keeps, as PostgreSQL prints it, which serde_json need not parse.
+const UNDECODABLE_TEXT: &str = "SELECT e.payload::text, e.metadata::text, e.tenant_id \
+     FROM {events} e WHERE e.event_id = $1 AND NOT EXISTS \
+     (SELECT 1 FROM {schema}.undecodable_events u WHERE u.event_id = $1)";
+
+/// Parks an undecodable row once (`migrations/0005_undecodable_events.sql`): the marker's
+/// primary key decides, in the same statement, so a second reader, poll or process inserts
+/// neither row; the dead letter's id comes back only when this call parked it.
+const PARK_UNDECODABLE: &str = "WITH marked AS ( \
+        INSERT INTO {schema}.undecodable_events (event_id, position, dead_letter_id) \
+        VALUES ($3, $9, $1) ON CONFLICT DO NOTHING RETURNING event_id) \
+     INSERT INTO {schema}.dead_letters \
+        (id, source, event_id, event, reason, error, attempts, parked_at) \
+     SELECT $1, $2, event_id, $4, $5, $6, $7, $8 FROM marked RETURNING id";
+
 /// The backend's statements with the table names of one schema filled in.
 #[derive(Clone)]
 pub(crate) struct Sql {
@@ -274,6 +290,8 @@ pub(crate) struct Sql {
     pub(crate) dead_letter_list: String,
     pub(crate) dead_letter_take: String,
     pub(crate) dead_letter_count: String,
+    pub(crate) undecodable_text: String,
+    pub(crate) park_undecodable: String,
 }
 
 impl std::fmt::Debug for Sql {
@@ -332,6 +350,8 @@ impl Sql {
             dead_letter_list: fill(DEAD_LETTER_LIST),
             dead_letter_take: fill(DEAD_LETTER_TAKE),
             dead_letter_count: fill(DEAD_LETTER_COUNT),
+            undecodable_text: fill(UNDECODABLE_TEXT),
+            park_undecodable: fill(PARK_UNDECODABLE),
             schema,
         }
     }
@@ -393,6 +413,8 @@ mod tests {
             &sql.dead_letter_list,
             &sql.dead_letter_take,
             &sql.dead_letter_count,
+            &sql.undecodable_text,
+            &sql.park_undecodable,
         ] {
             assert!(!text.contains('{'), "unfilled template: {text}");
             assert!(text.contains("\"s1\""), "schema missing: {text}");
