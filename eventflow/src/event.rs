@@ -29,8 +29,9 @@
 //! value of unknown depth by reference instead.
 //!
 //! Stored rows that break these limits (written by an older version or another tool) are not
-//! decoded by readers: a PostgreSQL reader reports such a row (`tracing` error with its position
-//! and id) and skips it, so global readers go on past it.
+//! decoded by readers: a PostgreSQL reader reports and parks such a row (once, in the store's
+//! dead letters under the source `store:undecodable`, with its stored text) and skips it, so
+//! global readers go on past it.
 
 use std::borrow::Cow;
 

@@ -27,7 +27,7 @@
 //! # Tables
 //! The migrations in the workspace's `migrations/` folder (sqlx format, embedded in the library
 //! through the `eventflow/migrations` link, so the published crate carries them) create
-//! `events`, `snapshots`, `checkpoints`, the `saga_*` tables and `dead_letters` in one schema, `eventflow` unless
+//! `events`, `snapshots`, `checkpoints`, the `saga_*` tables, `dead_letters` and `undecodable_events` in one schema, `eventflow` unless
 //! [`PostgresEventStoreBuilder::schema`] names another. [`PostgresEventStore::migrate`] applies
 //! them; nothing else changes the schema.
 //!
@@ -71,6 +71,13 @@
 //! [`poll_interval`](PostgresEventStoreBuilder::poll_interval) should a notification be lost.
 //! Following uses one pooled connection for `LISTEN` while the store lives.
 //!
+//! # Rows no reader can decode
+//! A stored row whose payload or metadata serde_json cannot parse (nested past 127 levels,
+//! written by an older version or another tool) never stops a reader: `read_all`,
+//! `load_stream`, `load`, subscriptions and the relay skip it, and the first to meet it parks
+//! it, once, in [`dead_letters`](PostgresEventStore::dead_letters) under
+//! [`UNDECODABLE_SOURCE`], with its stored text (the shape is documented there).
+//!
 //! # Store to bus
 //! [`with_bus`](crate::relay::WithBus::with_bus) runs a [`Relay`](crate::Relay) (transactional
 //! outbox) with its checkpoint in this schema: every committed event reaches the bus at least
@@ -79,7 +86,8 @@
 //! # Code map
 //! `store.rs` (construction, the `EventStore` impl), `append.rs`, `read.rs`, `subscribe.rs`
 //! (the relay too) by concern; `signal.rs` (`LISTEN`/`NOTIFY`), `rows.rs` (row codecs),
-//! `checkpoint.rs`, `snapshot.rs`, `dead_letter.rs`, `projection.rs`, `saga.rs`; `connect.rs` (pools,
+//! `undecodable.rs` (parking rows no reader can decode), `checkpoint.rs`, `snapshot.rs`,
+//! `dead_letter.rs`, `projection.rs`, `saga.rs`; `connect.rs` (pools,
 //! migrations), `sql.rs`, `schema.rs`, `error.rs`. Nothing outside this module imports sqlx.
 
 mod append;

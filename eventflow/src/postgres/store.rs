@@ -175,7 +175,8 @@ impl PostgresEventStore {
     }
 
     /// A dead-letter store over the same pool and schema (where a relay attached with
-    /// [`with_bus`](crate::relay::WithBus::with_bus) parks events the bus will never take).
+    /// [`with_bus`](crate::relay::WithBus::with_bus) parks events the bus will never take, and
+    /// readers park stored rows they cannot decode, under [`UNDECODABLE_SOURCE`](super::UNDECODABLE_SOURCE)).
     pub fn dead_letters(&self) -> super::PostgresDeadLetterStore {
         super::PostgresDeadLetterStore::from_parts(self.inner.pool.clone(), self.inner.sql.clone())
     }

@@ -3,20 +3,7 @@
 //! first one to meet a row parks it in the store's `dead_letters` table under
 //! [`UNDECODABLE_SOURCE`], once per row, logging it once.
 //!
-//! The parked [`Event`] keeps everything of the row that decodes (id, type, schema version,
-//! stream id and version, position, timestamp, correlation, causation and source, and the
-//! metadata when only the payload is undecodable; otherwise metadata holding only the row's
-//! `tenant_id`) and replaces the payload with the stored text of both JSON columns, as JSON
-//! strings, so nothing is lost and nothing deep is ever parsed:
-//!
-//! ```json
-//! { "undecodable_payload": "<payload as stored>", "undecodable_metadata": "<metadata as stored>" }
-//! ```
-//!
-//! An operator lists them with `store.dead_letters().list(UNDECODABLE_SOURCE, n)`, fixes the
-//! text and appends a corrected event (with a new id: the row keeps its own), then discards the
-//! dead letter. The row itself stays in the append-only `events` table, marked in
-//! `undecodable_events`, so it is never parked again, even after its dead letter is gone.
+//! What a parked row looks like and how to repair it: see [`UNDECODABLE_SOURCE`].
 
 use serde_json::json;
 use uuid::Uuid;
@@ -29,7 +16,24 @@ use crate::event::{Event, Metadata};
 use crate::store::dead_letter::ParkedEvent;
 
 /// The dead-letter source under which PostgreSQL readers park stored rows they cannot decode
-/// (see [`PostgresEventStore::dead_letters`]).
+/// (see [`PostgresEventStore::dead_letters`]), once per row, with the reason
+/// `undecodable: the stored payload cannot be decoded` (or `metadata`), serde_json's error
+/// and one attempt.
+///
+/// The parked [`Event`] keeps what the row holds besides its JSON (id, type, schema version,
+/// stream id and version, position, timestamp, correlation, causation and source, and the
+/// metadata when only the payload is undecodable, else metadata with only the row's
+/// `tenant_id`); its payload holds the stored text of both JSON columns as JSON strings, as
+/// PostgreSQL prints `jsonb`, so nothing is lost and nothing deep is ever parsed:
+///
+/// ```json
+/// { "undecodable_payload": "<payload as stored>", "undecodable_metadata": "<metadata as stored>" }
+/// ```
+///
+/// To repair one: list it (`store.dead_letters().list(UNDECODABLE_SOURCE, n)`), fix the
+/// text, append a corrected event with a new id (the row keeps its own), and discard the dead
+/// letter. The row stays in the append-only `events` table, marked in `undecodable_events`, so
+/// it is never parked again.
 pub const UNDECODABLE_SOURCE: &str = "store:undecodable";
 
 impl PostgresEventStore {

@@ -30,7 +30,8 @@ pub struct ParkedEvent {
     /// consumers).
     pub id: Uuid,
     /// Who gave up on it: the relay's name, `saga:<name>` for a saga's outbox,
-    /// `saga:<name>:deadlines` for a saga's deadlines that kept failing, the projection's name.
+    /// `saga:<name>:deadlines` for a saga's deadlines that kept failing, the projection's name,
+    /// `store:undecodable` for a stored PostgreSQL row no reader can decode.
     pub source: String,
     /// The event, as it was to be delivered.
     pub event: Event,
