@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::consumer::Info as ConsumerInfo;
 use eventflow::bus::nats::{NatsBus, NatsConfig, NatsStatus};
 use eventflow::bus::{BusError, BusErrorKind, ErrorReceiver, SubscriptionOptions};
 use eventflow::testing::conformance::{self, Scope, bus::Capabilities};
@@ -1026,6 +1027,165 @@ async fn jetstream_max_deliveries_advisory_is_dead_lettered_and_reported() {
     let stored = dlq.get_raw_message(1).await.unwrap();
     assert_eq!(Event::from_json(&stored.payload).unwrap().id, doomed.id);
     survivor.close().await.unwrap();
+}
+
+/// The helper test the child process runs for
+/// [`jetstream_poison_killed_between_dead_letter_and_term_keeps_the_dead_letter`].
+const POISON_CHILD: &str = "poison_subscriber_child_process";
+/// The durable subscription's name (its consumer), in the child and in the parent.
+const POISON_NAME: &str = "poison-service";
+/// The library's test-only fail point between the dead letter's PubAck and the Term.
+const AFTER_DEAD_LETTER: &str = "jetstream.after_dead_letter";
+
+/// A JetStream configuration for the poison test: two deliveries, then a dead letter.
+fn poison_config(mut config: NatsConfig, dead_letters: String) -> NatsConfig {
+    config.max_deliver = 2;
+    config.dead_letter_subject = Some(dead_letters);
+    config
+}
+
+/// A handler that never digests anything, counting its calls.
+fn always_fails(calls: Arc<AtomicUsize>) -> Arc<dyn eventflow::Handler> {
+    Arc::new(sync_handler(move |_e: &Event| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Err("cannot digest".into())
+    }))
+}
+
+#[tokio::test]
+#[ignore = "the child process of jetstream_poison_killed_between_dead_letter_and_term_keeps_the_dead_letter"]
+async fn poison_subscriber_child_process() {
+    let Some(out) = child::child_out() else {
+        return;
+    };
+    let mut config = js_config(&nats_url());
+    config.subject_prefix = std::env::var("EF_POISON_PREFIX").unwrap();
+    config.stream_name = std::env::var("EF_POISON_STREAM").unwrap();
+    let config = poison_config(config, std::env::var("EF_POISON_DLQ").unwrap());
+    let bus = connect(config).await;
+    let _sub = bus
+        .subscribe_with(
+            &["poison.*"],
+            SubscriptionOptions::named(POISON_NAME),
+            always_fails(Arc::new(AtomicUsize::new(0))),
+        )
+        .await
+        .unwrap();
+    child::report(&out, child::READY);
+    tokio::time::sleep(child::CHILD_LIFETIME).await;
+}
+
+/// The consumer of `stream` named [`POISON_NAME`], as the server sees it.
+async fn poison_consumer(js: &async_nats::jetstream::Context, stream: &str) -> ConsumerInfo {
+    let stream = js.get_stream(stream).await.unwrap();
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(POISON_NAME).await.unwrap();
+    consumer.info().await.unwrap().clone()
+}
+
+/// A poison message whose process is killed (SIGKILL) after its dead letter was stored and
+/// before the Term: the dead letter exists, with the event and its failure; the original was
+/// never terminated; a new subscriber of the same name dead-letters it again (stored once,
+/// `Nats-Msg-Id` dedup), reports it, and nothing is left pending.
+///
+/// The child stops at the library's `jetstream.after_dead_letter` fail point (feature
+/// `testing`, variable `EVENTFLOW_FAILPOINT`), which it announces on stderr.
+#[tokio::test]
+async fn jetstream_poison_killed_between_dead_letter_and_term_keeps_the_dead_letter() {
+    let url = nats_url();
+    let dead_letters = unique("dlq");
+    let config = poison_config(js_config(&url), dead_letters.clone());
+    let _guard = StreamGuard::new(&config);
+    let _dlq_guard = StreamGuard {
+        url: url.clone(),
+        stream: format!("{}-DLQ", config.stream_name),
+    };
+    let stream = config.stream_name.clone();
+    // Connected before the child runs, so that it takes over at once.
+    let takeover = connect(config.clone()).await;
+    let mut errors = takeover.errors();
+    let js = async_nats::jetstream::new(raw_client(&url).await);
+    let dlq_name = js.stream_by_subject(dead_letters.clone()).await.unwrap();
+
+    let mut child = ChildProcess::spawn(
+        POISON_CHILD,
+        &[
+            ("EF_POISON_PREFIX", config.subject_prefix.clone()),
+            ("EF_POISON_STREAM", stream.clone()),
+            ("EF_POISON_DLQ", dead_letters.clone()),
+            ("EVENTFLOW_FAILPOINT", AFTER_DEAD_LETTER.to_owned()),
+        ],
+    );
+    child.wait_ready(WAIT).await;
+    let poison = event("poison.pill", 0);
+    takeover.publish(poison.clone()).await.unwrap();
+    child
+        .wait_stderr(&format!("fail point {AFTER_DEAD_LETTER} reached"), WAIT)
+        .await;
+    child.kill();
+
+    // The dead letter is stored, with the event and why it was given up on.
+    let mut dlq = js.get_stream(&dlq_name).await.unwrap();
+    assert_eq!(
+        dlq.info().await.unwrap().state.messages,
+        1,
+        "the dead letter"
+    );
+    let stored = dlq.get_raw_message(1).await.unwrap();
+    assert_eq!(Event::from_json(&stored.payload).unwrap().id, poison.id);
+    let header = |name: &str| {
+        stored
+            .headers
+            .get(name)
+            .unwrap_or_else(|| panic!("the dead letter has no {name} header"))
+            .as_str()
+            .to_owned()
+    };
+    assert!(header("Eventflow-Error").contains("cannot digest"));
+    assert_eq!(header("Eventflow-Deliveries"), "2");
+    assert_eq!(header("Eventflow-Consumer"), POISON_NAME);
+    assert_eq!(header("Eventflow-Stream-Sequence"), "1");
+    assert_eq!(header("Nats-Msg-Id"), format!("{POISON_NAME}:1"));
+    // The original was delivered twice and never terminated: still pending, nothing acked.
+    let info = poison_consumer(&js, &stream).await;
+    assert_eq!(info.delivered.stream_sequence, 1, "{info:?}");
+    assert_eq!(info.num_redelivered, 1, "{info:?}");
+    assert_eq!(info.num_ack_pending, 1, "not pending: terminated? {info:?}");
+    assert_eq!(info.ack_floor.stream_sequence, 0, "acknowledged? {info:?}");
+
+    // A new subscriber of the same name takes over: the server gives up on the message (its
+    // deliveries are used up) and says so; the subscriber dead-letters and reports it.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let _sub = takeover
+        .subscribe_with(
+            &["poison.*"],
+            SubscriptionOptions::named(POISON_NAME),
+            always_fails(calls.clone()),
+        )
+        .await
+        .unwrap();
+    let e = wait_error(&mut errors, "DeadLettered", |e| {
+        e.kind == BusErrorKind::DeadLettered
+    })
+    .await;
+    assert_eq!(e.event_id, Some(poison.id), "{e}");
+    // Reported after its PubAck: the second dead letter was a duplicate, stored once.
+    assert_eq!(dlq.info().await.unwrap().state.messages, 1, "a duplicate");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let info = poison_consumer(&js, &stream).await;
+        if info.num_ack_pending == 0 && info.num_pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still pending: {info:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "delivered beyond max_deliver"
+    );
+    takeover.close().await.unwrap();
 }
 
 #[tokio::test]
