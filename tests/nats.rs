@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::consumer::Info as ConsumerInfo;
 use eventflow::bus::nats::{NatsBus, NatsConfig, NatsStatus};
 use eventflow::bus::{BusError, BusErrorKind, ErrorReceiver, SubscriptionOptions};
 use eventflow::testing::conformance::{self, Scope, bus::Capabilities};
@@ -1026,6 +1027,232 @@ async fn jetstream_max_deliveries_advisory_is_dead_lettered_and_reported() {
     let stored = dlq.get_raw_message(1).await.unwrap();
     assert_eq!(Event::from_json(&stored.payload).unwrap().id, doomed.id);
     survivor.close().await.unwrap();
+}
+
+/// The helper test the child process runs for [`kill_between_dead_letter_and_term`].
+const POISON_CHILD: &str = "poison_subscriber_child_process";
+/// The durable subscription's name (its consumer), in the child and in the parent.
+const POISON_NAME: &str = "poison-service";
+/// The library's test-only fail point between the dead letter's PubAck and the Term.
+const AFTER_DEAD_LETTER: &str = "jetstream.after_dead_letter";
+
+/// A JetStream configuration for the poison test: two deliveries, then a dead letter.
+fn poison_config(mut config: NatsConfig, dead_letters: String) -> NatsConfig {
+    config.max_deliver = 2;
+    config.dead_letter_subject = Some(dead_letters);
+    config
+}
+
+/// A handler that never digests anything, counting its calls.
+fn always_fails(calls: Arc<AtomicUsize>) -> Arc<dyn eventflow::Handler> {
+    Arc::new(sync_handler(move |_e: &Event| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Err("cannot digest".into())
+    }))
+}
+
+#[tokio::test]
+#[ignore = "the child process of the jetstream_*_killed_between_dead_letter_and_term_* tests"]
+async fn poison_subscriber_child_process() {
+    let Some(out) = child::child_out() else {
+        return;
+    };
+    let mut config = js_config(&nats_url());
+    config.subject_prefix = std::env::var("EF_POISON_PREFIX").unwrap();
+    config.stream_name = std::env::var("EF_POISON_STREAM").unwrap();
+    let config = poison_config(config, std::env::var("EF_POISON_DLQ").unwrap());
+    let bus = connect(config).await;
+    let _sub = bus
+        .subscribe_with(
+            &["poison.*"],
+            SubscriptionOptions::named(POISON_NAME),
+            always_fails(Arc::new(AtomicUsize::new(0))),
+        )
+        .await
+        .unwrap();
+    child::report(&out, child::READY);
+    tokio::time::sleep(child::CHILD_LIFETIME).await;
+}
+
+/// The consumer of `stream` named [`POISON_NAME`], as the server sees it.
+async fn poison_consumer(js: &async_nats::jetstream::Context, stream: &str) -> ConsumerInfo {
+    let stream = js.get_stream(stream).await.unwrap();
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(POISON_NAME).await.unwrap();
+    consumer.info().await.unwrap().clone()
+}
+
+/// What the poison is in [`kill_between_dead_letter_and_term`].
+#[derive(Clone, Copy, PartialEq)]
+enum Poison {
+    /// An event whose handler always fails: given up on at its last delivery (`max_deliver`),
+    /// so the server never delivers it again; a takeover hears of it by the MaxDeliveries
+    /// advisory.
+    HandlerFails,
+    /// Bytes that are no event: given up on at its first delivery, so the server redelivers
+    /// it to a takeover after `ack_wait`, which dead-letters and terminates it.
+    Undecodable,
+}
+
+/// A poison message whose process is killed (SIGKILL) after its dead letter was stored and
+/// before the Term: the dead letter exists, with the message and why it was given up on; the
+/// original was never terminated; a new subscriber of the same name dead-letters it again
+/// (stored once: `Nats-Msg-Id` dedup), reports it, and nothing is left pending.
+///
+/// The child stops at the library's `jetstream.after_dead_letter` fail point (feature
+/// `testing`, variable `EVENTFLOW_FAILPOINT`), which it announces on stderr.
+async fn kill_between_dead_letter_and_term(poison: Poison) {
+    let url = nats_url();
+    let dead_letters = unique("dlq");
+    let config = poison_config(js_config(&url), dead_letters.clone());
+    let _guard = StreamGuard::new(&config);
+    let _dlq_guard = StreamGuard {
+        url: url.clone(),
+        stream: format!("{}-DLQ", config.stream_name),
+    };
+    let stream = config.stream_name.clone();
+    // Connected before the child runs, so that it takes over at once.
+    let takeover = connect(config.clone()).await;
+    let mut errors = takeover.errors();
+    let js = async_nats::jetstream::new(raw_client(&url).await);
+    let dlq_name = js.stream_by_subject(dead_letters.clone()).await.unwrap();
+
+    let mut child = ChildProcess::spawn(
+        POISON_CHILD,
+        &[
+            ("EF_POISON_PREFIX", config.subject_prefix.clone()),
+            ("EF_POISON_STREAM", stream.clone()),
+            ("EF_POISON_DLQ", dead_letters.clone()),
+            ("EVENTFLOW_FAILPOINT", AFTER_DEAD_LETTER.to_owned()),
+        ],
+    );
+    child.wait_ready(WAIT).await;
+    let pill = event("poison.pill", 0);
+    let garbage: &[u8] = b"{ not an event";
+    match poison {
+        Poison::HandlerFails => takeover.publish(pill.clone()).await.unwrap(),
+        Poison::Undecodable => {
+            let subject = takeover.subject_for("poison.pill");
+            js.publish(subject, garbage.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    }
+    child
+        .wait_stderr(&format!("fail point {AFTER_DEAD_LETTER} reached"), WAIT)
+        .await;
+    child.kill();
+
+    // The dead letter is stored, with the message and why it was given up on.
+    let mut dlq = js.get_stream(&dlq_name).await.unwrap();
+    assert_eq!(
+        dlq.info().await.unwrap().state.messages,
+        1,
+        "the dead letter"
+    );
+    let stored = dlq.get_raw_message(1).await.unwrap();
+    let header = |name: &str| {
+        stored
+            .headers
+            .get(name)
+            .unwrap_or_else(|| panic!("the dead letter has no {name} header"))
+            .as_str()
+            .to_owned()
+    };
+    let deliveries = match poison {
+        Poison::HandlerFails => {
+            assert_eq!(Event::from_json(&stored.payload).unwrap().id, pill.id);
+            assert!(header("Eventflow-Error").contains("cannot digest"));
+            2
+        }
+        Poison::Undecodable => {
+            assert_eq!(&stored.payload[..], garbage);
+            assert!(header("Eventflow-Error").contains("undecodable"));
+            1
+        }
+    };
+    assert_eq!(header("Eventflow-Deliveries"), deliveries.to_string());
+    assert_eq!(
+        header("Eventflow-Subject"),
+        takeover.subject_for("poison.pill")
+    );
+    assert_eq!(header("Eventflow-Consumer"), POISON_NAME);
+    assert_eq!(header("Eventflow-Stream-Sequence"), "1");
+    assert_eq!(header("Nats-Msg-Id"), format!("{POISON_NAME}:1"));
+    // The original was delivered and never terminated: still pending, nothing acknowledged.
+    let info = poison_consumer(&js, &stream).await;
+    assert_eq!(info.delivered.stream_sequence, 1, "{info:?}");
+    assert_eq!(info.num_redelivered, deliveries - 1, "{info:?}");
+    assert_eq!(info.num_ack_pending, 1, "not pending: terminated? {info:?}");
+    assert_eq!(info.ack_floor.stream_sequence, 0, "acknowledged? {info:?}");
+
+    // A new subscriber of the same name takes over and dead-letters the message again.
+    let calls = Arc::new(AtomicUsize::new(0));
+    let _sub = takeover
+        .subscribe_with(
+            &["poison.*"],
+            SubscriptionOptions::named(POISON_NAME),
+            always_fails(calls.clone()),
+        )
+        .await
+        .unwrap();
+    let e = match poison {
+        // Its deliveries are used up: the server gives up on it and says so.
+        Poison::HandlerFails => {
+            let e = wait_error(&mut errors, "DeadLettered", |e| {
+                e.kind == BusErrorKind::DeadLettered
+            })
+            .await;
+            assert_eq!(e.event_id, Some(pill.id), "{e}");
+            e
+        }
+        // Redelivered after ack_wait, dead-lettered and terminated.
+        Poison::Undecodable => {
+            wait_error(&mut errors, "Decode", |e| e.kind == BusErrorKind::Decode).await
+        }
+    };
+    // Reported after its PubAck: the second dead letter was a duplicate, stored once.
+    assert_eq!(
+        dlq.info().await.unwrap().state.messages,
+        1,
+        "a duplicate dead letter ({e})"
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let info = poison_consumer(&js, &stream).await;
+        // Terminated: acknowledged. Given up on by the server: out of pending, yet not
+        // acknowledged (nats-server 2.9 leaves its ack floor behind it).
+        let settled = match poison {
+            Poison::HandlerFails => true,
+            Poison::Undecodable => info.ack_floor.stream_sequence == 1,
+        };
+        if settled && info.num_ack_pending == 0 && info.num_pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still pending: {info:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "delivered to a handler again"
+    );
+    takeover.close().await.unwrap();
+}
+
+/// [`kill_between_dead_letter_and_term`] with a handler that always fails.
+#[tokio::test]
+async fn jetstream_poison_killed_between_dead_letter_and_term_keeps_the_dead_letter() {
+    kill_between_dead_letter_and_term(Poison::HandlerFails).await;
+}
+
+/// [`kill_between_dead_letter_and_term`] with bytes that are no event: the takeover gets the
+/// redelivery and terminates it.
+#[tokio::test]
+async fn jetstream_undecodable_killed_between_dead_letter_and_term_is_terminated_on_redelivery() {
+    kill_between_dead_letter_and_term(Poison::Undecodable).await;
 }
 
 #[tokio::test]

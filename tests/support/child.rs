@@ -4,6 +4,8 @@
 //! The parent spawns `current_exe() <test> --exact --ignored` with [`OUT_ENV`] naming a file;
 //! the child appends one line per thing it wants the parent to see ([`report`]) and runs until
 //! the parent drops the [`ChildProcess`] (which kills it), or for at most [`CHILD_LIFETIME`].
+//! The child's stderr goes to a file too ([`ChildProcess::stderr`]), printed by the parent
+//! when it panics.
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -24,6 +26,7 @@ pub const READY: &str = "ready";
 pub struct ChildProcess {
     process: std::process::Child,
     out: PathBuf,
+    err: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -33,13 +36,16 @@ impl ChildProcess {
         let dir = tempfile::tempdir().expect("a temporary directory for the child's output");
         let out = dir.path().join("child.out");
         std::fs::write(&out, "").expect("the child's output file");
+        let err = dir.path().join("child.err");
+        let stderr = std::fs::File::create(&err).expect("the child's stderr file");
         let exe = std::env::current_exe().expect("the test binary's path");
         let mut command = Command::new(exe);
         command
             .args([test, "--exact", "--ignored", "--test-threads=1"])
             .env(OUT_ENV, &out)
             .stdin(Stdio::null())
-            .stdout(Stdio::null());
+            .stdout(Stdio::null())
+            .stderr(stderr);
         for (k, v) in env {
             command.env(k, v);
         }
@@ -47,6 +53,7 @@ impl ChildProcess {
         ChildProcess {
             process,
             out,
+            err,
             _dir: dir,
         }
     }
@@ -58,6 +65,35 @@ impl ChildProcess {
             .lines()
             .map(str::to_owned)
             .collect()
+    }
+
+    /// Everything the child wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// Waits until the child's stderr contains `needle`, or panics after `within` (or if it
+    /// exited).
+    pub async fn wait_stderr(&mut self, needle: &str, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.stderr().contains(needle) {
+            if let Ok(Some(status)) = self.process.try_wait() {
+                panic!("the child process exited ({status}) before writing {needle:?}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the child process did not write {needle:?} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Kills the child with SIGKILL (no cleanup, no further bytes sent) and waits until it is
+    /// gone.
+    pub fn kill(&mut self) {
+        self.process.kill().expect("SIGKILL to the child process");
+        let status = self.process.wait().expect("waiting for the killed child");
+        assert!(!status.success(), "the child exited normally: {status}");
     }
 
     /// The lines other than [`READY`].
@@ -85,6 +121,9 @@ impl Drop for ChildProcess {
     fn drop(&mut self) {
         let _ = self.process.kill();
         let _ = self.process.wait();
+        if std::thread::panicking() {
+            eprintln!("--- the child process's stderr ---\n{}", self.stderr());
+        }
     }
 }
 

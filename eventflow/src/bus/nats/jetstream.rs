@@ -312,6 +312,26 @@ async fn ensure_dead_letter_stream(
     Ok(())
 }
 
+/// The fail point between a dead letter's PubAck and the original's Term (test-only).
+#[cfg(feature = "testing")]
+const AFTER_DEAD_LETTER: &str = "jetstream.after_dead_letter";
+
+/// Test-only, compiled with the `testing` feature alone: when the variable
+/// `EVENTFLOW_FAILPOINT` equals `name`, writes `eventflow: fail point <name> reached` to
+/// stderr (past the test harness's capture) and never returns, so that a test can SIGKILL the
+/// process at exactly this point (only this task stops; nothing after the point is sent).
+/// Without the variable, or in a build without `testing`, nothing happens.
+#[cfg(feature = "testing")]
+async fn fail_point(name: &str) {
+    if std::env::var("EVENTFLOW_FAILPOINT").is_ok_and(|v| v == name) {
+        use std::io::Write;
+        let mut stderr = std::io::stderr();
+        let _ = writeln!(stderr, "eventflow: fail point {name} reached");
+        let _ = stderr.flush();
+        std::future::pending::<()>().await;
+    }
+}
+
 /// The part of a MaxDeliveries advisory we use.
 #[derive(serde::Deserialize)]
 struct MaxDeliveriesAdvisory {
@@ -599,6 +619,8 @@ impl Worker {
             );
             return;
         }
+        #[cfg(feature = "testing")]
+        fail_point(AFTER_DEAD_LETTER).await;
         let _ = message.ack_with(AckKind::Term).await;
         self.ctx
             .report(kind, event, self.given_up_message(&verdict));
