@@ -231,10 +231,8 @@ impl JetStream {
                 (consumer, name, true)
             }
         };
-        let pull_batch = config.pull_batch.max(1);
-        let messages = pull_messages(&consumer, pull_batch)
-            .await
-            .map_err(|e| Error::backend(BACKEND, e))?;
+        // Subscribed before the first pull: a pull may make the server give up on a message
+        // whose deliveries are used up, and that advisory must not be missed.
         // Messages the server gives up on without a verdict from us (a process that died or
         // stopped during the last delivery): one subscriber of the consumer (a queue group)
         // hears of each and reports and dead-letters it.
@@ -246,6 +244,10 @@ impl JetStream {
             .context
             .client()
             .queue_subscribe(advisory_subject, format!("{name}-max-deliveries"))
+            .await
+            .map_err(|e| Error::backend(BACKEND, e))?;
+        let pull_batch = config.pull_batch.max(1);
+        let messages = pull_messages(&consumer, pull_batch)
             .await
             .map_err(|e| Error::backend(BACKEND, e))?;
         let worker = Worker {
