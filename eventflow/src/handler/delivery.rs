@@ -33,11 +33,13 @@ pub enum Outcome {
 
 impl Outcome {
     /// True for [`Outcome::Handled`].
+    #[inline]
     pub fn is_handled(&self) -> bool {
         matches!(self, Outcome::Handled)
     }
 
     /// The kind of failure, `None` when handled.
+    #[inline]
     pub fn kind(&self) -> Option<BusErrorKind> {
         match self {
             Outcome::Handled => None,
@@ -47,6 +49,7 @@ impl Outcome {
     }
 
     /// `handler failed: <error>` or `handler panicked: <message>`; `None` when handled.
+    #[inline]
     pub fn failure(&self) -> Option<String> {
         match self {
             Outcome::Handled => None,
@@ -57,6 +60,7 @@ impl Outcome {
 
     /// The failure as a [`BusError`] for `event` and the subscription `pattern`; `None` when
     /// handled.
+    #[inline]
     pub fn to_bus_error(&self, event: &Event, pattern: &str) -> Option<BusError> {
         let (kind, message) = (self.kind()?, self.failure()?);
         Some(
@@ -90,6 +94,7 @@ where
 /// Runs `handler` on `event`, catching an error or a panic (also one raised while the handler
 /// builds its future, as a synchronous handler does), inside a `handle` span that carries the
 /// event's id, type and correlation id and `subscription` (a pattern or a description).
+#[inline]
 pub async fn run(handler: &dyn Handler, event: Arc<Event>, subscription: &str) -> Outcome {
     let span = tracing::debug_span!(
         "handle",
@@ -98,8 +103,12 @@ pub async fn run(handler: &dyn Handler, event: Arc<Event>, subscription: &str) -
         correlation_id = event.correlation_id.as_deref(),
         pattern = subscription,
     );
-    let built =
-        span.in_scope(|| std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(event))));
+    // Entered only while the handler builds its future (a guard, not `in_scope`, so this hot
+    // path stays inlined); the future itself runs instrumented below.
+    let built = {
+        let _entered = span.enter();
+        std::panic::catch_unwind(AssertUnwindSafe(|| handler.handle(event)))
+    };
     let outcome = match built {
         Ok(future) => {
             AssertUnwindSafe(future)
@@ -114,6 +123,7 @@ pub async fn run(handler: &dyn Handler, event: Arc<Event>, subscription: &str) -
 
 /// [`run`], then reports a failure on `errors` (as a [`BusError`] naming the event and
 /// `pattern`). Returns the outcome for backends that also act on it.
+#[inline]
 pub async fn deliver(
     handler: &dyn Handler,
     event: &Arc<Event>,
@@ -121,6 +131,9 @@ pub async fn deliver(
     errors: &ErrorSender,
 ) -> Outcome {
     let outcome = run(handler, event.clone(), pattern).await;
+    if outcome.is_handled() {
+        return outcome;
+    }
     if let Some(error) = outcome.to_bus_error(event, pattern) {
         errors.report(error);
     }
@@ -138,6 +151,7 @@ pub fn panic_message(panic: &(dyn Any + Send)) -> &str {
     }
 }
 
+#[inline]
 fn classify(caught: std::thread::Result<HandlerResult>) -> Outcome {
     match caught {
         Ok(Ok(())) => Outcome::Handled,
