@@ -143,7 +143,12 @@ async fn bus_fed_projection_ignores_the_claim(
     bus.publish(marker.clone()).await.unwrap();
     fed.wait_for(marker.id).await;
     let seen = fed.seen();
-    assert!(seen.iter().any(|e| e.id == forged.id));
+    // The claim travels as written (the documented wire behaviour): only its use is ruled out.
+    let received = seen.iter().find(|e| e.id == forged.id).unwrap();
+    assert_eq!(
+        (received.position, received.stream_version),
+        (Some(1), Some(999))
+    );
     assert_eq!(
         checkpoints.load_checkpoint(name).await.unwrap(),
         0,
