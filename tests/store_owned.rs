@@ -3,8 +3,8 @@
 //! `stream_id: "other"` is appended to a store, which assigns its own values, and published on a
 //! bus, where a projection fed by the bus handles it without moving any checkpoint from the
 //! claim; the same projection run from the store checkpoints the store's position. In memory
-//! (async in-memory bus) always; on PostgreSQL with Redis Streams with features `postgres` and
-//! `redis`.
+//! (async in-memory bus) always; in memory with NATS JetStream with feature `nats`; on
+//! PostgreSQL with Redis Streams with features `postgres` and `redis`.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
@@ -251,4 +251,43 @@ async fn postgres_store_and_redis_streams_ignore_claimed_store_fields() {
         .await
         .unwrap();
     pool.close().await;
+}
+
+#[cfg(feature = "nats")]
+#[tokio::test]
+async fn memory_store_and_jetstream_ignore_claimed_store_fields() {
+    use eventflow::bus::nats::{NatsBus, NatsConfig};
+    use eventflow_tests::{nats_url, service_unavailable, unique};
+
+    let store = Arc::new(InMemoryEventStore::new());
+    let stored = store_assigns_its_own(store.as_ref(), "s").await;
+
+    let url = nats_url();
+    let mut config = NatsConfig::new(&url);
+    config.subject_prefix = unique("own");
+    config.enable_jetstream = true;
+    config.memory_storage = true;
+    config.stream_name = unique("OWN");
+    config.connect_timeout = Duration::from_secs(3);
+    config.request_timeout = Duration::from_secs(3);
+    let stream = config.stream_name.clone();
+    let bus = NatsBus::connect(config)
+        .await
+        .unwrap_or_else(|e| service_unavailable("NATS", &url, e));
+    bus_fed_projection_ignores_the_claim(
+        store,
+        Arc::new(InMemoryCheckpointStore::new()),
+        &bus,
+        FeedOptions::new(),
+        "claims-jetstream",
+        &stored,
+    )
+    .await;
+
+    bus.close().await.unwrap();
+    let client = async_nats::connect(&url).await.unwrap();
+    async_nats::jetstream::new(client)
+        .delete_stream(&stream)
+        .await
+        .unwrap();
 }
