@@ -109,6 +109,27 @@ impl Metadata {
 /// `position` fields are `None` until an [`EventStore`](crate::store::EventStore) records the
 /// event; the store fills them in on the events it returns.
 ///
+/// # Store-owned fields
+///
+/// `stream_id`, `stream_version` and `position` belong to the store. They are public so they
+/// can be read, but a value a caller puts there means nothing: every store of this crate
+/// overwrites all three on append (the stream is the one named in the call, the version and
+/// position the ones the store assigns), in what the append returns and in what it records,
+/// and the store conformance kit holds every store to it (the check
+/// `testing::conformance::store::claimed_store_fields_are_overwritten`, feature `testing`).
+///
+/// On the wire they travel as they are, so an event received from a bus carries whatever its
+/// publisher wrote: the store's values when the publisher is this store's relay
+/// ([`WithBus`](crate::WithBus)), anything at all when it is someone else, since anyone who can
+/// publish on the bus can write any JSON. Treat them on a received event as a claim: do not
+/// base checkpoints, ordering, deduplication or lag on them unless the bus is written only by
+/// this store's relay. eventflow's own bus consumers do not read them: a projection fed by a
+/// bus ([`projection::subscribe`](crate::projection::subscribe)) and a saga fed by a bus
+/// ([`SagaManager::subscribe`](crate::saga::SagaManager::subscribe)) keep no checkpoint (the
+/// bus's acknowledgement is theirs), and every checkpoint, position and lag eventflow keeps
+/// (relay, [`ProjectionRunner`](crate::projection::ProjectionRunner)) comes from events read
+/// from the store. Appending a received event to a store is safe: the store assigns its own.
+///
 /// The JSON form (used on every bus and in the store) names the type field `type`; fields that
 /// are `None` are left out.
 ///
@@ -151,13 +172,19 @@ pub struct Event {
     /// Schema version of the payload (starts at 1).
     #[serde(default = "default_version")]
     pub version: u32,
-    /// The stream the store recorded it in.
+    /// The stream the store recorded it in. Store-owned: set by the store on append, whatever
+    /// the caller put here; on an event from a bus, the publisher's claim (see
+    /// [store-owned fields](Event#store-owned-fields)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_id: Option<String>,
-    /// Its version within that stream (1, 2, 3, ... with no gaps).
+    /// Its version within that stream (1, 2, 3, ... with no gaps). Store-owned: set by the
+    /// store on append, whatever the caller put here; on an event from a bus, the publisher's
+    /// claim (see [store-owned fields](Event#store-owned-fields)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_version: Option<u64>,
-    /// Its global position in the store (increasing in commit order).
+    /// Its global position in the store (increasing in commit order). Store-owned: set by the
+    /// store on append, whatever the caller put here; on an event from a bus, the publisher's
+    /// claim, never a checkpoint (see [store-owned fields](Event#store-owned-fields)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub position: Option<u64>,
 }

@@ -207,7 +207,9 @@ async fn insert(
     Ok(Some(rows))
 }
 
-/// Sets `stream_id`, `stream_version` and `position` on the appended events.
+/// Sets `stream_id`, `stream_version` and `position` on the appended events, replacing whatever
+/// the caller (or a bus message) put there: they are store-owned, and the rows never hold the
+/// caller's values (the append does not write them).
 fn fill(stream_id: &str, events: &mut [Event], positions: &[(i64, i64)]) {
     for (event, &(position, version)) in events.iter_mut().zip(positions) {
         event.stream_id = Some(stream_id.to_owned());

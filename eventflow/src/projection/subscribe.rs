@@ -30,6 +30,12 @@ pub async fn subscribe<P: Projection>(bus: &dyn EventBus, projection: P) -> Resu
 /// checkpoint, delivery is at least once, and the handler should be idempotent. Processes
 /// running the same projection share one subscription name, so they split its events.
 ///
+/// The event's `stream_id`, `stream_version` and `position` are whatever its publisher wrote
+/// (see [store-owned fields](Event#store-owned-fields)): nothing here reads them, and a
+/// projection should not make them its checkpoint or deduplication key unless the bus is
+/// written only by this store's relay. A projection that needs a trustworthy position runs
+/// from the store in a [`ProjectionRunner`](super::ProjectionRunner).
+///
 /// # Errors
 /// As [`subscribe`].
 pub async fn subscribe_with<P: Projection>(

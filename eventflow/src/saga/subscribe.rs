@@ -37,7 +37,9 @@ impl<S: Saga> SagaManager<S> {
     /// deliveries, after which the bus dead-letters it. On an at-most-once bus (with
     /// [`FeedOptions::allow_at_most_once`]) it is ignored, as there is no redelivery.
     /// Dropping the subscription stops delivery; running the same saga in several processes
-    /// splits its events between them (same subscription name).
+    /// splits its events between them (same subscription name). The manager never reads a
+    /// received event's `stream_id`, `stream_version` or `position`, which on a bus are the
+    /// publisher's claim (see [store-owned fields](Event#store-owned-fields)).
     ///
     /// # Errors
     /// As [`subscribe`](Self::subscribe).

@@ -141,6 +141,7 @@ impl Inner {
         let mut recorded = Vec::with_capacity(events.len());
         for (n, mut event) in events.into_iter().enumerate() {
             let index = all.len();
+            // Store-owned: whatever the caller (or a bus message) put here is replaced.
             event.stream_id = Some(stream_id_owned.clone());
             event.stream_version = Some(actual + n as u64 + 1);
             event.position = Some(index as u64 + 1);

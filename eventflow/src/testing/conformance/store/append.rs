@@ -613,3 +613,67 @@ pub async fn large_batch(store: &dyn EventStore) {
     let all = read_everything(store, P).await;
     ensure!(all.len() == 1000, P, "read_all returned {}", all.len());
 }
+
+/// Store-owned fields are the store's: an event whose caller filled in `stream_id`,
+/// `stream_version` and `position` (as one decoded from a bus can claim anything) is recorded
+/// with the store's values, in what the append returns, in what `load_stream` and `read_all`
+/// return and in the stream's version; nothing is recorded in the claimed stream.
+pub async fn claimed_store_fields_are_overwritten(store: &dyn EventStore) {
+    const P: &str = "the store assigns stream_id, stream_version and position itself";
+    let prior = need(
+        store
+            .append(
+                "claim-prior",
+                ExpectedVersion::NoStream,
+                ev("claim.prior", 0),
+            )
+            .await,
+        P,
+        "append",
+    );
+    let prior_position = prior.position.unwrap_or(0);
+    let mut claimed = ev("claim.forged", 1);
+    claimed.stream_id = Some("claim-other".into());
+    claimed.stream_version = Some(999);
+    // A position already taken: the store can never assign it to this event.
+    claimed.position = Some(prior_position);
+    let recorded = need(
+        store
+            .append_batch("claim-s", ExpectedVersion::NoStream, vec![claimed.clone()])
+            .await,
+        P,
+        "append_batch",
+    );
+    let loaded = need(store.load_stream("claim-s", 1).await, P, "load_stream");
+    let everything = read_everything(store, P).await;
+    let read = everything.iter().find(|e| e.id == claimed.id);
+    for (what, got) in [
+        ("append_batch", recorded.first()),
+        ("load_stream", loaded.first()),
+        ("read_all", read),
+    ] {
+        let Some(got) = got else {
+            panic!("store promise broken: {P}: {what} did not return the event");
+        };
+        ensure!(
+            got.stream_id.as_deref() == Some("claim-s")
+                && got.stream_version == Some(1)
+                && got.position.is_some_and(|p| p > prior_position),
+            P,
+            "{what} returned the caller's claim: stream_id {:?}, stream_version {:?}, \
+             position {:?} (the prior event is at {prior_position})",
+            got.stream_id,
+            got.stream_version,
+            got.position
+        );
+    }
+    let version = need(store.stream_version("claim-s").await, P, "stream_version");
+    ensure!(version == 1, P, "stream_version is {version}, expected 1");
+    let other = need(store.load_stream("claim-other", 0).await, P, "load_stream");
+    ensure!(
+        other.is_empty(),
+        P,
+        "the claimed stream holds {} events",
+        other.len()
+    );
+}

@@ -51,8 +51,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use append::{
-    append_and_load_stream, batch_atomicity, expected_version_semantics, idempotent_retry,
-    invalid_stream_ids, large_batch, partial_duplicate, racing_writers,
+    append_and_load_stream, batch_atomicity, claimed_store_fields_are_overwritten,
+    expected_version_semantics, idempotent_retry, invalid_stream_ids, large_batch,
+    partial_duplicate, racing_writers,
 };
 pub use durable::committed_events_survive_a_new_instance;
 pub use gap::{open_append_is_not_passed_over, reader_never_skips_under_concurrent_writes};
@@ -195,6 +196,7 @@ where
         subscribe_catch_up_then_live,
         invalid_stream_ids,
         large_batch,
+        claimed_store_fields_are_overwritten,
     );
     let gap = "open_append_is_not_passed_over";
     if capabilities.can_hold_append_open {

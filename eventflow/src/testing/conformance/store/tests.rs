@@ -33,6 +33,8 @@ enum Fault {
     SubscriptionLeaks,
     /// Stream ids are not validated (bad ones are replaced by a valid one).
     NoStreamIdCheck,
+    /// Returns the caller's `stream_version` and `position` from an append where it set them.
+    KeepsClaims,
 }
 
 struct Broken {
@@ -85,6 +87,18 @@ impl EventStore for Broken {
                     out.push(self.inner.append(stream_id, expected, e).await?);
                 }
                 Ok(out)
+            }
+            Fault::KeepsClaims => {
+                let claims: Vec<_> = events
+                    .iter()
+                    .map(|e| (e.stream_version, e.position))
+                    .collect();
+                let mut recorded = self.inner.append_batch(stream_id, expected, events).await?;
+                for (e, (version, position)) in recorded.iter_mut().zip(claims) {
+                    e.stream_version = version.or(e.stream_version);
+                    e.position = position.or(e.position);
+                }
+                Ok(recorded)
             }
             _ => self.inner.append_batch(stream_id, expected, events).await,
         }
@@ -218,6 +232,15 @@ async fn catches_a_subscription_that_outlives_its_drop() {
 #[should_panic(expected = "store promise broken: invalid stream ids are rejected")]
 async fn catches_unvalidated_stream_ids() {
     invalid_stream_ids(&broken(Fault::NoStreamIdCheck)).await;
+}
+
+#[tokio::test]
+#[should_panic(
+    expected = "store promise broken: the store assigns stream_id, stream_version and position \
+                itself: append_batch returned the caller's claim"
+)]
+async fn catches_a_store_that_keeps_claimed_positions() {
+    claimed_store_fields_are_overwritten(&broken(Fault::KeepsClaims)).await;
 }
 
 #[tokio::test]
