@@ -55,14 +55,24 @@ impl<T> Buffer<T> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn room(&self, inner: &Inner<T>, size: usize) -> bool {
+        !inner.closed
+            && (inner.queue.is_empty()
+                || (inner.queue.len() < self.max_messages
+                    && inner.bytes.saturating_add(size) <= self.max_bytes))
+    }
+
+    /// Whether a message of `size` bytes would be accepted now (with a single producer, it
+    /// still is when pushed: the consumer only makes room).
+    pub(crate) fn fits(&self, size: usize) -> bool {
+        self.room(&self.lock(), size)
+    }
+
     /// Queues `item` of `size` bytes; `false` (and `item` dropped) when a bound is hit.
     pub(crate) fn push(&self, item: T, size: usize) -> bool {
         {
             let mut inner = self.lock();
-            let fits = inner.queue.is_empty()
-                || (inner.queue.len() < self.max_messages
-                    && inner.bytes.saturating_add(size) <= self.max_bytes);
-            if !fits || inner.closed {
+            if !self.room(&inner, size) {
                 return false;
             }
             inner.bytes += size;
@@ -170,6 +180,7 @@ mod tests {
     async fn bounded_by_count_and_bytes() {
         let b = Buffer::new(3, 100);
         assert!(b.push(1, 60));
+        assert!(!b.fits(60));
         assert!(!b.push(2, 60), "over the byte bound");
         assert!(b.push(3, 20));
         assert!(b.push(4, 20));

@@ -91,8 +91,17 @@ async fn read(
         if !ctx.wants_subject(&message.subject) {
             continue;
         }
+        let mut message = message;
         let size = message.payload.len();
-        if buffer.push(message, size) {
+        // Only this task pushes, so a message that fits now still fits when pushed.
+        let accepted = buffer.fits(size) && {
+            // The client's payload is a slice of its read buffer and keeps that whole
+            // allocation (other messages' bytes included) alive: a copy of its own makes the
+            // byte bound hold.
+            message.payload = message.payload.to_vec().into();
+            buffer.push(message, size)
+        };
+        if accepted {
             // Room again: the burst of drops (if any) is over.
             report(&ctx, &mut tally);
         } else {

@@ -68,7 +68,7 @@ impl Listener {
     pub(super) async fn run(mut self) {
         let config = &self.shared.config;
         let limits = (config.max_buffered_messages, config.max_buffered_bytes);
-        let buffer: Arc<Buffer<(String, Vec<u8>)>> = Arc::new(Buffer::new(limits.0, limits.1));
+        let buffer: Arc<Buffer<redis::Msg>> = Arc::new(Buffer::new(limits.0, limits.1));
         let deliverer = Deliverer {
             prefix: self.shared.channel_prefix.clone(),
             patterns: self.patterns.clone(),
@@ -79,8 +79,10 @@ impl Listener {
         let handling = tokio::spawn({
             let buffer = buffer.clone();
             async move {
-                while let Some((channel, payload)) = buffer.pop().await {
-                    deliverer.deliver(&channel, &payload).await;
+                while let Some(msg) = buffer.pop().await {
+                    deliverer
+                        .deliver(msg.get_channel_name(), msg.get_payload_bytes())
+                        .await;
                 }
             }
         });
@@ -89,7 +91,7 @@ impl Listener {
         let _ = handling.await;
     }
 
-    async fn read(&mut self, buffer: &Buffer<(String, Vec<u8>)>, limits: (usize, usize)) {
+    async fn read(&mut self, buffer: &Buffer<redis::Msg>, limits: (usize, usize)) {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.reset();
@@ -117,12 +119,15 @@ impl Listener {
                 }
                 msg = self.stream.next() => match msg {
                     Some(msg) => {
-                        let channel = msg.get_channel_name();
-                        let payload = msg.get_payload_bytes();
-                        let size = payload.len();
-                        if !wanted(&self.shared.channel_prefix, &self.patterns, channel) {
+                        let size = msg.get_payload_bytes().len();
+                        let ours = wanted(
+                            &self.shared.channel_prefix,
+                            &self.patterns,
+                            msg.get_channel_name(),
+                        );
+                        if !ours {
                             // Not ours (the glob over-matches): takes no room.
-                        } else if buffer.push((channel.to_owned(), payload.to_vec()), size) {
+                        } else if buffer.push(msg, size) {
                             // Room again: the burst of drops (if any) is over.
                             report(&self.errors, &self.patterns, &mut tally);
                         } else {
