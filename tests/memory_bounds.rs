@@ -118,17 +118,17 @@ impl PeakRss {
 
 /// The JSON of one big event, encoded once and shared by every publish.
 fn blob() -> Vec<u8> {
-    let event = Event::new("big.blob", json!({ "blob": "x".repeat(BLOB) })).unwrap();
-    let bytes = event.to_json().unwrap();
+    let event = Event::new("big.blob", json!({ "blob": "x".repeat(BLOB) })).expect("event");
+    let bytes = event.to_json().expect("encode");
     assert!(bytes.len() < 1 << 20, "{} bytes", bytes.len());
     bytes
 }
 
 fn marker() -> Vec<u8> {
     Event::new("big.marker", json!({}))
-        .unwrap()
+        .expect("event")
         .to_json()
-        .unwrap()
+        .expect("encode")
 }
 
 /// A handler that sleeps until `gate` opens, counts `big.blob` events and announces the marker.
@@ -281,7 +281,7 @@ async fn measure_core_nats() {
                 .expect("publish");
             sent += 1;
             // Keeps the publisher's own buffer small: at most a few messages in flight.
-            if sent % 4 == 0 || bytes == marker_bytes.as_slice() {
+            if sent.is_multiple_of(4) || bytes == marker_bytes.as_slice() {
                 client.flush().await.expect("flush");
             }
         },
