@@ -118,8 +118,9 @@ pub struct NatsConfig {
     /// The reader moves them promptly into the subscription's own buffer
     /// ([`max_buffered_messages`](Self::max_buffered_messages),
     /// [`max_buffered_bytes`](Self::max_buffered_bytes)), so this stays nearly empty; it only
-    /// absorbs scheduling hiccups. Worst case it holds this many messages of up to the server's
-    /// `max_payload` (1 MiB by default) each. Default 64.
+    /// absorbs bursts that arrive while the reader is not scheduled (a busy machine). Worst
+    /// case it holds this many messages of up to the server's `max_payload` (1 MiB by default)
+    /// each: lower it when messages are large and memory tight. Default 1024.
     pub subscription_capacity: usize,
     /// Core NATS (at most once): messages received but not yet handled that one subscription
     /// keeps while its handler is busy. When this or
@@ -133,7 +134,8 @@ pub struct NatsConfig {
     /// Core NATS: payload bytes one subscription keeps while its handler is busy (see
     /// [`max_buffered_messages`](Self::max_buffered_messages)); one message is always accepted
     /// into an empty buffer, however large. Default 16 MiB, so a slow subscriber holds at most
-    /// about 16 MiB plus [`subscription_capacity`](Self::subscription_capacity) messages.
+    /// about 16 MiB plus what the client holds (see
+    /// [`subscription_capacity`](Self::subscription_capacity)).
     pub max_buffered_bytes: usize,
     /// Failures kept for slow readers of the error stream.
     pub error_capacity: usize,
@@ -211,7 +213,7 @@ impl Default for NatsConfig {
             password: None,
             tls_required: false,
             tls_ca_file: None,
-            subscription_capacity: 64,
+            subscription_capacity: 1024,
             max_buffered_messages: 4096,
             max_buffered_bytes: 16 << 20,
             error_capacity: 1024,

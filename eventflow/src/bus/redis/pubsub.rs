@@ -76,7 +76,8 @@ impl Listener {
             errors: self.errors.clone(),
             cancel: self.cancel.clone(),
         };
-        let handling = tokio::spawn({
+        // Aborted with this task (by `close` after its drain timeout), so the handler is too.
+        let mut handling = AbortOnDrop(tokio::spawn({
             let buffer = buffer.clone();
             async move {
                 while let Some(msg) = buffer.pop().await {
@@ -85,10 +86,10 @@ impl Listener {
                         .await;
                 }
             }
-        });
+        }));
         self.read(&buffer, limits).await;
         buffer.close();
-        let _ = handling.await;
+        let _ = (&mut handling.0).await;
     }
 
     async fn read(&mut self, buffer: &Buffer<redis::Msg>, limits: (usize, usize)) {
@@ -154,6 +155,15 @@ impl Listener {
             }
         }
         report(&self.errors, &self.patterns, &mut tally);
+    }
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
