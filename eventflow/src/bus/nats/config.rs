@@ -351,6 +351,14 @@ mod tests {
                 user: Some("u".into()),
                 ..NatsConfig::default()
             },
+            NatsConfig {
+                max_buffered_messages: 0,
+                ..NatsConfig::default()
+            },
+            NatsConfig {
+                max_buffered_bytes: 0,
+                ..NatsConfig::default()
+            },
         ] {
             assert!(
                 matches!(c.validate(), Err(Error::InvalidArgument(_))),

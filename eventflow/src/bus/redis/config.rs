@@ -213,6 +213,8 @@ mod tests {
             |c| c.consumer_name.clear(),
             |c| c.max_deliveries = 0,
             |c| c.batch_size = 0,
+            |c| c.max_buffered_messages = 0,
+            |c| c.max_buffered_bytes = 0,
         ] {
             let mut c = RedisConfig::default();
             change(&mut c);
