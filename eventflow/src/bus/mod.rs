@@ -13,6 +13,8 @@ use serde_json::json;
 use crate::error::Result;
 use crate::event::{Event, Metadata};
 
+#[cfg(any(feature = "nats", feature = "redis"))]
+mod buffer;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;

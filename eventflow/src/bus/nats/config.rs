@@ -112,9 +112,31 @@ pub struct NatsConfig {
     /// roots only. TLS is used when the server or [`tls_required`](Self::tls_required) asks
     /// for it; this field alone does not require it.
     pub tls_ca_file: Option<PathBuf>,
-    /// Messages the client buffers per core subscription while its handler is busy; beyond
-    /// that it drops them and the error stream reports `Dropped` (slow consumer).
+    /// Messages the NATS client itself holds per subscription between the socket and the
+    /// subscription's reader (async-nats' `subscription_capacity`); beyond that the client
+    /// drops them and the error stream reports `Dropped` (slow consumer, without a count).
+    /// The reader moves them promptly into the subscription's own buffer
+    /// ([`max_buffered_messages`](Self::max_buffered_messages),
+    /// [`max_buffered_bytes`](Self::max_buffered_bytes)), so this stays nearly empty; it only
+    /// absorbs bursts that arrive while the reader is not scheduled (a busy machine). Worst
+    /// case it holds this many messages of up to the server's `max_payload` (1 MiB by default)
+    /// each: lower it when messages are large and memory tight. Default 1024.
     pub subscription_capacity: usize,
+    /// Core NATS (at most once): messages received but not yet handled that one subscription
+    /// keeps while its handler is busy. When this or
+    /// [`max_buffered_bytes`](Self::max_buffered_bytes) is reached, newly arriving messages are
+    /// dropped (the queued, older ones are still handled) and the error stream reports
+    /// [`Dropped`](crate::bus::BusErrorKind::Dropped) once per burst, naming how many messages
+    /// (and bytes) were dropped. Default 4096. JetStream does not use it: it pulls at most
+    /// [`pull_batch`](Self::pull_batch) messages at a time and asks for more only when they
+    /// are handled, so a slow handler applies back-pressure and nothing is dropped.
+    pub max_buffered_messages: usize,
+    /// Core NATS: payload bytes one subscription keeps while its handler is busy (see
+    /// [`max_buffered_messages`](Self::max_buffered_messages)); one message is always accepted
+    /// into an empty buffer, however large. Default 16 MiB, so a slow subscriber holds at most
+    /// about 16 MiB plus what the client holds (see
+    /// [`subscription_capacity`](Self::subscription_capacity)).
+    pub max_buffered_bytes: usize,
     /// Failures kept for slow readers of the error stream.
     pub error_capacity: usize,
 }
@@ -153,6 +175,8 @@ impl fmt::Debug for NatsConfig {
             .field("tls_required", &self.tls_required)
             .field("tls_ca_file", &self.tls_ca_file)
             .field("subscription_capacity", &self.subscription_capacity)
+            .field("max_buffered_messages", &self.max_buffered_messages)
+            .field("max_buffered_bytes", &self.max_buffered_bytes)
             .field("error_capacity", &self.error_capacity)
             .finish()
     }
@@ -189,7 +213,9 @@ impl Default for NatsConfig {
             password: None,
             tls_required: false,
             tls_ca_file: None,
-            subscription_capacity: 65_536,
+            subscription_capacity: 1024,
+            max_buffered_messages: 4096,
+            max_buffered_bytes: 16 << 20,
             error_capacity: 1024,
         }
     }
@@ -267,6 +293,11 @@ impl NatsConfig {
         if self.subscription_capacity == 0 {
             return invalid("nats: subscription_capacity must be at least 1".into());
         }
+        if self.max_buffered_messages == 0 || self.max_buffered_bytes == 0 {
+            return invalid(
+                "nats: max_buffered_messages and max_buffered_bytes must be at least 1".into(),
+            );
+        }
         if self.publish_window == 0 {
             return invalid("nats: publish_window must be at least 1".into());
         }
@@ -318,6 +349,14 @@ mod tests {
             },
             NatsConfig {
                 user: Some("u".into()),
+                ..NatsConfig::default()
+            },
+            NatsConfig {
+                max_buffered_messages: 0,
+                ..NatsConfig::default()
+            },
+            NatsConfig {
+                max_buffered_bytes: 0,
                 ..NatsConfig::default()
             },
         ] {

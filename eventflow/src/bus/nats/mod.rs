@@ -12,7 +12,7 @@
 //! | `publish` returns | once the client has queued the event | once the server stored it (PubAck) |
 //! | handler `Err` / panic | reported on [`errors`](crate::bus::EventBus::errors) | reported, then nak'ed and redelivered with backoff |
 //! | after `max_deliver` failures | — | published to `dead_letter_subject` through JetStream (PubAck awaited), then terminated and reported as `DeadLettered` |
-//! | a slow handler | — | in-progress acks every `ack_wait / 2` for the message handled and those pulled and waiting, so none is redelivered while the process holds it |
+//! | a slow handler | messages wait in a buffer of the subscription's own, bounded by [`max_buffered_messages`](NatsConfig::max_buffered_messages) (4096) and [`max_buffered_bytes`](NatsConfig::max_buffered_bytes) (16 MiB); when it is full the newest are dropped and reported as one [`Dropped`](crate::bus::BusErrorKind::Dropped) per burst naming how many | back-pressure: nothing more is pulled until the handler catches up; in-progress acks every `ack_wait / 2` for the message handled and those pulled and waiting, so none is redelivered while the process holds it |
 //! | flow control | — | at most [`max_ack_pending`](NatsConfig::max_ack_pending) unacked messages per consumer, pulled [`pull_batch`](NatsConfig::pull_batch) at a time |
 //! | stop (`unsubscribe`, `close`) | — | pulled messages are nak'd for another subscriber; one on its last allowed delivery is dead-lettered, terminated and reported instead |
 //! | given up by the server (the process died on the last delivery) | — | the MaxDeliveries advisory reaches one live subscriber of the consumer, which dead-letters and reports it |

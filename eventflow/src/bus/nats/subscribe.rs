@@ -69,14 +69,7 @@ impl NatsBus {
                     [one] => one.to_subject(&config.subject_prefix),
                     _ => wide_subject(&config.subject_prefix),
                 };
-                core_mode::subscribe(
-                    &self.inner.client,
-                    subject,
-                    name.clone(),
-                    ctx,
-                    config.request_timeout,
-                )
-                .await?
+                core_mode::subscribe(&self.inner.client, subject, name.clone(), ctx, config).await?
             }
             Some(js) => {
                 let subject = match patterns.patterns() {
@@ -134,6 +127,7 @@ impl Cancel {
 }
 
 /// What a subscription task needs.
+#[derive(Clone)]
 pub(super) struct SubContext {
     /// The bus's subject prefix (empty: none).
     pub(super) prefix: String,

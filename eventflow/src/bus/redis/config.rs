@@ -75,6 +75,21 @@ pub struct RedisConfig {
     /// For `rediss://` addresses: a PEM file of the certificate authority to trust instead of
     /// the system's roots (e.g. a private CA). Default none (system roots).
     pub tls_ca_cert: Option<std::path::PathBuf>,
+    /// Pub/sub mode (at most once): messages received but not yet handled that one
+    /// subscription keeps while its handler is busy. The subscription reads its connection
+    /// promptly (redis-rs would otherwise queue them without bound); when this or
+    /// [`max_buffered_bytes`](Self::max_buffered_bytes) is reached, newly arriving messages
+    /// are dropped (the queued, older ones are still handled) and the error stream reports
+    /// [`Dropped`](crate::bus::BusErrorKind::Dropped) once per burst, naming how many messages
+    /// (and bytes) were dropped. Default 4096. Streams mode does not use it: it reads at most
+    /// [`batch_size`](Self::batch_size) entries at a time and reads again only when they are
+    /// handled, so a slow handler applies back-pressure (entries wait in Redis) and nothing is
+    /// dropped.
+    pub max_buffered_messages: usize,
+    /// Pub/sub mode: payload bytes one subscription keeps while its handler is busy (see
+    /// [`max_buffered_messages`](Self::max_buffered_messages)); one message is always accepted
+    /// into an empty buffer, however large. Default 16 MiB.
+    pub max_buffered_bytes: usize,
     /// Failures kept for slow readers of the error stream. Default 1024.
     pub error_capacity: usize,
     /// How long `close` waits for handlers still running before it cancels them (and reports
@@ -103,6 +118,8 @@ impl fmt::Debug for RedisConfig {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| REDACTED))
             .field("tls_ca_cert", &self.tls_ca_cert)
+            .field("max_buffered_messages", &self.max_buffered_messages)
+            .field("max_buffered_bytes", &self.max_buffered_bytes)
             .field("error_capacity", &self.error_capacity)
             .field("drain_timeout", &self.drain_timeout)
             .finish()
@@ -134,6 +151,8 @@ impl Default for RedisConfig {
             username: None,
             password: None,
             tls_ca_cert: None,
+            max_buffered_messages: 4096,
+            max_buffered_bytes: 16 << 20,
             error_capacity: 1024,
             drain_timeout: Duration::from_secs(5),
         }
@@ -166,6 +185,9 @@ impl RedisConfig {
         if self.batch_size == 0 {
             return bad("batch_size must be at least 1");
         }
+        if self.max_buffered_messages == 0 || self.max_buffered_bytes == 0 {
+            return bad("max_buffered_messages and max_buffered_bytes must be at least 1");
+        }
         Ok(())
     }
 }
@@ -191,6 +213,8 @@ mod tests {
             |c| c.consumer_name.clear(),
             |c| c.max_deliveries = 0,
             |c| c.batch_size = 0,
+            |c| c.max_buffered_messages = 0,
+            |c| c.max_buffered_bytes = 0,
         ] {
             let mut c = RedisConfig::default();
             change(&mut c);

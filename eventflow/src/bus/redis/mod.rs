@@ -60,8 +60,15 @@
 //! reports [`Reconnected`](crate::bus::BusErrorKind::Reconnected) and [`Dropped`](crate::bus::BusErrorKind::Dropped):
 //! events published during the gap are lost, which is what at most once means. An idle
 //! subscription pings its connection every 5 s, so a half-open connection is noticed too.
-//! Messages wait in memory (unbounded, inside redis-rs) while a handler is busy: keep pub/sub
-//! handlers quick, or use Streams mode, where Redis holds the backlog.
+//! While a handler is busy, messages wait in a buffer of the subscription's own, bounded by
+//! [`RedisConfig::max_buffered_messages`] (default 4096) and [`RedisConfig::max_buffered_bytes`]
+//! (default 16 MiB): the connection is read promptly into it (redis-rs itself would queue
+//! without bound), and when it is full the newest messages are dropped and reported as one
+//! [`Dropped`](crate::bus::BusErrorKind::Dropped) per burst, whose message names how many
+//! (`dropped N message(s) (B bytes) ...`). Keep pub/sub handlers quick, or use Streams mode,
+//! where Redis holds the backlog: it reads [`RedisConfig::batch_size`] entries at a time and
+//! reads again only once they are handled, so a slow handler applies back-pressure and nothing
+//! is dropped.
 //!
 //! # Streams mode (at least once)
 //!

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use super::connect::{Shared, connect_error};
 use super::subscribe::{backoff, cancelled};
+use crate::bus::buffer::{Buffer, DropTally, dropped_message, sleep_until};
 use crate::bus::{BusError, BusErrorKind, ErrorSender, Handler, Pattern, PatternSet};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -60,19 +61,82 @@ impl Listener {
         })
     }
 
+    /// Runs the subscription: this task drains the connection promptly into a bounded
+    /// [`Buffer`] (redis-rs queues pub/sub messages without bound until they are read), and a
+    /// second task hands them to the handler. Messages that do not fit are dropped, counted and
+    /// reported once per burst.
     pub(super) async fn run(mut self) {
+        let config = &self.shared.config;
+        let limits = (config.max_buffered_messages, config.max_buffered_bytes);
+        let buffer: Arc<Buffer<redis::Msg>> = Arc::new(Buffer::new(limits.0, limits.1));
+        let deliverer = Deliverer {
+            prefix: self.shared.channel_prefix.clone(),
+            patterns: self.patterns.clone(),
+            handler: self.handler.clone(),
+            errors: self.errors.clone(),
+            cancel: self.cancel.clone(),
+        };
+        // Aborted with this task (by `close` after its drain timeout), so the handler is too.
+        let mut handling = AbortOnDrop(tokio::spawn({
+            let buffer = buffer.clone();
+            async move {
+                while let Some(msg) = buffer.pop().await {
+                    deliverer
+                        .deliver(msg.get_channel_name(), msg.get_payload_bytes())
+                        .await;
+                }
+            }
+        }));
+        self.read(&buffer, limits).await;
+        buffer.close();
+        let _ = (&mut handling.0).await;
+    }
+
+    async fn read(&mut self, buffer: &Buffer<redis::Msg>, limits: (usize, usize)) {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.reset();
+        let mut tally = DropTally::default();
+        let report = |errors: &ErrorSender, patterns: &PatternSet, tally: &mut DropTally| {
+            if let Some((messages, bytes)) = tally.take() {
+                errors.report(
+                    BusError::new(
+                        BusErrorKind::Dropped,
+                        dropped_message(messages, bytes, limits.0, limits.1),
+                    )
+                    .for_pattern(patterns.label()),
+                );
+            }
+        };
         loop {
             if cancelled(&self.cancel) {
-                return;
+                break;
             }
             let alive = tokio::select! {
                 _ = self.cancel.changed() => continue,
+                () = sleep_until(tally.deadline()) => {
+                    report(&self.errors, &self.patterns, &mut tally);
+                    true
+                }
                 msg = self.stream.next() => match msg {
                     Some(msg) => {
-                        self.deliver(msg.get_channel_name(), msg.get_payload_bytes()).await;
+                        let size = msg.get_payload_bytes().len();
+                        let ours = wanted(
+                            &self.shared.channel_prefix,
+                            &self.patterns,
+                            msg.get_channel_name(),
+                        );
+                        if !ours {
+                            // Not ours (the glob over-matches): takes no room.
+                        } else if buffer.push(msg, size) {
+                            // Room again: the burst of drops (if any) is over.
+                            report(&self.errors, &self.patterns, &mut tally);
+                        } else {
+                            tally.record(size);
+                            if tally.due() {
+                                report(&self.errors, &self.patterns, &mut tally);
+                            }
+                        }
                         true
                     }
                     None => false,
@@ -87,13 +151,42 @@ impl Listener {
                 }
             };
             if !alive && !self.reconnect().await {
-                return;
+                break;
             }
         }
+        report(&self.errors, &self.patterns, &mut tally);
     }
+}
 
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Whether a message on `channel` is for a subscription to `patterns`: the glob over-matches
+/// (Redis `*` crosses dots); this is the exact filter.
+fn wanted(prefix: &str, patterns: &PatternSet, channel: &str) -> bool {
+    channel
+        .strip_prefix(prefix)
+        .is_some_and(|event_type| patterns.matches(event_type))
+}
+
+/// What the handler task needs to deliver a buffered message.
+struct Deliverer {
+    prefix: String,
+    patterns: PatternSet,
+    handler: Arc<dyn Handler>,
+    errors: ErrorSender,
+    cancel: watch::Receiver<bool>,
+}
+
+impl Deliverer {
     async fn deliver(&self, channel: &str, payload: &[u8]) {
-        let Some(event_type) = channel.strip_prefix(self.shared.channel_prefix.as_str()) else {
+        let Some(event_type) = channel.strip_prefix(self.prefix.as_str()) else {
             return;
         };
         // The glob over-matches (Redis `*` crosses dots); this is the exact filter.
@@ -121,7 +214,9 @@ impl Listener {
         )
         .await;
     }
+}
 
+impl Listener {
     /// Reconnects until it works or the subscription is cancelled (then returns `false`).
     async fn reconnect(&mut self) -> bool {
         self.errors.report(
