@@ -1496,22 +1496,12 @@ async fn named_subscription_second_process() {
 }
 
 /// A set of event ids, filled by a handler.
-fn id_collector() -> (Arc<Mutex<HashSet<String>>>, Arc<dyn eventflow::Handler>) {
-    let seen = Arc::new(Mutex::new(HashSet::new()));
-    let s = seen.clone();
-    let handler = sync_handler(move |e| {
-        s.lock().unwrap().insert(e.id.to_string());
-        Ok(())
-    });
-    (seen, Arc::new(handler))
-}
-
 #[tokio::test]
 async fn one_name_in_two_processes_splits_the_events() {
     let config = js_config(&nats_url());
     let _guard = StreamGuard::new(&config);
     let bus = connect(config.clone()).await;
-    let (mine, handler) = id_collector();
+    let (mine, handler) = child::id_collector();
     let _shared = bus
         .subscribe_with(
             &["split.*"],
@@ -1523,7 +1513,7 @@ async fn one_name_in_two_processes_splits_the_events() {
     // Another service on the same pattern, with the same configuration: its own consumer,
     // every event.
     let other_bus = connect(config.clone()).await;
-    let (other, handler) = id_collector();
+    let (other, handler) = child::id_collector();
     let _other = other_bus
         .subscribe_with(
             &["split.*"],
@@ -1540,37 +1530,7 @@ async fn one_name_in_two_processes_splits_the_events() {
         ],
     );
     second.wait_ready(WAIT).await;
-    let mut ids = HashSet::new();
-    for i in 0..100 {
-        let event = Event::new("split.work", json!({ "n": i })).unwrap();
-        ids.insert(event.id.to_string());
-        bus.publish(event).await.unwrap();
-    }
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let theirs = second.reported();
-        let mine = mine.lock().unwrap().clone();
-        let all: HashSet<String> = mine.union(&theirs).cloned().collect();
-        if ids.is_subset(&all) && ids.is_subset(&other.lock().unwrap()) {
-            let both = mine.intersection(&theirs).count();
-            assert_eq!(both, 0, "{both} events went to both processes of one name");
-            assert!(
-                !mine.is_empty() && !theirs.is_empty(),
-                "one name in two processes did not split the events: {} here, {} there",
-                mine.len(),
-                theirs.len()
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not every event arrived: {} of 100 across the two processes, {} of 100 at the \
-             other service",
-            ids.intersection(&all).count(),
-            ids.intersection(&other.lock().unwrap()).count()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    child::publish_and_check_split(&bus, &mine, &second, &other, WAIT).await;
 }
 
 #[tokio::test]
@@ -1578,7 +1538,7 @@ async fn a_name_bound_to_other_patterns_is_refused() {
     let config = js_config(&nats_url());
     let _guard = StreamGuard::new(&config);
     let bus = connect(config).await;
-    let (_, handler) = id_collector();
+    let (_, handler) = child::id_collector();
     let _first = bus
         .subscribe_with(
             &["name.a.*"],
@@ -1601,8 +1561,8 @@ async fn a_name_bound_to_other_patterns_is_refused() {
 async fn core_subscribers_with_one_name_split_the_events() {
     let config = core_config(&nats_url());
     let (a, b) = (connect(config.clone()).await, connect(config.clone()).await);
-    let (seen_a, handler_a) = id_collector();
-    let (seen_b, handler_b) = id_collector();
+    let (seen_a, handler_a) = child::id_collector();
+    let (seen_b, handler_b) = child::id_collector();
     let _a = a
         .subscribe_with(&["q.*"], SubscriptionOptions::named("workers"), handler_a)
         .await

@@ -7,12 +7,12 @@
 //! `tests/support`).
 #![allow(clippy::unwrap_used)]
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use eventflow::bus::EventBus;
 use eventflow::bus::nats::{NatsBus, NatsConfig};
 use eventflow::bus::redis::{RedisBus, RedisConfig};
-use eventflow::bus::{EventBus, HandlerResult};
 use eventflow::event::{MAX_PAYLOAD_DEPTH, dismantle, payload_depth};
 use eventflow::postgres::{PostgresEventStore, UNDECODABLE_SOURCE};
 use eventflow::store::memory::InMemoryEventStore;
@@ -22,6 +22,7 @@ use eventflow::{
     Error, Event, EventCriteria, EventStore, EventStoreExt, ExpectedVersion, InMemoryBus,
     SubscribeOptions, WithBus,
 };
+use eventflow_tests::{Seen, eventually, recorder};
 use eventflow_tests::{database_url, nats_url, redis_url, service_unavailable, unique};
 use serde_json::{Value, json};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -73,33 +74,6 @@ fn assert_too_deep(result: Result<impl std::fmt::Debug, Error>, field: &str, dep
         }
         other => panic!("expected PayloadTooDeep for {field} at {depth}, got {other:?}"),
     }
-}
-
-/// Waits (bounded) until `f` holds.
-async fn eventually<F: FnMut() -> bool>(what: &str, mut f: F) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-type Seen = Arc<Mutex<Vec<Event>>>;
-
-fn recorder() -> (Seen, Arc<dyn eventflow::Handler>) {
-    let seen: Seen = Arc::default();
-    let sink = seen.clone();
-    let handler = move |event: Arc<Event>| {
-        let sink = sink.clone();
-        async move {
-            sink.lock().unwrap().push((*event).clone());
-            HandlerResult::Ok(())
-        }
-    };
-    (seen, Arc::new(handler))
 }
 
 fn types(seen: &Seen) -> Vec<String> {

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use eventflow::bus::HandlerResult;
 use eventflow::postgres::{PendingAppend, PostgresEventStore, PostgresSnapshotStore};
 use eventflow::testing::conformance::{
     self, Scope,
@@ -19,6 +18,7 @@ use eventflow::{
     Metadata, Snapshot, SnapshotStore, SubscribeOptions, WithBus,
 };
 use eventflow_tests::{database_url, service_unavailable, unique};
+use eventflow_tests::{eventually, recorder};
 use serde_json::json;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use uuid::Uuid;
@@ -76,33 +76,6 @@ async fn pool(size: u32) -> PgPool {
 
 fn ev(event_type: &str, n: u64) -> Event {
     Event::new(event_type, json!({ "n": n })).unwrap()
-}
-
-/// Waits (bounded) until `f` holds.
-async fn eventually<F: FnMut() -> bool>(what: &str, mut f: F) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-type Seen = Arc<Mutex<Vec<Event>>>;
-
-fn recorder() -> (Seen, Arc<dyn eventflow::Handler>) {
-    let seen: Seen = Arc::default();
-    let sink = seen.clone();
-    let handler = move |event: Arc<Event>| {
-        let sink = sink.clone();
-        async move {
-            sink.lock().unwrap().push((*event).clone());
-            HandlerResult::Ok(())
-        }
-    };
-    (seen, Arc::new(handler))
 }
 
 #[tokio::test]

@@ -1155,16 +1155,6 @@ async fn named_subscription_second_process() {
 }
 
 /// A set of event ids, filled by a handler.
-fn id_collector() -> (Arc<Mutex<HashSet<String>>>, Arc<dyn Handler>) {
-    let seen = Arc::new(Mutex::new(HashSet::new()));
-    let s = seen.clone();
-    let handler = sync_handler(move |e| {
-        s.lock().unwrap().insert(e.id.to_string());
-        Ok(())
-    });
-    (seen, Arc::new(handler))
-}
-
 #[tokio::test]
 async fn one_name_in_two_processes_splits_the_events() {
     let prefix = unique("ef_split");
@@ -1172,7 +1162,7 @@ async fn one_name_in_two_processes_splits_the_events() {
     let mut first = config(Mode::Streams, &prefix);
     first.consumer_name = "first-process".to_owned();
     let bus = connect(first).await;
-    let (mine, handler) = id_collector();
+    let (mine, handler) = child::id_collector();
     let _shared = bus
         .subscribe_with(
             &["split.*"],
@@ -1186,7 +1176,7 @@ async fn one_name_in_two_processes_splits_the_events() {
     let mut other_config = config(Mode::Streams, &prefix);
     other_config.consumer_name = "other-process".to_owned();
     let other_bus = connect(other_config).await;
-    let (other, handler) = id_collector();
+    let (other, handler) = child::id_collector();
     let _other = other_bus
         .subscribe_with(
             &["split.*"],
@@ -1197,37 +1187,7 @@ async fn one_name_in_two_processes_splits_the_events() {
         .unwrap();
     let mut second = ChildProcess::spawn(SPLIT_CHILD, &[("EF_SPLIT_PREFIX", prefix.clone())]);
     second.wait_ready(Duration::from_secs(20)).await;
-    let mut ids = HashSet::new();
-    for i in 0..100 {
-        let event = Event::new("split.work", json!({ "n": i })).unwrap();
-        ids.insert(event.id.to_string());
-        bus.publish(event).await.unwrap();
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let theirs = second.reported();
-        let mine = mine.lock().unwrap().clone();
-        let all: HashSet<String> = mine.union(&theirs).cloned().collect();
-        if ids.is_subset(&all) && ids.is_subset(&other.lock().unwrap()) {
-            let both = mine.intersection(&theirs).count();
-            assert_eq!(both, 0, "{both} events went to both processes of one name");
-            assert!(
-                !mine.is_empty() && !theirs.is_empty(),
-                "one name in two processes did not split the events: {} here, {} there",
-                mine.len(),
-                theirs.len()
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not every event arrived: {} of 100 across the two processes, {} of 100 at the \
-             other service",
-            ids.intersection(&all).count(),
-            ids.intersection(&other.lock().unwrap()).count()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    child::publish_and_check_split(&bus, &mine, &second, &other, Duration::from_secs(20)).await;
 }
 
 #[tokio::test]
@@ -1235,7 +1195,7 @@ async fn a_name_bound_to_other_patterns_is_refused() {
     let prefix = unique("ef_bound");
     let _cleanup = Cleanup(prefix.clone());
     let bus = connect(config(Mode::Streams, &prefix)).await;
-    let (_, handler) = id_collector();
+    let (_, handler) = child::id_collector();
     let _first = bus
         .subscribe_with(
             &["name.a.*"],

@@ -141,3 +141,62 @@ pub fn report(out: &PathBuf, line: &str) {
     writeln!(file, "{line}").expect("writing the child's output");
     file.flush().expect("flushing the child's output");
 }
+
+/// A handler that records the id of every event it handles, and the set it fills.
+pub fn id_collector() -> (
+    std::sync::Arc<std::sync::Mutex<HashSet<String>>>,
+    std::sync::Arc<dyn eventflow::Handler>,
+) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(HashSet::new()));
+    let s = seen.clone();
+    let handler = eventflow::sync_handler(move |e| {
+        s.lock().expect("collector lock").insert(e.id.to_string());
+        Ok(())
+    });
+    (seen, std::sync::Arc::new(handler))
+}
+
+/// Publishes 100 `split.work` events on `bus`, then waits (at most `within`) until every one
+/// reached exactly one of the two processes sharing a name (`mine` here, `second` there, each
+/// with some) and also the other service (`other`), which has a name of its own.
+pub async fn publish_and_check_split(
+    bus: &dyn eventflow::EventBus,
+    mine: &std::sync::Mutex<HashSet<String>>,
+    second: &ChildProcess,
+    other: &std::sync::Mutex<HashSet<String>>,
+    within: Duration,
+) {
+    let mut ids = HashSet::new();
+    for i in 0..100 {
+        let event = eventflow::Event::new("split.work", serde_json::json!({ "n": i }))
+            .expect("valid event");
+        ids.insert(event.id.to_string());
+        bus.publish(event).await.expect("published");
+    }
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let theirs = second.reported();
+        let here = mine.lock().expect("collector lock").clone();
+        let elsewhere = other.lock().expect("collector lock").clone();
+        let all: HashSet<String> = here.union(&theirs).cloned().collect();
+        if ids.is_subset(&all) && ids.is_subset(&elsewhere) {
+            let both = here.intersection(&theirs).count();
+            assert_eq!(both, 0, "{both} events went to both processes of one name");
+            assert!(
+                !here.is_empty() && !theirs.is_empty(),
+                "one name in two processes did not split the events: {} here, {} there",
+                here.len(),
+                theirs.len()
+            );
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not every event arrived: {} of 100 across the two processes, {} of 100 at the \
+             other service",
+            ids.intersection(&all).count(),
+            ids.intersection(&elsewhere).count()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -59,3 +59,35 @@ pub fn service_unavailable(service: &str, url: &str, error: impl std::fmt::Displ
          or point the test at another server with the matching *_URL variable"
     )
 }
+
+/// How long [`eventually`] waits before it fails the test.
+pub const EVENTUALLY: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Waits (at most [`EVENTUALLY`]) until `f` holds, polling every 5 ms.
+pub async fn eventually<F: FnMut() -> bool>(what: &str, mut f: F) {
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    while !f() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// The events a [`recorder`] handled, in the order it handled them.
+pub type Seen = std::sync::Arc<std::sync::Mutex<Vec<eventflow::Event>>>;
+
+/// A handler that records every event it handles, and the list it fills.
+pub fn recorder() -> (Seen, std::sync::Arc<dyn eventflow::Handler>) {
+    let seen: Seen = std::sync::Arc::default();
+    let sink = seen.clone();
+    let handler = move |event: std::sync::Arc<eventflow::Event>| {
+        let sink = sink.clone();
+        async move {
+            sink.lock().expect("recorder lock").push((*event).clone());
+            eventflow::HandlerResult::Ok(())
+        }
+    };
+    (seen, std::sync::Arc::new(handler))
+}
