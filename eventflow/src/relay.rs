@@ -55,8 +55,10 @@ use crate::store::follow::{self, Follower};
 use crate::store::{CheckpointStore, EventStore};
 
 mod attach;
+mod forward;
 mod parked;
 pub use attach::{IntoBus, Relayed, WithBus};
+pub use forward::{DEFAULT_FORWARDER_NAME, ForwardTarget, Forwarder};
 pub use parked::{RetryOutcome, retry_parked};
 
 /// The default checkpoint name of a relay.
