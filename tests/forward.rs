@@ -1,7 +1,8 @@
 //! Store and forward from an edge node's SQLite file to the far side, with the link down at
 //! the start and dropped again mid-forward: a private `nats-server -js` (killed with SIGKILL and
 //! restarted on the same store) and the shared PostgreSQL server behind a TCP proxy the test
-//! cuts and restores. Each of the 5,000 events must be on the far side exactly once, in
+//! cuts and restores. Before each run, the far side already holds the first 1,234 events (a
+//! previous run whose acknowledgements were lost, cut inside a batch). Each of the 5,000 events must be on the far side exactly once, in
 //! per-stream order.
 #![allow(clippy::unwrap_used)]
 
@@ -52,6 +53,20 @@ async fn local_store(dir: &std::path::Path) -> SqliteEventStore {
     store
 }
 
+/// How many events "a previous run" delivered before its acknowledgement was lost: the far side
+/// holds them, the forwarder's checkpoint does not know. Not a multiple of the local batches
+/// (25) nor of the forwarder's (50), so the far side holds part of a batch.
+const SEEDED: usize = 1_234;
+
+/// The first [`SEEDED`] local events as the far side would hold them.
+async fn seeded(local: &SqliteEventStore) -> Vec<Event> {
+    let mut events = local.read_all(0, SEEDED).await.unwrap();
+    for e in &mut events {
+        e.stream_id = Some(format!("node-7/{}", e.stream_id.as_deref().unwrap()));
+    }
+    events
+}
+
 /// Waits until the forwarder has delivered through `position`, or panics with its status.
 async fn wait_position(forwarder: &RelayHandle, position: u64, what: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -70,7 +85,12 @@ fn check_exactly_once_in_order(far: &[Event], local: &[Event], prefix: &str) {
     let local_ids: HashSet<_> = local.iter().map(|e| e.id).collect();
     let far_ids: HashSet<_> = far.iter().map(|e| e.id).collect();
     assert_eq!(far_ids.len(), far.len(), "an event arrived twice");
-    assert_eq!(far.len() as u64, TOTAL, "the far side holds {} events", far.len());
+    assert_eq!(
+        far.len() as u64,
+        TOTAL,
+        "the far side holds {} events",
+        far.len()
+    );
     assert_eq!(far_ids, local_ids, "the far side holds other events");
     let mut per_stream: HashMap<String, Vec<u64>> = HashMap::new();
     for e in far {
@@ -82,7 +102,11 @@ fn check_exactly_once_in_order(far: &[Event], local: &[Event], prefix: &str) {
     assert_eq!(per_stream.len() as u64, STREAMS);
     for (stream, ns) in per_stream {
         assert!(stream.starts_with(prefix), "stream {stream} not mapped");
-        assert_eq!(ns, (0..PER_STREAM).collect::<Vec<_>>(), "{stream} out of order");
+        assert_eq!(
+            ns,
+            (0..PER_STREAM).collect::<Vec<_>>(),
+            "{stream} out of order"
+        );
     }
 }
 
@@ -90,8 +114,7 @@ fn check_exactly_once_in_order(far: &[Event], local: &[Event], prefix: &str) {
 async fn forwards_to_jetstream_exactly_once_across_outages() {
     let dir = tempfile::tempdir().unwrap();
     let local = local_store(dir.path()).await;
-    // The link is down: nothing listens on the server's port yet.
-    let mut server = NatsServer::not_started();
+    let mut server = NatsServer::start();
     let mut config = NatsConfig::jetstream(server.url());
     config.stream_name = unique("FWD");
     config.subject_prefix = unique("fwd");
@@ -99,6 +122,14 @@ async fn forwards_to_jetstream_exactly_once_across_outages() {
     config.request_timeout = Duration::from_secs(1);
     config.reconnect_wait = Duration::from_millis(50);
     config.max_reconnects = None;
+    // A previous run delivered the first events, then the link dropped before their acks came
+    // back: the far side holds them, the checkpoint is still 0.
+    let seeder = NatsBus::connect(config.clone()).await.unwrap();
+    seeder.publish_batch(seeded(&local).await).await.unwrap();
+    seeder.close().await.unwrap();
+    drop(seeder);
+    // The link is down.
+    server.kill();
     let connect = {
         let config = config.clone();
         move || {
@@ -117,7 +148,7 @@ async fn forwards_to_jetstream_exactly_once_across_outages() {
     let status = forwarder.status().await.unwrap();
     assert_eq!((status.position, status.lag), (0, TOTAL));
 
-    // The link comes back; kill it again mid-forward, then bring it back once more.
+    // The link comes back (the forwarder resends the seeded events); kill it again mid-forward, then bring it back once more.
     server.restart();
     wait_position(&forwarder, 1_000, "before the kill").await;
     let at_kill = forwarder.position();
@@ -209,6 +240,31 @@ async fn forwards_to_postgres_exactly_once_across_outages() {
 
     let dir = tempfile::tempdir().unwrap();
     let local = local_store(dir.path()).await;
+    // A previous run delivered the first events, then the link dropped before their acks came
+    // back: the far side holds them (each stream's run appended as one batch), the checkpoint
+    // is still 0.
+    {
+        let far = PostgresEventStore::builder(admin.clone())
+            .schema(&schema)
+            .build()
+            .unwrap();
+        let seeded = seeded(&local).await;
+        let mut rest = seeded.as_slice();
+        while let Some(first) = rest.first() {
+            let run = rest
+                .iter()
+                .take_while(|e| e.stream_id == first.stream_id)
+                .count();
+            far.append_batch(
+                first.stream_id.as_deref().unwrap(),
+                ExpectedVersion::Any,
+                rest[..run].to_vec(),
+            )
+            .await
+            .unwrap();
+            rest = &rest[run..];
+        }
+    }
     let mut link = Link::down(upstream);
     let proxied = options.clone().port(link.port);
     let connect = {
@@ -260,7 +316,10 @@ async fn forwards_to_postgres_exactly_once_across_outages() {
     check_exactly_once_in_order(&far, &local_events, "node-7/");
     // Versions on the far side are contiguous too.
     for s in 0..STREAMS {
-        let stream = far_store.load_stream(&format!("node-7/meter-{s}"), 0).await.unwrap();
+        let stream = far_store
+            .load_stream(&format!("node-7/meter-{s}"), 0)
+            .await
+            .unwrap();
         let versions: Vec<u64> = stream.iter().map(|e| e.stream_version.unwrap()).collect();
         assert_eq!(versions, (1..=PER_STREAM).collect::<Vec<_>>());
     }
