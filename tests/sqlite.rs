@@ -303,3 +303,110 @@ async fn sigkill_mid_append_leaves_whole_batches_with_contiguous_versions() {
         .await
         .unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// A transactional projection killed mid-batch (SIGKILL of a real process) and restarted.
+
+const PROJECTION_DB_ENV: &str = "EVENTFLOW_SQLITE_PROJECTION_DB";
+const PROJECTED: u64 = 600;
+
+/// Records every event it applies, one row per application (no uniqueness: a second
+/// application would show as a second row), slowly, so a kill lands inside a batch.
+struct Applied;
+
+#[async_trait]
+impl eventflow::sqlite::SqliteProjection for Applied {
+    fn name(&self) -> &str {
+        "applied"
+    }
+
+    async fn handle(
+        &self,
+        tx: &mut eventflow::sqlite::SqliteTransaction,
+        event: &Event,
+    ) -> eventflow::HandlerResult {
+        sqlx::query("INSERT INTO applied (event_id, position) VALUES (?, ?)")
+            .bind(event.id)
+            .bind(i64::try_from(event.position.unwrap()).unwrap())
+            .execute(&mut **tx)
+            .await?;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        Ok(())
+    }
+}
+
+/// The child: runs the projection until killed.
+#[tokio::test]
+#[ignore = "run by projection_killed_mid_batch_applies_each_event_once"]
+async fn projection_child_runs_until_killed() {
+    let Some(out) = child_out() else { return };
+    let path = std::env::var(PROJECTION_DB_ENV).unwrap();
+    let store = SqliteEventStore::open(&path).await.unwrap();
+    let runner = eventflow::sqlite::projection_runner(store, Applied)
+        .unwrap()
+        .batch_size(50);
+    let _task = runner.start();
+    report(&out, "ready");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+async fn applied_rows(store: &SqliteEventStore) -> Vec<(uuid::Uuid, i64)> {
+    sqlx::query_as("SELECT event_id, position FROM applied ORDER BY rowid")
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projection_killed_mid_batch_applies_each_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("projection.db");
+    let store = SqliteEventStore::open(&path).await.unwrap();
+    sqlx::query("CREATE TABLE applied (event_id BLOB NOT NULL, position INTEGER NOT NULL)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    for chunk in 0..PROJECTED / 20 {
+        let batch = (0..20).map(|i| ev("tick.happened", chunk * 20 + i)).collect();
+        store
+            .append_batch(&format!("t-{}", chunk % 3), ExpectedVersion::Any, batch)
+            .await
+            .unwrap();
+    }
+    let checkpoints = store.checkpoints();
+    // Three processes in turn, each killed with SIGKILL while it is inside a batch.
+    let mut kills = 0;
+    for round in 1..=3u64 {
+        let mut child = ChildProcess::spawn(
+            "projection_child_runs_until_killed",
+            &[(PROJECTION_DB_ENV, path.display().to_string())],
+        );
+        child.wait_ready(Duration::from_secs(30)).await;
+        let target = round * PROJECTED / 4;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while checkpoints.load_checkpoint("applied").await.unwrap() < target {
+            assert!(tokio::time::Instant::now() < deadline, "the projection is stuck");
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        // Inside the next batch (1 ms per event, 50 per batch): kill it.
+        tokio::time::sleep(Duration::from_millis(17)).await;
+        child.kill();
+        kills += 1;
+        let at = checkpoints.load_checkpoint("applied").await.unwrap();
+        let rows = applied_rows(&store).await;
+        // What the read model holds is exactly what the checkpoint says: the uncommitted
+        // batch left nothing.
+        assert_eq!(rows.len() as u64, at, "read model and checkpoint disagree after a kill");
+    }
+    assert_eq!(kills, 3);
+    // Finish in this process.
+    let runner = eventflow::sqlite::projection_runner(store.clone(), Applied)
+        .unwrap()
+        .batch_size(50);
+    runner.catch_up().await.unwrap();
+    let rows = applied_rows(&store).await;
+    let positions: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    assert_eq!(positions, (1..=PROJECTED as i64).collect::<Vec<_>>());
+    let ids: std::collections::HashSet<_> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(ids.len() as u64, PROJECTED, "an event was applied twice");
+}
