@@ -367,7 +367,9 @@ async fn projection_killed_mid_batch_applies_each_event_once() {
         .await
         .unwrap();
     for chunk in 0..PROJECTED / 20 {
-        let batch = (0..20).map(|i| ev("tick.happened", chunk * 20 + i)).collect();
+        let batch = (0..20)
+            .map(|i| ev("tick.happened", chunk * 20 + i))
+            .collect();
         store
             .append_batch(&format!("t-{}", chunk % 3), ExpectedVersion::Any, batch)
             .await
@@ -385,7 +387,10 @@ async fn projection_killed_mid_batch_applies_each_event_once() {
         let target = round * PROJECTED / 4;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while checkpoints.load_checkpoint("applied").await.unwrap() < target {
-            assert!(tokio::time::Instant::now() < deadline, "the projection is stuck");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the projection is stuck"
+            );
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
         // Inside the next batch (1 ms per event, 50 per batch): kill it.
@@ -396,7 +401,11 @@ async fn projection_killed_mid_batch_applies_each_event_once() {
         let rows = applied_rows(&store).await;
         // What the read model holds is exactly what the checkpoint says: the uncommitted
         // batch left nothing.
-        assert_eq!(rows.len() as u64, at, "read model and checkpoint disagree after a kill");
+        assert_eq!(
+            rows.len() as u64,
+            at,
+            "read model and checkpoint disagree after a kill"
+        );
     }
     assert_eq!(kills, 3);
     // Finish in this process.
