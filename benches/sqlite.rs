@@ -36,9 +36,12 @@ const RAW_LOAD: &str = "SELECT position, event_id, stream_id, stream_version, ev
      FROM events WHERE stream_id = ? AND stream_version >= ? ORDER BY stream_version";
 
 fn event(n: u64) -> Event {
-    Event::new("bench.appended", json!({ "n": n, "note": "a reading of modest size" }))
-        .unwrap()
-        .with_correlation("bench")
+    Event::new(
+        "bench.appended",
+        json!({ "n": n, "note": "a reading of modest size" }),
+    )
+    .unwrap()
+    .with_correlation("bench")
 }
 
 /// What a user's raw insert binds: the same columns our append writes.
@@ -158,9 +161,13 @@ async fn main() {
             .collect();
         let start = Instant::now();
         for (b, batch) in batches.iter().enumerate() {
-            ours.append_batch(&stream, ExpectedVersion::Exact(b as u64 * 100), batch.clone())
-                .await
-                .unwrap();
+            ours.append_batch(
+                &stream,
+                ExpectedVersion::Exact(b as u64 * 100),
+                batch.clone(),
+            )
+            .await
+            .unwrap();
         }
         ours_batch += start.elapsed();
         let start = Instant::now();
@@ -185,15 +192,22 @@ async fn main() {
     // load_stream of 10,000 events.
     let long: Vec<Event> = (0..LOADED).map(event).collect();
     for (chunk, events) in long.chunks(1_000).enumerate() {
-        ours.append_batch("long", ExpectedVersion::Exact(chunk as u64 * 1_000), events.to_vec())
-            .await
-            .unwrap();
+        ours.append_batch(
+            "long",
+            ExpectedVersion::Exact(chunk as u64 * 1_000),
+            events.to_vec(),
+        )
+        .await
+        .unwrap();
         raw_batch(&raw, events, "long", chunk as i64 * 1_000 + 1).await;
     }
     let (mut ours_load, mut raw_load_t) = (Duration::ZERO, Duration::ZERO);
     for _ in 0..ROUNDS * 2 {
         let start = Instant::now();
-        assert_eq!(ours.load_stream("long", 0).await.unwrap().len() as u64, LOADED);
+        assert_eq!(
+            ours.load_stream("long", 0).await.unwrap().len() as u64,
+            LOADED
+        );
         ours_load += start.elapsed();
         let start = Instant::now();
         assert_eq!(raw_load(&raw, "long").await as u64, LOADED);
@@ -226,7 +240,11 @@ async fn edge(path: std::path::PathBuf) -> SqliteEventStore {
     for chunk in 0..FORWARDED / 100 {
         let batch = (0..100).map(|i| event(chunk * 100 + i)).collect();
         store
-            .append_batch(&format!("meter-{}", chunk % 20), ExpectedVersion::Any, batch)
+            .append_batch(
+                &format!("meter-{}", chunk % 20),
+                ExpectedVersion::Any,
+                batch,
+            )
             .await
             .unwrap();
     }

@@ -156,6 +156,9 @@ impl CheckpointStore for CountingCheckpoints {
         self.saves.fetch_add(1, Ordering::SeqCst);
         self.inner.save_checkpoint(name, position).await
     }
+    async fn reset_checkpoint(&self, name: &str) -> eventflow::Result<()> {
+        self.inner.reset_checkpoint(name).await
+    }
 }
 
 fn memory_runner(

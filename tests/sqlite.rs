@@ -147,6 +147,11 @@ async fn snapshots_and_checkpoints_survive_a_reopen() {
     assert_eq!(store.checkpoints().load_checkpoint("p").await.unwrap(), 7);
     assert_eq!(store.checkpoints().load_checkpoint("q").await.unwrap(), 0);
     assert!(store.checkpoints().save_checkpoint("", 1).await.is_err());
+    // Never backwards, except through a reset.
+    store.checkpoints().save_checkpoint("p", 3).await.unwrap();
+    assert_eq!(store.checkpoints().load_checkpoint("p").await.unwrap(), 7);
+    store.checkpoints().reset_checkpoint("p").await.unwrap();
+    assert_eq!(store.checkpoints().load_checkpoint("p").await.unwrap(), 0);
 }
 
 #[tokio::test]

@@ -202,6 +202,22 @@ pub enum Error {
         /// The saga or projection (as `saga <name>` / `projection <name>`).
         consumer: String,
     },
+
+    /// Leased work was fenced off: the lease `(name, partition)` is no longer held by `owner`
+    /// at `epoch` (it expired and another worker took it over, or it was released), so the
+    /// write was refused and nothing was committed. The worker must stop that work; it may
+    /// claim the lease again.
+    #[error("lease {name:?} partition {partition} is no longer held by {owner:?} at epoch {epoch}")]
+    LeaseLost {
+        /// What was leased.
+        name: String,
+        /// Which partition.
+        partition: u32,
+        /// The owner that lost it.
+        owner: String,
+        /// The epoch it held.
+        epoch: i64,
+    },
 }
 
 impl Error {
@@ -250,7 +266,8 @@ impl Error {
             | Error::Timeout { .. }
             | Error::Connect { .. }
             | Error::Backend { .. }
-            | Error::Handler { .. } => FailureClass::Transient,
+            | Error::Handler { .. }
+            | Error::LeaseLost { .. } => FailureClass::Transient,
         }
     }
 
@@ -265,7 +282,7 @@ impl Error {
 /// | class | errors | what delivery does |
 /// |---|---|---|
 /// | `Permanent` | `EventTooLarge`, `PayloadTooDeep`, `InvalidEventType`, `InvalidStreamId`, `InvalidPattern`, `Encode`, `Decode`, `UnknownEventType`, `MissingUpcaster`, `AtMostOnceBus`, `InvalidArgument` (a value the backend rejects) | park the event in a dead-letter store, report it, move on |
-/// | `Transient` | `Connect`, `Timeout`, `Backend`, `Closed`, `Conflict`, `DuplicateEvent`, `Handler` | retry with backoff, in order |
+/// | `Transient` | `Connect`, `Timeout`, `Backend`, `Closed`, `Conflict`, `DuplicateEvent`, `Handler`, `LeaseLost` | retry with backoff, in order |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailureClass {
     /// Retrying the same event cannot succeed (it is too large, invalid or undecodable).

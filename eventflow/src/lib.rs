@@ -34,6 +34,7 @@
 //! | [`handler`] | [`Handler`], [`Subscription`], the error stream and the one delivery core |
 //! | [`bus`] | [`EventBus`], handlers, patterns; `memory`, `nats`, `redis` backends |
 //! | [`store`] | [`EventStore`], criteria, snapshots, checkpoints; the `memory` store |
+//! | [`lease`] | leases with fencing: one owner at a time for the relay and partitions, across processes |
 //! | [`aggregate`] | [`Aggregate`], [`Repository`], upcasting |
 //! | [`relay`] | store -> bus, at least once, in global order |
 //! | [`projection`], [`saga`] | read models and process managers |
@@ -60,6 +61,7 @@ pub mod error;
 pub mod event;
 pub mod event_types;
 pub mod handler;
+pub mod lease;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod projection;

@@ -71,4 +71,18 @@ impl CheckpointStore for PostgresCheckpointStore {
             .map_err(|e| map_sqlx(&self.target, e))?;
         Ok(())
     }
+
+    async fn reset_checkpoint(&self, name: &str) -> Result<()> {
+        if name.is_empty() || name.contains('\0') {
+            return Err(Error::InvalidArgument(format!(
+                "invalid checkpoint name {name:?}: must be non-empty without NUL"
+            )));
+        }
+        sqlx::query(&self.sql.reset_checkpoint)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| map_sqlx(&self.target, e))?;
+        Ok(())
+    }
 }

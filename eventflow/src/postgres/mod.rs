@@ -27,7 +27,7 @@
 //! # Tables
 //! The migrations in the workspace's `migrations/` folder (sqlx format, embedded in the library
 //! through the `eventflow/migrations` link, so the published crate carries them) create
-//! `events`, `snapshots`, `checkpoints`, the `saga_*` tables, `dead_letters` and `undecodable_events` in one schema, `eventflow` unless
+//! `events`, `snapshots`, `checkpoints`, the `saga_*` tables, `dead_letters`, `undecodable_events`, `leases` and `lease_members` in one schema, `eventflow` unless
 //! [`PostgresEventStoreBuilder::schema`] names another. [`PostgresEventStore::migrate`] applies
 //! them; nothing else changes the schema.
 //!
@@ -95,6 +95,7 @@ mod checkpoint;
 mod connect;
 mod dead_letter;
 mod error;
+mod lease;
 mod projection;
 mod read;
 mod rows;
@@ -132,6 +133,7 @@ pub use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 pub use append::PendingAppend;
 pub use checkpoint::PostgresCheckpointStore;
 pub use dead_letter::PostgresDeadLetterStore;
+pub use lease::{PostgresLeaseStore, fenced_checkpoint};
 pub use projection::{PgProjection, PgTransaction, projection_runner};
 pub use saga::PostgresSagaStore;
 pub use schema::DEFAULT_SCHEMA;

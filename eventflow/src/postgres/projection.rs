@@ -296,9 +296,8 @@ impl TxApplier {
                 backend: "projection reset",
                 source,
             })?;
-        sqlx::query(&self.sql.save_checkpoint)
+        sqlx::query(&self.sql.reset_checkpoint)
             .bind(&self.name)
-            .bind(0i64)
             .execute(&mut *tx)
             .await
             .map_err(|e| self.map(e))?;

@@ -126,8 +126,77 @@ const SAVE_SNAPSHOT: &str = "INSERT INTO {snapshots} AS s \
 
 const LOAD_CHECKPOINT: &str = "SELECT position FROM {checkpoints} WHERE name = $1";
 
-const SAVE_CHECKPOINT: &str = "INSERT INTO {checkpoints} (name, position) VALUES ($1, $2) \
-     ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()";
+/// Saves a checkpoint; never moves it backwards (a lower position leaves the row alone).
+const SAVE_CHECKPOINT: &str = "INSERT INTO {checkpoints} AS c (name, position) VALUES ($1, $2) \
+     ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now() \
+     WHERE c.position < EXCLUDED.position";
+
+/// Sets a checkpoint back to 0: a rebuild, the one way a checkpoint moves backwards.
+const RESET_CHECKPOINT: &str = "INSERT INTO {checkpoints} (name, position) VALUES ($1, 0) \
+     ON CONFLICT (name) DO UPDATE SET position = 0, updated_at = now()";
+
+/// Columns read back into a `Lease`, in the order the lease store expects.
+const LEASE_COLUMNS: &str = "name, partition, owner, epoch, expires_at";
+
+/// Claims a lease (`migrations/0006_leases.sql`): inserts it at epoch 1, or takes over a row
+/// that expired (epoch + 1), or renews the caller's own live lease (same epoch). A row another
+/// owner holds live matches the `WHERE` of the update and nothing comes back. Racing claimants
+/// of a new row meet on the primary key: one inserts, the others see its row and find it live.
+/// `$4` is the time-to-live in microseconds; expiry is the database's clock.
+const LEASE_ACQUIRE: &str = "INSERT INTO {schema}.leases AS l \
+        (name, partition, owner, epoch, expires_at) \
+     VALUES ($1, $2, $3, 1, now() + $4::bigint * interval '1 microsecond') \
+     ON CONFLICT (name, partition) DO UPDATE SET \
+        owner = EXCLUDED.owner, \
+        epoch = CASE WHEN l.owner = EXCLUDED.owner AND l.expires_at > now() \
+                     THEN l.epoch ELSE l.epoch + 1 END, \
+        acquired_at = CASE WHEN l.owner = EXCLUDED.owner AND l.expires_at > now() \
+                           THEN l.acquired_at ELSE now() END, \
+        expires_at = EXCLUDED.expires_at, \
+        renewed_at = now() \
+     WHERE l.expires_at <= now() OR l.owner = EXCLUDED.owner \
+     RETURNING {lease_columns}";
+
+/// Extends a live lease still held by `$3` at epoch `$4`.
+const LEASE_RENEW: &str = "UPDATE {schema}.leases \
+     SET expires_at = now() + $5::bigint * interval '1 microsecond', renewed_at = now() \
+     WHERE name = $1 AND partition = $2 AND owner = $3 AND epoch = $4 AND expires_at > now() \
+     RETURNING {lease_columns}";
+
+/// Gives a lease up: it expires now and keeps its epoch, so the next claim increments it.
+const LEASE_RELEASE: &str = "UPDATE {schema}.leases SET expires_at = least(expires_at, now()) \
+     WHERE name = $1 AND partition = $2 AND owner = $3 AND epoch = $4";
+
+/// Every lease, or those of one name (`$1` NULL: all), in byte order of name, then partition.
+const LEASE_LIST: &str = "SELECT {lease_columns} FROM {schema}.leases \
+     WHERE $1::text IS NULL OR name = $1 ORDER BY name COLLATE \"C\", partition";
+
+/// The fenced checkpoint write: saves checkpoint `$5` at `$6` only while lease (`$1`, `$2`) is
+/// held by `$3` at epoch `$4`, and never backwards. `FOR SHARE` keeps the lease row locked until
+/// the caller's transaction ends, so a takeover (an update of that row) waits for the commit
+/// and its new owner reads the checkpoint after it; a takeover that committed first is seen by
+/// the lock's recheck of the row, and nothing is written. The count of matching lease rows
+/// comes back: 0 means the lease was lost.
+const FENCED_CHECKPOINT: &str = "WITH held AS ( \
+        SELECT 1 FROM {schema}.leases \
+         WHERE name = $1 AND partition = $2 AND owner = $3 AND epoch = $4 FOR SHARE), \
+     saved AS ( \
+        INSERT INTO {checkpoints} AS c (name, position) SELECT $5, $6 FROM held \
+        ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now() \
+        WHERE c.position < EXCLUDED.position RETURNING 1) \
+     SELECT count(*) FROM held";
+
+/// Adds a member to a group, or extends it, for `$3` microseconds.
+const MEMBER_JOIN: &str = "INSERT INTO {schema}.lease_members (group_name, member, expires_at) \
+     VALUES ($1, $2, now() + $3::bigint * interval '1 microsecond') \
+     ON CONFLICT (group_name, member) DO UPDATE SET expires_at = EXCLUDED.expires_at";
+
+/// The live members of a group, in byte order.
+const MEMBERS: &str = "SELECT member FROM {schema}.lease_members \
+     WHERE group_name = $1 AND expires_at > now() ORDER BY member COLLATE \"C\"";
+
+const MEMBER_LEAVE: &str =
+    "DELETE FROM {schema}.lease_members WHERE group_name = $1 AND member = $2";
 
 /// Creates a projection's checkpoint row if missing, so its batches can lock it.
 const CREATE_CHECKPOINT: &str = "INSERT INTO {checkpoints} (name, position) VALUES ($1, 0) \
@@ -269,6 +338,15 @@ pub(crate) struct Sql {
     pub(crate) save_snapshot: String,
     pub(crate) load_checkpoint: String,
     pub(crate) save_checkpoint: String,
+    pub(crate) reset_checkpoint: String,
+    pub(crate) lease_acquire: String,
+    pub(crate) lease_renew: String,
+    pub(crate) lease_release: String,
+    pub(crate) lease_list: String,
+    pub(crate) fenced_checkpoint: String,
+    pub(crate) member_join: String,
+    pub(crate) members: String,
+    pub(crate) member_leave: String,
     pub(crate) create_checkpoint: String,
     pub(crate) lock_checkpoint: String,
     pub(crate) set_local_search_path: String,
@@ -310,6 +388,7 @@ impl Sql {
         let fill = |template: &str| {
             template
                 .replace("{columns}", EVENT_COLUMNS)
+                .replace("{lease_columns}", LEASE_COLUMNS)
                 .replace("{cutoff}", SAFE_CUTOFF)
                 .replace("{events}", &format!("{quoted}.events"))
                 .replace("{snapshots}", &format!("{quoted}.snapshots"))
@@ -329,6 +408,15 @@ impl Sql {
             save_snapshot: fill(SAVE_SNAPSHOT),
             load_checkpoint: fill(LOAD_CHECKPOINT),
             save_checkpoint: fill(SAVE_CHECKPOINT),
+            reset_checkpoint: fill(RESET_CHECKPOINT),
+            lease_acquire: fill(LEASE_ACQUIRE),
+            lease_renew: fill(LEASE_RENEW),
+            lease_release: fill(LEASE_RELEASE),
+            lease_list: fill(LEASE_LIST),
+            fenced_checkpoint: fill(FENCED_CHECKPOINT),
+            member_join: fill(MEMBER_JOIN),
+            members: fill(MEMBERS),
+            member_leave: fill(MEMBER_LEAVE),
             create_checkpoint: fill(CREATE_CHECKPOINT),
             lock_checkpoint: fill(LOCK_CHECKPOINT),
             set_local_search_path: fill(SET_LOCAL_SEARCH_PATH),
@@ -392,6 +480,15 @@ mod tests {
             &sql.save_snapshot,
             &sql.load_checkpoint,
             &sql.save_checkpoint,
+            &sql.reset_checkpoint,
+            &sql.lease_acquire,
+            &sql.lease_renew,
+            &sql.lease_release,
+            &sql.lease_list,
+            &sql.fenced_checkpoint,
+            &sql.member_join,
+            &sql.members,
+            &sql.member_leave,
             &sql.create_checkpoint,
             &sql.lock_checkpoint,
             &sql.set_local_search_path,

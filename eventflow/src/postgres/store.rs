@@ -174,6 +174,12 @@ impl PostgresEventStore {
         PostgresCheckpointStore::from_parts(self.inner.pool.clone(), self.inner.sql.clone())
     }
 
+    /// A lease store over the same pool and schema: leases, worker membership, and fenced
+    /// writes to this schema's checkpoints (see [`crate::lease`]).
+    pub fn leases(&self) -> super::PostgresLeaseStore {
+        super::PostgresLeaseStore::from_parts(self.inner.pool.clone(), self.inner.sql.clone())
+    }
+
     /// A dead-letter store over the same pool and schema (where a relay attached with
     /// [`with_bus`](crate::relay::WithBus::with_bus) parks events the bus will never take, and
     /// readers park stored rows they cannot decode, under [`UNDECODABLE_SOURCE`](super::UNDECODABLE_SOURCE)).

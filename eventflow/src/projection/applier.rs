@@ -190,6 +190,6 @@ impl Applier for PlainApplier {
                 backend: "projection reset",
                 source,
             })?;
-        self.checkpoints.save_checkpoint(&self.name, 0).await
+        self.checkpoints.reset_checkpoint(&self.name).await
     }
 }

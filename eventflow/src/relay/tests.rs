@@ -87,6 +87,9 @@ impl CheckpointStore for FlakyCheckpoints {
         }
         self.inner.save_checkpoint(name, position).await
     }
+    async fn reset_checkpoint(&self, name: &str) -> Result<()> {
+        self.inner.reset_checkpoint(name).await
+    }
 }
 
 fn ids(events: &[Event]) -> Vec<Uuid> {

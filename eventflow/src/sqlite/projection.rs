@@ -195,9 +195,8 @@ impl TxApplier {
                 backend: "projection reset",
                 source,
             })?;
-        sqlx::query(sql::SAVE_CHECKPOINT)
+        sqlx::query(sql::RESET_CHECKPOINT)
             .bind(&self.name)
-            .bind(0i64)
             .execute(&mut *write.tx)
             .await
             .map_err(|e| self.store.map(e))?;

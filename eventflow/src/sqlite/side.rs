@@ -69,7 +69,8 @@ impl SnapshotStore for SqliteSnapshotStore {
 }
 
 /// Keeps named reader positions (relays, forwarders, projections) in the `checkpoints` table;
-/// from [`SqliteEventStore::checkpoints`].
+/// from [`SqliteEventStore::checkpoints`]. A checkpoint never moves backwards except through
+/// [`reset_checkpoint`](CheckpointStore::reset_checkpoint).
 #[derive(Debug, Clone)]
 pub struct SqliteCheckpointStore {
     store: SqliteEventStore,
@@ -107,6 +108,17 @@ impl CheckpointStore for SqliteCheckpointStore {
         sqlx::query(sql::SAVE_CHECKPOINT)
             .bind(name)
             .bind(to_i64(position, "checkpoint position")?)
+            .execute(&mut *write.tx)
+            .await
+            .map_err(|e| self.store.map(e))?;
+        write.tx.commit().await.map_err(|e| self.store.map(e))
+    }
+
+    async fn reset_checkpoint(&self, name: &str) -> Result<()> {
+        validate_checkpoint_name(name)?;
+        let mut write = self.store.begin_write().await?;
+        sqlx::query(sql::RESET_CHECKPOINT)
+            .bind(name)
             .execute(&mut *write.tx)
             .await
             .map_err(|e| self.store.map(e))?;

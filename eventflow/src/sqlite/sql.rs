@@ -69,8 +69,14 @@ pub(crate) const SAVE_SNAPSHOT: &str = "INSERT INTO snapshots \
 
 pub(crate) const LOAD_CHECKPOINT: &str = "SELECT position FROM checkpoints WHERE name = ?";
 
+/// Saves a checkpoint; never moves it backwards (a lower position leaves the row alone).
 pub(crate) const SAVE_CHECKPOINT: &str = "INSERT INTO checkpoints (name, position) \
-     VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position";
+     VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = excluded.position \
+     WHERE checkpoints.position < excluded.position";
+
+/// Sets a checkpoint back to 0: a rebuild, the one way a checkpoint moves backwards.
+pub(crate) const RESET_CHECKPOINT: &str = "INSERT INTO checkpoints (name, position) \
+     VALUES (?, 0) ON CONFLICT (name) DO UPDATE SET position = 0";
 
 pub(crate) const DEAD_LETTER_PARK: &str = "INSERT INTO dead_letters \
      (id, source, event_id, event, reason, error, attempts, parked_at) \

@@ -35,6 +35,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handler::{Handler, Subscription, sync};
+use crate::lease::MemoryLeaseStore;
 use crate::store::{
     CheckpointStore, EventCriteria, EventStore, ExpectedVersion, ReaderCheckpoints, Snapshot,
     SnapshotStore, SubscribeOptions, follow, validate_stream_id,
@@ -381,6 +382,15 @@ impl InMemoryCheckpointStore {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// The checkpoints `leases` fences: what
+    /// [`LeaseStore::fenced_checkpoint`](crate::lease::LeaseStore::fenced_checkpoint) writes
+    /// there, this store reads (and the other way round).
+    pub fn shared_with(leases: &MemoryLeaseStore) -> Self {
+        InMemoryCheckpointStore {
+            positions: leases.checkpoint_map(),
+        }
+    }
 }
 
 #[async_trait]
@@ -392,7 +402,13 @@ impl CheckpointStore for InMemoryCheckpointStore {
 
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()> {
         let mut positions = sync::lock(&self.positions);
-        positions.insert(name.to_owned(), position);
+        let saved = positions.entry(name.to_owned()).or_insert(0);
+        *saved = (*saved).max(position);
+        Ok(())
+    }
+
+    async fn reset_checkpoint(&self, name: &str) -> Result<()> {
+        sync::lock(&self.positions).insert(name.to_owned(), 0);
         Ok(())
     }
 }

@@ -397,9 +397,19 @@ pub trait CheckpointStore: Send + Sync + 'static {
     /// Backend errors.
     async fn load_checkpoint(&self, name: &str) -> Result<u64>;
 
-    /// Saves the position of `name`.
+    /// Saves the position of `name`. **A checkpoint never moves backwards**: saving a position
+    /// below the stored one leaves it as it is (and succeeds), so a slow or stale writer cannot
+    /// make every reader after it replay what was done. Use
+    /// [`reset_checkpoint`](Self::reset_checkpoint) to start over on purpose.
     ///
     /// # Errors
     /// Backend errors.
     async fn save_checkpoint(&self, name: &str, position: u64) -> Result<()>;
+
+    /// Sets the position of `name` back to 0 (a rebuild); the only way a checkpoint moves
+    /// backwards.
+    ///
+    /// # Errors
+    /// Backend errors.
+    async fn reset_checkpoint(&self, name: &str) -> Result<()>;
 }

@@ -15,6 +15,7 @@
 
 pub mod bus;
 pub mod dead_letters;
+pub mod leases;
 mod report;
 pub mod store;
 
