@@ -108,6 +108,17 @@ async fn dead_letter_store_passes_the_kit() {
         .unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lease_store_passes_the_kit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteEventStore::open(dir.path().join("leases.db"))
+        .await
+        .unwrap();
+    conformance::leases::run(&store.leases(), &store.checkpoints(), "kit")
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn snapshots_and_checkpoints_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();

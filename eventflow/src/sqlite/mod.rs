@@ -1,6 +1,7 @@
 //! The embedded, durable SQLite backend (feature `sqlite`): [`SqliteEventStore`] with its
 //! snapshot, checkpoint and dead-letter stores, transactional projections
-//! ([`SqliteProjection`], [`projection_runner`]) and saga state ([`SqliteSagaStore`]), all in
+//! ([`SqliteProjection`], [`projection_runner`]), saga state ([`SqliteSagaStore`]) and leases
+//! with fencing for the processes of one node ([`SqliteLeaseStore`]), all in
 //! one database file. For a service that must keep its events across restarts without a
 //! database server, and for edge nodes that forward their events to a central store when their
 //! link returns ([`Forwarder`](crate::relay::Forwarder)).
@@ -54,12 +55,14 @@
 //!
 //! # Code map
 //! `store.rs` (opening, the writer lock, the `EventStore` impl), `append.rs`, `read.rs`,
-//! `side.rs` (snapshots, checkpoints, dead letters), `projection.rs`, `saga.rs`, `rows.rs`
+//! `side.rs` (snapshots, checkpoints, dead letters), `lease.rs` (leases of one node's processes),
+//! `projection.rs`, `saga.rs`, `rows.rs`
 //! (row codecs), `sql.rs` (every statement), `error.rs` (the one sqlx error mapper). Nothing
 //! outside this module and `postgres` imports sqlx.
 
 mod append;
 mod error;
+mod lease;
 mod projection;
 mod read;
 mod rows;
@@ -73,6 +76,7 @@ mod store;
 pub use sqlx::sqlite::SqlitePool;
 
 pub use append::SqlitePendingAppend;
+pub use lease::SqliteLeaseStore;
 pub use projection::{SqliteProjection, SqliteTransaction, projection_runner};
 pub use saga::SqliteSagaStore;
 pub use side::{SqliteCheckpointStore, SqliteDeadLetterStore, SqliteSnapshotStore};

@@ -158,3 +158,23 @@ pub(crate) const SAGA_PRUNE_TOMBSTONES: &str = "DELETE FROM saga_tombstones \
 pub(crate) const SAGA_HANDLED_COUNT: &str = "SELECT count(*) FROM saga_handled WHERE saga = ?";
 
 pub(crate) const SAGA_TOMBSTONE_COUNT: &str = "SELECT count(*) FROM saga_tombstones WHERE saga = ?";
+
+pub(crate) const LEASE_GET: &str =
+    "SELECT owner, epoch, expires_at FROM leases WHERE name = ? AND partition = ?";
+
+pub(crate) const LEASE_PUT: &str = "INSERT INTO leases (name, partition, owner, epoch, \
+     expires_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (name, partition) DO UPDATE SET \
+     owner = excluded.owner, epoch = excluded.epoch, expires_at = excluded.expires_at";
+
+pub(crate) const LEASE_LIST: &str = "SELECT name, partition, owner, epoch, expires_at \
+     FROM leases WHERE ?1 IS NULL OR name = ?1 ORDER BY name, partition";
+
+pub(crate) const MEMBER_JOIN: &str = "INSERT INTO lease_members (group_name, member, \
+     expires_at) VALUES (?, ?, ?) ON CONFLICT (group_name, member) DO UPDATE SET \
+     expires_at = excluded.expires_at";
+
+pub(crate) const MEMBERS: &str = "SELECT member FROM lease_members \
+     WHERE group_name = ? AND expires_at > ? ORDER BY member";
+
+pub(crate) const MEMBER_LEAVE: &str =
+    "DELETE FROM lease_members WHERE group_name = ? AND member = ?";

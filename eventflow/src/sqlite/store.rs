@@ -238,6 +238,12 @@ impl SqliteEventStore {
         super::SqliteDeadLetterStore::new(self.clone())
     }
 
+    /// A lease store in the same database (its fenced checkpoints are the ones
+    /// [`checkpoints`](Self::checkpoints) reads).
+    pub fn leases(&self) -> super::SqliteLeaseStore {
+        super::SqliteLeaseStore::new(self.clone())
+    }
+
     /// A saga store in the same database.
     pub fn sagas(&self) -> super::SqliteSagaStore {
         super::SqliteSagaStore::new(self.clone())
