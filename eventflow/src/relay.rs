@@ -55,7 +55,7 @@ use crate::store::follow::{self, Follower};
 use crate::store::{CheckpointStore, EventStore};
 
 mod attach;
-mod forward;
+pub mod forward;
 mod parked;
 pub use attach::{IntoBus, Relayed, WithBus};
 pub use forward::{DEFAULT_FORWARDER_NAME, ForwardTarget, Forwarder};
