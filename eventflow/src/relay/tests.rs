@@ -159,6 +159,8 @@ async fn every_committed_event_reaches_the_bus_in_commit_order() {
             head,
             lag: 0,
             parked: 0,
+            active: true,
+            lease: None,
         }
     );
     relay.stop().await;
