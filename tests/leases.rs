@@ -587,13 +587,15 @@ async fn three_processes_one_publisher_and_failover_within_the_lease_after_sigki
 async fn a_sigstopped_relay_commits_nothing_after_losing_its_lease() {
     let fx = Fixture::new().await;
     observe(&fx).await;
-    // The first worker's bus acknowledges slowly, so it is caught mid-publish.
+    // Both buses acknowledge slowly: A so that it is caught mid-publish, B so that A wakes up
+    // while B's first batch (which holds A's unacknowledged one) is not yet checkpointed, when
+    // an unfenced write of A would still move the checkpoint.
     let mut a = worker(&fx, Duration::from_millis(800));
     a.wait_ready(Duration::from_secs(30)).await;
     let owner_a = owner_of(&a);
     let first = append_events(&fx.store, 0, 20).await;
     wait_published(&fx, &first, Duration::from_secs(30)).await;
-    let mut b = worker(&fx, Duration::ZERO);
+    let mut b = worker(&fx, Duration::from_millis(2000));
     b.wait_ready(Duration::from_secs(30)).await;
     let owner_b = owner_of(&b);
 
@@ -619,15 +621,19 @@ async fn a_sigstopped_relay_commits_nothing_after_losing_its_lease() {
     .await
     .unwrap();
 
-    // B takes over and publishes everything, including the batch A never checkpointed.
-    ids.extend(append_events(&fx.store, 200, 20).await);
-    wait_published(&fx, &ids, Duration::from_secs(30)).await;
-    let lease = read_status(&fx.store, "relay")
-        .await
-        .unwrap()
-        .lease
-        .unwrap();
-    assert_eq!(lease.owner, owner_b, "B holds the lease");
+    // B takes the lease over once A's has expired.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = read_status(&fx.store, "relay").await.unwrap();
+        if status.lease.is_some_and(|l| l.owner == owner_b) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B never took the lease over"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 
     // A wakes up: it finishes its publish, tries to checkpoint, is fenced off, stands by.
     a.signal("CONT");
@@ -640,6 +646,15 @@ async fn a_sigstopped_relay_commits_nothing_after_losing_its_lease() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // B publishes everything, including the batch A never checkpointed.
+    ids.extend(append_events(&fx.store, 200, 20).await);
+    wait_published(&fx, &ids, Duration::from_secs(30)).await;
+    let lease = read_status(&fx.store, "relay")
+        .await
+        .unwrap()
+        .lease
+        .unwrap();
+    assert_eq!(lease.owner, owner_b, "B holds the lease");
     // A marker after everything: once B published it, A has had every chance to write.
     let marker = append_events(&fx.store, 900, 1).await;
     wait_published(&fx, &marker, Duration::from_secs(30)).await;
@@ -682,11 +697,16 @@ async fn a_sigstopped_relay_commits_nothing_after_losing_its_lease() {
         published_by_a_late, 0,
         "A started no batch after it woke up"
     );
+    // B's checkpoint reaches the head (after its slow acknowledgement).
     let head = fx.store.head_position().await.unwrap();
-    assert_eq!(
-        read_status(&fx.store, "relay").await.unwrap().position,
-        head
-    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while read_status(&fx.store, "relay").await.unwrap().position < head {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B never checkpointed the head"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop((a, b));
     fx.cleanup().await;
 }
