@@ -566,11 +566,19 @@ async fn three_processes_one_publisher_and_failover_within_the_lease_after_sigki
         "a checkpoint moved backwards: {log:?}"
     );
     let head = fx.store.head_position().await.unwrap();
-    let status = read_status(&fx.store, "relay").await.unwrap();
-    assert_eq!(
-        status.position, head,
-        "the successor's checkpoint is at the head"
-    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = read_status(&fx.store, "relay").await.unwrap();
+        if status.position >= head {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the successor's checkpoint never reached the head"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(status.position, head);
     assert_eq!(status.lag, 0);
     let lease2 = status.lease.unwrap();
     assert_eq!(lease2.owner, successor);
