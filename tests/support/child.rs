@@ -96,6 +96,25 @@ impl ChildProcess {
         assert!(!status.success(), "the child exited normally: {status}");
     }
 
+    /// The child's process id.
+    pub fn id(&self) -> u32 {
+        self.process.id()
+    }
+
+    /// Sends `signal` (`"STOP"`, `"CONT"`, ...) to the child with the `kill` command.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.process.id().to_string()])
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{signal} failed: {status}");
+    }
+
+    /// Whether the child has exited.
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.process.try_wait(), Ok(Some(_)))
+    }
+
     /// The lines other than [`READY`].
     pub fn reported(&self) -> HashSet<String> {
         self.lines().into_iter().filter(|l| l != READY).collect()
