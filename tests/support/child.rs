@@ -96,6 +96,26 @@ impl ChildProcess {
         assert!(!status.success(), "the child exited normally: {status}");
     }
 
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
+    /// Sends `signal` (a name `kill` knows: `STOP`, `CONT`, ...) to the child.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("running kill");
+        assert!(status.success(), "kill -{signal} {} failed", self.pid());
+    }
+
+    /// Whether the child has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.process.try_wait(), Ok(Some(_)))
+    }
+
     /// The lines other than [`READY`].
     pub fn reported(&self) -> HashSet<String> {
         self.lines().into_iter().filter(|l| l != READY).collect()
