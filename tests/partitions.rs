@@ -105,12 +105,12 @@ async fn prepare(pool: &PgPool, schema: &str) {
             lease_epoch bigint);
         CREATE FUNCTION record_checkpoint() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            INSERT INTO checkpoint_history
+            INSERT INTO "{schema}".checkpoint_history
                 (name, old_position, new_position, writer, lease_owner, lease_epoch)
             SELECT NEW.name, CASE WHEN TG_OP = 'UPDATE' THEN OLD.position END, NEW.position,
                    current_setting('application_name'), l.owner, l.epoch
             FROM (SELECT 1) AS one
-            LEFT JOIN leases l ON l.name = 'projection:' || split_part(NEW.name, '#', 1)
+            LEFT JOIN "{schema}".leases l ON l.name = 'projection:' || split_part(NEW.name, '#', 1)
                 AND l.partition::text = split_part(NEW.name, '#', 2);
             RETURN NEW;
         END $$;
