@@ -106,7 +106,7 @@ pub use bus::{Delivery, EventBus, EventBusExt, FeedOptions, Pattern, Subscriptio
 pub use error::{BoxError, Error, Result};
 pub use event::{DomainEvent, Event, Metadata, Upcaster, validate_event_type};
 pub use handler::{Handler, HandlerResult, Subscription, sync_handler};
-pub use relay::{IntoBus, Relay, Relayed, WithBus};
+pub use relay::{IntoBus, Relay, RelayOptions, Relayed, WithBus};
 pub use store::memory::InMemoryEventStore;
 pub use store::{
     CheckpointStore, EventCriteria, EventStore, EventStoreExt, ExpectedVersion, Snapshot,

@@ -50,13 +50,16 @@ use crate::bus::EventBus;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handler::{BusError, BusErrorKind, ErrorReceiver, ErrorSender};
+use crate::lease::{self, Lease, LeaseStore};
 use crate::store::dead_letter::{DeadLetterStore, InMemoryDeadLetterStore, ParkedEvent};
 use crate::store::follow::{self, Follower};
 use crate::store::{CheckpointStore, EventStore};
 
 mod attach;
+mod leased;
 mod parked;
-pub use attach::{IntoBus, Relayed, WithBus};
+pub use attach::{IntoBus, RelayOptions, Relayed, WithBus, read_status};
+use leased::{Halt, Tenure};
 pub use parked::{RetryOutcome, retry_parked};
 
 /// The default checkpoint name of a relay.
@@ -75,6 +78,11 @@ pub struct Relay {
     poll_interval: Duration,
     min_backoff: Duration,
     max_backoff: Duration,
+    /// With a lease store: one relay of this name at a time publishes (see [`Relay::leased`]).
+    leases: Option<Arc<dyn LeaseStore>>,
+    lease_ttl: Duration,
+    heartbeat: Duration,
+    owner: String,
 }
 
 impl std::fmt::Debug for Relay {
@@ -106,7 +114,50 @@ impl Relay {
             poll_interval: follow::DEFAULT_POLL_INTERVAL,
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
+            leases: None,
+            lease_ttl: lease::DEFAULT_TTL,
+            heartbeat: lease::DEFAULT_HEARTBEAT,
+            owner: lease::worker_id("relay"),
         }
+    }
+
+    /// Publishes only while holding the lease `relay:<name>` (partition 0) of `leases`, so of
+    /// the relays of one name in every process, exactly one publishes; the others stand by
+    /// and try to claim the lease every [`heartbeat`](Self::lease_timing). The holder renews
+    /// it every heartbeat; it stops publishing, before its next batch, once it cannot have
+    /// renewed within the time-to-live (by its own monotonic clock) or learns that the lease
+    /// changed hands, and its checkpoint writes are fenced
+    /// ([`LeaseStore::fenced_checkpoint`]), so a relay that lost its lease (even one paused
+    /// and resumed) never moves the checkpoint. A stopped relay releases its lease; a killed
+    /// one is taken over once the lease expires: within the time-to-live plus one heartbeat.
+    ///
+    /// `leases` must fence the checkpoints this relay's checkpoint store reads (see
+    /// [`LeaseStore::fenced_checkpoint`]).
+    pub fn leased(mut self, leases: Arc<dyn LeaseStore>) -> Self {
+        self.leases = Some(leases);
+        self
+    }
+
+    /// The lease's time-to-live and the heartbeat (default [`lease::DEFAULT_TTL`], 10 s, and
+    /// [`lease::DEFAULT_HEARTBEAT`], 3 s). The heartbeat is capped at a third of the
+    /// time-to-live, so two renewals may fail before the lease expires.
+    pub fn lease_timing(mut self, ttl: Duration, heartbeat: Duration) -> Self {
+        self.lease_ttl = ttl.max(Duration::from_millis(1));
+        self.heartbeat = heartbeat
+            .min(self.lease_ttl / 3)
+            .max(Duration::from_millis(1));
+        self
+    }
+
+    /// This relay's owner id in its lease (default: `relay-<pid>-<random>`, unique per relay).
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
+    /// The name of the lease a [`leased`](Self::leased) relay holds: `relay:<name>`.
+    pub fn lease_name(name: &str) -> String {
+        format!("relay:{name}")
     }
 
     /// The checkpoint name (one per relay that must not share progress with another).
@@ -146,6 +197,8 @@ impl Relay {
     pub fn spawn(self) -> RelayHandle {
         let (position_tx, position_rx) = watch::channel(0);
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (lease_tx, lease_rx) = watch::channel(None);
+        let leases = self.leases.clone();
         let store = Arc::clone(&self.store);
         let bus = Arc::clone(&self.bus);
         let dead_letters = Arc::clone(&self.dead_letters);
@@ -154,11 +207,13 @@ impl Relay {
         // Every log line of the relay carries its name through this span.
         let span = tracing::info_span!("relay", relay = %name);
         let task = tokio::spawn(tracing::Instrument::instrument(
-            self.run(position_tx, stop_rx),
+            self.run(position_tx, stop_rx, lease_tx),
             span,
         ));
         RelayHandle {
             name,
+            leases,
+            lease: lease_rx,
             store,
             bus,
             dead_letters,
@@ -169,21 +224,101 @@ impl Relay {
         }
     }
 
-    async fn run(self, position: watch::Sender<u64>, mut stop: watch::Receiver<bool>) {
+    async fn run(
+        self,
+        position: watch::Sender<u64>,
+        stop: watch::Receiver<bool>,
+        holding: watch::Sender<Option<Lease>>,
+    ) {
+        let Some(leases) = self.leases.clone() else {
+            let mut halt = Halt::new(stop, None);
+            let _ = self
+                .publish_from_checkpoint(&position, &mut halt, None)
+                .await;
+            return;
+        };
+        let lease_name = Self::lease_name(&self.name);
+        let mut halt = Halt::new(stop, None);
+        loop {
+            // Standby: claim the lease every heartbeat; meanwhile follow the checkpoint the
+            // active relay (maybe in another process) moves, so `wait_for` works here too.
+            let claimed = halt
+                .run(leases.try_acquire(&lease_name, 0, &self.owner, self.lease_ttl))
+                .await;
+            let lease = match claimed {
+                None => return,
+                Some(Ok(Some(lease))) => lease,
+                Some(Ok(None)) => {
+                    if let Some(Ok(p)) =
+                        halt.run(self.checkpoints.load_checkpoint(&self.name)).await
+                    {
+                        position.send_if_modified(|old| {
+                            let moved = p > *old;
+                            *old = (*old).max(p);
+                            moved
+                        });
+                    }
+                    if halt.run(tokio::time::sleep(self.heartbeat)).await.is_none() {
+                        return;
+                    }
+                    continue;
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(relay = %self.name, %error, "relay: cannot claim its lease; retrying");
+                    if halt.run(tokio::time::sleep(self.heartbeat)).await.is_none() {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            // The store counts the time-to-live from when it ran the claim, which is after
+            // this instant: counting from here errs on the safe side.
+            let claimed_at = tokio::time::Instant::now();
+            tracing::info!(relay = %self.name, owner = %self.owner, epoch = lease.epoch, "relay: lease taken; publishing");
+            holding.send_replace(Some(lease.clone()));
+            let tenure = Tenure::start(
+                Arc::clone(&leases),
+                lease.clone(),
+                claimed_at,
+                self.lease_ttl,
+                self.heartbeat,
+            );
+            let mut active = Halt::new(halt.stop.clone(), Some(tenure.lost()));
+            let outcome = self
+                .publish_from_checkpoint(&position, &mut active, Some(&tenure))
+                .await;
+            let stopped = halt.is_stopped();
+            holding.send_replace(None);
+            drop(tenure);
+            if stopped {
+                // A clean stop hands the lease over at once.
+                if let Err(error) = leases.release(&lease).await {
+                    tracing::warn!(relay = %self.name, %error, "relay: cannot release its lease");
+                }
+                return;
+            }
+            if outcome.is_none() {
+                tracing::warn!(relay = %self.name, owner = %self.owner, epoch = lease.epoch, "relay: lease lost; standing by");
+            }
+        }
+    }
+
+    /// Loads the checkpoint and publishes from it until halted (`None`): stopped, or (with a
+    /// tenure) the lease lost.
+    async fn publish_from_checkpoint(
+        &self,
+        position: &watch::Sender<u64>,
+        halt: &mut Halt,
+        tenure: Option<&Tenure>,
+    ) -> Option<()> {
         let name = self.name.as_str();
         let mut backoff = Backoff::new(self.min_backoff, self.max_backoff).delays();
         let start = loop {
-            match until_stopped(&mut stop, self.checkpoints.load_checkpoint(name)).await {
-                None => return,
-                Some(Ok(p)) => break p,
-                Some(Err(error)) => {
+            match halt.run(self.checkpoints.load_checkpoint(name)).await? {
+                Ok(p) => break p,
+                Err(error) => {
                     tracing::warn!(relay = name, %error, "relay: cannot load checkpoint; retrying");
-                    if until_stopped(&mut stop, tokio::time::sleep(backoff.next_delay()))
-                        .await
-                        .is_none()
-                    {
-                        return;
-                    }
+                    halt.run(tokio::time::sleep(backoff.next_delay())).await?;
                 }
             }
         };
@@ -195,17 +330,11 @@ impl Relay {
             .poll_interval(self.poll_interval);
 
         loop {
-            let batch = match until_stopped(&mut stop, follower.next_batch()).await {
-                None => return,
-                Some(Ok(batch)) => batch,
-                Some(Err(error)) => {
+            let batch = match halt.run(follower.next_batch()).await? {
+                Ok(batch) => batch,
+                Err(error) => {
                     tracing::warn!(relay = name, position = follower.position(), %error, "relay: read failed; retrying");
-                    if until_stopped(&mut stop, tokio::time::sleep(backoff.next_delay()))
-                        .await
-                        .is_none()
-                    {
-                        return;
-                    }
+                    halt.run(tokio::time::sleep(backoff.next_delay())).await?;
                     continue;
                 }
             };
@@ -213,45 +342,51 @@ impl Relay {
             let count = batch.events.len();
             let first = batch.events.first().and_then(|e| e.position);
             if count > 0 {
+                // Never start a batch without a lease that is surely still ours.
+                if tenure.is_some_and(|t| !t.is_valid()) {
+                    return None;
+                }
+                // A publish under way finishes even if the lease is lost meanwhile; its
+                // checkpoint write below is fenced, so it commits nothing then.
                 let publish = self.bus.publish_batch(batch.events.clone());
-                match until_stopped(&mut stop, publish).await {
-                    None => return,
-                    Some(Ok(())) => {}
-                    Some(Err(error)) => {
-                        tracing::warn!(
-                            relay = name,
-                            from = first,
-                            to = batch.position,
-                            %error,
-                            "relay: batch rejected; publishing it event by event"
-                        );
-                        for event in &batch.events {
-                            if self
-                                .publish_one(event, &mut stop, &mut backoff)
-                                .await
-                                .is_none()
-                            {
-                                return;
-                            }
-                        }
+                if let Err(error) = halt.run_through(publish).await? {
+                    tracing::warn!(
+                        relay = name,
+                        from = first,
+                        to = batch.position,
+                        %error,
+                        "relay: batch rejected; publishing it event by event"
+                    );
+                    for event in &batch.events {
+                        self.publish_one(event, halt, &mut backoff).await?;
                     }
                 }
                 backoff.reset();
             }
             // Published: now (and only now) the checkpoint may move.
             loop {
-                let save = self.checkpoints.save_checkpoint(name, batch.position);
-                match until_stopped(&mut stop, save).await {
-                    None => return,
-                    Some(Ok(())) => break,
-                    Some(Err(error)) => {
-                        tracing::warn!(relay = name, position = batch.position, %error, "relay: cannot save checkpoint; retrying");
-                        if until_stopped(&mut stop, tokio::time::sleep(backoff.next_delay()))
-                            .await
-                            .is_none()
-                        {
-                            return;
+                let saved = match tenure {
+                    Some(tenure) => {
+                        halt.run_through(tenure.fenced_checkpoint(name, batch.position))
+                            .await?
+                    }
+                    None => {
+                        halt.run(self.checkpoints.save_checkpoint(name, batch.position))
+                            .await?
+                    }
+                };
+                match saved {
+                    Ok(()) => break,
+                    Err(error @ Error::LeaseLost { .. }) => {
+                        tracing::warn!(relay = name, position = batch.position, %error, "relay: fenced off; the checkpoint stays");
+                        if let Some(tenure) = tenure {
+                            tenure.mark_lost();
                         }
+                        return None;
+                    }
+                    Err(error) => {
+                        tracing::warn!(relay = name, position = batch.position, %error, "relay: cannot save checkpoint; retrying");
+                        halt.run(tokio::time::sleep(backoff.next_delay())).await?;
                     }
                 }
             }
@@ -274,7 +409,7 @@ impl Relay {
     async fn publish_one(
         &self,
         event: &Event,
-        stop: &mut watch::Receiver<bool>,
+        halt: &mut Halt,
         backoff: &mut crate::backoff::Delays,
     ) -> Option<()> {
         let name = self.name.as_str();
@@ -282,7 +417,7 @@ impl Relay {
         let mut attempts = 1u32;
         loop {
             attempts = attempts.saturating_add(1);
-            let error = match until_stopped(stop, self.bus.publish(event.clone())).await? {
+            let error = match halt.run(self.bus.publish(event.clone())).await? {
                 Ok(()) => return Some(()),
                 Err(error) => error,
             };
@@ -298,7 +433,7 @@ impl Relay {
                     "relay {name} parked event {} at position {:?} after {attempts} attempts: {error}",
                     event.id, event.position
                 );
-                self.park(parked, stop, backoff).await?;
+                self.park(parked, halt, backoff).await?;
                 self.errors
                     .report(BusError::new(BusErrorKind::DeadLettered, message).for_event(event));
                 tracing::error!(
@@ -320,7 +455,7 @@ impl Relay {
                 %error,
                 "relay: publish failed; retrying the event"
             );
-            until_stopped(stop, tokio::time::sleep(backoff.next_delay())).await?;
+            halt.run(tokio::time::sleep(backoff.next_delay())).await?;
         }
     }
 
@@ -329,39 +464,23 @@ impl Relay {
     async fn park(
         &self,
         parked: ParkedEvent,
-        stop: &mut watch::Receiver<bool>,
+        halt: &mut Halt,
         backoff: &mut crate::backoff::Delays,
     ) -> Option<()> {
         loop {
-            match until_stopped(stop, self.dead_letters.park(parked.clone())).await? {
+            match halt.run(self.dead_letters.park(parked.clone())).await? {
                 Ok(()) => return Some(()),
                 Err(error) => {
                     tracing::warn!(relay = %self.name, event_id = %parked.event.id, %error, "relay: cannot park the event; retrying");
-                    until_stopped(stop, tokio::time::sleep(backoff.next_delay())).await?;
+                    halt.run(tokio::time::sleep(backoff.next_delay())).await?;
                 }
             }
         }
     }
 }
 
-/// Runs `future` unless the stop flag is (or becomes) set; `None` when stopped.
-async fn until_stopped<F: std::future::Future>(
-    stop: &mut watch::Receiver<bool>,
-    future: F,
-) -> Option<F::Output> {
-    if *stop.borrow() {
-        return None;
-    }
-    tokio::select! {
-        biased;
-        // `wait_for` also ends when the handle (the sender) is gone: stop then too.
-        _ = stop.wait_for(|s| *s) => None,
-        out = future => Some(out),
-    }
-}
-
 /// Where a relay is, and how far behind the store (see [`RelayHandle::status`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RelayStatus {
     /// The global position up to which every event was published and checkpointed.
@@ -375,12 +494,24 @@ pub struct RelayStatus {
     /// Events of this relay waiting in its dead-letter store: parked because the bus will never
     /// take them (see [Failures](self#failures-retry-or-park)).
     pub parked: u64,
+    /// Whether this relay publishes: always for a relay without a lease; for a
+    /// [`leased`](Relay::leased) one, while it holds the lease (the others stand by). From
+    /// [`read_status`]: whether some relay holds a live lease.
+    pub active: bool,
+    /// The relay's lease: the one this relay holds (`None` on standby or without a lease);
+    /// from [`read_status`], the stored lease of whichever process holds or last held it
+    /// (owner, epoch, expiry).
+    pub lease: Option<Lease>,
 }
 
 /// A running relay. Dropping it aborts the relay at once (what a crash would do); call
 /// [`stop`](Self::stop) to end it cleanly.
 pub struct RelayHandle {
     name: String,
+    /// Where the relay holds its lease to publish, if it needs one.
+    leases: Option<Arc<dyn LeaseStore>>,
+    /// The lease while held.
+    lease: watch::Receiver<Option<Lease>>,
     store: Arc<dyn EventStore>,
     bus: Arc<dyn EventBus>,
     dead_letters: Arc<dyn DeadLetterStore>,
@@ -405,9 +536,20 @@ impl RelayHandle {
         &self.name
     }
 
-    /// The global position up to which every event was published and checkpointed.
+    /// The global position up to which every event was published and checkpointed (on a
+    /// standby relay: as far as the active relay got, as last read from the checkpoint).
     pub fn position(&self) -> u64 {
         *self.position.borrow()
+    }
+
+    /// Whether this relay publishes now: always without a lease; with one, while it holds it.
+    pub fn is_active(&self) -> bool {
+        self.leases.is_none() || self.lease.borrow().is_some()
+    }
+
+    /// The lease this relay holds (`None` on standby or without a lease).
+    pub fn lease(&self) -> Option<Lease> {
+        self.lease.borrow().clone()
     }
 
     /// The relay's position, the store's head, the lag between them and how many events are
@@ -419,11 +561,14 @@ impl RelayHandle {
         let position = self.position();
         let head = self.store.head_position().await?;
         let parked = self.dead_letters.count(&self.name).await?;
+        let lease = self.lease.borrow().clone();
         Ok(RelayStatus {
             position,
             head,
             lag: head.saturating_sub(position),
             parked,
+            active: self.leases.is_none() || lease.is_some(),
+            lease,
         })
     }
 
@@ -510,6 +655,19 @@ impl Drop for RelayHandle {
     fn drop(&mut self) {
         if let Some(task) = self.task.take() {
             task.abort();
+            // Dropping the last clone of a store ends its relay: hand the lease over at once
+            // rather than after its time-to-live (best effort; a crash leaves it to expire).
+            let held = self.lease.borrow().clone();
+            if let (Some(leases), Some(lease), Ok(runtime)) = (
+                self.leases.clone(),
+                held,
+                tokio::runtime::Handle::try_current(),
+            ) {
+                runtime.spawn(async move {
+                    let _ = task.await;
+                    let _ = leases.release(&lease).await;
+                });
+            }
         }
     }
 }

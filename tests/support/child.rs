@@ -97,22 +97,21 @@ impl ChildProcess {
     }
 
     /// The child's process id.
-    pub fn pid(&self) -> u32 {
+    pub fn id(&self) -> u32 {
         self.process.id()
     }
 
-    /// Sends `signal` (a name `kill` knows: `STOP`, `CONT`, ...) to the child.
+    /// Sends `signal` (`"STOP"`, `"CONT"`, ...) to the child with the `kill` command.
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
+            .args([format!("-{signal}"), self.process.id().to_string()])
             .status()
             .expect("running kill");
-        assert!(status.success(), "kill -{signal} {} failed", self.pid());
+        assert!(status.success(), "kill -{signal} failed: {status}");
     }
 
     /// Whether the child has exited.
-    pub fn exited(&mut self) -> bool {
+    pub fn has_exited(&mut self) -> bool {
         matches!(self.process.try_wait(), Ok(Some(_)))
     }
 

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use super::store::PostgresEventStore;
 use crate::bus::{Handler, Subscription};
 use crate::error::Result;
+use crate::lease::LeaseStore;
 use crate::store::{
     CheckpointStore, DeadLetterStore, EventCriteria, ReaderCheckpoints, SubscribeOptions,
 };
@@ -39,8 +40,8 @@ impl PostgresEventStore {
 }
 
 /// A relay attached with [`with_bus`](crate::relay::WithBus::with_bus) keeps its checkpoint in
-/// this schema's `checkpoints` table, parks in its `dead_letters` table and polls at this
-/// store's interval.
+/// this schema's `checkpoints` table, parks in its `dead_letters` table, holds its lease in its
+/// `leases` table and polls at this store's interval.
 impl ReaderCheckpoints for PostgresEventStore {
     fn reader_checkpoints(&self) -> Arc<dyn CheckpointStore> {
         Arc::new(self.checkpoints())
@@ -52,5 +53,11 @@ impl ReaderCheckpoints for PostgresEventStore {
 
     fn reader_poll_interval(&self) -> Duration {
         self.inner.poll_interval
+    }
+
+    /// The relay of every process attached to this schema holds one lease in its `leases`
+    /// table: exactly one publishes.
+    fn reader_leases(&self) -> Option<Arc<dyn LeaseStore>> {
+        Some(Arc::new(self.leases()))
     }
 }

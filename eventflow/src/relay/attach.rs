@@ -76,19 +76,116 @@ pub trait WithBus: ReaderCheckpoints + Sized {
     /// [`with_bus`](Self::with_bus) with the relay's checkpoint under `name` (one per relay
     /// that must not share progress with another).
     fn with_bus_named(self, bus: impl IntoBus, name: impl Into<String>) -> Relayed<Self> {
+        self.with_relay(bus, RelayOptions::default().name(name))
+    }
+
+    /// [`with_bus`](Self::with_bus) with the relay's name, lease time-to-live and heartbeat
+    /// given by `options`.
+    fn with_relay(self, bus: impl IntoBus, options: RelayOptions) -> Relayed<Self> {
         let dead_letters = self.reader_dead_letters();
         let store = Relayed {
             store: self,
             relay: Arc::new(RelayCell {
                 bus: bus.into_bus(),
                 dead_letters,
-                name: name.into(),
+                name: options.name.clone(),
+                options,
                 handle: OnceLock::new(),
             }),
         };
         let _ = store.relay();
         store
     }
+}
+
+/// How [`WithBus::with_relay`] runs the relay: its name, and the timing of its lease.
+///
+/// Where the store has leases ([`ReaderCheckpoints::reader_leases`]: PostgreSQL, memory), the
+/// relay of every process attached to one store schema holds the lease `relay:<name>`: exactly
+/// one publishes, the others stand by and claim it every heartbeat; when the holder dies,
+/// another takes over within the time-to-live plus one heartbeat (see
+/// [`Relay::leased`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RelayOptions {
+    /// The relay's checkpoint name ([`DEFAULT_RELAY_NAME`] by default).
+    pub name: String,
+    /// The lease's time-to-live ([`crate::lease::DEFAULT_TTL`], 10 s, by default).
+    pub lease_ttl: Duration,
+    /// How often the holder renews and a standby relay claims
+    /// ([`crate::lease::DEFAULT_HEARTBEAT`], 3 s, by default; at most a third of the
+    /// time-to-live).
+    pub heartbeat: Duration,
+    /// The relay's owner id in its lease (default: `relay-<pid>-<random>`, unique per relay;
+    /// never give two running relays the same one).
+    pub owner: Option<String>,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        RelayOptions {
+            name: DEFAULT_RELAY_NAME.to_owned(),
+            lease_ttl: crate::lease::DEFAULT_TTL,
+            heartbeat: crate::lease::DEFAULT_HEARTBEAT,
+            owner: None,
+        }
+    }
+}
+
+impl RelayOptions {
+    /// The relay's checkpoint name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The lease's time-to-live and the heartbeat (see [`Relay::lease_timing`]).
+    pub fn lease_timing(mut self, ttl: Duration, heartbeat: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// The relay's owner id in its lease (unique per running relay).
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+}
+
+/// The status of the relay `name` of `store` as stored, readable from any process (a health
+/// check, a command line) without running or owning the relay: the checkpoint, the store's
+/// head and the lag, the parked events, and the relay's lease (owner, epoch, expiry) with
+/// whether it is live.
+///
+/// # Errors
+/// The store's, checkpoint store's, dead-letter store's or lease store's errors.
+pub async fn read_status<S: ReaderCheckpoints>(store: &S, name: &str) -> Result<RelayStatus> {
+    let position = store.reader_checkpoints().load_checkpoint(name).await?;
+    let head = store.head_position().await?;
+    let parked = store.reader_dead_letters().count(name).await?;
+    let lease = match store.reader_leases() {
+        Some(leases) => {
+            let lease_name = Relay::lease_name(name);
+            leases
+                .list(Some(&lease_name))
+                .await?
+                .into_iter()
+                .find(|l| l.partition == 0)
+        }
+        None => None,
+    };
+    let active = lease
+        .as_ref()
+        .is_some_and(|l| !l.is_expired_at(chrono::Utc::now()));
+    Ok(RelayStatus {
+        position,
+        head,
+        lag: head.saturating_sub(position),
+        parked,
+        active,
+        lease,
+    })
 }
 
 impl<S: ReaderCheckpoints> WithBus for S {}
@@ -107,6 +204,7 @@ struct RelayCell {
     /// Taken once at `with_bus`, so the relay and the caller see the same dead letters.
     dead_letters: Arc<dyn DeadLetterStore>,
     name: String,
+    options: RelayOptions,
     handle: OnceLock<RelayHandle>,
 }
 
@@ -141,15 +239,26 @@ impl<S: ReaderCheckpoints> Relayed<S> {
         tokio::runtime::Handle::try_current().ok()?;
         Some(self.relay.handle.get_or_init(|| {
             // The relay reads the bare store: it must not own the relay that owns it.
-            Relay::new(
+            let relay = Relay::new(
                 Arc::new(self.store.clone()),
                 Arc::clone(&self.relay.bus),
                 self.store.reader_checkpoints(),
             )
             .name(self.relay.name.clone())
             .dead_letters(Arc::clone(&self.relay.dead_letters))
-            .poll_interval(self.store.reader_poll_interval())
-            .spawn()
+            .poll_interval(self.store.reader_poll_interval());
+            let options = &self.relay.options;
+            let relay = match self.store.reader_leases() {
+                Some(leases) => relay
+                    .leased(leases)
+                    .lease_timing(options.lease_ttl, options.heartbeat),
+                None => relay,
+            };
+            let relay = match &options.owner {
+                Some(owner) => relay.owner(owner.clone()),
+                None => relay,
+            };
+            relay.spawn()
         }))
     }
 

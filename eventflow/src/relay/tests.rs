@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::*;
 use crate::bus::{ErrorReceiver, Handler, Subscription};
 use crate::event::Event;
+use crate::lease::LeaseStore;
 use crate::store::memory::{InMemoryCheckpointStore, InMemoryEventStore};
 use crate::store::{CheckpointStore, EventStore, ExpectedVersion};
 use crate::testing::RecordingBus;
@@ -159,6 +160,8 @@ async fn every_committed_event_reaches_the_bus_in_commit_order() {
             head,
             lag: 0,
             parked: 0,
+            active: true,
+            lease: None,
         }
     );
     relay.stop().await;
@@ -473,5 +476,163 @@ async fn a_permanent_failure_parks_the_event_and_a_transient_one_is_retried_in_o
     assert_eq!((again.published, again.failed), (0, 1));
     assert!(relay.discard_parked(parked[0].id).await.unwrap());
     assert_eq!(relay.status().await.unwrap().parked, 0);
+    relay.stop().await;
+}
+
+/// A bus that holds every publish until `open` is notified, recording what it was given.
+struct GatedBus {
+    open: tokio::sync::Semaphore,
+    calls: AtomicU64,
+    inner: RecordingBus,
+}
+
+#[async_trait]
+impl EventBus for GatedBus {
+    async fn publish(&self, event: Event) -> Result<()> {
+        self.publish_batch(vec![event]).await
+    }
+    async fn publish_batch(&self, events: Vec<Event>) -> Result<()> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let permit = self.open.acquire().await;
+        drop(permit);
+        self.inner.publish_batch(events).await
+    }
+    fn guarantee(&self) -> crate::bus::Delivery {
+        self.inner.guarantee()
+    }
+    async fn subscribe_with(
+        &self,
+        patterns: &[&str],
+        options: crate::bus::SubscriptionOptions,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Subscription> {
+        self.inner.subscribe_with(patterns, options, handler).await
+    }
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+    fn errors(&self) -> ErrorReceiver {
+        self.inner.errors()
+    }
+}
+
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !f() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_relays_on_one_memory_store_one_publishes_and_the_other_takes_over() {
+    let store = InMemoryEventStore::new();
+    let bus = Arc::new(RecordingBus::new());
+    let options =
+        RelayOptions::default().lease_timing(Duration::from_secs(5), Duration::from_millis(20));
+    let first = store
+        .clone()
+        .with_relay(bus.clone(), options.clone().owner("first"));
+    let second = store
+        .clone()
+        .with_relay(bus.clone(), options.owner("second"));
+    for n in 0..50 {
+        store
+            .append("s", ExpectedVersion::Any, ev(n))
+            .await
+            .unwrap();
+    }
+    first.flush(WAIT).await.unwrap();
+    second.flush(WAIT).await.unwrap();
+    let one = first.relay_status().await.unwrap();
+    let two = second.relay_status().await.unwrap();
+    assert!(
+        one.active != two.active,
+        "exactly one relay is active: {one:?} {two:?}"
+    );
+    assert_eq!(bus.len(), 50, "every event once: only the holder published");
+    let (active, standby) = if one.active {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    let holder = active.relay_status().await.unwrap().lease.unwrap();
+
+    // The holder stops (its store's last clone is dropped): the lease is released and the
+    // standby relay takes over at its next heartbeat, from the shared checkpoint.
+    drop(active);
+    for n in 50..80 {
+        store
+            .append("s", ExpectedVersion::Any, ev(n))
+            .await
+            .unwrap();
+    }
+    standby.flush(WAIT).await.unwrap();
+    let status = standby.relay_status().await.unwrap();
+    assert!(status.active);
+    assert_eq!(status.lease.unwrap().epoch, holder.epoch + 1);
+    assert_eq!(
+        ids(&bus.events()),
+        ids(&everything(&store).await),
+        "each event once, in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_lost_its_lease_mid_publish_never_moves_the_checkpoint() {
+    let store = InMemoryEventStore::new();
+    let leases = crate::lease::MemoryLeaseStore::new();
+    let checkpoints = Arc::new(InMemoryCheckpointStore::shared_with(&leases));
+    let bus = Arc::new(GatedBus {
+        open: tokio::sync::Semaphore::new(0),
+        calls: AtomicU64::new(0),
+        inner: RecordingBus::new(),
+    });
+    let relay = fast(Relay::new(
+        Arc::new(store.clone()),
+        bus.clone(),
+        checkpoints.clone(),
+    ))
+    .leased(Arc::new(leases.clone()))
+    .lease_timing(Duration::from_secs(30), Duration::from_millis(20))
+    .owner("slow")
+    .spawn();
+    store
+        .append("s", ExpectedVersion::Any, ev(1))
+        .await
+        .unwrap();
+    until("the relay's publish", || {
+        bus.calls.load(Ordering::SeqCst) > 0
+    })
+    .await;
+
+    // While the publish hangs, the lease changes hands (released by an operator, claimed by
+    // another worker).
+    let held = leases.list(Some("relay:relay")).await.unwrap().remove(0);
+    assert_eq!(held.owner, "slow");
+    assert!(leases.release(&held).await.unwrap());
+    let thief = leases
+        .try_acquire("relay:relay", 0, "thief", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(thief.epoch, held.epoch + 1);
+
+    // The publish completes; the checkpoint write is fenced off and the relay stands by.
+    bus.open.add_permits(1000);
+    until("the relay to stand by", || relay.lease().is_none()).await;
+    assert_eq!(
+        bus.inner.len(),
+        1,
+        "the publish under way completed (at least once)"
+    );
+    assert_eq!(
+        checkpoints.load_checkpoint("relay").await.unwrap(),
+        0,
+        "a relay that lost its lease moved the checkpoint"
+    );
+    assert!(!relay.status().await.unwrap().active);
     relay.stop().await;
 }

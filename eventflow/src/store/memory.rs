@@ -35,7 +35,7 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::handler::{Handler, Subscription, sync};
-use crate::lease::MemoryLeaseStore;
+use crate::lease::{LeaseStore, MemoryLeaseStore};
 use crate::store::{
     CheckpointStore, EventCriteria, EventStore, ExpectedVersion, ReaderCheckpoints, Snapshot,
     SnapshotStore, SubscribeOptions, follow, validate_stream_id,
@@ -56,6 +56,8 @@ struct Log {
 }
 
 struct Inner {
+    /// Leases and the fenced checkpoints of readers (the relay of `with_bus`).
+    leases: MemoryLeaseStore,
     log: RwLock<Log>,
     /// Bumped to the head position after every commit.
     signal: watch::Sender<u64>,
@@ -258,6 +260,7 @@ impl InMemoryEventStore {
     pub fn new() -> Self {
         InMemoryEventStore {
             inner: Arc::new(Inner {
+                leases: MemoryLeaseStore::new(),
                 log: RwLock::new(Log::default()),
                 signal: watch::channel(0).0,
             }),
@@ -326,10 +329,16 @@ impl EventStore for InMemoryEventStore {
 }
 
 /// A relay attached with [`with_bus`](crate::relay::WithBus::with_bus) keeps its position in
-/// memory, like the events.
+/// memory, like the events, shared by every relay of this store (and its clones), and holds a
+/// lease of this store's [`MemoryLeaseStore`], so of several relays of one name exactly one
+/// publishes.
 impl ReaderCheckpoints for InMemoryEventStore {
     fn reader_checkpoints(&self) -> Arc<dyn CheckpointStore> {
-        Arc::new(InMemoryCheckpointStore::new())
+        Arc::new(InMemoryCheckpointStore::shared_with(&self.inner.leases))
+    }
+
+    fn reader_leases(&self) -> Option<Arc<dyn LeaseStore>> {
+        Some(Arc::new(self.inner.leases.clone()))
     }
 }
 

@@ -353,6 +353,15 @@ pub trait ReaderCheckpoints: EventStore + Clone {
     fn reader_dead_letters(&self) -> Arc<dyn DeadLetterStore> {
         Arc::new(InMemoryDeadLetterStore::new())
     }
+
+    /// Where the readers of this store that must run once at a time (the relay of `with_bus`)
+    /// hold their leases, with fenced writes to the checkpoints of
+    /// [`reader_checkpoints`](Self::reader_checkpoints). `None` (the default): a reader runs
+    /// without a lease, so every process attaching one publishes (for a store only one process
+    /// opens).
+    fn reader_leases(&self) -> Option<Arc<dyn crate::lease::LeaseStore>> {
+        None
+    }
 }
 
 /// A saved aggregate state (see `Repository`).
