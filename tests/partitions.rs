@@ -273,6 +273,23 @@ async fn partitioned_projection_across_processes() {
     view.wait_for(head, Duration::from_secs(40)).await.unwrap();
     let elapsed = started.elapsed();
 
+    // Per-partition progress and holders, read here, in a process that runs no partition.
+    let status = view.status().await.unwrap();
+    assert_eq!(status.partitions.len(), PARTITIONS as usize);
+    assert!(status.position >= head && status.lag == 0, "{status:?}");
+    for p in &status.partitions {
+        assert!(
+            p.position >= head,
+            "partition {} behind: {p:?}",
+            p.partition
+        );
+        assert!(
+            p.owner.as_deref().is_none_or(|o| o != "w1"),
+            "partition {} still held by the killed worker: {p:?}",
+            p.partition
+        );
+    }
+
     // Read your writes across processes: once wait_for returns, the read model has the event.
     let marker = Event::new("part.marker", json!({})).unwrap();
     let marker_id = marker.id;

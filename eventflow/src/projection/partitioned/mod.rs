@@ -44,6 +44,7 @@ use super::{Applier, ApplyError, Projection, ProjectionRunner, ProjectionTask, R
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::lease::{Lease, LeaseStore};
+use crate::store::dead_letter::{DeadLetterStore, InMemoryDeadLetterStore};
 use crate::store::{CheckpointStore, EventStore};
 
 use super::partition::{DEFAULT_PARTITIONS, PartitionKey, assigned, check_partitions};
@@ -227,6 +228,8 @@ struct Inner {
     view: ProjectionView,
     appliers: Arc<dyn PartitionAppliers>,
     permits: Arc<Semaphore>,
+    /// Where the partition runners park events under [`FailurePolicy::Park`](super::FailurePolicy::Park).
+    dead_letters: std::sync::Mutex<Arc<dyn DeadLetterStore>>,
     running: Mutex<BTreeMap<u32, Running>>,
     /// The partitions running here, for [`PartitionedRunner::owned`].
     owned: std::sync::Mutex<Vec<u32>>,
@@ -349,10 +352,22 @@ impl PartitionedRunner {
                 view,
                 appliers,
                 permits,
+                dead_letters: std::sync::Mutex::new(Arc::new(InMemoryDeadLetterStore::new())),
                 running: Mutex::new(BTreeMap::new()),
                 owned: std::sync::Mutex::new(Vec::new()),
             }),
         })
+    }
+
+    /// Where the partitions park the events their handler fails on under
+    /// [`FailurePolicy::Park`](super::FailurePolicy::Park), each under its checkpoint name
+    /// (`<name>#<p>`); in memory unless set (with PostgreSQL, pass the store's
+    /// `dead_letters()`, and give the same store to [`ProjectionView::with_dead_letters`] to
+    /// count them from any process). Set it before [`start`](Self::start).
+    #[must_use]
+    pub fn dead_letters(self, dead_letters: Arc<dyn DeadLetterStore>) -> Self {
+        *crate::handler::sync::lock(&self.inner.dead_letters) = dead_letters;
+        self
     }
 
     /// The projection's name.
@@ -537,8 +552,10 @@ impl PartitionedRunner {
                 inner: inner.appliers.applier(spec),
                 permits: Arc::clone(&inner.permits),
             });
+            let dead_letters = Arc::clone(&crate::handler::sync::lock(&inner.dead_letters));
             let runner = ProjectionRunner::from_applier(Arc::clone(&inner.store), applier)
-                .options(inner.options.runner.clone());
+                .options(inner.options.runner.clone())
+                .dead_letters(dead_letters);
             let task = runner.start();
             running.insert(
                 p,

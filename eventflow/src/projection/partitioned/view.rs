@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use super::partition_checkpoint;
 use crate::error::{Error, Result};
 use crate::lease::LeaseStore;
+use crate::store::dead_letter::DeadLetterStore;
 use crate::store::{CheckpointStore, EventStore};
 
 /// One partition's progress.
@@ -28,6 +29,9 @@ pub struct PartitionStatus {
     pub epoch: Option<i64>,
     /// When the lease expires unless renewed.
     pub expires_at: Option<DateTime<Utc>>,
+    /// Events of this partition parked under [`FailurePolicy::Park`](crate::projection::FailurePolicy::Park)
+    /// (0 unless the view has the dead-letter store: [`ProjectionView::with_dead_letters`]).
+    pub parked: u64,
 }
 
 /// A partitioned projection's progress across every process.
@@ -42,6 +46,8 @@ pub struct PartitionedStatus {
     pub position: u64,
     /// `head - position`.
     pub lag: u64,
+    /// Parked events, every partition together.
+    pub parked: u64,
     /// Each partition, ascending.
     pub partitions: Vec<PartitionStatus>,
 }
@@ -56,6 +62,7 @@ pub struct ProjectionView {
     store: Arc<dyn EventStore>,
     checkpoints: Arc<dyn CheckpointStore>,
     leases: Arc<dyn LeaseStore>,
+    dead_letters: Option<Arc<dyn DeadLetterStore>>,
 }
 
 impl std::fmt::Debug for ProjectionView {
@@ -82,7 +89,16 @@ impl ProjectionView {
             store,
             checkpoints,
             leases,
+            dead_letters: None,
         }
+    }
+
+    /// Counts parked events in `dead_letters` for [`status`](Self::status) (the store the
+    /// workers were given with [`PartitionedRunner::dead_letters`](super::PartitionedRunner::dead_letters)).
+    #[must_use]
+    pub fn with_dead_letters(mut self, dead_letters: Arc<dyn DeadLetterStore>) -> Self {
+        self.dead_letters = Some(dead_letters);
+        self
     }
 
     pub(super) fn checkpoints(&self) -> &Arc<dyn CheckpointStore> {
@@ -113,6 +129,13 @@ impl ProjectionView {
             .leases
             .list(Some(&super::lease_name(&self.name)))
             .await?;
+        let mut parked = vec![0; positions.len()];
+        if let Some(dead_letters) = &self.dead_letters {
+            for (p, n) in parked.iter_mut().enumerate() {
+                let source = partition_checkpoint(&self.name, u32::try_from(p).unwrap_or(0));
+                *n = dead_letters.count(&source).await?;
+            }
+        }
         let now = Utc::now();
         let partitions: Vec<PartitionStatus> = positions
             .iter()
@@ -129,6 +152,7 @@ impl ProjectionView {
                     owner: lease.map(|l| l.owner.clone()),
                     epoch: lease.map(|l| l.epoch),
                     expires_at: lease.map(|l| l.expires_at),
+                    parked: parked[p],
                 }
             })
             .collect();
@@ -138,6 +162,7 @@ impl ProjectionView {
             head,
             position,
             lag: head.saturating_sub(position),
+            parked: parked.iter().sum(),
             partitions,
         })
     }

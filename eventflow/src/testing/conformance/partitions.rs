@@ -14,6 +14,7 @@
 //!   another holds the lease; no checkpoint moves backwards.
 //! - [`wait_for_every_partition`]: [`ProjectionView::wait_for`] (no runner of its own) returns
 //!   only once the read model has the event, and times out while a partition has no worker.
+//! - [`parked_in_status`]: an event a partition parks shows in that partition's status.
 //! - [`saga_steps_and_deadlines_once`]: a partitioned saga over three workers, one aborted as a
 //!   crash: one instance per correlation id, every step and every deadline once.
 
@@ -73,6 +74,7 @@ where
     spread_and_rebalance(make(Scope::new("partitions_spread")).await).await?;
     lost_lease_commits_nothing(make(Scope::new("partitions_fenced")).await).await?;
     wait_for_every_partition(make(Scope::new("partitions_wait_for")).await).await?;
+    parked_in_status(make(Scope::new("partitions_parked")).await).await?;
     saga_steps_and_deadlines_once(make(Scope::new("partitions_saga")).await).await?;
     Ok(())
 }
@@ -498,6 +500,67 @@ pub async fn wait_for_every_partition(stores: Stores) -> Result<()> {
         matches!(late, Err(Error::Timeout { .. })),
         "wait_for must time out while no worker runs: {late:?}"
     );
+    Ok(())
+}
+
+/// Fails on events whose payload says so.
+struct Picky;
+
+#[async_trait]
+impl Projection for Picky {
+    fn name(&self) -> &str {
+        "kit-parked"
+    }
+    async fn handle(&self, event: &Event) -> HandlerResult {
+        if event.payload["bad"] == serde_json::json!(true) {
+            return Err("rejected by the kit".into());
+        }
+        Ok(())
+    }
+}
+
+/// An event parked by a partition shows in the status of that partition, from a view.
+///
+/// # Errors
+/// Backend errors.
+///
+/// # Panics
+/// When a promise is broken.
+pub async fn parked_in_status(stores: Stores) -> Result<()> {
+    const P: u32 = 4;
+    let dead_letters: Arc<dyn crate::store::dead_letter::DeadLetterStore> =
+        Arc::new(crate::store::dead_letter::InMemoryDeadLetterStore::new());
+    let mut opts = options("a", P);
+    opts.runner.failure = crate::projection::FailurePolicy::Park;
+    let runner = PartitionedRunner::new(
+        Arc::clone(&stores.store),
+        Arc::clone(&stores.checkpoints),
+        Arc::clone(&stores.leases),
+        Picky,
+        opts,
+    )?
+    .dead_letters(Arc::clone(&dead_letters));
+    let task = runner.start();
+    let bad = Event::new("kit.part", serde_json::json!({ "bad": true }))?;
+    stores
+        .store
+        .append("kit-parked-bad", ExpectedVersion::NoStream, bad)
+        .await?;
+    let good = Event::new("kit.part", serde_json::json!({ "bad": false }))?;
+    let stored = stores
+        .store
+        .append("kit-parked-good", ExpectedVersion::NoStream, good)
+        .await?;
+    let view = view(&stores, "kit-parked", P).with_dead_letters(dead_letters);
+    view.wait_for(stored.position.unwrap_or(0), WAIT).await?;
+    let status = view.status().await?;
+    assert_eq!(status.parked, 1, "one parked event: {status:?}");
+    let partition = crate::projection::partition_of("kit-parked-bad", P);
+    assert_eq!(
+        status.partitions[partition as usize].parked, 1,
+        "parked in the bad stream's partition: {status:?}"
+    );
+    task.stop().await;
     Ok(())
 }
 
