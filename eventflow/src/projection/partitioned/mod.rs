@@ -644,10 +644,13 @@ impl Drop for PartitionedTask {
         if let Some(handle) = self.handle.take() {
             handle.abort();
         }
-        // The partition tasks abort when their `ProjectionTask`s drop with the runner's map;
-        // clear it now if nothing holds the lock.
+        // The partition tasks abort when their `ProjectionTask`s drop: clear the map now, or,
+        // if the aborted coordinator still holds its lock, as soon as it lets go.
         if let Ok(mut running) = self.runner.inner.running.try_lock() {
             running.clear();
+        } else if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let runner = self.runner.clone();
+            rt.spawn(async move { runner.inner.running.lock().await.clear() });
         }
     }
 }
