@@ -103,3 +103,22 @@ async fn store_with_async_bus_delivers_concurrent_writers_in_commit_order() {
     let bus = InMemoryBus::builder().async_dispatch(64).build();
     writers_reach_a_bus_subscriber_in_commit_order(Arc::new(bus)).await;
 }
+
+/// Partitioned projections and sagas on the in-memory lease store, with workers as tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_partitions_conformance() {
+    use eventflow::lease::MemoryLeaseStore;
+    use eventflow::saga::InMemorySagaStore;
+    use eventflow::store::memory::InMemoryCheckpointStore;
+    conformance::partitions::run(|_scope| async {
+        let leases = MemoryLeaseStore::new();
+        conformance::partitions::Stores {
+            store: Arc::new(InMemoryEventStore::new()),
+            checkpoints: Arc::new(InMemoryCheckpointStore::shared_with(&leases)),
+            leases: Arc::new(leases),
+            sagas: Arc::new(InMemorySagaStore::new()),
+        }
+    })
+    .await
+    .unwrap();
+}

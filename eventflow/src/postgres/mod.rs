@@ -134,7 +134,7 @@ pub use append::PendingAppend;
 pub use checkpoint::PostgresCheckpointStore;
 pub use dead_letter::PostgresDeadLetterStore;
 pub use lease::{PostgresLeaseStore, fenced_checkpoint};
-pub use projection::{PgProjection, PgTransaction, projection_runner};
+pub use projection::{PgProjection, PgTransaction, partitioned_runner, projection_runner};
 pub use saga::PostgresSagaStore;
 pub use schema::DEFAULT_SCHEMA;
 pub use snapshot::PostgresSnapshotStore;

@@ -60,7 +60,12 @@ use super::sql::Sql;
 use crate::bus::HandlerResult;
 use crate::error::{Error, Result};
 use crate::event::Event;
-use crate::projection::{Applier, ApplyError, Filter, ProjectionRunner, guarded, position_of};
+use crate::lease::LeaseStore;
+use crate::projection::partition::PartitionKey;
+use crate::projection::{
+    Applier, ApplyError, Filter, PartitionAppliers, PartitionSpec, PartitionedOptions,
+    PartitionedRunner, ProjectionRunner, guarded, position_of,
+};
 use crate::store::EventStore;
 
 /// The transaction a [`PgProjection`] writes its read model in.
@@ -116,6 +121,7 @@ pub fn projection_runner<P: PgProjection>(
         pool,
         filter,
         sql,
+        part: None,
     };
     Ok(ProjectionRunner::from_applier(
         store,
@@ -123,7 +129,79 @@ pub fn projection_runner<P: PgProjection>(
     ))
 }
 
+/// A worker of a partitioned transactional PostgreSQL projection (see
+/// [`PartitionedRunner`](crate::projection::PartitionedRunner)): start one in each process
+/// (or several in one); they share the projection's partitions through `leases`, which must be
+/// a [`PostgresLeaseStore`](super::PostgresLeaseStore) in the same database and schema, since
+/// each batch's transaction checks the partition's lease (owner and epoch) in the statement that
+/// advances the partition's checkpoint: **a batch commits its read-model writes and its
+/// checkpoint together, and only while its worker holds the partition's lease**, so each event
+/// is applied exactly once, whatever crashes or pauses.
+///
+/// A transaction of a worker paused mid-batch (a stopped process, a long GC-like stall) is
+/// ended by the server once it has been idle for the lease time-to-live
+/// (`idle_in_transaction_session_timeout`, set for the batch's transaction only), so it never
+/// holds back the new owner, or the store's readers, for long.
+///
+/// # Errors
+/// As [`projection_runner`], and [`Error::InvalidArgument`] for a partition count out of range.
+pub fn partitioned_runner<P: PgProjection>(
+    store: Arc<dyn EventStore>,
+    pool: PgPool,
+    schema: &str,
+    projection: P,
+    leases: Arc<dyn LeaseStore>,
+    options: PartitionedOptions,
+) -> Result<PartitionedRunner> {
+    let filter = Filter::parse(&projection.patterns())?;
+    let sql = Sql::new(Schema::new(schema)?);
+    let name = projection.name().to_owned();
+    let checkpoints = Arc::new(super::PostgresCheckpointStore::from_parts(
+        pool.clone(),
+        sql.clone(),
+    ));
+    let appliers = TxAppliers {
+        projection: Arc::new(projection),
+        target: describe(&pool.connect_options()),
+        pool,
+        filter,
+        sql,
+    };
+    PartitionedRunner::from_appliers(
+        name,
+        store,
+        checkpoints,
+        leases,
+        Arc::new(appliers),
+        options,
+        PartitionKey::Stream,
+    )
+}
+
+struct TxAppliers {
+    projection: Arc<dyn PgProjection>,
+    pool: PgPool,
+    target: String,
+    filter: Filter,
+    sql: Sql,
+}
+
+impl PartitionAppliers for TxAppliers {
+    fn applier(&self, spec: PartitionSpec) -> Arc<dyn Applier> {
+        Arc::new(Detached(Arc::new(TxApplier {
+            name: spec.checkpoint.clone(),
+            projection: Arc::clone(&self.projection),
+            pool: self.pool.clone(),
+            target: self.target.clone(),
+            filter: self.filter.clone(),
+            sql: self.sql.clone(),
+            part: Some(spec),
+        })))
+    }
+}
+
 struct TxApplier {
+    /// The checkpoint's name: the projection's, or `<projection>#<partition>`.
     name: String,
     projection: Arc<dyn PgProjection>,
     pool: PgPool,
@@ -131,6 +209,8 @@ struct TxApplier {
     target: String,
     filter: Filter,
     sql: Sql,
+    /// The partition and its lease, for a worker of a partitioned projection.
+    part: Option<PartitionSpec>,
 }
 
 impl TxApplier {
@@ -144,6 +224,19 @@ impl TxApplier {
             .execute(&mut *tx)
             .await
             .map_err(|e| self.map(e))?;
+        if let Some(part) = &self.part {
+            // A paused worker's transaction must not outlive its lease (see
+            // `partitioned_runner`).
+            let ms = part
+                .lease_ttl
+                .as_millis()
+                .clamp(1, i32::MAX.unsigned_abs().into());
+            sqlx::query(&self.sql.set_local_idle_timeout)
+                .bind(ms.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| self.map(e))?;
+        }
         Ok(tx)
     }
 
@@ -162,6 +255,24 @@ impl TxApplier {
     }
 
     async fn commit_at(&self, mut tx: PgTransaction, through: u64) -> Result<(), ApplyError> {
+        if let Some(part) = &self.part {
+            let fenced = super::lease::fenced_write(
+                &self.sql,
+                &self.target,
+                &mut tx,
+                &part.lease,
+                &self.name,
+                through,
+            )
+            .await;
+            match fenced {
+                Ok(()) => {}
+                Err(e @ Error::LeaseLost { .. }) => return Err(ApplyError::LeaseLost(e)),
+                Err(e) => return Err(ApplyError::Store(e)),
+            }
+            tx.commit().await.map_err(|e| self.map(e))?;
+            return Ok(());
+        }
         let through = i64::try_from(through)
             .map_err(|_| Error::InvalidArgument(format!("position {through} over i64")))?;
         sqlx::query(&self.sql.save_checkpoint)
@@ -258,7 +369,9 @@ impl TxApplier {
     ) -> Result<(), ApplyError> {
         let mut tx = self.begin_at(from).await?;
         for (index, event) in events.iter().enumerate() {
-            if !self.filter.matches(&event.event_type) {
+            if !self.filter.matches(&event.event_type)
+                || self.part.as_ref().is_some_and(|p| !p.owns(event))
+            {
                 continue;
             }
             if let Err(error) = guarded(self.projection.handle(&mut tx, event)).await {

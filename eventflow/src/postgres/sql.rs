@@ -206,6 +206,12 @@ const CREATE_CHECKPOINT: &str = "INSERT INTO {checkpoints} (name, position) VALU
 /// projection waits, then sees the position moved.
 const LOCK_CHECKPOINT: &str = "SELECT position FROM {checkpoints} WHERE name = $1 FOR UPDATE";
 
+/// Ends a partition batch's transaction on the server if it sits idle longer than the lease's
+/// time-to-live (its worker paused), so it never holds the checkpoint row or the readers' bound
+/// for long. `set_config(.., true)` is `SET LOCAL` with a bound value.
+const SET_LOCAL_IDLE_TIMEOUT: &str =
+    "SELECT set_config('idle_in_transaction_session_timeout', $1, true)";
+
 /// Lets a projection's handler name its read-model tables unqualified (`SET LOCAL`: this
 /// transaction only).
 const SET_LOCAL_SEARCH_PATH: &str = "SET LOCAL search_path TO {schema}";
@@ -349,6 +355,7 @@ pub(crate) struct Sql {
     pub(crate) member_leave: String,
     pub(crate) create_checkpoint: String,
     pub(crate) lock_checkpoint: String,
+    pub(crate) set_local_idle_timeout: String,
     pub(crate) set_local_search_path: String,
     pub(crate) saga_instance_count: String,
     pub(crate) saga_load: String,
@@ -419,6 +426,7 @@ impl Sql {
             member_leave: fill(MEMBER_LEAVE),
             create_checkpoint: fill(CREATE_CHECKPOINT),
             lock_checkpoint: fill(LOCK_CHECKPOINT),
+            set_local_idle_timeout: fill(SET_LOCAL_IDLE_TIMEOUT),
             set_local_search_path: fill(SET_LOCAL_SEARCH_PATH),
             saga_instance_count: fill(SAGA_INSTANCE_COUNT),
             saga_load: fill(SAGA_LOAD),
@@ -491,6 +499,7 @@ mod tests {
             &sql.member_leave,
             &sql.create_checkpoint,
             &sql.lock_checkpoint,
+            &sql.set_local_idle_timeout,
             &sql.set_local_search_path,
             &sql.saga_instance_count,
             &sql.saga_load,

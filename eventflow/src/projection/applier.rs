@@ -27,6 +27,9 @@ pub(crate) enum ApplyError {
     Moved(u64),
     /// The store of the read model or of the checkpoint failed; nothing is known to be saved.
     Store(Error),
+    /// The partition lease was lost (the fenced checkpoint write was refused): nothing of the
+    /// batch was committed, and the runner must stop.
+    LeaseLost(Error),
 }
 
 impl From<Error> for ApplyError {

@@ -47,12 +47,19 @@
 
 mod applier;
 mod filter;
+pub mod partition;
+mod partitioned;
 mod policy;
 mod runner;
 mod status;
 mod subscribe;
 mod traits;
 
+pub use partition::{PartitionKey, partition_of};
+pub use partitioned::{
+    PartitionStatus, PartitionedOptions, PartitionedRunner, PartitionedStatus, PartitionedTask,
+    ProjectionView, lease_name, partition_checkpoint,
+};
 pub use policy::{Backoff, FailurePolicy, RunnerOptions};
 pub use runner::{ProjectionRunner, ProjectionTask};
 pub use status::{FailedEvent, ProjectionStatus, RunState};
@@ -62,6 +69,7 @@ pub use traits::{Projection, event_types_of};
 // For the PostgreSQL projection (and the saga runner).
 pub(crate) use applier::{Applier, ApplyError, guarded, position_of};
 pub(crate) use filter::Filter;
+pub(crate) use partitioned::{PartitionAppliers, PartitionSpec};
 
 #[cfg(test)]
 mod tests;

@@ -41,6 +41,9 @@ struct Shared {
     dead_letters: Arc<dyn DeadLetterStore>,
     failure: Option<FailedEvent>,
     stopped: bool,
+    /// The partition lease this runner worked under was lost (a fenced commit was refused):
+    /// the live loop ends and nothing more is committed.
+    lost: bool,
 }
 
 struct Inner {
@@ -120,6 +123,7 @@ impl ProjectionRunner {
                     dead_letters: Arc::new(InMemoryDeadLetterStore::new()),
                     failure: None,
                     stopped: false,
+                    lost: false,
                 }),
             }),
         }
@@ -189,6 +193,11 @@ impl ProjectionRunner {
     /// The projection's name.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Whether the partition lease this runner worked under was lost (its live loop has ended).
+    pub(crate) fn lease_lost(&self) -> bool {
+        self.lock_shared().lost
     }
 
     /// The position of the last handled event (0 before the checkpoint is loaded).
@@ -346,6 +355,11 @@ impl ProjectionRunner {
                     }
                 }
                 Err(e) => {
+                    if self.lock_shared().lost {
+                        tracing::warn!(projection = %self.inner.name, error = %e, "partition lease lost; this runner stops without committing");
+                        self.set_state(RunState::Idle);
+                        return;
+                    }
                     if self.lock_shared().stopped {
                         tracing::error!(projection = %self.inner.name, error = %e, "projection stopped");
                         return;
@@ -402,6 +416,10 @@ impl ProjectionRunner {
                 Ok(Step::Progress)
             }
             Err(ApplyError::Store(e)) => Err(e),
+            Err(ApplyError::LeaseLost(e)) => {
+                self.lock_shared().lost = true;
+                Err(e)
+            }
             Err(ApplyError::Handler {
                 index,
                 handled_through,
@@ -473,6 +491,10 @@ impl ProjectionRunner {
                         return Ok(Step::Progress);
                     }
                     Err(ApplyError::Store(e)) => return Err(e),
+                    Err(ApplyError::LeaseLost(e)) => {
+                        self.lock_shared().lost = true;
+                        return Err(e);
+                    }
                     Err(ApplyError::Handler { error, .. }) => {
                         return Err(Error::backend("projection", error));
                     }

@@ -71,6 +71,20 @@ impl<S: Saga> SagaManager<S> {
     /// # Errors
     /// Store errors while reading the due deadlines.
     pub async fn fire_deadlines_at(&self, now: DateTime<Utc>) -> Result<usize> {
+        self.fire_deadlines_where(now, &|_| true).await
+    }
+
+    /// As [`fire_deadlines_at`](Self::fire_deadlines_at), only for instances whose
+    /// correlation id `mine` accepts (a partitioned saga worker fires the deadlines of the
+    /// partitions it holds).
+    ///
+    /// # Errors
+    /// As [`fire_deadlines_at`](Self::fire_deadlines_at).
+    pub(super) async fn fire_deadlines_where(
+        &self,
+        now: DateTime<Utc>,
+        mine: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<usize> {
         const PAGE: usize = 256;
         let mut fired = 0;
         // Deadlines seen in this call that will not be fired again in it (failed now, or
@@ -87,7 +101,7 @@ impl<S: Saga> SagaManager<S> {
                     continue;
                 }
                 progressed = true;
-                if !self.deadline_retries.ready(&key, now) {
+                if !mine(correlation_id) || !self.deadline_retries.ready(&key, now) {
                     skip.insert(key);
                     continue;
                 }

@@ -37,6 +37,7 @@
 mod context;
 mod deadline;
 mod manager;
+mod partitioned;
 mod retention;
 mod store;
 mod subscribe;
@@ -48,6 +49,7 @@ pub use context::SagaContext;
 pub use deadline::{Deadline, DeadlineRetryOutcome, FailingDeadline, SagaTimer};
 pub use manager::{IgnoreReason, SagaManager, SagaOutcome};
 pub use memory::InMemorySagaStore;
+pub use partitioned::{PartitionedSaga, PartitionedSagaTask};
 pub use retention::{DEFAULT_RETENTION, DEFAULT_TOMBSTONE_RETENTION, Pruned};
 pub use store::{CommitOutcome, LoadedSaga, SagaCommit, SagaInstance, SagaStore};
 pub use subscribe::SagaProjection;

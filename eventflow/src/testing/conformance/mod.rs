@@ -16,6 +16,7 @@
 pub mod bus;
 pub mod dead_letters;
 pub mod leases;
+pub mod partitions;
 mod report;
 pub mod store;
 
