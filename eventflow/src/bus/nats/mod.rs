@@ -81,7 +81,7 @@ mod subscribe;
 
 pub use bus::NatsBus;
 pub use config::NatsConfig;
-pub use status::NatsStatus;
+pub use status::{NatsHealth, NatsStatus};
 
 /// The backend name in [`Error::Backend`](crate::Error::Backend) and
 /// [`Error::Connect`](crate::Error::Connect).
