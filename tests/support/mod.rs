@@ -11,6 +11,8 @@ pub mod nats_cluster;
 #[cfg(feature = "nats")]
 pub mod nats_server;
 #[cfg(feature = "redis")]
+pub mod redis_cluster;
+#[cfg(feature = "redis")]
 pub mod redis_server;
 #[cfg(any(feature = "nats", feature = "redis"))]
 pub mod tls;

@@ -168,17 +168,19 @@
 
 mod bus;
 mod config;
+mod conn;
 mod connect;
 mod publish;
 mod pubsub;
 mod reply;
+mod sentinel;
 mod status;
 mod streams;
 mod subscribe;
 mod trim;
 
 pub use bus::RedisBus;
-pub use config::RedisConfig;
+pub use config::{RedisConfig, RedisTopology};
 pub use status::GroupStatus;
 
 /// The backend name in [`Error::Backend`](crate::Error::Backend)(crate::Error::Backend) and
