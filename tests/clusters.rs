@@ -16,7 +16,9 @@ use eventflow::bus::{BusError, BusErrorKind, ErrorReceiver, SubscriptionOptions}
 use eventflow::testing::conformance::{self, bus::Capabilities};
 use eventflow::{Event, EventBus, HandlerResult};
 use eventflow_tests::nats_cluster::NatsCluster;
-use eventflow_tests::redis_cluster::{RedisCluster, cli, wait_until};
+use eventflow_tests::redis_cluster::{
+    RedisCluster, RedisSentinels, SENTINEL_SERVICE, cli, wait_until,
+};
 use eventflow_tests::unique;
 use serde_json::json;
 use uuid::Uuid;
@@ -80,6 +82,36 @@ fn cluster_config(cluster: &NatsCluster) -> NatsConfig {
     c.publish_retry_for = Duration::from_secs(20);
     c.ack_wait = Duration::from_secs(5);
     c
+}
+
+/// Max deliveries of the kit's JetStream buses.
+const KIT_MAX_DELIVER: u32 = 3;
+
+/// The bus conformance kit against an R3 stream on a 3-node cluster, each bus with every
+/// node as a seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_r3_stream_passes_the_kit() {
+    let cluster = NatsCluster::start(3);
+    let caps = Capabilities::at_least_once(KIT_MAX_DELIVER);
+    let report = conformance::bus::run(caps, |scope| {
+        let mut config = cluster_config(&cluster);
+        config.subject_prefix = scope.name().to_owned();
+        config.stream_name = scope.name().to_owned();
+        config.max_deliver = i64::from(KIT_MAX_DELIVER);
+        config.ack_wait = Duration::from_secs(2);
+        config.retry_backoff = Duration::from_millis(20);
+        config.max_retry_backoff = Duration::from_millis(200);
+        async move { Arc::new(nats_connect(config).await) as Arc<dyn EventBus> }
+    })
+    .await;
+    for check in [
+        "redelivery_after_error_and_panic",
+        "dead_letter_after_max_deliveries",
+        "durable_subscriber_resumes",
+        "same_name_shares_work",
+    ] {
+        assert!(report.has_run(check), "{check}: {report}");
+    }
 }
 
 const EVENTS: usize = 10_000;
@@ -447,4 +479,80 @@ async fn redis_cluster_passes_the_kit_and_survives_primary_failovers() {
          without WAIT, {lost_with_wait} with WAIT 1; {:?} in all",
         started.elapsed()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis Sentinel
+
+/// The primary is SIGKILLed; the sentinels promote its replica; the bus (Streams mode)
+/// reconnects to the new primary, reports the switch, and publishing and consuming go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_failover_moves_the_bus_to_the_new_primary() {
+    let started = Instant::now();
+    let mut set = tokio::task::block_in_place(RedisSentinels::start);
+    let mut config = RedisConfig::sentinel(set.sentinel_urls(), SENTINEL_SERVICE);
+    config.use_streams = true;
+    config.key_prefix = unique("ef");
+    config.retry_delay = Duration::from_millis(50);
+    config.block = Duration::from_millis(200);
+    config.connect_timeout = Duration::from_secs(2);
+    config.response_timeout = Duration::from_secs(2);
+    let bus = redis_connect(config).await;
+    let first = bus.server();
+    assert!(
+        first.ends_with(&format!(":{}", set.servers[0].port)),
+        "connected to the first primary: {first}"
+    );
+    let mut errors = bus.errors();
+    let (seen, handler) = id_recorder();
+    let _sub = bus
+        .subscribe_with(&["e.*"], SubscriptionOptions::named("sentinel"), handler)
+        .await
+        .unwrap();
+    let before = Event::new("e.created", json!({ "n": 0 })).unwrap();
+    bus.publish(before.clone()).await.unwrap();
+
+    tokio::task::block_in_place(|| set.kill_server(0));
+    // Publishing fails while there is no primary, and works again once the replica is
+    // promoted and the bus has asked the sentinels for it.
+    let deadline = Instant::now() + WAIT;
+    let after = loop {
+        let event = Event::new("e.created", json!({ "n": 1 })).unwrap();
+        if bus.publish(event.clone()).await.is_ok() {
+            break event;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "publishing never resumed after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let now = bus.server();
+    assert!(
+        now.ends_with(&format!(":{}", set.servers[1].port)),
+        "moved to the promoted replica: {now} (was {first})"
+    );
+    let deadline = Instant::now() + WAIT;
+    while !seen.lock().unwrap().contains(&after.id) {
+        assert!(
+            Instant::now() < deadline,
+            "the subscriber never got an event published after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut reported = Vec::new();
+    drain(&mut errors, &mut reported);
+    assert!(
+        reported.iter().any(|e| e.kind == BusErrorKind::Failover
+            && e.message.contains(&first)
+            && e.message.contains(&now)),
+        "the switch of primary is reported: {reported:?}"
+    );
+    eprintln!(
+        "redis sentinel: moved from {first} to {now}; event before the kill delivered: {}; {:?} \
+         in all",
+        seen.lock().unwrap().contains(&before.id),
+        started.elapsed()
+    );
+    bus.close().await.unwrap();
 }

@@ -27,7 +27,8 @@ pub(crate) enum Backend {
     /// A Redis Cluster: a client whose response timeout allows blocking reads, and one client
     /// per seed for pub/sub connections.
     Cluster {
-        dedicated: ClusterClient,
+        /// Boxed: a cluster client is much larger than the other variants.
+        dedicated: Box<ClusterClient>,
         nodes: Vec<Client>,
     },
     /// The primary named by the sentinels.
@@ -304,7 +305,10 @@ async fn connect_cluster(
     };
     let seeds: Vec<String> = config.addrs.iter().map(|a| redact_url(a)).collect();
     Ok((
-        Backend::Cluster { dedicated, nodes },
+        Backend::Cluster {
+            dedicated: Box::new(dedicated),
+            nodes,
+        },
         Conn::Cluster(conn),
         format!("cluster [{}]", seeds.join(", ")),
     ))
