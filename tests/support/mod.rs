@@ -7,7 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub mod child;
 #[cfg(feature = "nats")]
+pub mod nats_cluster;
+#[cfg(feature = "nats")]
 pub mod nats_server;
+#[cfg(feature = "redis")]
+pub mod redis_cluster;
 #[cfg(feature = "redis")]
 pub mod redis_server;
 #[cfg(any(feature = "nats", feature = "redis"))]

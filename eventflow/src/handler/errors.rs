@@ -30,6 +30,11 @@ pub enum BusErrorKind {
     Decode,
     /// `close` gave up waiting for a handler after its drain timeout and cancelled it.
     Cancelled,
+    /// A clustered broker moved what the bus uses to another node (a new JetStream stream
+    /// leader, a Redis replica promoted to primary) and the bus followed; the message names
+    /// the old and new node where known. Nothing was lost by the bus itself; what the broker
+    /// kept across the switch is the broker's guarantee (see each bus's docs).
+    Failover,
     /// Anything else.
     Other,
 }

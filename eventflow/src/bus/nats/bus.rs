@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::NatsConfig;
 use super::jetstream;
 use super::publish::round_trip;
-use super::status::{NatsStatus, Reporter};
+use super::status::{NatsHealth, NatsStatus, Reporter, describe_server};
 use crate::bus::{
     BusError, BusErrorKind, Delivery, ErrorReceiver, EventBus, Handler, SubscriptionOptions,
 };
@@ -72,6 +72,29 @@ impl NatsBus {
             async_nats::connection::State::Connected => NatsStatus::Connected,
             async_nats::connection::State::Disconnected => NatsStatus::Disconnected,
             async_nats::connection::State::Pending => NatsStatus::Connecting,
+        }
+    }
+
+    /// The server the client is connected to (or was last), as `<server name> (<host:port>)`.
+    /// With several seed URLs or a cluster it tells which member the bus is on; it changes
+    /// when the client moves to another server after losing its own.
+    pub fn server(&self) -> Option<String> {
+        self.inner
+            .client
+            .try_server_info()
+            .map(|info| describe_server(&info))
+    }
+
+    /// The connection state with where the bus is in a cluster: its server, the JetStream
+    /// stream's leader, leader changes and publish retries seen since connect.
+    pub fn health(&self) -> NatsHealth {
+        let cluster = self.inner.js.as_ref().map(|js| &js.cluster);
+        NatsHealth {
+            status: self.status(),
+            server: self.server(),
+            stream_leader: cluster.and_then(|c| c.leader()),
+            leader_changes: cluster.map_or(0, |c| c.leader_changes()),
+            publish_retries: cluster.map_or(0, |c| c.publish_retries()),
         }
     }
 

@@ -35,7 +35,10 @@ use crate::redact::{REDACTED, redact_url};
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct NatsConfig {
-    /// Server URL, or several separated by commas (`nats://a:4222,nats://b:4222`).
+    /// Server URL, or several separated by commas (`nats://a:4222,nats://b:4222`): the seeds
+    /// of a cluster. The client connects to one of them (in random order), learns the other
+    /// members from the server (`connect_urls`), and moves to another server when its server
+    /// is lost; [`NatsBus::server`](super::NatsBus::server) names the one it is on.
     pub url: String,
     /// Every event is published on `<subject_prefix>.<event type>`. Dot-separated tokens of
     /// `[A-Za-z0-9_-]`; empty means no prefix.
@@ -52,6 +55,28 @@ pub struct NatsConfig {
     pub duplicate_window: Duration,
     /// How long the stream keeps events; zero keeps them until other limits apply (JetStream).
     pub max_age: Duration,
+    /// Copies of the stream kept by a JetStream cluster (`num_replicas`, 1 to 5; JetStream).
+    /// With 3, a publish is acknowledged once a majority (2 of 3) stored it, so an
+    /// acknowledged event survives the loss of any one server, and the stream (with its
+    /// durable consumers, which inherit the replica count) stays available while a new leader
+    /// is elected. 1 (the default) keeps a single copy: fine for one server, a loss of data
+    /// and availability when its server dies in a cluster. Changing it on an existing stream
+    /// is applied by the server (`create_or_update_stream`).
+    pub stream_replicas: usize,
+    /// Placement of a new stream: the JetStream cluster (by `--cluster_name`) that must hold
+    /// it; `None` lets the server choose (JetStream).
+    pub placement_cluster: Option<String>,
+    /// Placement of a new stream: server tags (`server_tags` in the server configuration)
+    /// every replica's server must have; empty means no constraint (JetStream).
+    pub placement_tags: Vec<String>,
+    /// How long a JetStream publish keeps retrying transient failures (no PubAck in time, no
+    /// stream leader, a lost connection: what a leader change or a server restart looks like)
+    /// before it returns the error. Each retry sends the same message with the same
+    /// `Nats-Msg-Id`, so one stored before its ack was lost is not stored twice (within
+    /// [`duplicate_window`](Self::duplicate_window)). Pauses follow
+    /// [`Backoff`](crate::backoff::Backoff) from 50 ms doubling to 1 s. Zero retries nothing.
+    /// Default 10 s.
+    pub publish_retry_for: Duration,
     /// Reconnect attempts after a lost connection before giving up; `None` retries for ever.
     pub max_reconnects: Option<usize>,
     /// Wait between reconnect attempts (the first one is immediate).
@@ -154,6 +179,10 @@ impl fmt::Debug for NatsConfig {
             .field("memory_storage", &self.memory_storage)
             .field("duplicate_window", &self.duplicate_window)
             .field("max_age", &self.max_age)
+            .field("stream_replicas", &self.stream_replicas)
+            .field("placement_cluster", &self.placement_cluster)
+            .field("placement_tags", &self.placement_tags)
+            .field("publish_retry_for", &self.publish_retry_for)
             .field("max_reconnects", &self.max_reconnects)
             .field("reconnect_wait", &self.reconnect_wait)
             .field("connect_timeout", &self.connect_timeout)
@@ -193,6 +222,10 @@ impl Default for NatsConfig {
             memory_storage: false,
             duplicate_window: Duration::from_secs(120),
             max_age: Duration::ZERO,
+            stream_replicas: 1,
+            placement_cluster: None,
+            placement_tags: Vec::new(),
+            publish_retry_for: Duration::from_secs(10),
             max_reconnects: Some(60),
             reconnect_wait: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
@@ -279,6 +312,12 @@ impl NatsConfig {
             if self.max_ack_pending < 1 {
                 return invalid("nats: max_ack_pending must be at least 1".into());
             }
+            if !(1..=5).contains(&self.stream_replicas) {
+                return invalid(format!(
+                    "nats: stream_replicas must be 1 to 5, not {}",
+                    self.stream_replicas
+                ));
+            }
             if self.pull_batch == 0 {
                 return invalid("nats: pull_batch must be at least 1".into());
             }
@@ -350,6 +389,14 @@ mod tests {
             NatsConfig {
                 user: Some("u".into()),
                 ..NatsConfig::default()
+            },
+            NatsConfig {
+                stream_replicas: 0,
+                ..NatsConfig::jetstream("nats://x:1")
+            },
+            NatsConfig {
+                stream_replicas: 6,
+                ..NatsConfig::jetstream("nats://x:1")
             },
             NatsConfig {
                 max_buffered_messages: 0,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::bus::{Inner, NatsBus};
-use super::status::Reporter;
+use super::status::{Reporter, describe_server};
 use super::{BACKEND, NatsConfig, jetstream};
 use crate::error::{BoxError, Error, Result};
 
@@ -40,7 +40,7 @@ impl NatsBus {
                 let reporter = reporter.clone();
                 move |event| {
                     let reporter = reporter.clone();
-                    async move { reporter.connection_event(event) }
+                    async move { reporter.connection_event(event).await }
                 }
             });
         let wait = config.reconnect_wait;
@@ -86,12 +86,25 @@ impl NatsBus {
             }
         };
 
+        let _ = reporter.client.set(client.clone());
+        let shutdown = watch::channel(false).0;
+        let mut tasks = Vec::new();
         let js = if config.enable_jetstream {
-            Some(jetstream::JetStream::setup(&client, &config).await?)
+            let js = jetstream::JetStream::setup(&client, &config).await?;
+            tasks.push(
+                js.watch_leader(&config, reporter.clone(), shutdown.subscribe())
+                    .await?,
+            );
+            Some(js)
         } else {
             None
         };
-        tracing::debug!(url = %target, jetstream = config.enable_jetstream, "nats bus connected");
+        tracing::debug!(
+            url = %target,
+            server = %describe_server(&client.server_info()),
+            jetstream = config.enable_jetstream,
+            "nats bus connected"
+        );
 
         Ok(NatsBus {
             inner: Arc::new(Inner {
@@ -100,8 +113,8 @@ impl NatsBus {
                 js,
                 reporter,
                 closed: AtomicBool::new(false),
-                shutdown: watch::channel(false).0,
-                tasks: Mutex::new(Vec::new()),
+                shutdown,
+                tasks: Mutex::new(tasks),
             }),
         })
     }

@@ -3,25 +3,31 @@
 //! terminate (dead-letter) after `max_deliver` deliveries.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::context::{PublishAckFuture, PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::stream::{self, StorageType};
 use async_nats::jetstream::{self as js, AckKind};
 use futures_util::{FutureExt, StreamExt};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::publish::Outgoing;
+use super::status::Reporter;
 use super::subscribe::SubContext;
 use super::{BACKEND, NatsConfig};
 use crate::backoff::Backoff;
-use crate::bus::BusErrorKind;
+use crate::bus::{BusError, BusErrorKind};
 use crate::error::{Error, Result};
 use crate::event::Event;
+use crate::handler::sync::lock;
 
 /// How long the server keeps an unnamed subscription's ephemeral consumer without a pull
 /// request before deleting it (`inactive_threshold`). A live subscription pulls far more often
@@ -32,11 +38,88 @@ pub(super) const EPHEMERAL_INACTIVE_THRESHOLD: Duration = Duration::from_secs(30
 /// Pauses between attempts to restart a pull stream: 100 ms doubling to 5 s, with jitter.
 const RESTART: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
 
+/// Pauses between retries of a JetStream publish that failed transiently: 50 ms doubling to
+/// 1 s, with jitter.
+const PUBLISH_RETRY: Backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+
 /// The JetStream side of a bus.
 pub(super) struct JetStream {
     context: js::Context,
     stream: stream::Stream,
     timeout: Duration,
+    retry_for: Duration,
+    /// The stream's leader as last seen, and counters for [`NatsHealth`](super::NatsHealth).
+    pub(super) cluster: Arc<ClusterView>,
+}
+
+/// What the bus knows about the stream's place in a JetStream cluster.
+#[derive(Default)]
+pub(super) struct ClusterView {
+    leader: Mutex<Option<String>>,
+    leader_changes: AtomicU64,
+    publish_retries: AtomicU64,
+}
+
+impl ClusterView {
+    pub(super) fn leader(&self) -> Option<String> {
+        lock(&self.leader).clone()
+    }
+
+    pub(super) fn leader_changes(&self) -> u64 {
+        self.leader_changes.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn publish_retries(&self) -> u64 {
+        self.publish_retries.load(Ordering::Relaxed)
+    }
+
+    /// Records `leader` as elected; returns the previous leader when it differs.
+    fn elected(&self, leader: String) -> Option<Option<String>> {
+        let mut current = lock(&self.leader);
+        if current.as_deref() == Some(leader.as_str()) {
+            return None;
+        }
+        self.leader_changes.fetch_add(1, Ordering::Relaxed);
+        Some(current.replace(leader))
+    }
+}
+
+/// The part of a stream leader election advisory
+/// (`$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.<stream>`) we use.
+#[derive(serde::Deserialize)]
+struct LeaderElected {
+    leader: String,
+}
+
+/// An event ready for (re)sending to JetStream: cheap to send again.
+struct Pending {
+    id: uuid::Uuid,
+    subject: async_nats::Subject,
+    payload: bytes::Bytes,
+    /// The headers of the first attempt; retries rebuild them from `id`.
+    headers: Option<async_nats::HeaderMap>,
+}
+
+impl Pending {
+    fn new(out: Outgoing) -> Self {
+        Pending {
+            id: out.id,
+            subject: out.subject.into(),
+            payload: out.payload.into(),
+            headers: Some(out.headers),
+        }
+    }
+
+    fn message(&mut self) -> PublishMessage {
+        let headers = self.headers.take().unwrap_or_else(|| {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(NATS_MESSAGE_ID, self.id.to_string());
+            headers
+        });
+        PublishMessage::build()
+            .payload(self.payload.clone())
+            .headers(headers)
+    }
 }
 
 impl JetStream {
@@ -49,6 +132,11 @@ impl JetStream {
             .max_ack_inflight(config.publish_window.max(4096))
             .backpressure_on_inflight(true)
             .build(client.clone());
+        let placement = (config.placement_cluster.is_some() || !config.placement_tags.is_empty())
+            .then(|| stream::Placement {
+                cluster: config.placement_cluster.clone(),
+                tags: config.placement_tags.clone(),
+            });
         let stream_config = stream::Config {
             name: config.stream_name.clone(),
             subjects: config.effective_stream_subjects(),
@@ -59,6 +147,8 @@ impl JetStream {
             },
             duplicate_window: config.duplicate_window,
             max_age: config.max_age,
+            num_replicas: config.stream_replicas,
+            placement,
             ..Default::default()
         };
         context
@@ -68,9 +158,9 @@ impl JetStream {
                 Error::backend(
                     BACKEND,
                     format!(
-                        "cannot create or update JetStream stream {:?} (is JetStream enabled on \
-                         the server?): {e}",
-                        config.stream_name
+                        "cannot create or update JetStream stream {:?} with {} replica(s) (is \
+                         JetStream enabled on the server, with enough servers?): {e}",
+                        config.stream_name, config.stream_replicas
                     ),
                 )
             })?;
@@ -81,62 +171,165 @@ impl JetStream {
         if let Some(subject) = &config.dead_letter_subject {
             ensure_dead_letter_stream(&context, config, subject).await?;
         }
+        let cluster = Arc::new(ClusterView::default());
+        if let Some(leader) = stream
+            .cached_info()
+            .cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone())
+        {
+            *lock(&cluster.leader) = Some(leader);
+        }
         Ok(JetStream {
             context,
             stream,
             timeout: config.request_timeout,
+            retry_for: config.publish_retry_for,
+            cluster,
         })
     }
 
-    async fn send(&self, out: Outgoing) -> Result<PublishAckFuture> {
-        let id = out.id;
-        let size = out.payload.len();
-        self.context
-            .send_publish(
-                out.subject,
-                PublishMessage::build()
-                    .payload(out.payload.into())
-                    .headers(out.headers),
-            )
+    /// Subscribes to the stream's leader elections, before `connect` returns (so none after it
+    /// is missed), and returns the task that reports them until `shutdown`.
+    pub(super) async fn watch_leader(
+        &self,
+        config: &NatsConfig,
+        reporter: Arc<Reporter>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<JoinHandle<()>> {
+        let subject = format!(
+            "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{}",
+            config.stream_name
+        );
+        let mut advisories = self
+            .context
+            .client()
+            .subscribe(subject)
             .await
-            .map_err(|e| self.map_publish_error(e, id, size))
+            .map_err(|e| Error::backend(BACKEND, e))?;
+        let cluster = self.cluster.clone();
+        let stream = config.stream_name.clone();
+        Ok(tokio::spawn(async move {
+            loop {
+                let advisory = tokio::select! {
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    advisory = advisories.next() => match advisory {
+                        Some(advisory) => advisory,
+                        None => return,
+                    },
+                };
+                let Ok(elected) = serde_json::from_slice::<LeaderElected>(&advisory.payload) else {
+                    tracing::debug!("nats: unreadable leader election advisory");
+                    continue;
+                };
+                if let Some(previous) = cluster.elected(elected.leader.clone()) {
+                    let previous = previous.unwrap_or_else(|| "unknown".to_owned());
+                    tracing::info!(%stream, %previous, leader = %elected.leader, "nats: JetStream stream leader changed");
+                    reporter.report(BusError::new(
+                        BusErrorKind::Failover,
+                        format!(
+                            "JetStream stream {stream:?}: leader changed from {previous} to {} \
+                             (publishes in flight are retried for up to publish_retry_for; \
+                             consumers resume on the new leader)",
+                            elected.leader
+                        ),
+                    ));
+                }
+            }
+        }))
     }
 
-    async fn wait(&self, ack: PublishAckFuture, id: uuid::Uuid) -> Result<()> {
-        let ack = ack.await.map_err(|e| self.map_publish_error(e, id, 0))?;
+    async fn send(&self, pending: &mut Pending) -> Result<PublishAckFuture, PublishError> {
+        self.context
+            .send_publish(pending.subject.clone(), pending.message())
+            .await
+    }
+
+    fn acked(ack: PublishAck, id: uuid::Uuid) {
         if ack.duplicate {
             tracing::debug!(event_id = %id, seq = ack.sequence, "nats: duplicate event stored once");
         }
-        Ok(())
     }
 
-    /// Publishes one event and waits for the server to store it.
+    /// Publishes one event and waits for the server to store it, retrying transient failures
+    /// for up to `publish_retry_for`.
     pub(super) async fn publish(&self, out: Outgoing) -> Result<()> {
-        let id = out.id;
-        let ack = self.send(out).await?;
-        self.wait(ack, id).await
+        let mut pending = Pending::new(out);
+        let first = match self.send(&mut pending).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match first {
+            Ok(ack) => {
+                Self::acked(ack, pending.id);
+                Ok(())
+            }
+            Err(e) => self.retry(pending, e).await,
+        }
     }
 
-    /// Publishes in order with at most `window` acknowledgements outstanding.
+    /// After a failed attempt: sends `pending` again (same `Nats-Msg-Id`) while the failure is
+    /// transient and `publish_retry_for` has not passed.
+    async fn retry(&self, mut pending: Pending, mut error: PublishError) -> Result<()> {
+        let size = pending.payload.len();
+        let deadline = tokio::time::Instant::now() + self.retry_for;
+        let mut attempt = 0u32;
+        while is_transient(&error) && tokio::time::Instant::now() < deadline {
+            attempt += 1;
+            self.cluster.publish_retries.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(event_id = %pending.id, attempt, "nats: retrying JetStream publish after: {error}");
+            tokio::time::sleep(PUBLISH_RETRY.next_delay(attempt)).await;
+            let outcome = match self.send(&mut pending).await {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(ack) => {
+                    Self::acked(ack, pending.id);
+                    return Ok(());
+                }
+                Err(e) => error = e,
+            }
+        }
+        Err(self.map_publish_error(error, pending.id, size))
+    }
+
+    /// Publishes in order with at most `window` acknowledgements outstanding. An event whose
+    /// acknowledgement failed transiently is sent again before the next one is waited for, so
+    /// it may be stored after events that followed it in the batch.
     pub(super) async fn publish_pipelined(
         &self,
         events: VecDeque<Outgoing>,
         window: usize,
     ) -> Result<()> {
-        let mut in_flight = VecDeque::with_capacity(window.min(events.len()));
+        let mut in_flight: VecDeque<(Pending, PublishAckFuture)> =
+            VecDeque::with_capacity(window.min(events.len()));
         for out in events {
             if in_flight.len() >= window
-                && let Some((id, ack)) = in_flight.pop_front()
+                && let Some((pending, ack)) = in_flight.pop_front()
             {
-                self.wait(ack, id).await?;
+                self.settle(pending, ack).await?;
             }
-            let id = out.id;
-            in_flight.push_back((id, self.send(out).await?));
+            let mut pending = Pending::new(out);
+            match self.send(&mut pending).await {
+                Ok(ack) => in_flight.push_back((pending, ack)),
+                Err(e) => self.retry(pending, e).await?,
+            }
         }
-        while let Some((id, ack)) = in_flight.pop_front() {
-            self.wait(ack, id).await?;
+        while let Some((pending, ack)) = in_flight.pop_front() {
+            self.settle(pending, ack).await?;
         }
         Ok(())
+    }
+
+    async fn settle(&self, pending: Pending, ack: PublishAckFuture) -> Result<()> {
+        match ack.await {
+            Ok(ack) => {
+                Self::acked(ack, pending.id);
+                Ok(())
+            }
+            Err(e) => self.retry(pending, e).await,
+        }
     }
 
     fn map_publish_error(&self, e: PublishError, id: uuid::Uuid, size: usize) -> Error {
@@ -277,6 +470,32 @@ async fn pull_messages(
         .max_messages_per_batch(batch)
         .messages()
         .await
+}
+
+/// True for the publish failures a leader change, a lost server or a reconnect cause, which a
+/// retry of the same message (same `Nats-Msg-Id`) may cure: no PubAck in time, no responder
+/// for the subject (no stream leader at that moment), a broken connection, and the JetStream
+/// cluster errors "not available", "not leader" and "no peers".
+fn is_transient(e: &PublishError) -> bool {
+    match e.kind() {
+        PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::StreamNotFound
+        | PublishErrorKind::MaxAckPending => true,
+        PublishErrorKind::Other => std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<js::Error>())
+            .is_some_and(|e| {
+                use js::ErrorCode as C;
+                [
+                    C::CLUSTER_NOT_AVAILABLE,
+                    C::CLUSTER_NOT_LEADER,
+                    C::CLUSTER_NO_PEERS,
+                    C::CLUSTER_NOT_ACTIVE,
+                ]
+                .contains(&e.error_code())
+            }),
+        _ => false,
+    }
 }
 
 /// Makes sure a stream stores `subject`: the one that captures it already, or a new one.

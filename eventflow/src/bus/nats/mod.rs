@@ -51,6 +51,32 @@
 //! otherwise fails with [`Error::Timeout`](crate::Error::Timeout) — it never reports success for an event the server did
 //! not acknowledge. Retrying with the same event (same id) inside the duplicate window is safe.
 //!
+//! **Clusters and durability (JetStream).** [`NatsConfig::url`] takes several seed URLs; the
+//! client learns the other members from the server and moves to another one when its server is
+//! lost ([`NatsBus::server`] names the one it is on; the move is reported as
+//! [`Reconnected`](crate::bus::BusErrorKind::Reconnected) with the new server's name). The
+//! stream is created with [`stream_replicas`](NatsConfig::stream_replicas) copies (R1 by
+//! default; R3 on a cluster keeps every acknowledged event through the loss of any one server)
+//! and an optional placement ([`placement_cluster`](NatsConfig::placement_cluster),
+//! [`placement_tags`](NatsConfig::placement_tags)). What "acknowledged" means:
+//!
+//! - a publish returns `Ok` once the stream leader sent its PubAck, which on R3 it does after
+//!   a majority of the replicas stored the message (in memory or file, per
+//!   [`memory_storage`](NatsConfig::memory_storage); by default the server does not fsync file
+//!   storage per message, so losing every replica at once can lose the newest messages);
+//! - consumers use `AckPolicy::Explicit`: a message is done when its handler succeeded and the
+//!   ack reached the consumer's leader; the consumer (R3 like its stream) survives a leader
+//!   change, and an ack lost in one only means a redelivery (at least once).
+//!
+//! While a stream leader is elected (a few seconds after its server died) publishes get no
+//! PubAck or no responder: `publish` and `publish_batch` retry such transient failures with
+//! backoff for up to [`publish_retry_for`](NatsConfig::publish_retry_for) (10 s), sending the
+//! same message with the same `Nats-Msg-Id`, so one that was stored before its PubAck was lost
+//! is stored once. Every leader change of the stream is reported as
+//! [`Failover`](crate::bus::BusErrorKind::Failover) (from the server's leader-election
+//! advisories); [`NatsBus::health`] gives the current leader, the number of leader changes and
+//! of publish retries.
+//!
 //! ```no_run
 //! use eventflow::bus::nats::{NatsBus, NatsConfig};
 //! use eventflow::{Event, EventBus, EventBusExt, sync_handler};
@@ -81,7 +107,7 @@ mod subscribe;
 
 pub use bus::NatsBus;
 pub use config::NatsConfig;
-pub use status::NatsStatus;
+pub use status::{NatsHealth, NatsStatus};
 
 /// The backend name in [`Error::Backend`](crate::Error::Backend) and
 /// [`Error::Connect`](crate::Error::Connect).

@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::conn::Conn;
 use super::connect::{Shared, is_connection_error};
 use super::{BACKEND, RedisConfig};
 use crate::bus::{
@@ -32,7 +32,7 @@ pub(super) struct Task {
 
 pub(super) struct Inner {
     pub(super) shared: Arc<Shared>,
-    pub(super) conn: ConnectionManager,
+    pub(super) conn: Conn,
     /// Closed by `close`: every error receiver then ends once the last task is gone.
     pub(super) errors: ErrorStream,
     pub(super) closed: AtomicBool,
@@ -77,7 +77,19 @@ impl RedisBus {
         &self.inner.shared.config
     }
 
-    /// The Streams key (`<key_prefix>:stream`).
+    /// The server the bus publishes to: the address it connected to (one server), the
+    /// cluster's seeds, or the primary the sentinels named last (it changes after a
+    /// failover, which is also reported as [`Failover`](crate::bus::BusErrorKind::Failover)).
+    pub fn server(&self) -> String {
+        match &self.inner.conn {
+            Conn::Sentinel(conn) => conn
+                .primary()
+                .unwrap_or_else(|| self.inner.shared.target.clone()),
+            _ => self.inner.shared.target.clone(),
+        }
+    }
+
+    /// The Streams key (`<key_prefix>:stream`; in a cluster `{<key_prefix>}:stream`).
     pub fn stream_key(&self) -> &str {
         &self.inner.shared.stream_key
     }
@@ -203,10 +215,10 @@ impl EventBus for RedisBus {
         for group in orphans {
             let mut conn = self.inner.conn.clone();
             let key = self.inner.shared.stream_key.clone();
-            let key_prefix = self.inner.shared.config.key_prefix.clone();
+            let key_base = self.inner.shared.key_base.clone();
             let destroyed = self
                 .command("redis xgroup destroy", async move {
-                    super::streams::destroy_ephemeral(&mut conn, &key, &key_prefix, &group).await
+                    super::streams::destroy_ephemeral(&mut conn, &key, &key_base, &group).await
                 })
                 .await;
             if let Err(e) = destroyed {

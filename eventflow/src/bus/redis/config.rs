@@ -29,8 +29,34 @@ use crate::redact::{REDACTED, redact_url};
 #[derive(Clone)]
 pub struct RedisConfig {
     /// Servers to try, in order: `redis://host:port[/db]`, `rediss://...` (TLS) or a bare
-    /// `host:port`. Default `["redis://127.0.0.1:6379"]`.
+    /// `host:port`. Default `["redis://127.0.0.1:6379"]`. What they are depends on
+    /// [`topology`](Self::topology): one server's candidates, a cluster's seed nodes, or the
+    /// sentinels.
     pub addrs: Vec<String>,
+    /// Which deployment [`addrs`](Self::addrs) name: one server (default), a Redis Cluster,
+    /// or the sentinels of a Sentinel-monitored primary. See [`RedisTopology`].
+    pub topology: RedisTopology,
+    /// Streams mode: after each `XADD` (or batch of them), wait until this many replicas
+    /// acknowledged the write (`WAIT numreplicas timeout`, in the same pipeline, on the
+    /// primary that took the write) before the publish counts as done; fewer within
+    /// [`wait_timeout`](Self::wait_timeout) fails the publish with
+    /// [`Error::Backend`](crate::Error::Backend) (the entry is stored on the primary and may
+    /// still be delivered: publish again with the same event if in doubt, handlers being
+    /// idempotent under at least once). 0 (the default) does not wait: a publish counts once
+    /// the primary stored it, and a failover before the primary replicated it loses it.
+    ///
+    /// What it does **not** guarantee: `WAIT` makes an acknowledged entry exist on that many
+    /// replicas' memory; it does not make Redis consistent. A failover normally promotes the
+    /// most up-to-date replica, so with one replica and `wait_replicas: 1` an acknowledged
+    /// entry survives the loss of its primary; but a replica that was not caught up can still
+    /// be promoted (e.g. by a manual failover, or when the acknowledged replica is itself
+    /// lost), and without `appendfsync always` the copies are in memory only, so losing the
+    /// primary and the replicas together loses acknowledged entries. Consumer group state
+    /// (`XACK`, the group's position) is not waited for: after a failover an entry may be
+    /// delivered again (at least once, as always). Pub/sub mode ignores it.
+    pub wait_replicas: usize,
+    /// How long `WAIT` may take (see [`wait_replicas`](Self::wait_replicas)). Default 1 s.
+    pub wait_timeout: Duration,
     /// Streams (at least once, consumer groups) instead of pub/sub (at most once). Default
     /// `false`.
     pub use_streams: bool,
@@ -102,6 +128,9 @@ impl fmt::Debug for RedisConfig {
         let addrs: Vec<String> = self.addrs.iter().map(|a| redact_url(a)).collect();
         f.debug_struct("RedisConfig")
             .field("addrs", &addrs)
+            .field("topology", &self.topology)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("wait_timeout", &self.wait_timeout)
             .field("use_streams", &self.use_streams)
             .field("key_prefix", &self.key_prefix)
             .field("consumer_name", &self.consumer_name)
@@ -135,6 +164,9 @@ impl Default for RedisConfig {
         let random = &uuid::Uuid::new_v4().simple().to_string()[..8];
         RedisConfig {
             addrs: vec!["redis://127.0.0.1:6379".to_owned()],
+            topology: RedisTopology::Single,
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
             use_streams: false,
             key_prefix: "events".to_owned(),
             consumer_name: format!("{host}-{}-{random}", std::process::id()),
@@ -168,10 +200,56 @@ impl RedisConfig {
         }
     }
 
+    /// The default configuration for a Redis Cluster reached through `seeds` (any of its
+    /// nodes; the client learns the others).
+    pub fn cluster<S: Into<String>>(seeds: impl IntoIterator<Item = S>) -> Self {
+        RedisConfig {
+            addrs: seeds.into_iter().map(Into::into).collect(),
+            topology: RedisTopology::Cluster,
+            ..RedisConfig::default()
+        }
+    }
+
+    /// The default configuration for the primary of `service`, found through `sentinels`.
+    pub fn sentinel<S: Into<String>>(
+        sentinels: impl IntoIterator<Item = S>,
+        service: impl Into<String>,
+    ) -> Self {
+        RedisConfig {
+            addrs: sentinels.into_iter().map(Into::into).collect(),
+            topology: RedisTopology::Sentinel {
+                service: service.into(),
+            },
+            ..RedisConfig::default()
+        }
+    }
+
     pub(super) fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::InvalidArgument(format!("RedisConfig: {m}")));
         if self.addrs.is_empty() {
             return bad("addrs is empty");
+        }
+        if let RedisTopology::Sentinel { service } = &self.topology
+            && service.is_empty()
+        {
+            return bad("the Sentinel service name is empty");
+        }
+        if self.wait_replicas > 0 && self.wait_timeout.is_zero() {
+            return bad(
+                "wait_timeout must be positive with wait_replicas (WAIT 0 blocks for ever)",
+            );
+        }
+        if self.topology == RedisTopology::Cluster
+            && let Some(dead_letters) = &self.dead_letter_stream
+        {
+            let base = super::conn::key_base(&self.key_prefix, true);
+            if super::conn::hash_tag(dead_letters) != super::conn::hash_tag(&base) {
+                return Err(Error::InvalidArgument(format!(
+                    "RedisConfig: on a cluster the dead_letter_stream must share the stream's \
+                     hash tag {{{}}} (one slot), e.g. {base}:dead-letter, not {dead_letters:?}",
+                    super::conn::hash_tag(&base)
+                )));
+            }
         }
         if self.key_prefix.is_empty() {
             return bad("key_prefix is empty");
@@ -192,9 +270,42 @@ impl RedisConfig {
     }
 }
 
+/// Which Redis deployment a [`RedisConfig`] connects to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum RedisTopology {
+    /// One server: the first of `addrs` that answers. It fails over to nothing; the others
+    /// are only tried at connect.
+    #[default]
+    Single,
+    /// A Redis Cluster; `addrs` are seed nodes. Every key of the bus carries the hash tag
+    /// `{<key_prefix>}` (one slot, so one primary at a time serves a bus), commands follow
+    /// the slot map across failovers, and pub/sub is classic (cluster-wide) pub/sub.
+    Cluster,
+    /// A primary with replicas monitored by Redis Sentinel; `addrs` are the sentinels and
+    /// `service` the name they monitor (`sentinel monitor <service> ...`). The bus connects to
+    /// the primary they name and asks again when it is lost.
+    Sentinel {
+        /// The monitored service (master) name.
+        service: String,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_dead_letters_share_the_slot() {
+        let mut c = RedisConfig::cluster(["redis://127.0.0.1:7000"]);
+        c.dead_letter_stream = Some("{events}:dlq".into());
+        c.validate().unwrap();
+        assert!(
+            RedisConfig::sentinel(["redis://127.0.0.1:26379"], "mymaster")
+                .validate()
+                .is_ok()
+        );
+    }
 
     #[test]
     fn default_config_is_valid() {
@@ -215,6 +326,15 @@ mod tests {
             |c| c.batch_size = 0,
             |c| c.max_buffered_messages = 0,
             |c| c.max_buffered_bytes = 0,
+            |c| c.topology = RedisTopology::Sentinel { service: "".into() },
+            |c| {
+                c.wait_replicas = 1;
+                c.wait_timeout = Duration::ZERO;
+            },
+            |c| {
+                c.topology = RedisTopology::Cluster;
+                c.dead_letter_stream = Some("elsewhere".into());
+            },
         ] {
             let mut c = RedisConfig::default();
             change(&mut c);

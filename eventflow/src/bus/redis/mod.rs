@@ -163,22 +163,51 @@
 //! [`RedisConfig::username`] / [`RedisConfig::password`] (ACL user). TLS is asked for with a
 //! `rediss://` URL (rustls with the ring provider, installed as the process default unless the
 //! application installed one); the server certificate is checked against the system's roots,
-//! or against [`RedisConfig::tls_ca_cert`] for a private CA. Redis Cluster and Sentinel are not
-//! supported.
+//! or against [`RedisConfig::tls_ca_cert`] for a private CA.
+//!
+//! # Cluster and Sentinel
+//!
+//! [`RedisConfig::topology`] says what [`RedisConfig::addrs`] are ([`RedisTopology`]):
+//!
+//! - **One server** (the default): the first address that answers.
+//! - **Redis Cluster** ([`RedisConfig::cluster`]): the addresses are seeds. Commands go through
+//!   redis-rs's cluster client, which follows the slot map across failovers. Every key of a bus
+//!   carries the hash tag `{<key_prefix>}` (`{events}:stream`, `{events}:dead-letter`,
+//!   `{events}:filters`, `{events}:lease:...`), so they share one slot and the bus's pipelines
+//!   stay on one node; a custom [`RedisConfig::dead_letter_stream`] must carry the same tag.
+//!   Consumer groups, claiming and dead letters work as on one node. One bus's stream lives on
+//!   one primary: spread load over several buses (key prefixes), not within one. Pub/sub is
+//!   classic pub/sub, which a cluster carries to subscribers on every node: a bus publishes
+//!   from the primary of its key slot (so one publisher's events keep their order) and
+//!   subscribes on the first seed that answers. Sharded pub/sub (`SSUBSCRIBE`) is not used: it
+//!   has no pattern subscriptions, and a subscription here is a pattern.
+//! - **Sentinel** ([`RedisConfig::sentinel`]): the addresses are the sentinels, the service
+//!   the name they monitor. The bus connects to the primary they name; when that connection
+//!   fails, or answers `READONLY` (the old primary came back as a replica), it asks them again,
+//!   and a new primary is reported as [`Failover`](crate::bus::BusErrorKind::Failover);
+//!   [`RedisBus::server`] names the current one.
+//!
+//! **Durability.** Redis replicates asynchronously: a publish returns once the primary stored
+//! the entry, and a failover can promote a replica that does not have it. With
+//! [`RedisConfig::wait_replicas`] the publish also waits for `WAIT numreplicas timeout` and
+//! fails unless that many replicas acknowledged the write; see there for what that does and
+//! does not guarantee.
 
 mod bus;
 mod config;
+mod conn;
 mod connect;
 mod publish;
 mod pubsub;
 mod reply;
+mod sentinel;
 mod status;
 mod streams;
 mod subscribe;
 mod trim;
 
 pub use bus::RedisBus;
-pub use config::RedisConfig;
+pub use config::{RedisConfig, RedisTopology};
 pub use status::GroupStatus;
 
 /// The backend name in [`Error::Backend`](crate::Error::Backend)(crate::Error::Backend) and

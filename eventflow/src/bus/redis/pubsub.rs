@@ -275,7 +275,7 @@ impl Listener {
 async fn connect(shared: &Shared, glob: &str) -> Result<(PubSubSink, PubSubStream)> {
     let limit = shared.config.connect_timeout + shared.config.response_timeout;
     let attempt = async {
-        let mut pubsub = shared.client.get_async_pubsub().await?;
+        let mut pubsub = shared.pubsub().await?;
         // Waits for Redis's confirmation: once this returns, messages are ours.
         pubsub.psubscribe(glob).await?;
         Ok::<_, redis::RedisError>(pubsub.split())

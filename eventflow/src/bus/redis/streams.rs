@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::{RedisError, RedisResult, Value};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::conn::Conn;
 use super::connect::{Shared, is_connection_error};
 use super::reply::{Entry, parse_pending_counts, parse_read, protocol_error, text};
 use super::subscribe::{backoff, cancelled, lease_key, renew_lease};
@@ -25,7 +25,7 @@ const CLAIM_ROUNDS: usize = 10;
 
 pub(super) struct Consumer {
     shared: Arc<Shared>,
-    conn: MultiplexedConnection,
+    conn: Conn,
     group: String,
     /// An unnamed subscription's group: created at `$` whatever the configuration, shared by
     /// nobody, destroyed when the subscription stops.
@@ -56,7 +56,7 @@ impl Consumer {
         let mut conn = shared.dedicated_connection().await?;
         if ephemeral {
             // Before the group exists, so that no trim takes it for a dead process's group.
-            renew_lease(&mut conn, &shared.config.key_prefix, &group)
+            renew_lease(&mut conn, &shared.key_base, &group)
                 .await
                 .map_err(|e| Error::backend(super::BACKEND, e))?;
         }
@@ -187,7 +187,7 @@ impl Consumer {
             let destroyed = destroy_ephemeral(
                 &mut self.conn,
                 &self.shared.stream_key,
-                &self.shared.config.key_prefix,
+                &self.shared.key_base,
                 &self.group,
             )
             .await;
@@ -488,13 +488,8 @@ impl Consumer {
 /// Records the patterns the group `group` filters on in the hash `P:filters` (the first
 /// subscription of a group sets them), and refuses a subscription with other patterns: it
 /// would acknowledge, unhandled, the entries the group's other subscribers are there for.
-async fn claim_filter(
-    conn: &mut MultiplexedConnection,
-    shared: &Shared,
-    group: &str,
-    patterns: &str,
-) -> Result<()> {
-    let key = format!("{}:filters", shared.config.key_prefix);
+async fn claim_filter(conn: &mut Conn, shared: &Shared, group: &str, patterns: &str) -> Result<()> {
+    let key = format!("{}:filters", shared.key_base);
     let backend = |e: RedisError| Error::backend(super::BACKEND, e);
     redis::cmd("HSETNX")
         .arg(&key)
@@ -519,12 +514,7 @@ async fn claim_filter(
     }
 }
 
-async fn create_group(
-    conn: &mut MultiplexedConnection,
-    key: &str,
-    group: &str,
-    start: &str,
-) -> RedisResult<()> {
+async fn create_group(conn: &mut Conn, key: &str, group: &str, start: &str) -> RedisResult<()> {
     let created = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(key)

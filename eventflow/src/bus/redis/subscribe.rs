@@ -64,7 +64,7 @@ impl RedisBus {
             if ephemeral {
                 tokio::spawn(keep_lease(
                     self.inner.conn.clone(),
-                    shared.config.key_prefix.clone(),
+                    shared.key_base.clone(),
                     group.clone(),
                     cancel_rx,
                 ));
@@ -148,7 +148,7 @@ pub(super) async fn renew_lease(
 /// Renews the lease of an ephemeral group until its subscription stops. A task of its own, so
 /// a handler that runs long does not let the lease lapse.
 async fn keep_lease(
-    mut conn: redis::aio::ConnectionManager,
+    mut conn: super::conn::Conn,
     key_prefix: String,
     group: String,
     mut cancel: watch::Receiver<bool>,

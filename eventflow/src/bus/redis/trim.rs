@@ -27,7 +27,7 @@
 
 use std::fmt;
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::ConnectionLike;
 use redis::{RedisResult, Value};
 
 use super::RedisBus;
@@ -202,7 +202,7 @@ pub(super) struct Loss {
 /// (also one created with [`start_from_beginning`](super::RedisConfig::start_from_beginning)
 /// on a stream whose history was trimmed before it existed).
 pub(super) async fn unread_deleted(
-    conn: &mut MultiplexedConnection,
+    conn: &mut impl ConnectionLike,
     key: &str,
     group: &str,
 ) -> RedisResult<Option<Loss>> {
@@ -302,7 +302,7 @@ impl RedisBus {
         let mut conn = self.inner.conn.clone();
         let key = self.inner.shared.stream_key.clone();
         let max_len = self.inner.shared.config.stream_max_len;
-        let key_prefix = self.inner.shared.config.key_prefix.clone();
+        let key_prefix = self.inner.shared.key_base.clone();
         self.command("redis xtrim", async move {
             let mut cmd = redis::cmd("XTRIM");
             cmd.arg(&key);
