@@ -234,7 +234,11 @@ fn fold_raw(state: &mut Account, event: AccountEvent) {
 // Raw helpers.
 
 async fn raw_insert(pool: &PgPool, stream: &str, version: i64, e: &Event, notify: bool) -> i64 {
-    let sql = if notify { RAW_INSERT_NOTIFY } else { RAW_INSERT };
+    let sql = if notify {
+        RAW_INSERT_NOTIFY
+    } else {
+        RAW_INSERT
+    };
     sqlx::query_scalar::<_, i64>(sql)
         .bind(e.id)
         .bind(stream)
@@ -258,7 +262,12 @@ async fn raw_unnest(pool: &PgPool, stream: &str, version: i64, events: &[Event])
         .bind(stream)
         .bind(version)
         .bind(events.iter().map(|e| e.id).collect::<Vec<_>>())
-        .bind(events.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>())
+        .bind(
+            events
+                .iter()
+                .map(|e| e.event_type.clone())
+                .collect::<Vec<_>>(),
+        )
         .bind(events.iter().map(|e| e.version as i32).collect::<Vec<_>>())
         .bind(
             events
@@ -475,7 +484,12 @@ impl Drop for AbortOnDrop {
 
 /// Runs a child subscriber (`mode` = "ours" or "raw"), writes `pattern` (sleep after each
 /// event) through `write`, and returns the sorted latencies (append returned → child handler).
-async fn remote_latency<W, WF>(url: &str, mode: &str, pattern: &[Duration], mut write: W) -> Vec<Duration>
+async fn remote_latency<W, WF>(
+    url: &str,
+    mode: &str,
+    pattern: &[Duration],
+    mut write: W,
+) -> Vec<Duration>
 where
     W: FnMut(u64) -> WF,
     WF: std::future::Future<Output = Uuid>,
@@ -519,7 +533,11 @@ where
     let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
     reader.abort();
     let received = received.lock().unwrap();
-    assert_eq!(received.len(), sent.len(), "the {mode} subscriber missed events");
+    assert_eq!(
+        received.len(),
+        sent.len(),
+        "the {mode} subscriber missed events"
+    );
     let mut lags: Vec<Duration> = sent
         .iter()
         .map(|(id, at)| Duration::from_nanos(received[id].saturating_sub(*at) as u64))
@@ -859,7 +877,10 @@ async fn main() {
                 }
             })
             .collect();
-        for (shape, pattern) in [("steady, 1 per 3 ms", &steady), ("bursts of 20", &bursts)] {
+        for (k, (shape, pattern)) in [("steady, 1 per 3 ms", &steady), ("bursts of 20", &bursts)]
+            .into_iter()
+            .enumerate()
+        {
             // Interleaved: ours, raw, ours, raw.
             let mut ours_lags = Vec::new();
             let mut raw_lags = Vec::new();
@@ -868,7 +889,11 @@ async fn main() {
                     let store = store.clone();
                     async move {
                         store
-                            .append(&format!("remote-{round}"), ExpectedVersion::Any, envelope(i))
+                            .append(
+                                &format!("remote-{k}-{round}"),
+                                ExpectedVersion::Any,
+                                envelope(i),
+                            )
                             .await
                             .unwrap()
                             .id
@@ -879,8 +904,14 @@ async fn main() {
                     let pool = pool.clone();
                     async move {
                         let e = envelope(i);
-                        raw_insert(&pool, &format!("raw-remote-{round}"), i as i64 + 1, &e, true)
-                            .await;
+                        raw_insert(
+                            &pool,
+                            &format!("raw-remote-{k}-{round}"),
+                            i as i64 + 1,
+                            &e,
+                            true,
+                        )
+                        .await;
                         e.id
                     }
                 })

@@ -34,19 +34,30 @@
 //! # Global order without gaps, without a global lock
 //! A plain `bigserial` position has a hole: a transaction that took position 7 may commit after
 //! one that took position 8, and a reader that already moved past 8 never sees 7. Here a
-//! position is `(transaction id << 20) + index in the transaction`, and every reader (`read_all`,
-//! `load`, `head_position`, subscriptions, the relay) only reads positions below
-//! `pg_snapshot_xmin(pg_current_snapshot()) << 20`: rows of transactions that have all
-//! finished. A transaction still running has a transaction id at or above that bound, so every
+//! position is `(transaction id << 20) + index in the transaction`, and every reader of the
+//! global order (`read_all`, `head_position`, subscriptions, the relay, projection runners) only
+//! reads positions below `pg_snapshot_xmin(pg_current_snapshot()) << 20`: rows of transactions
+//! that have all finished. A transaction still running has a transaction id at or above that bound, so every
 //! position it may still commit is above what any reader has seen; one that rolls back leaves
 //! nothing. Writers to different streams take no common lock and proceed in parallel.
 //!
-//! The price: a transaction that stays open holds back readers (not writers) until it ends, and
-//! that includes any write transaction on the same server, since transaction ids are
-//! server-wide. Keep transactions short. A read at the head (`read_all` returning less than its
-//! limit, `load`, `head_position`) that finds committed events waiting behind such a transaction
-//! waits for it, at most [`PostgresEventStoreBuilder::settle_timeout`] (1 s by default), so an
-//! append is normally visible to the next global read of the same process. Positions increase in
+//! The price: a transaction that stays open holds back global-order readers (not writers) until
+//! it ends, and that includes any write transaction on the same server, since transaction ids
+//! are server-wide. Keep transactions short; [`PostgresEventStore::horizon`] shows what holds
+//! readers back (the oldest running or prepared transaction, its age and pid). A read at the
+//! head (`read_all` returning less than its limit, `head_position`) that finds committed events
+//! waiting behind such a transaction waits for it, at most
+//! [`PostgresEventStoreBuilder::settle_timeout`] (1 s by default), so an append is normally
+//! visible to the next global read of the same process.
+//!
+//! Reads that are not global-order readers never wait: `load_stream` (and so
+//! `Repository::load`) and `load` read every committed row of their query at once, whatever is
+//! open elsewhere ([`PostgresEventStoreBuilder::strict_load`] makes `load` a global-order reader
+//! again). The library holds no transaction id across user code: a projection batch takes an
+//! advisory lock, not a row lock, and writes its checkpoint last (see [`PgProjection`]).
+//! Reading the global order inside a transaction that pins the horizon at itself
+//! ([`PostgresEventStore::read_all_on`]) fails with
+//! [`Error::ReadInTransaction`](crate::Error::ReadInTransaction) instead of freezing. Positions increase in
 //! transaction-id order; they are large and not dense (never compute a count from them).
 //!
 //! # Appends
@@ -95,6 +106,7 @@ mod checkpoint;
 mod connect;
 mod dead_letter;
 mod error;
+mod horizon;
 mod projection;
 mod read;
 mod rows;
@@ -132,6 +144,7 @@ pub use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 pub use append::PendingAppend;
 pub use checkpoint::PostgresCheckpointStore;
 pub use dead_letter::PostgresDeadLetterStore;
+pub use horizon::{HolderKind, HorizonHolder, HorizonStatus};
 pub use projection::{PgProjection, PgTransaction, projection_runner};
 pub use saga::PostgresSagaStore;
 pub use schema::DEFAULT_SCHEMA;

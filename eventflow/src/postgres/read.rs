@@ -1,5 +1,6 @@
-//! Reading: by stream, by criteria and in global order, waiting (bounded) at the head for
-//! committed events held back behind a slower transaction.
+//! Reading: by stream and by criteria (point-in-time reads of committed rows, never waiting),
+//! and in global order (below the safe horizon, waiting, bounded, at the head for committed
+//! events held back behind a slower transaction).
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use crate::store::EventCriteria;
 
 impl PostgresEventStore {
     /// The safe head and the highest committed position (see `sql::HEAD_AND_TOP`).
-    async fn head_and_top(&self) -> Result<(i64, i64)> {
+    pub(super) async fn head_and_top(&self) -> Result<(i64, i64)> {
         sqlx::query_as(&self.inner.sql.head_and_top)
             .fetch_one(&self.inner.pool)
             .await
@@ -111,7 +112,16 @@ impl PostgresEventStore {
         if criteria.limit == Some(0) {
             return Ok(Vec::new());
         }
-        let mut q = QueryBuilder::<Postgres>::new(&self.inner.sql.criteria_select);
+        // By default a criteria query is a point-in-time read of committed rows: it never
+        // waits. `strict_load` restricts it to the safe horizon and waits there (bounded), as a
+        // global-order reader does.
+        let strict = self.inner.strict_load;
+        let select = if strict {
+            &self.inner.sql.criteria_select_safe
+        } else {
+            &self.inner.sql.criteria_select
+        };
+        let mut q = QueryBuilder::<Postgres>::new(select);
         if !criteria.event_types.is_empty() {
             let types: Vec<&str> = criteria
                 .event_types
@@ -148,8 +158,10 @@ impl PostgresEventStore {
             q.push(sql::CRITERIA_LIMIT)
                 .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
         }
-        // Let committed events held back by a slower transaction through first (bounded).
-        self.settle().await?;
+        if strict {
+            // Let committed events held back by a slower transaction through first (bounded).
+            self.settle().await?;
+        }
         let rows: Vec<EventRow> = q
             .build_query_as()
             .fetch_all(&self.inner.pool)

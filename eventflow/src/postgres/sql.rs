@@ -96,7 +96,13 @@ const HEAD_AND_TOP: &str = "SELECT \
 
 /// Start of a criteria query; `load` appends the `CRITERIA_*` fragments for the fields that are
 /// set, each with its value bound, then `CRITERIA_ORDER` and, with a limit, `CRITERIA_LIMIT`.
-const CRITERIA_SELECT: &str = "SELECT {columns} FROM {events} WHERE position < {cutoff}";
+///
+/// `load` reads every committed row (a point-in-time query that never waits);
+/// [`CRITERIA_SELECT_SAFE`] is the strict form (`strict_load`), below the safe horizon only.
+const CRITERIA_SELECT: &str = "SELECT {columns} FROM {events} WHERE true";
+
+/// [`CRITERIA_SELECT`] restricted to rows below the safe horizon (opt-in strict loads).
+const CRITERIA_SELECT_SAFE: &str = "SELECT {columns} FROM {events} WHERE position < {cutoff}";
 pub(crate) const CRITERIA_EVENT_TYPES: &str = " AND event_type = ANY(";
 pub(crate) const CRITERIA_SINCE: &str = " AND occurred_at >= ";
 pub(crate) const CRITERIA_UNTIL: &str = " AND occurred_at < ";
@@ -133,13 +139,41 @@ const SAVE_CHECKPOINT: &str = "INSERT INTO {checkpoints} (name, position) VALUES
 const CREATE_CHECKPOINT: &str = "INSERT INTO {checkpoints} (name, position) VALUES ($1, 0) \
      ON CONFLICT (name) DO NOTHING";
 
-/// Locks a projection's checkpoint row for the batch's transaction: a second runner of the same
-/// projection waits, then sees the position moved.
-const LOCK_CHECKPOINT: &str = "SELECT position FROM {checkpoints} WHERE name = $1 FOR UPDATE";
+/// Opens a projection batch, in one statement: lets the handler name its read-model tables
+/// unqualified (`set_config(.., true)` is `SET LOCAL`: this transaction only, `$1` the quoted
+/// schema) and takes the projection's transaction-scoped advisory lock (`$2` its key), so a
+/// second runner of the same projection waits here, then sees the position moved (read by the
+/// next statement, with a snapshot taken after the lock). Unlike a row lock (`FOR UPDATE`), an
+/// advisory lock assigns no transaction id: the batch holds none until its handler's first
+/// write, or the checkpoint write at the end, so it holds back no global reader meanwhile.
+const BEGIN_PROJECTION_BATCH: &str = "SELECT set_config('search_path', $1, true), \
+     pg_advisory_xact_lock(hashtextextended($2, 0))::text";
 
-/// Lets a projection's handler name its read-model tables unqualified (`SET LOCAL`: this
-/// transaction only).
-const SET_LOCAL_SEARCH_PATH: &str = "SET LOCAL search_path TO {schema}";
+/// Whether a read on this connection would pin the safe horizon at itself: its transaction
+/// holds a transaction id (it wrote), or a transaction snapshot (repeatable read or
+/// serializable inside a transaction block; `now()` is the block's start, so it differs from
+/// the statement's time there).
+pub(crate) const PINS_HORIZON: &str = "SELECT pg_current_xact_id_if_assigned()::text, \
+     current_setting('transaction_isolation') <> 'read committed' \
+     AND now() <> statement_timestamp()";
+
+/// The oldest running transaction holding a transaction id (not this session's), and the oldest
+/// prepared (two-phase) transaction, oldest first: what holds the safe horizon back.
+pub(crate) const HORIZON_HOLDERS: &str = "SELECT kind, pid, xid, age_seconds, database, \
+        application_name, detail FROM ( \
+     (SELECT 'running'::text AS kind, a.pid, a.backend_xid::text::bigint AS xid, \
+             extract(epoch FROM now() - a.xact_start)::float8 AS age_seconds, \
+             a.datname::text AS database, a.application_name::text AS application_name, \
+             a.state::text AS detail, age(a.backend_xid) AS xid_age \
+        FROM pg_stat_activity a \
+       WHERE a.backend_xid IS NOT NULL AND a.pid <> pg_backend_pid() \
+       ORDER BY age(a.backend_xid) DESC LIMIT 1) \
+     UNION ALL \
+     (SELECT 'prepared', NULL::int, p.transaction::text::bigint, \
+             extract(epoch FROM now() - p.prepared)::float8, p.database::text, NULL::text, \
+             p.gid, age(p.transaction) \
+        FROM pg_prepared_xacts p ORDER BY age(p.transaction) DESC LIMIT 1) \
+     ) h ORDER BY xid_age DESC";
 
 const SAGA_INSTANCE_COUNT: &str = "SELECT count(*) FROM {schema}.saga_instances WHERE saga = $1";
 
@@ -265,13 +299,13 @@ pub(crate) struct Sql {
     pub(crate) read_all: String,
     pub(crate) head_and_top: String,
     pub(crate) criteria_select: String,
+    pub(crate) criteria_select_safe: String,
     pub(crate) load_snapshot: String,
     pub(crate) save_snapshot: String,
     pub(crate) load_checkpoint: String,
     pub(crate) save_checkpoint: String,
     pub(crate) create_checkpoint: String,
-    pub(crate) lock_checkpoint: String,
-    pub(crate) set_local_search_path: String,
+    pub(crate) begin_projection_batch: String,
     pub(crate) saga_instance_count: String,
     pub(crate) saga_load: String,
     pub(crate) saga_record_handled: String,
@@ -325,13 +359,13 @@ impl Sql {
             read_all: fill(READ_ALL),
             head_and_top: fill(HEAD_AND_TOP),
             criteria_select: fill(CRITERIA_SELECT),
+            criteria_select_safe: fill(CRITERIA_SELECT_SAFE),
             load_snapshot: fill(LOAD_SNAPSHOT),
             save_snapshot: fill(SAVE_SNAPSHOT),
             load_checkpoint: fill(LOAD_CHECKPOINT),
             save_checkpoint: fill(SAVE_CHECKPOINT),
             create_checkpoint: fill(CREATE_CHECKPOINT),
-            lock_checkpoint: fill(LOCK_CHECKPOINT),
-            set_local_search_path: fill(SET_LOCAL_SEARCH_PATH),
+            begin_projection_batch: fill(BEGIN_PROJECTION_BATCH),
             saga_instance_count: fill(SAGA_INSTANCE_COUNT),
             saga_load: fill(SAGA_LOAD),
             saga_record_handled: fill(SAGA_RECORD_HANDLED),
@@ -388,13 +422,12 @@ mod tests {
             &sql.read_all,
             &sql.head_and_top,
             &sql.criteria_select,
+            &sql.criteria_select_safe,
             &sql.load_snapshot,
             &sql.save_snapshot,
             &sql.load_checkpoint,
             &sql.save_checkpoint,
             &sql.create_checkpoint,
-            &sql.lock_checkpoint,
-            &sql.set_local_search_path,
             &sql.saga_instance_count,
             &sql.saga_load,
             &sql.saga_record_handled,
