@@ -724,6 +724,62 @@ async fn main() {
                 raw,
             );
         }
+        for writers in [1u64, 4] {
+            let per_writer = 300 / writers;
+            let n = per_writer * writers;
+            let timings = interleave(
+                4,
+                |round| {
+                    let repo = repo.clone();
+                    async move {
+                        let tasks: Vec<_> = (0..writers)
+                            .map(|w| {
+                                let repo = repo.clone();
+                                tokio::spawn(async move {
+                                    for i in 0..per_writer {
+                                        let id = format!("created-{writers}-{round}-{w}-{i}");
+                                        repo.create(&id, |a| a.deposit(5)).await.unwrap();
+                                    }
+                                })
+                            })
+                            .collect();
+                        for t in tasks {
+                            t.await.unwrap();
+                        }
+                    }
+                },
+                |round| {
+                    let pool = pool.clone();
+                    async move {
+                        let tasks: Vec<_> = (0..writers)
+                            .map(|w| {
+                                let pool = pool.clone();
+                                tokio::spawn(async move {
+                                    for i in 0..per_writer {
+                                        let stream = format!(
+                                            "bench_account-created-{writers}-{round}-{w}-{i}"
+                                        );
+                                        let events = Account::default().deposit(5).unwrap();
+                                        let e = CommandContext::new().envelope(&events[0]).unwrap();
+                                        black_box(raw_insert(&pool, &stream, 1, &e, false).await);
+                                    }
+                                })
+                            })
+                            .collect();
+                        for t in tasks {
+                            t.await.unwrap();
+                        }
+                    }
+                },
+            )
+            .await;
+            let (ours, raw) = rates(n, 4, timings);
+            report(
+                &format!("create (no read) a new aggregate, {writers} writer(s)"),
+                ours,
+                raw,
+            );
+        }
     }
 
     if run("existing") {

@@ -486,3 +486,132 @@ async fn horizon_names_the_oldest_running_and_prepared_transactions() {
     pool.close().await;
     drop(server);
 }
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, eventflow::DomainEvent)]
+#[event(prefix = "wallet")]
+enum WalletEvent {
+    Opened {
+        owner: String,
+    },
+    // Version 2 renamed `amt` to `amount`; version-1 rows are upcast on load.
+    #[event(version = 2)]
+    Deposited {
+        amount: u64,
+    },
+    Closed,
+}
+
+#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize, eventflow::Aggregate)]
+#[aggregate(event = WalletEvent, snapshot_every = 3)]
+struct Wallet {
+    owner: String,
+    balance: u64,
+    closed: bool,
+}
+
+impl ApplyWalletEvent for Wallet {
+    fn opened(&mut self, owner: String) {
+        self.owner = owner;
+    }
+    fn deposited(&mut self, amount: u64) {
+        self.balance += amount;
+    }
+    fn closed(&mut self) {
+        self.closed = true;
+    }
+}
+
+#[tokio::test]
+async fn the_repository_folds_payload_text_once_with_upcasts_and_create() {
+    use eventflow::aggregate::Repository;
+    use eventflow::store::{EventStore as _, StoredPayload};
+
+    let url = database_url();
+    let pool = pool_at(&url, 4).await;
+    let store = store_in(&pool).await;
+    let repo = Repository::<Wallet>::new(Arc::new(store.clone())).upcaster(
+        "wallet.deposited",
+        1,
+        |mut v| {
+            let amt = v["amt"].take();
+            Ok(json!({ "amount": amt }))
+        },
+    );
+    // `create` appends without reading: the first time it succeeds, then it is a conflict.
+    let created = repo
+        .create("w1", |_| {
+            Ok::<_, String>(vec![WalletEvent::Opened {
+                owner: "ann".into(),
+            }])
+        })
+        .await
+        .unwrap();
+    assert_eq!(created[0].stream_version, Some(1));
+    let again = repo
+        .create("w1", |_| {
+            Ok::<_, String>(vec![WalletEvent::Opened {
+                owner: "bob".into(),
+            }])
+        })
+        .await
+        .unwrap_err();
+    assert!(again.is_conflict(), "{again}");
+    // A version-1 payload written by an older release, then current ones.
+    let mut old = Event::new("wallet.deposited", json!({ "amt": 5 })).unwrap();
+    old.version = 1;
+    store
+        .append("wallet-w1", ExpectedVersion::Exact(1), old)
+        .await
+        .unwrap();
+    repo.execute("w1", |_| {
+        Ok::<_, String>(vec![WalletEvent::Deposited { amount: 7 }])
+    })
+    .await
+    .unwrap();
+    repo.execute("w1", |_| Ok::<_, String>(vec![WalletEvent::Closed]))
+        .await
+        .unwrap();
+    // The store hands the payloads over as text.
+    let stored = store.load_stream_stored("wallet-w1", 1).await.unwrap();
+    assert_eq!(stored.len(), 4);
+    assert!(matches!(&stored[1].payload, StoredPayload::Text(t) if t.contains("\"amt\"")));
+    assert_eq!(stored[1].version, 1);
+    assert_eq!(stored[3].stream_version, Some(4));
+    let loaded = repo.load("w1").await.unwrap();
+    let want = Wallet {
+        owner: "ann".into(),
+        balance: 12,
+        closed: true,
+    };
+    assert_eq!((loaded.state, loaded.version), (want, 4));
+    // The envelope path folds to the same state.
+    let mut by_envelope = Wallet::default();
+    for e in store.load_stream("wallet-w1", 1).await.unwrap() {
+        if e.event_type == "wallet.deposited" && e.version == 1 {
+            by_envelope.deposited(5);
+            continue;
+        }
+        eventflow::Aggregate::apply_envelope(&mut by_envelope, &e).unwrap();
+    }
+    assert_eq!(
+        by_envelope,
+        Wallet {
+            owner: "ann".into(),
+            balance: 12,
+            closed: true
+        }
+    );
+    // A payload that does not match its type is a typed decode error, never skipped.
+    let bad = Event::new("wallet.deposited", json!({ "amount": "lots" })).unwrap();
+    let mut bad = bad;
+    bad.version = 2;
+    store
+        .append("wallet-w1", ExpectedVersion::Exact(4), bad)
+        .await
+        .unwrap();
+    match repo.load("w1").await {
+        Err(Error::Decode { event_type, .. }) => assert_eq!(event_type, "wallet.deposited"),
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+    drop_schema(&store).await;
+}

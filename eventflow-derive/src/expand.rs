@@ -321,7 +321,7 @@ fn dispatch(e: &EventEnum<'_>) -> TokenStream {
             Style::Unit => {
                 return quote! {
                     #name => {
-                        #private::decode_unit::<Self, _>(event, #version, ())?;
+                        #private::decode_unit_from::<Self, _, _>(event, #version, ())?;
                         __handler.#handler();
                     }
                 };
@@ -343,11 +343,7 @@ fn dispatch(e: &EventEnum<'_>) -> TokenStream {
         };
         quote! {
             #name => {
-                let p = #private::decode_payload::<Self, _, _>(
-                    event,
-                    #version,
-                    |payload| <#payload as #private::serde::Deserialize>::deserialize(payload),
-                )?;
+                let p = #private::decode_from::<Self, #payload, _>(event, #version)?;
                 __handler.#handler(#(#args),*);
             }
         }
@@ -365,11 +361,11 @@ fn dispatch(e: &EventEnum<'_>) -> TokenStream {
             }
 
             #[inline]
-            fn dispatch_envelope(
-                event: &#private::Event,
+            fn dispatch_envelope<__S: #private::PayloadSource + ?::core::marker::Sized>(
+                event: &__S,
                 __handler: &mut __H,
             ) -> #private::Result<()> {
-                match event.event_type.as_str() {
+                match #private::PayloadSource::event_type(event) {
                     #(#envelope_arms)*
                     other => {
                         return ::core::result::Result::Err(
@@ -453,6 +449,14 @@ fn aggregate_impl(a: &AggregateInput<'_>) -> TokenStream {
                 fn apply_envelope(
                     &mut self,
                     event: &#private::Event,
+                ) -> #private::Result<()> {
+                    #apply_envelope
+                }
+
+                #[inline]
+                fn apply_stored(
+                    &mut self,
+                    event: &#private::StoredEvent,
                 ) -> #private::Result<()> {
                     #apply_envelope
                 }

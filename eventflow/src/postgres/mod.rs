@@ -77,8 +77,8 @@
 //! [`subscribe`](crate::store::EventStoreExt::subscribe), the relay and projection runners follow the
 //! global order with [`follow`](crate::store::follow). They are woken by
 //! [`EventStore::commit_signal`](crate::EventStore::commit_signal): at once for appends of this
-//! process, through `LISTEN`/`NOTIFY` (one payload-free notification per channel at most every
-//! 2 ms, sent after commit) for other processes, and by polling every
+//! process, through `LISTEN`/`NOTIFY` (one payload-free notification in flight per store at
+//! most, sent after commit; commits meanwhile share the next one) for other processes, and by polling every
 //! [`poll_interval`](PostgresEventStoreBuilder::poll_interval) should a notification be lost.
 //! Following uses one pooled connection for `LISTEN` while the store lives.
 //!

@@ -11,7 +11,7 @@ use super::sql;
 use super::store::PostgresEventStore;
 use crate::error::Result;
 use crate::event::Event;
-use crate::store::EventCriteria;
+use crate::store::{EventCriteria, StoredEvent, StoredPayload};
 
 impl PostgresEventStore {
     /// The safe head and the highest committed position (see `sql::HEAD_AND_TOP`).
@@ -83,6 +83,36 @@ impl PostgresEventStore {
             .await
             .map_err(|e| self.map(e))?;
         Ok(self.decoded(rows).await)
+    }
+
+    /// [`EventStore::load_stream_stored`](crate::store::EventStore::load_stream_stored): four
+    /// columns, the payload as JSON text for the repository to decode once.
+    pub(super) async fn load_stream_stored_now(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+    ) -> Result<Vec<StoredEvent>> {
+        if stream_id.contains('\0') {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(i64, String, i32, String)> =
+            sqlx::query_as(&self.inner.sql.load_stream_stored)
+                .bind(stream_id)
+                .bind(to_i64(from_version, "stream version")?)
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(|e| self.map(e))?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(stream_version, event_type, schema_version, payload)| StoredEvent {
+                    event_type,
+                    version: u32::try_from(schema_version).unwrap_or(0),
+                    stream_version: u64::try_from(stream_version).ok(),
+                    payload: StoredPayload::Text(payload),
+                },
+            )
+            .collect())
     }
 
     /// [`EventStore::stream_version`](crate::store::EventStore::stream_version).

@@ -4,9 +4,9 @@
 //! Two small background tasks per store, started on first use and stopped when the store is
 //! dropped:
 //! - the **notifier** (started by the first append) sends one payload-free `NOTIFY` after this
-//!   process's appends commit. Requests coalesce (a `Notify` permit, and at most one
-//!   notification every 2 ms), so there is at most one notification per transaction and usually
-//!   fewer. It runs outside the append's transaction on purpose: a `NOTIFY` takes a
+//!   process's appends commit. Requests coalesce (a `Notify` permit, and one notification in
+//!   flight at most), so there is at most one notification per transaction and, under load,
+//!   far fewer. It runs outside the append's transaction on purpose: a `NOTIFY` takes a
 //!   database-wide lock that is held through commit, which would serialize every writer. If the
 //!   process dies between commit and notify, other processes' followers still find the events
 //!   by polling.
@@ -27,11 +27,6 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::sql::{NOTIFY, Sql};
-
-/// At most one `NOTIFY` per this interval: the first commit after a quiet spell is notified at
-/// once, later ones within the interval share the next notification. Keeps a busy writer from
-/// paying a second transaction per append, for at most this much extra lag elsewhere.
-const NOTIFY_INTERVAL: Duration = Duration::from_millis(2);
 
 /// Handles to background tasks; aborted on drop.
 #[derive(Debug, Default)]
@@ -111,11 +106,12 @@ fn bump(sender: &watch::Sender<u64>) {
 async fn notifier(pool: PgPool, channel: String, wake: Arc<Notify>) {
     loop {
         wake.notified().await;
+        // One notification in flight at most: commits during its round trip leave one permit,
+        // so they share the next notification (no fixed pause, which only added lag).
         if let Err(error) = sqlx::query(NOTIFY).bind(&channel).execute(&pool).await {
             // Followers elsewhere fall back to polling; nothing is lost.
             tracing::debug!(%error, channel, "postgres event store: NOTIFY failed");
         }
-        tokio::time::sleep(NOTIFY_INTERVAL).await;
     }
 }
 

@@ -77,6 +77,12 @@ const STREAM_VERSION: &str =
 const LOAD_STREAM: &str = "SELECT {columns} FROM {events} \
      WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version";
 
+/// What folding an aggregate needs of a stream, the payload as text (`load_stream_stored`):
+/// decoded once, by the repository, into the typed event.
+const LOAD_STREAM_STORED: &str = "SELECT stream_version, event_type, schema_version, \
+     payload::text FROM {events} WHERE stream_id = $1 AND stream_version >= $2 \
+     ORDER BY stream_version";
+
 /// The stored copies of some event ids (the idempotency check, on the error path only).
 const EVENTS_BY_ID: &str = "SELECT {columns} FROM {events} WHERE event_id = ANY($1::uuid[]) \
      ORDER BY position";
@@ -295,6 +301,7 @@ pub(crate) struct Sql {
     pub(crate) append_one: String,
     pub(crate) stream_version: String,
     pub(crate) load_stream: String,
+    pub(crate) load_stream_stored: String,
     pub(crate) events_by_id: String,
     pub(crate) read_all: String,
     pub(crate) head_and_top: String,
@@ -355,6 +362,7 @@ impl Sql {
             append_one: fill(APPEND_ONE),
             stream_version: fill(STREAM_VERSION),
             load_stream: fill(LOAD_STREAM),
+            load_stream_stored: fill(LOAD_STREAM_STORED),
             events_by_id: fill(EVENTS_BY_ID),
             read_all: fill(READ_ALL),
             head_and_top: fill(HEAD_AND_TOP),
@@ -418,6 +426,7 @@ mod tests {
             &sql.append_one,
             &sql.stream_version,
             &sql.load_stream,
+            &sql.load_stream_stored,
             &sql.events_by_id,
             &sql.read_all,
             &sql.head_and_top,

@@ -225,6 +225,14 @@ impl EventStore for PostgresEventStore {
         self.load_stream_now(stream_id, from_version).await
     }
 
+    async fn load_stream_stored(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+    ) -> Result<Vec<crate::store::StoredEvent>> {
+        self.load_stream_stored_now(stream_id, from_version).await
+    }
+
     async fn stream_version(&self, stream_id: &str) -> Result<u64> {
         self.stream_version_now(stream_id).await
     }
