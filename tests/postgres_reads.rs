@@ -615,3 +615,80 @@ async fn the_repository_folds_payload_text_once_with_upcasts_and_create() {
     }
     drop_schema(&store).await;
 }
+
+#[tokio::test]
+async fn read_all_stored_is_the_global_order_with_payload_text_and_never_skips() {
+    use eventflow::DomainEvent;
+    use eventflow::store::StoredPayload;
+
+    let url = database_url();
+    let pool = pool_at(&url, 4).await;
+    let store = store_in(&pool).await;
+    let impatient = PostgresEventStore::builder(pool.clone())
+        .schema(store.schema())
+        .settle_timeout(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let ctx = eventflow::CommandContext::new();
+    let a = store
+        .append(
+            "w-a",
+            ExpectedVersion::NoStream,
+            ctx.envelope(&WalletEvent::Opened { owner: "a".into() })
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    // B stays open while C commits above it: C must wait behind B, never be read past.
+    let pending = store
+        .begin_append(
+            "w-b",
+            ExpectedVersion::NoStream,
+            vec![ctx.envelope(&WalletEvent::Deposited { amount: 3 }).unwrap()],
+        )
+        .await
+        .unwrap();
+    let b_id = pending.events()[0].id;
+    let c = store
+        .append(
+            "w-c",
+            ExpectedVersion::NoStream,
+            ctx.envelope(&WalletEvent::Closed).unwrap(),
+        )
+        .await
+        .unwrap();
+    let early = impatient.read_all_stored(0, 100).await.unwrap();
+    assert!(early.iter().all(|e| e.id != c.id), "{early:?}");
+    pending.commit().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let all = loop {
+        let all = store.read_all_stored(0, 100).await.unwrap();
+        if all.len() == 3 {
+            break all;
+        }
+        assert!(Instant::now() < deadline, "{all:?}");
+    };
+    assert_eq!(
+        all.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [a.id, b_id, c.id]
+    );
+    // The same order, positions and streams as read_all; payloads as text, decoded once.
+    let envelopes = store.read_all(0, 100).await.unwrap();
+    for (stored, envelope) in all.iter().zip(&envelopes) {
+        assert_eq!(stored.position, envelope.position);
+        assert_eq!(stored.stream_id, envelope.stream_id);
+        assert_eq!(stored.stream_version, envelope.stream_version);
+        assert!(matches!(stored.payload, StoredPayload::Text(_)));
+        assert_eq!(
+            WalletEvent::from_stored(stored).unwrap(),
+            WalletEvent::from_envelope(envelope).unwrap()
+        );
+    }
+    // Pages: after the first event.
+    let rest = store
+        .read_all_stored(all[0].position.unwrap(), 1)
+        .await
+        .unwrap();
+    assert_eq!(rest.iter().map(|e| e.id).collect::<Vec<_>>(), [b_id]);
+    drop_schema(&store).await;
+}

@@ -94,8 +94,8 @@ pub mod __private_0_1_0 {
         unknown_event_type, variant_to_payload,
     };
     pub use crate::error::{Error, Result};
+    pub use crate::event::StoredEvent;
     pub use crate::event::{DomainEvent, Event, Upcaster};
-    pub use crate::store::StoredEvent;
     pub use serde;
     pub use serde_json::Value;
 }

@@ -68,8 +68,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::Result;
+use crate::event::StoredEvent;
 use crate::event::{DomainEvent, Event};
-use crate::store::StoredEvent;
 
 mod repository;
 pub(crate) mod upcast;

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::aggregate::upcast::upcast_payload;
 use crate::error::{Error, Result};
 use crate::event::{DomainEvent, Event};
-use crate::store::{StoredEvent, StoredPayload};
+use crate::event::{StoredEvent, StoredPayload};
 
 mod variant_serializer;
 

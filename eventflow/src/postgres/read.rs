@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use sqlx::{Postgres, QueryBuilder};
 
-use super::rows::{EventRow, to_i64};
+use super::rows::{EventRow, StoredRow, to_i64};
 use super::sql;
 use super::store::PostgresEventStore;
 use crate::error::Result;
 use crate::event::Event;
-use crate::store::{EventCriteria, StoredEvent, StoredPayload};
+use crate::store::{EventCriteria, StoredEvent};
 
 impl PostgresEventStore {
     /// The safe head and the highest committed position (see `sql::HEAD_AND_TOP`).
@@ -85,8 +85,8 @@ impl PostgresEventStore {
         Ok(self.decoded(rows).await)
     }
 
-    /// [`EventStore::load_stream_stored`](crate::store::EventStore::load_stream_stored): four
-    /// columns, the payload as JSON text for the repository to decode once.
+    /// [`EventStore::load_stream_stored`](crate::store::EventStore::load_stream_stored): the
+    /// payload as JSON text for the repository to decode once.
     pub(super) async fn load_stream_stored_now(
         &self,
         stream_id: &str,
@@ -95,24 +95,64 @@ impl PostgresEventStore {
         if stream_id.contains('\0') {
             return Ok(Vec::new());
         }
-        let rows: Vec<(i64, String, i32, String)> =
-            sqlx::query_as(&self.inner.sql.load_stream_stored)
-                .bind(stream_id)
-                .bind(to_i64(from_version, "stream version")?)
+        let rows: Vec<StoredRow> = sqlx::query_as(&self.inner.sql.load_stream_stored)
+            .bind(stream_id)
+            .bind(to_i64(from_version, "stream version")?)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| self.map(e))?;
+        Ok(rows.into_iter().map(|r| r.event).collect())
+    }
+
+    /// [`read_all`](crate::store::EventStore::read_all) as [`StoredEvent`]s: the same global
+    /// order, the same wait at the head (at most the settle timeout), but each payload stays
+    /// JSON text until the caller decodes it into its own type (once), and metadata,
+    /// correlation, causation, source and timestamp are not read. The fast path of a typed
+    /// catch-up; `read_all` (full [`Event`]s, payload as a `Value`) is the general one.
+    ///
+    /// A page's safe-horizon check travels in the page's own statement (two extra columns):
+    /// a full page costs one round trip; only a read at the head that finds committed events
+    /// held back waits and reads again.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a position over
+    /// `i64::MAX`, [`Error::Connect`](crate::Error::Connect) or
+    /// [`Error::Backend`](crate::Error::Backend).
+    pub async fn read_all_stored(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let after = to_i64(after_position, "position")?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let read = || async {
+            sqlx::query_as::<_, StoredRow>(&self.inner.sql.read_all_stored)
+                .bind(after)
+                .bind(limit)
                 .fetch_all(&self.inner.pool)
                 .await
-                .map_err(|e| self.map(e))?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(stream_version, event_type, schema_version, payload)| StoredEvent {
-                    event_type,
-                    version: u32::try_from(schema_version).unwrap_or(0),
-                    stream_version: u64::try_from(stream_version).ok(),
-                    payload: StoredPayload::Text(payload),
-                },
-            )
-            .collect())
+                .map_err(|e| self.map(e))
+        };
+        let rows = read().await?;
+        if rows.len() as i64 >= limit {
+            return Ok(rows.into_iter().map(|r| r.event).collect());
+        }
+        let seen = rows.last().map_or(after, |r| r.position);
+        let (top, head) = match rows.first().and_then(|r| r.top_head) {
+            Some(top_head) => top_head,
+            None => {
+                let (head, top) = self.head_and_top().await?;
+                (top, head)
+            }
+        };
+        if top <= head && head <= seen {
+            return Ok(rows.into_iter().map(|r| r.event).collect());
+        }
+        self.settle().await?;
+        Ok(read().await?.into_iter().map(|r| r.event).collect())
     }
 
     /// [`EventStore::stream_version`](crate::store::EventStore::stream_version).

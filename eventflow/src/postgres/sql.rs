@@ -79,9 +79,18 @@ const LOAD_STREAM: &str = "SELECT {columns} FROM {events} \
 
 /// What folding an aggregate needs of a stream, the payload as text (`load_stream_stored`):
 /// decoded once, by the repository, into the typed event.
-const LOAD_STREAM_STORED: &str = "SELECT stream_version, event_type, schema_version, \
-     payload::text FROM {events} WHERE stream_id = $1 AND stream_version >= $2 \
-     ORDER BY stream_version";
+const LOAD_STREAM_STORED: &str = "SELECT {stored_columns} FROM {events} \
+     WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version";
+
+/// Columns read back into a `StoredEvent`, in the order `StoredRow` expects.
+const STORED_COLUMNS: &str = "position, event_id, stream_id, stream_version, event_type, \
+     schema_version, payload::text";
+
+/// [`READ_ALL`] for `StoredEvent`s: the payload as text, no metadata.
+const READ_ALL_STORED: &str = "SELECT {stored_columns}, \
+     (SELECT max(position) FROM {events}) AS top, \
+     (SELECT coalesce(max(position), 0) FROM {events} WHERE position < {cutoff}) AS head \
+     FROM {events} WHERE position > $1 AND position < {cutoff} ORDER BY position LIMIT $2";
 
 /// The stored copies of some event ids (the idempotency check, on the error path only).
 const EVENTS_BY_ID: &str = "SELECT {columns} FROM {events} WHERE event_id = ANY($1::uuid[]) \
@@ -302,6 +311,7 @@ pub(crate) struct Sql {
     pub(crate) stream_version: String,
     pub(crate) load_stream: String,
     pub(crate) load_stream_stored: String,
+    pub(crate) read_all_stored: String,
     pub(crate) events_by_id: String,
     pub(crate) read_all: String,
     pub(crate) head_and_top: String,
@@ -351,6 +361,7 @@ impl Sql {
         let fill = |template: &str| {
             template
                 .replace("{columns}", EVENT_COLUMNS)
+                .replace("{stored_columns}", STORED_COLUMNS)
                 .replace("{cutoff}", SAFE_CUTOFF)
                 .replace("{events}", &format!("{quoted}.events"))
                 .replace("{snapshots}", &format!("{quoted}.snapshots"))
@@ -363,6 +374,7 @@ impl Sql {
             stream_version: fill(STREAM_VERSION),
             load_stream: fill(LOAD_STREAM),
             load_stream_stored: fill(LOAD_STREAM_STORED),
+            read_all_stored: fill(READ_ALL_STORED),
             events_by_id: fill(EVENTS_BY_ID),
             read_all: fill(READ_ALL),
             head_and_top: fill(HEAD_AND_TOP),
@@ -427,6 +439,7 @@ mod tests {
             &sql.stream_version,
             &sql.load_stream,
             &sql.load_stream_stored,
+            &sql.read_all_stored,
             &sql.events_by_id,
             &sql.read_all,
             &sql.head_and_top,

@@ -18,10 +18,9 @@ use crate::handler::{Handler, Subscription};
 pub mod dead_letter;
 pub mod follow;
 pub mod memory;
-mod stored;
 
+pub use crate::event::{StoredEvent, StoredPayload};
 pub use dead_letter::{DeadLetterStore, InMemoryDeadLetterStore, ParkedEvent};
-pub use stored::{StoredEvent, StoredPayload};
 
 /// Longest accepted stream id, in bytes.
 pub const MAX_STREAM_ID_LEN: usize = 255;

@@ -2,12 +2,13 @@
 //! decoded once, straight into the typed event.
 
 use serde_json::Value;
+use uuid::Uuid;
 
+use super::Event;
 use crate::error::{Error, Result};
-use crate::event::Event;
 
-/// A stored event reduced to what folding an aggregate needs, its payload still as the store
-/// delivered it: [`EventStore::load_stream_stored`](super::EventStore::load_stream_stored)
+/// A stored event reduced to what folding an aggregate or a typed catch-up needs (no metadata,
+/// correlation, causation, source or timestamp), its payload still as the store delivered it: [`EventStore::load_stream_stored`](super::EventStore::load_stream_stored)
 /// returns these, and `Repository::load` decodes each payload once, straight into the
 /// aggregate's typed event (the derive's fused decode), with no `serde_json::Value` in between
 /// when the store hands over JSON text (PostgreSQL does).
@@ -17,6 +18,12 @@ use crate::event::Event;
 /// inspect.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
+    /// The event's id.
+    pub id: Uuid,
+    /// The stream the store recorded it in.
+    pub stream_id: Option<String>,
+    /// Its global position in the store.
+    pub position: Option<u64>,
     /// The event type name.
     pub event_type: String,
     /// The payload's schema version.
@@ -56,6 +63,9 @@ impl StoredEvent {
     /// The fold's view of `event` (its payload kept as a value).
     pub fn from_event(event: Event) -> Self {
         StoredEvent {
+            id: event.id,
+            stream_id: event.stream_id,
+            position: event.position,
             event_type: event.event_type,
             version: event.version,
             stream_version: event.stream_version,
@@ -63,16 +73,20 @@ impl StoredEvent {
         }
     }
 
-    /// An envelope holding this event's type, schema version, stream version and payload (the
-    /// other fields are fresh: a new id, now, no metadata), for code that decodes envelopes.
+    /// An envelope holding this event's id, type, schema version, stream, stream version,
+    /// position and payload (the other fields are fresh: now, no metadata), for code that
+    /// decodes envelopes.
     ///
     /// # Errors
     /// [`Error::Decode`] for payload text that is not JSON, [`Error::InvalidEventType`].
     pub fn to_envelope(&self) -> Result<Event> {
         let payload = self.payload.clone().into_value(&self.event_type)?;
         let mut event = Event::new(self.event_type.clone(), payload)?;
+        event.id = self.id;
         event.version = self.version;
+        event.stream_id.clone_from(&self.stream_id);
         event.stream_version = self.stream_version;
+        event.position = self.position;
         Ok(event)
     }
 }
