@@ -55,11 +55,12 @@ SELECT (tx.id << 20) + b.n, tx.id, b.event_id, $1, cur.version + b.n, b.event_ty
  WHERE $2::bigint < 0 OR cur.version = $2::bigint
 RETURNING position, stream_version
 )
-SELECT min(position), min(stream_version), count(*) FROM ins";
+SELECT min(position), min(stream_version), count(*), {notify} FROM ins";
 
 /// [`APPEND`] for a single event, with one value per column instead of arrays: the common case
 /// (`append`, most commands) skips the array encoding and the `unnest`.
 const APPEND_ONE: &str = "
+WITH ins AS (
 INSERT INTO {events} (position, transaction_id, event_id, stream_id, stream_version, event_type,
                       schema_version, payload, metadata, tenant_id, correlation_id, causation_id,
                       source, occurred_at)
@@ -69,7 +70,23 @@ SELECT (tx.id << 20) + 1, tx.id, $3::uuid, $1, cur.version + 1, $4::text, $5::in
   FROM (SELECT pg_current_xact_id()::text::bigint AS id) tx,
        (SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1) cur
  WHERE $2::bigint < 0 OR cur.version = $2::bigint
-RETURNING position, stream_version";
+RETURNING position, stream_version
+)
+SELECT position, stream_version, {notify} FROM ins";
+
+/// The append's notification, in the append's own statement (so its transaction: delivered at
+/// commit, never before, no second connection or round trip), sent only when some session
+/// listens for this store: the listener of every store names its connection after the channel
+/// (`$14`, see `signal.rs`), and the server's list of sessions (shared memory, no table) says
+/// whether one is connected, other than this process's own listener (`$15`, its server pid: this
+/// process's followers are woken directly). Nobody listening: no `NOTIFY`, so appends do not
+/// take the lock a notifying transaction holds through its commit (which serializes the commits
+/// of notifying writers: the price of a remote follower's low latency). `NULL` when not sent. Evaluated once, and
+/// only when the statement inserted rows.
+const APPEND_NOTIFY: &str = "(SELECT pg_notify($13, '')::text \
+     WHERE EXISTS (SELECT 1 FROM ins) \
+       AND EXISTS (SELECT 1 FROM pg_stat_get_activity(NULL) a \
+                    WHERE a.application_name = $14 AND a.pid <> $15))";
 
 const STREAM_VERSION: &str =
     "SELECT coalesce(max(stream_version), 0) FROM {events} WHERE stream_id = $1";
@@ -128,12 +145,18 @@ pub(crate) const CRITERIA_AFTER: &str = " AND position > ";
 pub(crate) const CRITERIA_ORDER: &str = " ORDER BY position";
 pub(crate) const CRITERIA_LIMIT: &str = " LIMIT ";
 
-/// Wakes listeners of other processes; sent after commit by one background task per store,
-/// never inside the append (a `NOTIFY` holds a database-wide lock through commit, which would
-/// serialize every writer). A notification needs no durability, so its transaction commits
+/// Wakes listeners of other processes after an append that did not notify in its own
+/// statement (nobody listened then) or a rollback; sent by one background task per store, only
+/// when some session listens (`$2`: the listener name, `$3`: this process's own listener, which
+/// needs no notification). A notification needs no durability, so its transaction commits
 /// without waiting for the WAL flush.
-pub(crate) const NOTIFY: &str =
-    "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')";
+pub(crate) const NOTIFY: &str = "SELECT set_config('synchronous_commit', 'off', true), \
+     pg_notify($1, '') FROM pg_stat_get_activity(NULL) a \
+     WHERE a.application_name = $2 AND a.pid <> $3 LIMIT 1";
+
+/// Names the listener's connection (see [`APPEND_NOTIFY`]) and returns its server pid.
+pub(crate) const SET_APPLICATION_NAME: &str =
+    "SELECT pg_backend_pid() FROM set_config('application_name', $1, false)";
 
 const LOAD_SNAPSHOT: &str = "SELECT stream_id, version, schema_version, state, taken_at \
      FROM {snapshots} WHERE stream_id = $1";
@@ -306,6 +329,10 @@ const PARK_UNDECODABLE: &str = "WITH marked AS ( \
 #[derive(Clone)]
 pub(crate) struct Sql {
     pub(crate) schema: Schema,
+    /// The `LISTEN`/`NOTIFY` channel of this schema.
+    pub(crate) channel: String,
+    /// The `application_name` of this schema's listener connections (see `APPEND_NOTIFY`).
+    pub(crate) listener_name: String,
     pub(crate) append: String,
     pub(crate) append_one: String,
     pub(crate) stream_version: String,
@@ -362,13 +389,17 @@ impl Sql {
             template
                 .replace("{columns}", EVENT_COLUMNS)
                 .replace("{stored_columns}", STORED_COLUMNS)
+                .replace("{notify}", APPEND_NOTIFY)
                 .replace("{cutoff}", SAFE_CUTOFF)
                 .replace("{events}", &format!("{quoted}.events"))
                 .replace("{snapshots}", &format!("{quoted}.snapshots"))
                 .replace("{checkpoints}", &format!("{quoted}.checkpoints"))
                 .replace("{schema}", quoted)
         };
+        let channel = schema.channel();
         Sql {
+            listener_name: format!("{channel} listener"),
+            channel,
             append: fill(APPEND),
             append_one: fill(APPEND_ONE),
             stream_version: fill(STREAM_VERSION),
@@ -422,7 +453,7 @@ impl Sql {
 
     /// The `LISTEN`/`NOTIFY` channel of this schema.
     pub(crate) fn channel(&self) -> String {
-        self.schema.channel()
+        self.channel.clone()
     }
 }
 

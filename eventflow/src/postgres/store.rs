@@ -203,10 +203,12 @@ impl PostgresEventStore {
         map_sqlx(&self.inner.target, error)
     }
 
-    pub(super) fn committed(&self) {
+    /// After an append of this process committed (or a pending one rolled back); `notified`
+    /// when its statement sent the notification to other processes itself.
+    pub(super) fn committed(&self, notified: bool) {
         self.inner
             .signal
-            .committed(&self.inner.pool, &self.inner.sql);
+            .committed(&self.inner.pool, &self.inner.sql, notified);
     }
 }
 
