@@ -692,3 +692,78 @@ async fn read_all_stored_is_the_global_order_with_payload_text_and_never_skips()
     assert_eq!(rest.iter().map(|e| e.id).collect::<Vec<_>>(), [b_id]);
     drop_schema(&store).await;
 }
+
+/// The store's notification channel (as `schema.rs` derives it: FNV-1a of the schema name).
+fn channel_of(schema: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in schema.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("eventflow_{hash:016x}")
+}
+
+#[tokio::test]
+async fn appends_notify_only_when_another_process_listens() {
+    use sqlx::postgres::PgListener;
+
+    let url = database_url();
+    let pool = pool_at(&url, 4).await;
+    let store = store_in(&pool).await;
+    let channel = channel_of(store.schema());
+    // A bare LISTEN that did not register: appends must not notify for it.
+    let mut bare = PgListener::connect(&url).await.unwrap();
+    bare.listen(&channel).await.unwrap();
+    store
+        .append("s", ExpectedVersion::NoStream, ev("s.one", 1))
+        .await
+        .unwrap();
+    // Marker: whatever the append sent would arrive before it.
+    sqlx::query("SELECT pg_notify($1, 'marker')")
+        .bind(&channel)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), bare.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.payload(), "marker", "an append notified nobody");
+
+    // A follower of another "process" (its own pool) registers its listener; then appends
+    // notify, and the bare LISTEN hears them too.
+    let other_pool = pool_at(&url, 2).await;
+    let other = PostgresEventStore::builder(other_pool.clone())
+        .schema(store.schema())
+        .poll_interval(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let _signal = other.commit_signal();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let registered: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM \"{}\".listeners",
+            store.schema()
+        ))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if registered == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the listener never registered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    store
+        .append("s", ExpectedVersion::Exact(1), ev("s.two", 2))
+        .await
+        .unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(10), bare.recv())
+        .await
+        .expect("the append did not notify a registered listener")
+        .unwrap();
+    assert_eq!(heard.payload(), "");
+    drop(other);
+    other_pool.close().await;
+    drop_schema(&store).await;
+}

@@ -190,7 +190,6 @@ async fn insert(
             .bind(&c.sources[0])
             .bind(c.occurred_at[0])
             .bind(&sql.channel)
-            .bind(&sql.listener_name)
             .bind(own_listener)
             .fetch_all(conn)
             .await?;
@@ -216,7 +215,6 @@ async fn insert(
             .bind(&c.sources)
             .bind(&c.occurred_at)
             .bind(&sql.channel)
-            .bind(&sql.listener_name)
             .bind(own_listener)
             .fetch_one(conn)
             .await?;

@@ -1,20 +1,18 @@
 //! The commit signal behind [`commit_signal`](crate::store::EventStore::commit_signal):
 //! in-process bumps plus `LISTEN`/`NOTIFY` between processes.
 //!
-//! Two small background tasks per store, started on first use and stopped when the store is
-//! dropped:
-//! - an append's own statement sends the notification when some session listens for the store
-//!   (every listener names its connection after the channel; see `sql::APPEND_NOTIFY`): it is
+//! Other processes learn of an append from its own statement, and two small background tasks
+//! per store, started on first use and stopped when the store is dropped, do the rest:
+//! - an append's own statement sends the notification when a session of another process listens
+//!   for the store (every listener registers its pid; see `sql::APPEND_NOTIFY`): it is
 //!   delivered at commit, with no second connection or round trip, and nothing is sent when
-//!   nobody listens.
+//!   nobody listens elsewhere (a notifying transaction holds a database-wide lock through its
+//!   commit, which serializes notifying writers: paid only when someone listens).
 //! - the **notifier** (started by the first append that did not notify) sends one payload-free
 //!   `NOTIFY` after such appends commit, and after a pending append rolls back, in case a
-//!   listener connected meanwhile; it too sends nothing when nobody listens. Requests coalesce (a `Notify` permit, and one notification in
-//!   flight at most), so there is at most one notification per transaction and, under load,
-//!   far fewer. It runs outside the append's transaction on purpose: a `NOTIFY` takes a
-//!   database-wide lock that is held through commit, which would serialize every writer. If the
-//!   process dies between commit and notify, other processes' followers still find the events
-//!   by polling.
+//!   listener connected meanwhile; it too sends nothing when nobody listens elsewhere. Requests
+//!   coalesce (a `Notify` permit, and one notification in flight at most). If the process dies
+//!   between commit and notify, other processes' followers still find the events by polling.
 //! - the **listener** (started by the first `commit_signal`) holds one connection in `LISTEN`
 //!   and bumps the signal on every notification and on every reconnect (notifications sent
 //!   meanwhile are lost, so followers should look).
@@ -32,7 +30,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use super::sql::{NOTIFY, SET_APPLICATION_NAME, Sql};
+use super::sql::Sql;
 
 /// Handles to background tasks; aborted on drop.
 #[derive(Debug, Default)]
@@ -77,7 +75,7 @@ impl Signal {
             vec![tokio::spawn(listener(
                 pool.clone(),
                 sql.channel(),
-                sql.listener_name.clone(),
+                sql.register_listener.clone(),
                 self.own_listener.clone(),
                 self.sender.clone(),
             ))]
@@ -103,7 +101,7 @@ impl Signal {
             vec![tokio::spawn(notifier(
                 pool.clone(),
                 sql.channel(),
-                sql.listener_name.clone(),
+                sql.notify.clone(),
                 self.own_listener.clone(),
                 self.notify.clone(),
             ))]
@@ -123,17 +121,14 @@ fn start_once(slot: &std::sync::Mutex<Option<Tasks>>, spawn: impl FnOnce() -> Ve
     }
 }
 
-/// Sets the listener connection's `application_name` to the store's listener name (see
+/// Registers the listener connection's pid in the store's `listeners` table (see
 /// `sql::APPEND_NOTIFY`).
-async fn name_listener(
+async fn register_listener(
     listener: &mut PgListener,
-    name: &str,
+    statement: &str,
     own: &AtomicI32,
 ) -> Result<(), sqlx::Error> {
-    let pid: i32 = sqlx::query_scalar(SET_APPLICATION_NAME)
-        .bind(name)
-        .fetch_one(listener)
-        .await?;
+    let pid: i32 = sqlx::query_scalar(statement).fetch_one(listener).await?;
     own.store(pid, Ordering::Relaxed);
     Ok(())
 }
@@ -145,7 +140,7 @@ fn bump(sender: &watch::Sender<u64>) {
 async fn notifier(
     pool: PgPool,
     channel: String,
-    listener_name: String,
+    statement: String,
     own_listener: Arc<AtomicI32>,
     wake: Arc<Notify>,
 ) {
@@ -153,9 +148,8 @@ async fn notifier(
         wake.notified().await;
         // One notification in flight at most: commits during its round trip leave one permit,
         // so they share the next notification (no fixed pause, which only added lag).
-        if let Err(error) = sqlx::query(NOTIFY)
+        if let Err(error) = sqlx::query(&statement)
             .bind(&channel)
-            .bind(&listener_name)
             .bind(own_listener.load(Ordering::Relaxed))
             .execute(&pool)
             .await
@@ -169,7 +163,7 @@ async fn notifier(
 async fn listener(
     pool: PgPool,
     channel: String,
-    listener_name: String,
+    register: String,
     own_listener: Arc<AtomicI32>,
     sender: watch::Sender<u64>,
 ) {
@@ -190,9 +184,9 @@ async fn listener(
             backoff = (backoff * 2).min(Duration::from_secs(5));
             continue;
         }
-        // Named, so appends see that someone listens and notify in their own statement.
-        if let Err(error) = name_listener(&mut listener, &listener_name, &own_listener).await {
-            tracing::warn!(%error, "postgres event store: cannot name the listener, retrying");
+        // Registered, so appends see that someone listens and notify in their own statement.
+        if let Err(error) = register_listener(&mut listener, &register, &own_listener).await {
+            tracing::warn!(%error, "postgres event store: cannot register the listener, retrying");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
             continue;
@@ -204,12 +198,12 @@ async fn listener(
             match listener.try_recv().await {
                 Ok(Some(_)) => bump(&sender),
                 // The connection was lost and is re-established by the next call; whatever was
-                // notified in between is gone, so look. The new connection needs its name.
+                // notified in between is gone, so look. The new connection registers again.
                 Ok(None) => {
                     if let Err(error) =
-                        name_listener(&mut listener, &listener_name, &own_listener).await
+                        register_listener(&mut listener, &register, &own_listener).await
                     {
-                        tracing::warn!(%error, "postgres event store: cannot name the listener");
+                        tracing::warn!(%error, "postgres event store: cannot register the listener");
                     }
                     bump(&sender);
                 }

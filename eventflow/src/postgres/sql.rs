@@ -75,18 +75,16 @@ RETURNING position, stream_version
 SELECT position, stream_version, {notify} FROM ins";
 
 /// The append's notification, in the append's own statement (so its transaction: delivered at
-/// commit, never before, no second connection or round trip), sent only when some session
-/// listens for this store: the listener of every store names its connection after the channel
-/// (`$14`, see `signal.rs`), and the server's list of sessions (shared memory, no table) says
-/// whether one is connected, other than this process's own listener (`$15`, its server pid: this
-/// process's followers are woken directly). Nobody listening: no `NOTIFY`, so appends do not
-/// take the lock a notifying transaction holds through its commit (which serializes the commits
-/// of notifying writers: the price of a remote follower's low latency). `NULL` when not sent. Evaluated once, and
-/// only when the statement inserted rows.
+/// commit, never before, no second connection or round trip), sent only when some session of
+/// another process listens for this store: listeners register their server pid in `listeners`
+/// (`migrations/0008_listeners.sql`), and `$14` is this process's own listener (its followers
+/// are woken directly). Nobody listening: no `NOTIFY`, so appends do not take the lock a
+/// notifying transaction holds through its commit (which serializes the commits of notifying
+/// writers: the price of a remote follower's low latency). `NULL` when not sent. Evaluated once,
+/// and only when the statement inserted rows.
 const APPEND_NOTIFY: &str = "(SELECT pg_notify($13, '')::text \
      WHERE EXISTS (SELECT 1 FROM ins) \
-       AND EXISTS (SELECT 1 FROM pg_stat_get_activity(NULL) a \
-                    WHERE a.application_name = $14 AND a.pid <> $15))";
+       AND EXISTS (SELECT 1 FROM {schema}.listeners l WHERE l.pid <> $14))";
 
 const STREAM_VERSION: &str =
     "SELECT coalesce(max(stream_version), 0) FROM {events} WHERE stream_id = $1";
@@ -147,16 +145,19 @@ pub(crate) const CRITERIA_LIMIT: &str = " LIMIT ";
 
 /// Wakes listeners of other processes after an append that did not notify in its own
 /// statement (nobody listened then) or a rollback; sent by one background task per store, only
-/// when some session listens (`$2`: the listener name, `$3`: this process's own listener, which
+/// when some session of another process listens (`$2`: this process's own listener, which
 /// needs no notification). A notification needs no durability, so its transaction commits
 /// without waiting for the WAL flush.
-pub(crate) const NOTIFY: &str = "SELECT set_config('synchronous_commit', 'off', true), \
-     pg_notify($1, '') FROM pg_stat_get_activity(NULL) a \
-     WHERE a.application_name = $2 AND a.pid <> $3 LIMIT 1";
+const NOTIFY: &str = "SELECT set_config('synchronous_commit', 'off', true), \
+     pg_notify($1, '') WHERE EXISTS (SELECT 1 FROM {schema}.listeners l WHERE l.pid <> $2)";
 
-/// Names the listener's connection (see [`APPEND_NOTIFY`]) and returns its server pid.
-pub(crate) const SET_APPLICATION_NAME: &str =
-    "SELECT pg_backend_pid() FROM set_config('application_name', $1, false)";
+/// Registers the listener's connection (see [`APPEND_NOTIFY`]) after removing the rows of
+/// sessions that are gone, and returns its server pid.
+const REGISTER_LISTENER: &str = "WITH gone AS ( \
+        DELETE FROM {schema}.listeners l \
+         WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.pid)) \
+     INSERT INTO {schema}.listeners (pid) VALUES (pg_backend_pid()) \
+     ON CONFLICT (pid) DO UPDATE SET since = now() RETURNING pid";
 
 const LOAD_SNAPSHOT: &str = "SELECT stream_id, version, schema_version, state, taken_at \
      FROM {snapshots} WHERE stream_id = $1";
@@ -331,8 +332,8 @@ pub(crate) struct Sql {
     pub(crate) schema: Schema,
     /// The `LISTEN`/`NOTIFY` channel of this schema.
     pub(crate) channel: String,
-    /// The `application_name` of this schema's listener connections (see `APPEND_NOTIFY`).
-    pub(crate) listener_name: String,
+    pub(crate) notify: String,
+    pub(crate) register_listener: String,
     pub(crate) append: String,
     pub(crate) append_one: String,
     pub(crate) stream_version: String,
@@ -398,8 +399,9 @@ impl Sql {
         };
         let channel = schema.channel();
         Sql {
-            listener_name: format!("{channel} listener"),
             channel,
+            notify: fill(NOTIFY),
+            register_listener: fill(REGISTER_LISTENER),
             append: fill(APPEND),
             append_one: fill(APPEND_ONE),
             stream_version: fill(STREAM_VERSION),
@@ -471,6 +473,8 @@ mod tests {
             &sql.load_stream,
             &sql.load_stream_stored,
             &sql.read_all_stored,
+            &sql.notify,
+            &sql.register_listener,
             &sql.events_by_id,
             &sql.read_all,
             &sql.head_and_top,
