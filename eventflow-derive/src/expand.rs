@@ -70,6 +70,7 @@ fn domain_event(e: &EventEnum<'_>) -> TokenStream {
     let names: Vec<&str> = e.variants.iter().map(|v| v.name.as_str()).collect();
     let decoders: Vec<TokenStream> = e.variants.iter().map(|v| payload_decoder(e, v)).collect();
     let decode_arms = e.variants.iter().map(decode_arm);
+    let stored_arms = e.variants.iter().map(stored_decode_arm);
     let patterns: Vec<TokenStream> = e.variants.iter().map(wildcard_pattern).collect();
     let versioned: Vec<(&str, u32)> = e
         .variants
@@ -131,6 +132,18 @@ fn domain_event(e: &EventEnum<'_>) -> TokenStream {
                 ) -> #private::Result<Self> {
                     match event.event_type.as_str() {
                         #(#decode_arms)*
+                        other => ::core::result::Result::Err(
+                            #private::unknown_event_type(other, #target),
+                        ),
+                    }
+                }
+
+                #[inline]
+                fn from_stored(
+                    event: &#private::StoredEvent,
+                ) -> #private::Result<Self> {
+                    match event.event_type.as_str() {
+                        #(#stored_arms)*
                         other => ::core::result::Result::Err(
                             #private::unknown_event_type(other, #target),
                         ),
@@ -217,6 +230,34 @@ fn payload_ident(v: &Variant<'_>) -> Ident {
         ),
         proc_macro2::Span::call_site(),
     )
+}
+
+/// [`decode_arm`] for a `StoredEvent`: the payload decoded once from whatever the store handed
+/// over (JSON text or a value).
+fn stored_decode_arm(v: &Variant<'_>) -> TokenStream {
+    let private = private();
+    let name = &v.name;
+    let version = v.version;
+    let variant = v.ident();
+    let payload = payload_ident(v);
+    let build = match v.style() {
+        Style::Unit => {
+            return quote! {
+                #name => #private::decode_unit_from::<Self, _, _>(event, #version, Self::#variant),
+            };
+        }
+        Style::Tuple => {
+            let members = (0..v.fields.len()).map(syn::Index::from);
+            quote!(Self::#variant(#(p.#members),*))
+        }
+        Style::Struct => {
+            let members: Vec<&Ident> = v.fields.iter().map(|f| &f.binding).collect();
+            quote!(Self::#variant { #(#members: p.#members),* })
+        }
+    };
+    quote! {
+        #name => #private::decode_from::<Self, #payload, _>(event, #version).map(|p| #build),
+    }
 }
 
 /// `"type.name" => decode the payload (upcast first when its version is older)`.
@@ -321,7 +362,7 @@ fn dispatch(e: &EventEnum<'_>) -> TokenStream {
             Style::Unit => {
                 return quote! {
                     #name => {
-                        #private::decode_unit::<Self, _>(event, #version, ())?;
+                        #private::decode_unit_from::<Self, _, _>(event, #version, ())?;
                         __handler.#handler();
                     }
                 };
@@ -343,11 +384,7 @@ fn dispatch(e: &EventEnum<'_>) -> TokenStream {
         };
         quote! {
             #name => {
-                let p = #private::decode_payload::<Self, _, _>(
-                    event,
-                    #version,
-                    |payload| <#payload as #private::serde::Deserialize>::deserialize(payload),
-                )?;
+                let p = #private::decode_from::<Self, #payload, _>(event, #version)?;
                 __handler.#handler(#(#args),*);
             }
         }
@@ -365,11 +402,11 @@ fn dispatch(e: &EventEnum<'_>) -> TokenStream {
             }
 
             #[inline]
-            fn dispatch_envelope(
-                event: &#private::Event,
+            fn dispatch_envelope<__S: #private::PayloadSource + ?::core::marker::Sized>(
+                event: &__S,
                 __handler: &mut __H,
             ) -> #private::Result<()> {
-                match event.event_type.as_str() {
+                match #private::PayloadSource::event_type(event) {
                     #(#envelope_arms)*
                     other => {
                         return ::core::result::Result::Err(
@@ -453,6 +490,14 @@ fn aggregate_impl(a: &AggregateInput<'_>) -> TokenStream {
                 fn apply_envelope(
                     &mut self,
                     event: &#private::Event,
+                ) -> #private::Result<()> {
+                    #apply_envelope
+                }
+
+                #[inline]
+                fn apply_stored(
+                    &mut self,
+                    event: &#private::StoredEvent,
                 ) -> #private::Result<()> {
                     #apply_envelope
                 }

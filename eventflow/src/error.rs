@@ -190,6 +190,17 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// A read of the global order was asked on a connection whose own transaction pins the
+    /// safe horizon (PostgreSQL: it holds a transaction id because it wrote, or a
+    /// repeatable-read snapshot): the read could never see a commit later than that transaction,
+    /// and waiting for it would wait for itself. Read before writing, outside the transaction,
+    /// or through the store's pool.
+    #[error("cannot read the global order inside this transaction: {reason}")]
+    ReadInTransaction {
+        /// What pins the horizon.
+        reason: &'static str,
+    },
+
     /// A saga or projection was to be fed from a bus that delivers at most once, which loses
     /// events on a crash, a disconnect or a full queue, without an explicit opt-in. Feed it from
     /// the event store instead (a `ProjectionRunner`, with `SagaProjection` for a saga), or opt
@@ -258,6 +269,7 @@ impl Error {
             | Error::UnknownEventType { .. }
             | Error::MissingUpcaster { .. }
             | Error::AtMostOnceBus { .. }
+            | Error::ReadInTransaction { .. }
             | Error::InvalidArgument(_) => FailureClass::Permanent,
             // Connections, timeouts, backend calls, races and handlers may do better next time.
             Error::Conflict { .. }
@@ -281,7 +293,7 @@ impl Error {
 ///
 /// | class | errors | what delivery does |
 /// |---|---|---|
-/// | `Permanent` | `EventTooLarge`, `PayloadTooDeep`, `InvalidEventType`, `InvalidStreamId`, `InvalidPattern`, `Encode`, `Decode`, `UnknownEventType`, `MissingUpcaster`, `AtMostOnceBus`, `InvalidArgument` (a value the backend rejects) | park the event in a dead-letter store, report it, move on |
+/// | `Permanent` | `EventTooLarge`, `PayloadTooDeep`, `InvalidEventType`, `InvalidStreamId`, `InvalidPattern`, `Encode`, `Decode`, `UnknownEventType`, `MissingUpcaster`, `AtMostOnceBus`, `ReadInTransaction`, `InvalidArgument` (a value the backend rejects) | park the event in a dead-letter store, report it, move on |
 /// | `Transient` | `Connect`, `Timeout`, `Backend`, `Closed`, `Conflict`, `DuplicateEvent`, `Handler`, `LeaseLost` | retry with backoff, in order |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FailureClass {

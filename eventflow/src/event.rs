@@ -43,9 +43,11 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 
 mod limits;
+mod stored;
 
 pub(crate) use limits::validate_owned;
 pub use limits::{dismantle, payload_depth};
+pub use stored::{StoredEvent, StoredPayload};
 
 /// Longest accepted event type name, in bytes.
 pub const MAX_EVENT_TYPE_LEN: usize = 255;
@@ -428,6 +430,16 @@ pub trait DomainEvent: Sized + Send + Sync + 'static {
     /// [`Error::UnknownEventType`] for a type this set does not hold, [`Error::Decode`] for a
     /// payload that does not match.
     fn from_envelope(event: &Event) -> Result<Self>;
+
+    /// Decodes a [`StoredEvent`] (the payload still as the store delivered it). The default
+    /// builds an envelope and calls [`from_envelope`](Self::from_envelope); the derive decodes
+    /// the payload text once, straight into the variant (no `Value` in between).
+    ///
+    /// # Errors
+    /// As [`from_envelope`](Self::from_envelope).
+    fn from_stored(event: &StoredEvent) -> Result<Self> {
+        Self::from_envelope(&event.to_envelope()?)
+    }
 
     /// The upcaster declared for `event_type` that upgrades a payload of `from_version` to
     /// `from_version + 1` (`#[event(upcast(v1 = path))]` in the derive), if any. Runtime

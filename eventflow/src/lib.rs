@@ -96,9 +96,11 @@ pub(crate) mod redact;
 pub mod __private_0_1_0 {
     pub use crate::aggregate::{Aggregate, SnapshotState};
     pub use crate::derive_support::{
-        Dispatch, decode_payload, decode_unit, unknown_event_type, variant_to_payload,
+        Dispatch, PayloadSource, decode_from, decode_payload, decode_unit, decode_unit_from,
+        unknown_event_type, variant_to_payload,
     };
     pub use crate::error::{Error, Result};
+    pub use crate::event::StoredEvent;
     pub use crate::event::{DomainEvent, Event, Upcaster};
     pub use serde;
     pub use serde_json::Value;

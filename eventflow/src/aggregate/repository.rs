@@ -11,7 +11,9 @@ use super::upcast::{Upcasters, upcast_payload};
 use super::{Aggregate, SnapshotState};
 use crate::error::{BoxError, Error, Result};
 use crate::event::{DomainEvent, Event, Metadata};
-use crate::store::{EventStore, ExpectedVersion, Snapshot, SnapshotStore};
+use crate::store::{
+    EventStore, ExpectedVersion, Snapshot, SnapshotStore, StoredEvent, StoredPayload,
+};
 
 /// An aggregate's state as loaded, with the stream version it includes.
 #[derive(Debug, Clone, PartialEq)]
@@ -184,6 +186,8 @@ impl<A> Clone for Snapshots<A> {
 ///
 /// - [`load`](Self::load) of an id that has no events returns the `Default` state at version 0
 ///   (not an error): a new aggregate is simply one with no history.
+/// - [`create`](Self::create) runs a command on a new aggregate without reading its stream,
+///   and appends with `ExpectedVersion::NoStream` (a conflict if it exists).
 /// - [`execute`](Self::execute) loads, runs the command, and appends its events with
 ///   `ExpectedVersion::Exact(loaded version)`. If another writer committed in between, the
 ///   append fails with [`Error::Conflict`]; with
@@ -312,7 +316,12 @@ impl<A: Aggregate> Repository<A> {
                 snapshot_version: None,
             },
         };
-        let tail = self.store.load_stream(stream, loaded.version + 1).await?;
+        // The fold's fast path: payloads as the store holds them, decoded once into the typed
+        // event (see `StoredEvent`).
+        let tail = self
+            .store
+            .load_stream_stored(stream, loaded.version + 1)
+            .await?;
         for event in tail {
             let version = event.stream_version.unwrap_or(loaded.version + 1);
             self.apply_stored(&mut loaded.state, event)?;
@@ -356,20 +365,21 @@ impl<A: Aggregate> Repository<A> {
 
     /// Applies a stored event, upcasting an older schema version first (runtime upcasters, then
     /// the ones declared on the enum).
-    fn apply_stored(&self, state: &mut A, mut event: Event) -> Result<()> {
+    fn apply_stored(&self, state: &mut A, mut event: StoredEvent) -> Result<()> {
         let current = <A::Event as DomainEvent>::schema_version(&event.event_type);
         if event.version != current {
-            let payload = std::mem::take(&mut event.payload);
-            event.payload = upcast_payload::<A::Event>(
+            let payload = std::mem::replace(&mut event.payload, StoredPayload::Value(Value::Null))
+                .into_value(&event.event_type)?;
+            event.payload = StoredPayload::Value(upcast_payload::<A::Event>(
                 Some(&self.upcasters),
                 &event.event_type,
                 event.version,
                 current,
                 payload,
-            )?;
+            )?);
             event.version = current;
         }
-        state.apply_envelope(&event)
+        state.apply_stored(&event)
     }
 
     /// Runs `decide` on the current state of aggregate `id` and appends the events it returns;
@@ -438,6 +448,64 @@ impl<A: Aggregate> Repository<A> {
                 Err(error) => return Err(error.into()),
             }
         }
+    }
+
+    /// Creates aggregate `id`: runs `decide` on the `Default` state and appends the events it
+    /// returns with [`ExpectedVersion::NoStream`], without reading the stream first (a new
+    /// aggregate has none: one round trip instead of two); see
+    /// [`create_with`](Self::create_with).
+    ///
+    /// # Errors
+    /// As [`create_with`](Self::create_with).
+    pub async fn create<F, E>(&self, id: &str, decide: F) -> Result<Vec<Event>, ExecuteError<E>>
+    where
+        F: FnOnce(&A) -> Result<Vec<A::Event>, E>,
+    {
+        self.create_with(id, &CommandContext::default(), decide)
+            .await
+    }
+
+    /// [`create`](Self::create) with a [`CommandContext`] carried onto every event.
+    ///
+    /// # Errors
+    /// [`ExecuteError::Rejected`] with the command's error; [`ExecuteError::Store`] with
+    /// [`Error::Conflict`] when the aggregate already has events (nothing is appended; use
+    /// [`execute`](Self::execute) for an existing aggregate), or an append error.
+    pub async fn create_with<F, E>(
+        &self,
+        id: &str,
+        ctx: &CommandContext,
+        decide: F,
+    ) -> Result<Vec<Event>, ExecuteError<E>>
+    where
+        F: FnOnce(&A) -> Result<Vec<A::Event>, E>,
+    {
+        let stream = A::stream_id(id);
+        let loaded = Loaded {
+            state: A::default(),
+            version: 0,
+            snapshot_version: None,
+        };
+        let events = decide(&loaded.state).map_err(ExecuteError::Rejected)?;
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let envelopes = events
+            .iter()
+            .map(|e| ctx.envelope(e))
+            .collect::<Result<Vec<_>>>()?;
+        let recorded = self
+            .store
+            .append_batch(&stream, ExpectedVersion::NoStream, envelopes)
+            .await?;
+        tracing::debug!(
+            stream,
+            events = recorded.len(),
+            correlation_id = ctx.correlation_id.as_deref(),
+            "aggregate created"
+        );
+        self.maybe_snapshot(&stream, loaded, events).await;
+        Ok(recorded)
     }
 
     /// Saves a snapshot when the committed events crossed a multiple of the interval.

@@ -9,11 +9,13 @@
 //! straight from the borrowed JSON value, the same work a hand-written `match` would do.
 
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::aggregate::upcast::upcast_payload;
 use crate::error::{Error, Result};
 use crate::event::{DomainEvent, Event};
+use crate::event::{StoredEvent, StoredPayload};
 
 mod variant_serializer;
 
@@ -30,7 +32,121 @@ pub trait Dispatch<H: ?Sized> {
     ///
     /// # Errors
     /// As [`DomainEvent::from_envelope`].
-    fn dispatch_envelope(event: &Event, handler: &mut H) -> Result<()>;
+    fn dispatch_envelope<S: PayloadSource + ?Sized>(event: &S, handler: &mut H) -> Result<()>;
+}
+
+/// Where the derive's fused decode reads an event from: an [`Event`] envelope (payload already
+/// a `Value`) or a [`StoredEvent`] (payload still JSON text, decoded once, straight into the
+/// variant's payload struct).
+pub trait PayloadSource {
+    /// The event type name.
+    fn event_type(&self) -> &str;
+    /// The payload's schema version.
+    fn schema_version(&self) -> u32;
+    /// Decodes the payload into `T`.
+    ///
+    /// # Errors
+    /// serde_json's.
+    fn decode<T: DeserializeOwned>(&self) -> std::result::Result<T, serde_json::Error>;
+    /// The payload as a value (for upcasting).
+    ///
+    /// # Errors
+    /// serde_json's, for text that is not JSON.
+    fn payload_value(&self) -> std::result::Result<Value, serde_json::Error>;
+}
+
+impl PayloadSource for Event {
+    #[inline]
+    fn event_type(&self) -> &str {
+        &self.event_type
+    }
+    #[inline]
+    fn schema_version(&self) -> u32 {
+        self.version
+    }
+    #[inline]
+    fn decode<T: DeserializeOwned>(&self) -> std::result::Result<T, serde_json::Error> {
+        T::deserialize(&self.payload)
+    }
+    fn payload_value(&self) -> std::result::Result<Value, serde_json::Error> {
+        Ok(self.payload.clone())
+    }
+}
+
+impl PayloadSource for StoredEvent {
+    #[inline]
+    fn event_type(&self) -> &str {
+        &self.event_type
+    }
+    #[inline]
+    fn schema_version(&self) -> u32 {
+        self.version
+    }
+    #[inline]
+    fn decode<T: DeserializeOwned>(&self) -> std::result::Result<T, serde_json::Error> {
+        match &self.payload {
+            StoredPayload::Text(text) => serde_json::from_str(text),
+            StoredPayload::Value(value) => T::deserialize(value),
+        }
+    }
+    fn payload_value(&self) -> std::result::Result<Value, serde_json::Error> {
+        match &self.payload {
+            StoredPayload::Text(text) => serde_json::from_str(text),
+            StoredPayload::Value(value) => Ok(value.clone()),
+        }
+    }
+}
+
+/// [`decode_payload`] for any [`PayloadSource`]: the payload decoded once into `T` (the
+/// variant's payload struct), upcast first when stored with another schema version.
+///
+/// # Errors
+/// [`Error::MissingUpcaster`], [`Error::Decode`] naming the event type.
+#[inline]
+pub fn decode_from<E, T, S>(event: &S, current: u32) -> Result<T>
+where
+    E: DomainEvent,
+    T: DeserializeOwned,
+    S: PayloadSource + ?Sized,
+{
+    let decoded = if event.schema_version() == current {
+        event.decode::<T>()
+    } else {
+        let value = event
+            .payload_value()
+            .map_err(|e| Error::decode(event.event_type(), e))?;
+        let payload = upcast_payload::<E>(
+            None,
+            event.event_type(),
+            event.schema_version(),
+            current,
+            value,
+        )?;
+        T::deserialize(&payload)
+    };
+    decoded.map_err(|e| Error::decode(event.event_type(), e))
+}
+
+/// [`decode_unit`] for any [`PayloadSource`].
+///
+/// # Errors
+/// [`Error::MissingUpcaster`].
+#[inline]
+pub fn decode_unit_from<E: DomainEvent, T, S: PayloadSource + ?Sized>(
+    event: &S,
+    current: u32,
+    value: T,
+) -> Result<T> {
+    if event.schema_version() != current {
+        upcast_payload::<E>(
+            None,
+            event.event_type(),
+            event.schema_version(),
+            current,
+            Value::Null,
+        )?;
+    }
+    Ok(value)
 }
 
 /// [`Error::UnknownEventType`] for an envelope the enum has no variant for.

@@ -37,13 +37,22 @@ impl PostgresEventStore {
         let expected_bind = expected_bind(expected)?;
         let map = |e| map_sqlx(&self.inner.target, e);
         let mut tx = self.inner.pool.begin().await.map_err(map)?;
-        let recorded = insert(&self.inner.sql, &mut tx, stream_id, expected_bind, &columns).await;
+        let recorded = insert(
+            &self.inner.sql,
+            self.inner.signal.own_listener(),
+            &mut tx,
+            stream_id,
+            expected_bind,
+            &columns,
+        )
+        .await;
         match recorded {
-            Ok(Some(positions)) => {
+            Ok(Some((positions, notified))) => {
                 fill(stream_id, &mut events, &positions);
                 Ok(PendingAppend {
                     tx,
                     events,
+                    notified,
                     store: self.clone(),
                 })
             }
@@ -153,16 +162,21 @@ fn expected_bind(expected: ExpectedVersion) -> Result<i64> {
     }
 }
 
+/// What an append statement recorded: `(position, stream version)` per event, and whether the
+/// statement queued the notification for other processes (someone listens).
+type Recorded = (Vec<(i64, i64)>, bool);
+
 /// Runs the append statement on `conn`. `Ok(None)` when the version condition did not hold.
 async fn insert(
     sql: &Sql,
+    own_listener: i32,
     conn: &mut PgConnection,
     stream_id: &str,
     expected: i64,
     c: &Columns,
-) -> std::result::Result<Option<Vec<(i64, i64)>>, sqlx::Error> {
-    let rows: Vec<(i64, i64)> = if c.ids.len() == 1 {
-        sqlx::query_as(&sql.append_one)
+) -> std::result::Result<Option<Recorded>, sqlx::Error> {
+    let (rows, notified): (Vec<(i64, i64)>, bool) = if c.ids.len() == 1 {
+        let rows: Vec<(i64, i64, Option<String>)> = sqlx::query_as(&sql.append_one)
             .bind(stream_id)
             .bind(expected)
             .bind(c.ids[0])
@@ -175,36 +189,47 @@ async fn insert(
             .bind(&c.causation_ids[0])
             .bind(&c.sources[0])
             .bind(c.occurred_at[0])
+            .bind(&sql.channel)
+            .bind(own_listener)
             .fetch_all(conn)
-            .await?
+            .await?;
+        let notified = rows.iter().any(|r| r.2.is_some());
+        (rows.into_iter().map(|(p, v, _)| (p, v)).collect(), notified)
     } else {
-        let (first_position, first_version, count): (Option<i64>, Option<i64>, i64) =
-            sqlx::query_as(&sql.append)
-                .bind(stream_id)
-                .bind(expected)
-                .bind(&c.ids)
-                .bind(&c.event_types)
-                .bind(&c.schema_versions)
-                .bind(&c.payloads)
-                .bind(&c.metadata)
-                .bind(&c.tenant_ids)
-                .bind(&c.correlation_ids)
-                .bind(&c.causation_ids)
-                .bind(&c.sources)
-                .bind(&c.occurred_at)
-                .fetch_one(conn)
-                .await?;
-        match (first_position, first_version) {
+        let (first_position, first_version, count, notified): (
+            Option<i64>,
+            Option<i64>,
+            i64,
+            Option<String>,
+        ) = sqlx::query_as(&sql.append)
+            .bind(stream_id)
+            .bind(expected)
+            .bind(&c.ids)
+            .bind(&c.event_types)
+            .bind(&c.schema_versions)
+            .bind(&c.payloads)
+            .bind(&c.metadata)
+            .bind(&c.tenant_ids)
+            .bind(&c.correlation_ids)
+            .bind(&c.causation_ids)
+            .bind(&c.sources)
+            .bind(&c.occurred_at)
+            .bind(&sql.channel)
+            .bind(own_listener)
+            .fetch_one(conn)
+            .await?;
+        let rows = match (first_position, first_version) {
             (Some(position), Some(version)) if count > 0 => {
                 (0..count).map(|i| (position + i, version + i)).collect()
             }
             _ => Vec::new(),
-        }
+        };
+        (rows, notified.is_some())
     };
     if rows.is_empty() {
         return Ok(None);
     }
-    Ok(Some(rows))
+    Ok(Some((rows, notified)))
 }
 
 /// Sets `stream_id`, `stream_version` and `position` on the appended events, replacing whatever
@@ -222,6 +247,8 @@ fn fill(stream_id: &str, events: &mut [Event], positions: &[(i64, i64)]) {
 pub struct PendingAppend {
     tx: sqlx::Transaction<'static, Postgres>,
     events: Vec<Event>,
+    /// Whether its statement queued the notification (delivered at commit).
+    notified: bool,
     store: PostgresEventStore,
 }
 
@@ -246,7 +273,7 @@ impl PendingAppend {
     pub async fn commit(self) -> Result<Vec<Event>> {
         let store = self.store;
         self.tx.commit().await.map_err(|e| store.map(e))?;
-        store.committed();
+        store.committed(self.notified);
         Ok(self.events)
     }
 
@@ -259,7 +286,7 @@ impl PendingAppend {
         let store = self.store;
         self.tx.rollback().await.map_err(|e| store.map(e))?;
         // Readers held back by this transaction may move on now.
-        store.committed();
+        store.committed(false);
         Ok(())
     }
 }
@@ -285,6 +312,7 @@ impl PostgresEventStore {
             let mut conn = self.inner.pool.acquire().await.map_err(|e| self.map(e))?;
             let result = insert(
                 &self.inner.sql,
+                self.inner.signal.own_listener(),
                 &mut conn,
                 stream_id,
                 expected_bind,
@@ -293,8 +321,8 @@ impl PostgresEventStore {
             .await;
             drop(conn);
             let retry = match result {
-                Ok(Some(positions)) => {
-                    self.committed();
+                Ok(Some((positions, notified))) => {
+                    self.committed(notified);
                     fill(stream_id, &mut events, &positions);
                     tracing::debug!(
                         stream = stream_id,

@@ -34,19 +34,30 @@
 //! # Global order without gaps, without a global lock
 //! A plain `bigserial` position has a hole: a transaction that took position 7 may commit after
 //! one that took position 8, and a reader that already moved past 8 never sees 7. Here a
-//! position is `(transaction id << 20) + index in the transaction`, and every reader (`read_all`,
-//! `load`, `head_position`, subscriptions, the relay) only reads positions below
-//! `pg_snapshot_xmin(pg_current_snapshot()) << 20`: rows of transactions that have all
-//! finished. A transaction still running has a transaction id at or above that bound, so every
+//! position is `(transaction id << 20) + index in the transaction`, and every reader of the
+//! global order (`read_all`, `head_position`, subscriptions, the relay, projection runners) only
+//! reads positions below `pg_snapshot_xmin(pg_current_snapshot()) << 20`: rows of transactions
+//! that have all finished. A transaction still running has a transaction id at or above that bound, so every
 //! position it may still commit is above what any reader has seen; one that rolls back leaves
 //! nothing. Writers to different streams take no common lock and proceed in parallel.
 //!
-//! The price: a transaction that stays open holds back readers (not writers) until it ends, and
-//! that includes any write transaction on the same server, since transaction ids are
-//! server-wide. Keep transactions short. A read at the head (`read_all` returning less than its
-//! limit, `load`, `head_position`) that finds committed events waiting behind such a transaction
-//! waits for it, at most [`PostgresEventStoreBuilder::settle_timeout`] (1 s by default), so an
-//! append is normally visible to the next global read of the same process. Positions increase in
+//! The price: a transaction that stays open holds back global-order readers (not writers) until
+//! it ends, and that includes any write transaction on the same server, since transaction ids
+//! are server-wide. Keep transactions short; [`PostgresEventStore::horizon`] shows what holds
+//! readers back (the oldest running or prepared transaction, its age and pid). A read at the
+//! head (`read_all` returning less than its limit, `head_position`) that finds committed events
+//! waiting behind such a transaction waits for it, at most
+//! [`PostgresEventStoreBuilder::settle_timeout`] (1 s by default), so an append is normally
+//! visible to the next global read of the same process.
+//!
+//! Reads that are not global-order readers never wait: `load_stream` (and so
+//! `Repository::load`) and `load` read every committed row of their query at once, whatever is
+//! open elsewhere ([`PostgresEventStoreBuilder::strict_load`] makes `load` a global-order reader
+//! again). The library holds no transaction id across user code: a projection batch takes an
+//! advisory lock, not a row lock, and writes its checkpoint last (see [`PgProjection`]).
+//! Reading the global order inside a transaction that pins the horizon at itself
+//! ([`PostgresEventStore::read_all_on`]) fails with
+//! [`Error::ReadInTransaction`](crate::Error::ReadInTransaction) instead of freezing. Positions increase in
 //! transaction-id order; they are large and not dense (never compute a count from them).
 //!
 //! # Appends
@@ -66,8 +77,8 @@
 //! [`subscribe`](crate::store::EventStoreExt::subscribe), the relay and projection runners follow the
 //! global order with [`follow`](crate::store::follow). They are woken by
 //! [`EventStore::commit_signal`](crate::EventStore::commit_signal): at once for appends of this
-//! process, through `LISTEN`/`NOTIFY` (one payload-free notification per channel at most every
-//! 2 ms, sent after commit) for other processes, and by polling every
+//! process, through `LISTEN`/`NOTIFY` (one payload-free notification in flight per store at
+//! most, sent after commit; commits meanwhile share the next one) for other processes, and by polling every
 //! [`poll_interval`](PostgresEventStoreBuilder::poll_interval) should a notification be lost.
 //! Following uses one pooled connection for `LISTEN` while the store lives.
 //!
@@ -96,6 +107,7 @@ mod connect;
 mod dead_letter;
 mod error;
 mod lease;
+mod horizon;
 mod projection;
 mod read;
 mod rows;
@@ -135,6 +147,7 @@ pub use checkpoint::PostgresCheckpointStore;
 pub use dead_letter::PostgresDeadLetterStore;
 pub use lease::{PostgresLeaseStore, fenced_checkpoint};
 pub use projection::{PgProjection, PgTransaction, partitioned_runner, projection_runner};
+pub use horizon::{HolderKind, HorizonHolder, HorizonStatus};
 pub use saga::PostgresSagaStore;
 pub use schema::DEFAULT_SCHEMA;
 pub use snapshot::PostgresSnapshotStore;

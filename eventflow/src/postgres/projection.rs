@@ -7,9 +7,18 @@
 //! once per batch. **A crash at any point either keeps the whole batch
 //! (read model and checkpoint) or none of it, so no event is ever applied twice.**
 //!
-//! The runner also locks the checkpoint row (`SELECT ... FOR UPDATE`) and checks it still holds
-//! the position the batch was read from, so two runners of one projection (two processes, or a
-//! live loop and a rebuild) never apply the same batch twice either.
+//! The runner also takes the projection's advisory lock for the batch's transaction
+//! (`pg_advisory_xact_lock`) and checks the checkpoint still holds the position the batch was
+//! read from, so two runners of one projection (two processes, or a live loop and a rebuild)
+//! never apply the same batch twice either.
+//!
+//! **No transaction id across handlers.** The global order's readers (subscriptions, the relay,
+//! projections) wait for every transaction that holds a transaction id (see the parent module),
+//! so the runner takes none of its own before the batch commits: an advisory lock assigns no
+//! transaction id (a row lock would), and the checkpoint is written last, just before `COMMIT`.
+//! A handler that writes its read model takes one at its first write, as any write does, and
+//! holds it until the batch commits; a handler that only reads holds none. Readers of one stream
+//! or of a criteria query never wait for any of it.
 //!
 //! Each batch's transaction runs with `search_path` set to the schema (`SET LOCAL`), so the
 //! handler's SQL can name its read-model tables unqualified and they live next to the store's.
@@ -115,6 +124,11 @@ pub fn projection_runner<P: PgProjection>(
     let filter = Filter::parse(&projection.patterns())?;
     let sql = Sql::new(Schema::new(schema)?);
     let applier = TxApplier {
+        lock_key: format!(
+            "eventflow projection {}.{}",
+            sql.schema.name(),
+            projection.name()
+        ),
         name: projection.name().to_owned(),
         projection: Arc::new(projection),
         target: describe(&pool.connect_options()),
@@ -189,6 +203,12 @@ struct TxAppliers {
 impl PartitionAppliers for TxAppliers {
     fn applier(&self, spec: PartitionSpec) -> Arc<dyn Applier> {
         Arc::new(Detached(Arc::new(TxApplier {
+            // One lock per partition: partitions of one projection run in parallel.
+            lock_key: format!(
+                "eventflow projection {}.{}",
+                self.sql.schema.name(),
+                spec.checkpoint
+            ),
             name: spec.checkpoint.clone(),
             projection: Arc::clone(&self.projection),
             pool: self.pool.clone(),
@@ -203,6 +223,8 @@ impl PartitionAppliers for TxAppliers {
 struct TxApplier {
     /// The checkpoint's name: the projection's, or `<projection>#<partition>`.
     name: String,
+    /// The key of the projection's advisory lock (hashed by the server).
+    lock_key: String,
     projection: Arc<dyn PgProjection>,
     pool: PgPool,
     /// The server, for errors (no password).
@@ -218,9 +240,13 @@ impl TxApplier {
         map_sqlx(&self.target, error)
     }
 
+    /// Opens a batch's transaction: `search_path` set, the projection's advisory lock taken.
+    /// No transaction id yet (see `sql::BEGIN_PROJECTION_BATCH`).
     async fn begin(&self) -> Result<PgTransaction> {
         let mut tx = self.pool.begin().await.map_err(|e| self.map(e))?;
-        sqlx::query(&self.sql.set_local_search_path)
+        sqlx::query(&self.sql.begin_projection_batch)
+            .bind(self.sql.schema.quoted())
+            .bind(&self.lock_key)
             .execute(&mut *tx)
             .await
             .map_err(|e| self.map(e))?;
@@ -242,7 +268,8 @@ impl TxApplier {
 
     async fn begin_at(&self, from: u64) -> Result<PgTransaction, ApplyError> {
         let mut tx = self.begin().await?;
-        let stored: Option<i64> = sqlx::query_scalar(&self.sql.lock_checkpoint)
+        // A new statement, so a new snapshot: it sees the commit of a runner we waited for.
+        let stored: Option<i64> = sqlx::query_scalar(&self.sql.load_checkpoint)
             .bind(&self.name)
             .fetch_optional(&mut *tx)
             .await

@@ -1,20 +1,21 @@
-//! Reading: by stream, by criteria and in global order, waiting (bounded) at the head for
-//! committed events held back behind a slower transaction.
+//! Reading: by stream and by criteria (point-in-time reads of committed rows, never waiting),
+//! and in global order (below the safe horizon, waiting, bounded, at the head for committed
+//! events held back behind a slower transaction).
 
 use std::time::Duration;
 
 use sqlx::{Postgres, QueryBuilder};
 
-use super::rows::{EventRow, to_i64};
+use super::rows::{EventRow, StoredRow, to_i64};
 use super::sql;
 use super::store::PostgresEventStore;
 use crate::error::Result;
 use crate::event::Event;
-use crate::store::EventCriteria;
+use crate::store::{EventCriteria, StoredEvent};
 
 impl PostgresEventStore {
     /// The safe head and the highest committed position (see `sql::HEAD_AND_TOP`).
-    async fn head_and_top(&self) -> Result<(i64, i64)> {
+    pub(super) async fn head_and_top(&self) -> Result<(i64, i64)> {
         sqlx::query_as(&self.inner.sql.head_and_top)
             .fetch_one(&self.inner.pool)
             .await
@@ -84,6 +85,76 @@ impl PostgresEventStore {
         Ok(self.decoded(rows).await)
     }
 
+    /// [`EventStore::load_stream_stored`](crate::store::EventStore::load_stream_stored): the
+    /// payload as JSON text for the repository to decode once.
+    pub(super) async fn load_stream_stored_now(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+    ) -> Result<Vec<StoredEvent>> {
+        if stream_id.contains('\0') {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<StoredRow> = sqlx::query_as(&self.inner.sql.load_stream_stored)
+            .bind(stream_id)
+            .bind(to_i64(from_version, "stream version")?)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| self.map(e))?;
+        Ok(rows.into_iter().map(|r| r.event).collect())
+    }
+
+    /// [`read_all`](crate::store::EventStore::read_all) as [`StoredEvent`]s: the same global
+    /// order, the same wait at the head (at most the settle timeout), but each payload stays
+    /// JSON text until the caller decodes it into its own type (once), and metadata,
+    /// correlation, causation, source and timestamp are not read. The fast path of a typed
+    /// catch-up; `read_all` (full [`Event`]s, payload as a `Value`) is the general one.
+    ///
+    /// A page's safe-horizon check travels in the page's own statement (two extra columns):
+    /// a full page costs one round trip; only a read at the head that finds committed events
+    /// held back waits and reads again.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a position over
+    /// `i64::MAX`, [`Error::Connect`](crate::Error::Connect) or
+    /// [`Error::Backend`](crate::Error::Backend).
+    pub async fn read_all_stored(
+        &self,
+        after_position: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let after = to_i64(after_position, "position")?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let read = || async {
+            sqlx::query_as::<_, StoredRow>(&self.inner.sql.read_all_stored)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.inner.pool)
+                .await
+                .map_err(|e| self.map(e))
+        };
+        let rows = read().await?;
+        if rows.len() as i64 >= limit {
+            return Ok(rows.into_iter().map(|r| r.event).collect());
+        }
+        let seen = rows.last().map_or(after, |r| r.position);
+        let (top, head) = match rows.first().and_then(|r| r.top_head) {
+            Some(top_head) => top_head,
+            None => {
+                let (head, top) = self.head_and_top().await?;
+                (top, head)
+            }
+        };
+        if top <= head && head <= seen {
+            return Ok(rows.into_iter().map(|r| r.event).collect());
+        }
+        self.settle().await?;
+        Ok(read().await?.into_iter().map(|r| r.event).collect())
+    }
+
     /// [`EventStore::stream_version`](crate::store::EventStore::stream_version).
     pub(super) async fn stream_version_now(&self, stream_id: &str) -> Result<u64> {
         if stream_id.contains('\0') {
@@ -111,7 +182,16 @@ impl PostgresEventStore {
         if criteria.limit == Some(0) {
             return Ok(Vec::new());
         }
-        let mut q = QueryBuilder::<Postgres>::new(&self.inner.sql.criteria_select);
+        // By default a criteria query is a point-in-time read of committed rows: it never
+        // waits. `strict_load` restricts it to the safe horizon and waits there (bounded), as a
+        // global-order reader does.
+        let strict = self.inner.strict_load;
+        let select = if strict {
+            &self.inner.sql.criteria_select_safe
+        } else {
+            &self.inner.sql.criteria_select
+        };
+        let mut q = QueryBuilder::<Postgres>::new(select);
         if !criteria.event_types.is_empty() {
             let types: Vec<&str> = criteria
                 .event_types
@@ -148,8 +228,10 @@ impl PostgresEventStore {
             q.push(sql::CRITERIA_LIMIT)
                 .push_bind(i64::try_from(limit).unwrap_or(i64::MAX));
         }
-        // Let committed events held back by a slower transaction through first (bounded).
-        self.settle().await?;
+        if strict {
+            // Let committed events held back by a slower transaction through first (bounded).
+            self.settle().await?;
+        }
         let rows: Vec<EventRow> = q
             .build_query_as()
             .fetch_all(&self.inner.pool)

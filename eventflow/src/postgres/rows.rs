@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::event::{Event, Metadata};
+use crate::store::{StoredEvent, StoredPayload};
 
 /// A batch of events as one array per column, bound to the `unnest` of the append statement.
 #[derive(Debug, Default)]
@@ -185,4 +186,40 @@ impl<'r> sqlx::FromRow<'r, PgRow> for EventRow {
 pub(crate) fn to_i64(value: u64, what: &str) -> Result<i64> {
     i64::try_from(value)
         .map_err(|_| Error::InvalidArgument(format!("{what} {value} is over {}", i64::MAX)))
+}
+
+/// A row selected with `STORED_COLUMNS` (see `sql.rs`), the payload as JSON text; reads of the
+/// global order append the highest committed position and the safe head.
+pub(crate) struct StoredRow {
+    pub(crate) event: StoredEvent,
+    pub(crate) position: i64,
+    pub(crate) top_head: Option<(i64, i64)>,
+}
+
+impl<'r> sqlx::FromRow<'r, PgRow> for StoredRow {
+    fn from_row(row: &'r PgRow) -> std::result::Result<Self, sqlx::Error> {
+        let position: i64 = row.try_get(0)?;
+        let stream_version: i64 = row.try_get(3)?;
+        let schema_version: i32 = row.try_get(5)?;
+        let top_head = if row.len() > 8 {
+            let top: Option<i64> = row.try_get(7)?;
+            let head: i64 = row.try_get(8)?;
+            Some((top.unwrap_or(0), head))
+        } else {
+            None
+        };
+        Ok(StoredRow {
+            event: StoredEvent {
+                id: row.try_get(1)?,
+                stream_id: Some(row.try_get(2)?),
+                position: u64::try_from(position).ok(),
+                event_type: row.try_get(4)?,
+                version: u32::try_from(schema_version).unwrap_or(0),
+                stream_version: u64::try_from(stream_version).ok(),
+                payload: StoredPayload::Text(row.try_get(6)?),
+            },
+            position,
+            top_head,
+        })
+    }
 }

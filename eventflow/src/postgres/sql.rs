@@ -55,11 +55,12 @@ SELECT (tx.id << 20) + b.n, tx.id, b.event_id, $1, cur.version + b.n, b.event_ty
  WHERE $2::bigint < 0 OR cur.version = $2::bigint
 RETURNING position, stream_version
 )
-SELECT min(position), min(stream_version), count(*) FROM ins";
+SELECT min(position), min(stream_version), count(*), {notify} FROM ins";
 
 /// [`APPEND`] for a single event, with one value per column instead of arrays: the common case
 /// (`append`, most commands) skips the array encoding and the `unnest`.
 const APPEND_ONE: &str = "
+WITH ins AS (
 INSERT INTO {events} (position, transaction_id, event_id, stream_id, stream_version, event_type,
                       schema_version, payload, metadata, tenant_id, correlation_id, causation_id,
                       source, occurred_at)
@@ -69,13 +70,42 @@ SELECT (tx.id << 20) + 1, tx.id, $3::uuid, $1, cur.version + 1, $4::text, $5::in
   FROM (SELECT pg_current_xact_id()::text::bigint AS id) tx,
        (SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1) cur
  WHERE $2::bigint < 0 OR cur.version = $2::bigint
-RETURNING position, stream_version";
+RETURNING position, stream_version
+)
+SELECT position, stream_version, {notify} FROM ins";
+
+/// The append's notification, in the append's own statement (so its transaction: delivered at
+/// commit, never before, no second connection or round trip), sent only when some session of
+/// another process listens for this store: listeners register their server pid in `listeners`
+/// (`migrations/0008_listeners.sql`), and `$14` is this process's own listener (its followers
+/// are woken directly). Nobody listening: no `NOTIFY`, so appends do not take the lock a
+/// notifying transaction holds through its commit (which serializes the commits of notifying
+/// writers: the price of a remote follower's low latency). `NULL` when not sent. Evaluated once,
+/// and only when the statement inserted rows.
+const APPEND_NOTIFY: &str = "(SELECT pg_notify($13, '')::text \
+     WHERE EXISTS (SELECT 1 FROM ins) \
+       AND EXISTS (SELECT 1 FROM {schema}.listeners l WHERE l.pid <> $14))";
 
 const STREAM_VERSION: &str =
     "SELECT coalesce(max(stream_version), 0) FROM {events} WHERE stream_id = $1";
 
 const LOAD_STREAM: &str = "SELECT {columns} FROM {events} \
      WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version";
+
+/// What folding an aggregate needs of a stream, the payload as text (`load_stream_stored`):
+/// decoded once, by the repository, into the typed event.
+const LOAD_STREAM_STORED: &str = "SELECT {stored_columns} FROM {events} \
+     WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version";
+
+/// Columns read back into a `StoredEvent`, in the order `StoredRow` expects.
+const STORED_COLUMNS: &str = "position, event_id, stream_id, stream_version, event_type, \
+     schema_version, payload::text";
+
+/// [`READ_ALL`] for `StoredEvent`s: the payload as text, no metadata.
+const READ_ALL_STORED: &str = "SELECT {stored_columns}, \
+     (SELECT max(position) FROM {events}) AS top, \
+     (SELECT coalesce(max(position), 0) FROM {events} WHERE position < {cutoff}) AS head \
+     FROM {events} WHERE position > $1 AND position < {cutoff} ORDER BY position LIMIT $2";
 
 /// The stored copies of some event ids (the idempotency check, on the error path only).
 const EVENTS_BY_ID: &str = "SELECT {columns} FROM {events} WHERE event_id = ANY($1::uuid[]) \
@@ -96,7 +126,13 @@ const HEAD_AND_TOP: &str = "SELECT \
 
 /// Start of a criteria query; `load` appends the `CRITERIA_*` fragments for the fields that are
 /// set, each with its value bound, then `CRITERIA_ORDER` and, with a limit, `CRITERIA_LIMIT`.
-const CRITERIA_SELECT: &str = "SELECT {columns} FROM {events} WHERE position < {cutoff}";
+///
+/// `load` reads every committed row (a point-in-time query that never waits);
+/// [`CRITERIA_SELECT_SAFE`] is the strict form (`strict_load`), below the safe horizon only.
+const CRITERIA_SELECT: &str = "SELECT {columns} FROM {events} WHERE true";
+
+/// [`CRITERIA_SELECT`] restricted to rows below the safe horizon (opt-in strict loads).
+const CRITERIA_SELECT_SAFE: &str = "SELECT {columns} FROM {events} WHERE position < {cutoff}";
 pub(crate) const CRITERIA_EVENT_TYPES: &str = " AND event_type = ANY(";
 pub(crate) const CRITERIA_SINCE: &str = " AND occurred_at >= ";
 pub(crate) const CRITERIA_UNTIL: &str = " AND occurred_at < ";
@@ -107,12 +143,21 @@ pub(crate) const CRITERIA_AFTER: &str = " AND position > ";
 pub(crate) const CRITERIA_ORDER: &str = " ORDER BY position";
 pub(crate) const CRITERIA_LIMIT: &str = " LIMIT ";
 
-/// Wakes listeners of other processes; sent after commit by one background task per store,
-/// never inside the append (a `NOTIFY` holds a database-wide lock through commit, which would
-/// serialize every writer). A notification needs no durability, so its transaction commits
+/// Wakes listeners of other processes after an append that did not notify in its own
+/// statement (nobody listened then) or a rollback; sent by one background task per store, only
+/// when some session of another process listens (`$2`: this process's own listener, which
+/// needs no notification). A notification needs no durability, so its transaction commits
 /// without waiting for the WAL flush.
-pub(crate) const NOTIFY: &str =
-    "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')";
+const NOTIFY: &str = "SELECT set_config('synchronous_commit', 'off', true), \
+     pg_notify($1, '') WHERE EXISTS (SELECT 1 FROM {schema}.listeners l WHERE l.pid <> $2)";
+
+/// Registers the listener's connection (see [`APPEND_NOTIFY`]) after removing the rows of
+/// sessions that are gone, and returns its server pid.
+const REGISTER_LISTENER: &str = "WITH gone AS ( \
+        DELETE FROM {schema}.listeners l \
+         WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.pid)) \
+     INSERT INTO {schema}.listeners (pid) VALUES (pg_backend_pid()) \
+     ON CONFLICT (pid) DO UPDATE SET since = now() RETURNING pid";
 
 const LOAD_SNAPSHOT: &str = "SELECT stream_id, version, schema_version, state, taken_at \
      FROM {snapshots} WHERE stream_id = $1";
@@ -202,9 +247,15 @@ const MEMBER_LEAVE: &str =
 const CREATE_CHECKPOINT: &str = "INSERT INTO {checkpoints} (name, position) VALUES ($1, 0) \
      ON CONFLICT (name) DO NOTHING";
 
-/// Locks a projection's checkpoint row for the batch's transaction: a second runner of the same
-/// projection waits, then sees the position moved.
-const LOCK_CHECKPOINT: &str = "SELECT position FROM {checkpoints} WHERE name = $1 FOR UPDATE";
+/// Opens a projection batch, in one statement: lets the handler name its read-model tables
+/// unqualified (`set_config(.., true)` is `SET LOCAL`: this transaction only, `$1` the quoted
+/// schema) and takes the projection's transaction-scoped advisory lock (`$2` its key), so a
+/// second runner of the same projection waits here, then sees the position moved (read by the
+/// next statement, with a snapshot taken after the lock). Unlike a row lock (`FOR UPDATE`), an
+/// advisory lock assigns no transaction id: the batch holds none until its handler's first
+/// write, or the checkpoint write at the end, so it holds back no global reader meanwhile.
+const BEGIN_PROJECTION_BATCH: &str = "SELECT set_config('search_path', $1, true), \
+     pg_advisory_xact_lock(hashtextextended($2, 0))::text";
 
 /// Ends a partition batch's transaction on the server if it sits idle longer than the lease's
 /// time-to-live (its worker paused), so it never holds the checkpoint row or the readers' bound
@@ -212,9 +263,31 @@ const LOCK_CHECKPOINT: &str = "SELECT position FROM {checkpoints} WHERE name = $
 const SET_LOCAL_IDLE_TIMEOUT: &str =
     "SELECT set_config('idle_in_transaction_session_timeout', $1, true)";
 
-/// Lets a projection's handler name its read-model tables unqualified (`SET LOCAL`: this
-/// transaction only).
-const SET_LOCAL_SEARCH_PATH: &str = "SET LOCAL search_path TO {schema}";
+/// Whether a read on this connection would pin the safe horizon at itself: its transaction
+/// holds a transaction id (it wrote), or a transaction snapshot (repeatable read or
+/// serializable inside a transaction block; `now()` is the block's start, so it differs from
+/// the statement's time there).
+pub(crate) const PINS_HORIZON: &str = "SELECT pg_current_xact_id_if_assigned()::text, \
+     current_setting('transaction_isolation') <> 'read committed' \
+     AND now() <> statement_timestamp()";
+
+/// The oldest running transaction holding a transaction id (not this session's), and the oldest
+/// prepared (two-phase) transaction, oldest first: what holds the safe horizon back.
+pub(crate) const HORIZON_HOLDERS: &str = "SELECT kind, pid, xid, age_seconds, database, \
+        application_name, detail FROM ( \
+     (SELECT 'running'::text AS kind, a.pid, a.backend_xid::text::bigint AS xid, \
+             extract(epoch FROM now() - a.xact_start)::float8 AS age_seconds, \
+             a.datname::text AS database, a.application_name::text AS application_name, \
+             a.state::text AS detail, age(a.backend_xid) AS xid_age \
+        FROM pg_stat_activity a \
+       WHERE a.backend_xid IS NOT NULL AND a.pid <> pg_backend_pid() \
+       ORDER BY age(a.backend_xid) DESC LIMIT 1) \
+     UNION ALL \
+     (SELECT 'prepared', NULL::int, p.transaction::text::bigint, \
+             extract(epoch FROM now() - p.prepared)::float8, p.database::text, NULL::text, \
+             p.gid, age(p.transaction) \
+        FROM pg_prepared_xacts p ORDER BY age(p.transaction) DESC LIMIT 1) \
+     ) h ORDER BY xid_age DESC";
 
 const SAGA_INSTANCE_COUNT: &str = "SELECT count(*) FROM {schema}.saga_instances WHERE saga = $1";
 
@@ -332,14 +405,21 @@ const PARK_UNDECODABLE: &str = "WITH marked AS ( \
 #[derive(Clone)]
 pub(crate) struct Sql {
     pub(crate) schema: Schema,
+    /// The `LISTEN`/`NOTIFY` channel of this schema.
+    pub(crate) channel: String,
+    pub(crate) notify: String,
+    pub(crate) register_listener: String,
     pub(crate) append: String,
     pub(crate) append_one: String,
     pub(crate) stream_version: String,
     pub(crate) load_stream: String,
+    pub(crate) load_stream_stored: String,
+    pub(crate) read_all_stored: String,
     pub(crate) events_by_id: String,
     pub(crate) read_all: String,
     pub(crate) head_and_top: String,
     pub(crate) criteria_select: String,
+    pub(crate) criteria_select_safe: String,
     pub(crate) load_snapshot: String,
     pub(crate) save_snapshot: String,
     pub(crate) load_checkpoint: String,
@@ -354,9 +434,8 @@ pub(crate) struct Sql {
     pub(crate) members: String,
     pub(crate) member_leave: String,
     pub(crate) create_checkpoint: String,
-    pub(crate) lock_checkpoint: String,
     pub(crate) set_local_idle_timeout: String,
-    pub(crate) set_local_search_path: String,
+    pub(crate) begin_projection_batch: String,
     pub(crate) saga_instance_count: String,
     pub(crate) saga_load: String,
     pub(crate) saga_record_handled: String,
@@ -396,21 +475,30 @@ impl Sql {
             template
                 .replace("{columns}", EVENT_COLUMNS)
                 .replace("{lease_columns}", LEASE_COLUMNS)
+                .replace("{stored_columns}", STORED_COLUMNS)
+                .replace("{notify}", APPEND_NOTIFY)
                 .replace("{cutoff}", SAFE_CUTOFF)
                 .replace("{events}", &format!("{quoted}.events"))
                 .replace("{snapshots}", &format!("{quoted}.snapshots"))
                 .replace("{checkpoints}", &format!("{quoted}.checkpoints"))
                 .replace("{schema}", quoted)
         };
+        let channel = schema.channel();
         Sql {
+            channel,
+            notify: fill(NOTIFY),
+            register_listener: fill(REGISTER_LISTENER),
             append: fill(APPEND),
             append_one: fill(APPEND_ONE),
             stream_version: fill(STREAM_VERSION),
             load_stream: fill(LOAD_STREAM),
+            load_stream_stored: fill(LOAD_STREAM_STORED),
+            read_all_stored: fill(READ_ALL_STORED),
             events_by_id: fill(EVENTS_BY_ID),
             read_all: fill(READ_ALL),
             head_and_top: fill(HEAD_AND_TOP),
             criteria_select: fill(CRITERIA_SELECT),
+            criteria_select_safe: fill(CRITERIA_SELECT_SAFE),
             load_snapshot: fill(LOAD_SNAPSHOT),
             save_snapshot: fill(SAVE_SNAPSHOT),
             load_checkpoint: fill(LOAD_CHECKPOINT),
@@ -425,9 +513,8 @@ impl Sql {
             members: fill(MEMBERS),
             member_leave: fill(MEMBER_LEAVE),
             create_checkpoint: fill(CREATE_CHECKPOINT),
-            lock_checkpoint: fill(LOCK_CHECKPOINT),
             set_local_idle_timeout: fill(SET_LOCAL_IDLE_TIMEOUT),
-            set_local_search_path: fill(SET_LOCAL_SEARCH_PATH),
+            begin_projection_batch: fill(BEGIN_PROJECTION_BATCH),
             saga_instance_count: fill(SAGA_INSTANCE_COUNT),
             saga_load: fill(SAGA_LOAD),
             saga_record_handled: fill(SAGA_RECORD_HANDLED),
@@ -464,7 +551,7 @@ impl Sql {
 
     /// The `LISTEN`/`NOTIFY` channel of this schema.
     pub(crate) fn channel(&self) -> String {
-        self.schema.channel()
+        self.channel.clone()
     }
 }
 
@@ -480,10 +567,15 @@ mod tests {
             &sql.append_one,
             &sql.stream_version,
             &sql.load_stream,
+            &sql.load_stream_stored,
+            &sql.read_all_stored,
+            &sql.notify,
+            &sql.register_listener,
             &sql.events_by_id,
             &sql.read_all,
             &sql.head_and_top,
             &sql.criteria_select,
+            &sql.criteria_select_safe,
             &sql.load_snapshot,
             &sql.save_snapshot,
             &sql.load_checkpoint,
@@ -498,9 +590,7 @@ mod tests {
             &sql.members,
             &sql.member_leave,
             &sql.create_checkpoint,
-            &sql.lock_checkpoint,
             &sql.set_local_idle_timeout,
-            &sql.set_local_search_path,
             &sql.saga_instance_count,
             &sql.saga_load,
             &sql.saga_record_handled,

@@ -41,6 +41,8 @@ pub(super) struct Inner {
     pub(super) target: String,
     pub(super) poll_interval: Duration,
     pub(super) settle_timeout: Duration,
+    /// Whether `load` reads only below the safe horizon and waits for it (opt-in).
+    pub(super) strict_load: bool,
     pub(super) signal: Signal,
 }
 
@@ -60,6 +62,7 @@ pub struct PostgresEventStoreBuilder {
     schema: String,
     poll_interval: Duration,
     settle_timeout: Duration,
+    strict_load: bool,
 }
 
 impl PostgresEventStoreBuilder {
@@ -77,13 +80,26 @@ impl PostgresEventStoreBuilder {
         self
     }
 
-    /// How long a read at the head of the global order (`read_all`, `load`, `head_position`)
-    /// waits for events that are committed but held back behind a slower, still open
-    /// transaction (default 1 s); see the module docs. Waiting makes an append visible to the
-    /// same process's next global read whenever the slower transaction ends in time; after the
-    /// timeout the read returns what is safe. Zero never waits.
+    /// How long a read at the head of the global order (`read_all`, `head_position`, and
+    /// `load` with [`strict_load`](Self::strict_load)) waits for events that are committed but
+    /// held back behind a slower, still open transaction (default 1 s); see the module docs.
+    /// Waiting makes an append visible to the same process's next global read whenever the
+    /// slower transaction ends in time; after the timeout the read returns what is safe. Zero
+    /// never waits. `load_stream` and (by default) `load` never wait.
     pub fn settle_timeout(mut self, timeout: Duration) -> Self {
         self.settle_timeout = timeout;
+        self
+    }
+
+    /// Makes [`load`](EventStore::load) a global-order reader (default off): it then reads only
+    /// below the safe horizon and first waits (at most the
+    /// [`settle_timeout`](Self::settle_timeout)) for committed events held back behind a slower
+    /// transaction, so a caller that pages through `load` with
+    /// [`after_position`](crate::store::EventCriteria::after_position) never skips an event
+    /// committed late. By default `load` reads every committed row at once and never waits (a
+    /// point-in-time query); follow the store with `subscribe` or `read_all` instead.
+    pub fn strict_load(mut self, strict: bool) -> Self {
+        self.strict_load = strict;
         self
     }
 
@@ -101,6 +117,7 @@ impl PostgresEventStoreBuilder {
                 target,
                 poll_interval: self.poll_interval,
                 settle_timeout: self.settle_timeout,
+                strict_load: self.strict_load,
                 signal: Signal::new(),
             }),
         })
@@ -123,6 +140,7 @@ impl PostgresEventStore {
             schema: DEFAULT_SCHEMA.to_owned(),
             poll_interval: DEFAULT_POLL_INTERVAL,
             settle_timeout: DEFAULT_SETTLE_TIMEOUT,
+            strict_load: false,
         }
     }
 
@@ -191,10 +209,12 @@ impl PostgresEventStore {
         map_sqlx(&self.inner.target, error)
     }
 
-    pub(super) fn committed(&self) {
+    /// After an append of this process committed (or a pending one rolled back); `notified`
+    /// when its statement sent the notification to other processes itself.
+    pub(super) fn committed(&self, notified: bool) {
         self.inner
             .signal
-            .committed(&self.inner.pool, &self.inner.sql);
+            .committed(&self.inner.pool, &self.inner.sql, notified);
     }
 }
 
@@ -211,6 +231,14 @@ impl EventStore for PostgresEventStore {
 
     async fn load_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<Event>> {
         self.load_stream_now(stream_id, from_version).await
+    }
+
+    async fn load_stream_stored(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+    ) -> Result<Vec<crate::store::StoredEvent>> {
+        self.load_stream_stored_now(stream_id, from_version).await
     }
 
     async fn stream_version(&self, stream_id: &str) -> Result<u64> {

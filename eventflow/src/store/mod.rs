@@ -19,6 +19,7 @@ pub mod dead_letter;
 pub mod follow;
 pub mod memory;
 
+pub use crate::event::{StoredEvent, StoredPayload};
 pub use dead_letter::{DeadLetterStore, InMemoryDeadLetterStore, ParkedEvent};
 
 /// Longest accepted stream id, in bytes.
@@ -216,6 +217,26 @@ pub trait EventStore: Send + Sync + 'static {
     /// # Errors
     /// Backend errors.
     async fn load_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<Event>>;
+
+    /// [`load_stream`](Self::load_stream) reduced to what folding an aggregate needs, the
+    /// payload as the store holds it (see [`StoredEvent`]): `Repository::load` reads this and
+    /// decodes each payload once, into the typed event. The default maps `load_stream`;
+    /// PostgreSQL selects only those columns and hands the payload over as JSON text.
+    ///
+    /// # Errors
+    /// Backend errors.
+    async fn load_stream_stored(
+        &self,
+        stream_id: &str,
+        from_version: u64,
+    ) -> Result<Vec<StoredEvent>> {
+        Ok(self
+            .load_stream(stream_id, from_version)
+            .await?
+            .into_iter()
+            .map(StoredEvent::from_event)
+            .collect())
+    }
 
     /// The current version of `stream_id` (0 when it does not exist).
     ///

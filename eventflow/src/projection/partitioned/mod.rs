@@ -154,6 +154,8 @@ pub(crate) struct PartitionSpec {
     /// `<name>#<partition>`.
     pub(crate) checkpoint: String,
     pub(crate) lease: Lease,
+    /// Bounds the batch transaction's idle time on PostgreSQL.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) lease_ttl: Duration,
 }
 
