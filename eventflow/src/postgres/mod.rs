@@ -92,6 +92,7 @@
 
 mod append;
 mod checkpoint;
+mod config;
 mod connect;
 mod dead_letter;
 mod error;
@@ -131,6 +132,7 @@ pub use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 
 pub use append::PendingAppend;
 pub use checkpoint::PostgresCheckpointStore;
+pub use config::PostgresConfig;
 pub use dead_letter::PostgresDeadLetterStore;
 pub use projection::{PgProjection, PgTransaction, projection_runner};
 pub use saga::PostgresSagaStore;

@@ -253,6 +253,10 @@ const PARK_UNDECODABLE: &str = "WITH marked AS ( \
         (id, source, event_id, event, reason, error, attempts, parked_at) \
      SELECT $1, $2, event_id, $4, $5, $6, $7, $8 FROM marked RETURNING id";
 
+/// Takes the session-level advisory lock of a schema's migrations (`$1`, see
+/// `Schema::migration_lock_key`); closing the session releases it.
+pub(crate) const ADVISORY_LOCK: &str = "SELECT pg_advisory_lock($1)";
+
 /// The backend's statements with the table names of one schema filled in.
 #[derive(Clone)]
 pub(crate) struct Sql {

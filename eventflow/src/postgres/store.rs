@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use super::checkpoint::PostgresCheckpointStore;
+use super::config::PostgresConfig;
 use super::connect::{connect_pool, describe, migrate_schema};
 use super::error::map_sqlx;
 use super::schema::{DEFAULT_SCHEMA, Schema};
@@ -126,18 +127,36 @@ impl PostgresEventStore {
         }
     }
 
-    /// Connects a pool of up to 10 connections to `url` and returns a store over it, in the
-    /// [`DEFAULT_SCHEMA`].
+    /// Connects to `url` with the default [`PostgresConfig`] (a pool of up to 10 connections,
+    /// 5 s connect timeout) and returns a store over it, in the [`DEFAULT_SCHEMA`].
     ///
     /// # Errors
-    /// [`Error::Connect`] when the server cannot be reached, [`Error::InvalidArgument`] for a bad
-    /// URL.
+    /// [`Error::Connect`] when the server cannot be reached within 5 s,
+    /// [`Error::InvalidArgument`] for a bad URL.
     pub async fn connect(url: &str) -> Result<Self> {
-        Ok(Self::new(connect_pool(url).await?))
+        Self::connect_with(PostgresConfig::new(url)).await
+    }
+
+    /// Connects as `config` says (pool size, timeouts, TLS, application name) and returns a
+    /// store over the pool, in `config.schema`. One connection is made and closed to check the
+    /// server is reachable; the pool then connects on demand.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when no connection is made within `config.connect_timeout` (a server
+    /// that is down, refuses TLS or the credentials), [`Error::InvalidArgument`] for a bad URL
+    /// or configuration. Neither ever shows the password.
+    pub async fn connect_with(config: PostgresConfig) -> Result<Self> {
+        let pool = connect_pool(&config).await?;
+        Self::builder(pool)
+            .schema(config.schema)
+            .poll_interval(config.poll_interval)
+            .build()
     }
 
     /// Applies the embedded migrations to this store's schema, creating the schema if needed.
-    /// Safe to call again and from several processes at once (sqlx takes an advisory lock).
+    /// Safe to call again and from any number of processes at once: the whole migration, the
+    /// schema's creation included, runs on a connection of its own under one advisory lock per
+    /// schema, so one process applies and the others wait, then find nothing left to do.
     ///
     /// # Errors
     /// [`Error::Connect`] or [`Error::Backend`].

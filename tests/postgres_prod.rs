@@ -1,0 +1,411 @@
+//! PostgreSQL in production: [`PostgresConfig`] (timeouts, pool, statement timeout,
+//! application name), TLS against a private server with `ssl=on` and a test-made CA, migrations
+//! from many pools at once, and futures that are `Send`.
+//!
+//! The TLS tests share one private server per test binary
+//! ([`PgServer::shared`](eventflow_tests::pg_server::PgServer::shared)); everything else uses the
+//! shared server (`DATABASE_URL`) in schemas of its own.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use eventflow::postgres::{PgSslMode, PostgresConfig, PostgresEventStore};
+use eventflow::{Error, Event, EventCriteria, EventStore, ExpectedVersion};
+use eventflow_tests::pg_server::{CERT_USER, PgServer};
+use eventflow_tests::{database_url, free_port, unique};
+use serde_json::json;
+use sqlx::PgPool;
+
+fn ev(n: u64) -> Event {
+    Event::new("prod.tested", json!({ "n": n })).unwrap()
+}
+
+/// The error and every source below it, as `Display` and `Debug` print them.
+fn error_text(error: &Error) -> String {
+    let mut text = format!("{error} {error:?}");
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        text.push_str(&format!(" | {s} {s:?}"));
+        source = s.source();
+    }
+    text
+}
+
+async fn drop_schema(pool: &PgPool, schema: &str) {
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn connect_to_a_closed_port_fails_within_the_timeout_without_the_password() {
+    let port = free_port(); // nothing listens there
+    let mut config =
+        PostgresConfig::new(format!("postgres://app:url-secret-1@127.0.0.1:{port}/app"));
+    config.password = Some("field-secret-2".into());
+    config.connect_timeout = Duration::from_secs(1);
+    let started = Instant::now();
+    let error = PostgresEventStore::connect_with(config).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
+    let text = error_text(&error);
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(!text.contains("secret"), "{text}");
+}
+
+#[tokio::test]
+async fn connect_to_a_server_that_never_answers_fails_within_the_timeout() {
+    // Accepts the TCP connection and never says a word: only the timeout can end the wait.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let mut config = PostgresConfig::new(format!("postgres://app:s3cret@127.0.0.1:{port}/app"));
+    config.connect_timeout = Duration::from_secs(1);
+    let started = Instant::now();
+    let error = PostgresEventStore::connect_with(config).await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_millis(1500),
+        "{elapsed:?}"
+    );
+    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
+    assert!(!error_text(&error).contains("s3cret"));
+    held.abort();
+}
+
+#[tokio::test]
+async fn config_sets_pool_size_statement_timeout_and_application_name() {
+    let schema = unique("evprod_cfg");
+    let mut config = PostgresConfig::new(database_url());
+    config.schema = schema.clone();
+    config.max_connections = 3;
+    config.statement_timeout = Some(Duration::from_millis(200));
+    config.application_name = schema.clone();
+    let store = PostgresEventStore::connect_with(config).await.unwrap();
+    assert_eq!(store.schema(), schema);
+    store.migrate().await.unwrap();
+    store
+        .append("s-1", ExpectedVersion::NoStream, ev(1))
+        .await
+        .unwrap();
+    let pool = store.pool();
+    assert_eq!(pool.options().get_max_connections(), 3);
+    assert!(!pool.options().get_test_before_acquire());
+    let name: String = sqlx::query_scalar("SELECT current_setting('application_name')")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(name, schema);
+    let slow = sqlx::query("SELECT pg_sleep(2)")
+        .execute(pool)
+        .await
+        .unwrap_err();
+    let code = slow.as_database_error().and_then(|e| e.code()).unwrap();
+    assert_eq!(code, "57014", "{slow}");
+    drop_schema(pool, &schema).await;
+}
+
+#[tokio::test]
+async fn bad_configurations_are_rejected_before_connecting() {
+    let mut config = PostgresConfig::new(database_url());
+    config.max_connections = 0;
+    let error = PostgresEventStore::connect_with(config).await.unwrap_err();
+    assert!(matches!(error, Error::InvalidArgument(_)), "{error:?}");
+    let error =
+        PostgresEventStore::connect_with(PostgresConfig::new("postgres://u:hunter2@h:notaport/db"))
+            .await
+            .unwrap_err();
+    assert!(matches!(error, Error::InvalidArgument(_)), "{error:?}");
+    assert!(
+        !error_text(&error).contains("hunter2"),
+        "{}",
+        error_text(&error)
+    );
+}
+
+/// 8 pools migrate one new schema at once, 20 times over: before the whole migration ran
+/// under one lock, `CREATE SCHEMA IF NOT EXISTS` raced and failed with 23505.
+#[tokio::test]
+async fn eight_pools_migrate_one_new_schema_at_once() {
+    let mut stores = Vec::new();
+    for _ in 0..8 {
+        let mut config = PostgresConfig::new(database_url());
+        config.max_connections = 1;
+        stores.push(PostgresEventStore::connect_with(config).await.unwrap());
+    }
+    for round in 0..20 {
+        let schema = unique("evprod_mig");
+        let tasks: Vec<_> = stores
+            .iter()
+            .map(|store| {
+                let pool = store.pool().clone();
+                let schema = schema.clone();
+                // `tokio::spawn`: the future is `Send`.
+                tokio::spawn(
+                    async move { PostgresEventStore::migrate_schema(&pool, &schema).await },
+                )
+            })
+            .collect();
+        for task in tasks {
+            task.await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: {}", error_text(&e)));
+        }
+        let store = PostgresEventStore::builder(stores[0].pool().clone())
+            .schema(&schema)
+            .build()
+            .unwrap();
+        store
+            .append("s", ExpectedVersion::NoStream, ev(1))
+            .await
+            .unwrap();
+        drop_schema(stores[0].pool(), &schema).await;
+    }
+}
+
+/// Every public future of the store can be handed to `tokio::spawn` (this test does not
+/// compile otherwise), and each does its work.
+#[tokio::test]
+async fn every_public_future_is_send() {
+    let schema = unique("evprod_send");
+    let mut config = PostgresConfig::new(database_url());
+    config.schema = schema.clone();
+    let store = tokio::spawn(PostgresEventStore::connect_with(config))
+        .await
+        .unwrap()
+        .unwrap();
+    let s = store.clone();
+    tokio::spawn(async move { s.migrate().await })
+        .await
+        .unwrap()
+        .unwrap();
+    let (pool, name) = (store.pool().clone(), schema.clone());
+    tokio::spawn(async move { PostgresEventStore::migrate_schema(&pool, &name).await })
+        .await
+        .unwrap()
+        .unwrap();
+    let url = database_url();
+    tokio::spawn(async move { PostgresEventStore::connect(&url).await.map(|_| ()) })
+        .await
+        .unwrap()
+        .unwrap();
+    let s = store.clone();
+    tokio::spawn(async move { s.append("a", ExpectedVersion::NoStream, ev(1)).await })
+        .await
+        .unwrap()
+        .unwrap();
+    let s = store.clone();
+    tokio::spawn(async move {
+        s.append_batch("a", ExpectedVersion::Exact(1), vec![ev(2)])
+            .await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let s = store.clone();
+    let pending = tokio::spawn(async move {
+        s.begin_append("b", ExpectedVersion::NoStream, vec![ev(3)])
+            .await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    tokio::spawn(pending.commit()).await.unwrap().unwrap();
+    let s = store.clone();
+    let pending =
+        tokio::spawn(async move { s.begin_append("c", ExpectedVersion::Any, vec![ev(4)]).await })
+            .await
+            .unwrap()
+            .unwrap();
+    tokio::spawn(pending.rollback()).await.unwrap().unwrap();
+    let s = store.clone();
+    let loaded = tokio::spawn(async move { s.load_stream("a", 0).await })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.len(), 2);
+    let s = store.clone();
+    assert_eq!(
+        tokio::spawn(async move { s.stream_version("b").await })
+            .await
+            .unwrap()
+            .unwrap(),
+        1
+    );
+    let s = store.clone();
+    let all = tokio::spawn(async move { s.load(&EventCriteria::default()).await })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(all.len(), 3);
+    let s = store.clone();
+    assert_eq!(
+        tokio::spawn(async move { s.read_all(0, 10).await })
+            .await
+            .unwrap()
+            .unwrap()
+            .len(),
+        3
+    );
+    let s = store.clone();
+    assert!(
+        tokio::spawn(async move { s.head_position().await })
+            .await
+            .unwrap()
+            .unwrap()
+            > 0
+    );
+    let s = store.clone();
+    let (seen, handler) = eventflow_tests::recorder();
+    let subscription = tokio::spawn(async move {
+        s.subscribe_dyn(EventCriteria::default(), Default::default(), handler)
+            .await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    eventflow_tests::eventually("3 events through the subscription", || {
+        seen.lock().unwrap().len() == 3
+    })
+    .await;
+    drop(subscription);
+    drop_schema(store.pool(), &schema).await;
+}
+
+// ---- TLS, against the private server ----
+
+fn tls_config(user: &str, host: &str, mode: PgSslMode) -> PostgresConfig {
+    let server = PgServer::shared();
+    let mut config = PostgresConfig::new(format!(
+        "postgres://{user}:tls-secret@{host}:{}/postgres",
+        server.port()
+    ));
+    config.ssl_mode = Some(mode);
+    config.ssl_root_cert = Some(server.ca_cert());
+    config.connect_timeout = Duration::from_secs(10);
+    config.max_connections = 2;
+    config
+}
+
+/// Whether the store's connection is encrypted, as the server sees it.
+async fn uses_tls(store: &PostgresEventStore) -> bool {
+    sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+async fn round_trip(store: &PostgresEventStore) {
+    let schema = unique("evprod_tls");
+    let store = PostgresEventStore::builder(store.pool().clone())
+        .schema(&schema)
+        .build()
+        .unwrap();
+    store.migrate().await.unwrap();
+    let stored = store
+        .append("tls-1", ExpectedVersion::NoStream, ev(1))
+        .await
+        .unwrap();
+    assert_eq!(store.load_stream("tls-1", 0).await.unwrap(), vec![stored]);
+    drop_schema(store.pool(), &schema).await;
+}
+
+#[tokio::test]
+async fn tls_require_verify_ca_verify_full_and_prefer_connect_encrypted() {
+    for mode in [
+        PgSslMode::Require,
+        PgSslMode::VerifyCa,
+        PgSslMode::VerifyFull,
+        PgSslMode::Prefer,
+    ] {
+        let store = PostgresEventStore::connect_with(tls_config("postgres", "127.0.0.1", mode))
+            .await
+            .unwrap_or_else(|e| panic!("{mode:?}: {}", error_text(&e)));
+        assert!(uses_tls(&store).await, "{mode:?} connected in clear text");
+        round_trip(&store).await;
+    }
+    // The host name in the URL is checked too, not only the IP address.
+    let store = PostgresEventStore::connect_with(tls_config(
+        "postgres",
+        "localhost",
+        PgSslMode::VerifyFull,
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("localhost: {}", error_text(&e)));
+    assert!(uses_tls(&store).await);
+}
+
+#[tokio::test]
+async fn tls_verify_full_refuses_a_certificate_for_another_host() {
+    // 127.0.0.2 reaches the same server, whose certificate names 127.0.0.1 and localhost.
+    let error = PostgresEventStore::connect_with(tls_config(
+        "postgres",
+        "127.0.0.2",
+        PgSslMode::VerifyFull,
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
+    let text = error_text(&error);
+    assert!(text.to_lowercase().contains("certificate"), "{text}");
+    assert!(!text.contains("tls-secret"), "{text}");
+}
+
+#[tokio::test]
+async fn tls_verify_ca_refuses_a_server_signed_by_an_unknown_ca() {
+    let mut config = tls_config("postgres", "127.0.0.1", PgSslMode::VerifyCa);
+    config.ssl_root_cert = None; // the system's roots only
+    let error = PostgresEventStore::connect_with(config).await.unwrap_err();
+    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
+    assert!(error_text(&error).to_lowercase().contains("certificate"));
+}
+
+#[tokio::test]
+async fn clear_text_against_a_tls_only_server_fails_clearly() {
+    let error =
+        PostgresEventStore::connect_with(tls_config("postgres", "127.0.0.1", PgSslMode::Disable))
+            .await
+            .unwrap_err();
+    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
+    let text = error_text(&error);
+    // The server's own reason: no pg_hba.conf entry for an unencrypted connection.
+    assert!(
+        text.contains("pg_hba.conf") && text.contains("no encryption"),
+        "{text}"
+    );
+    assert!(!text.contains("tls-secret"), "{text}");
+}
+
+#[tokio::test]
+async fn tls_client_certificate_authenticates() {
+    let server = PgServer::shared();
+    let (cert, key) = server.client_cert();
+    // Without the certificate the server refuses the user.
+    let error =
+        PostgresEventStore::connect_with(tls_config(CERT_USER, "127.0.0.1", PgSslMode::VerifyFull))
+            .await
+            .unwrap_err();
+    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
+    let mut config = tls_config(CERT_USER, "127.0.0.1", PgSslMode::VerifyFull);
+    config.ssl_client_cert = Some(cert);
+    config.ssl_client_key = Some(key);
+    let store = PostgresEventStore::connect_with(config)
+        .await
+        .unwrap_or_else(|e| panic!("{}", error_text(&e)));
+    let user: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(user, CERT_USER);
+    assert!(uses_tls(&store).await);
+}
