@@ -409,3 +409,188 @@ async fn tls_client_certificate_authenticates() {
     assert_eq!(user, CERT_USER);
     assert!(uses_tls(&store).await);
 }
+
+// ---- Appending inside the caller's transaction ----
+
+/// A migrated store in a schema of its own, with a `customers` table of the "service".
+async fn outbox_store() -> (PostgresEventStore, String) {
+    let schema = unique("evprod_tx");
+    let mut config = PostgresConfig::new(database_url());
+    config.schema = schema.clone();
+    config.poll_interval = Duration::from_millis(100);
+    let store = PostgresEventStore::connect_with(config).await.unwrap();
+    store.migrate().await.unwrap();
+    sqlx::query(&format!(
+        "CREATE TABLE \"{schema}\".customers (id text PRIMARY KEY, name text NOT NULL)"
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    (store, schema)
+}
+
+async fn customer_count(store: &PostgresEventStore, schema: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM \"{schema}\".customers"))
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn append_in_commits_with_the_callers_row_and_is_relayed_rollback_leaves_neither() {
+    use eventflow::WithBus;
+    use eventflow::testing::RecordingBus;
+    use std::sync::Arc;
+    let (store, schema) = outbox_store().await;
+    let bus = Arc::new(RecordingBus::new());
+    let relayed = store.clone().with_bus(bus.clone());
+    let insert = format!("INSERT INTO \"{schema}\".customers (id, name) VALUES ($1, $2)");
+
+    // Rolled back: neither the row nor the event, ever.
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query(&insert)
+        .bind("c-0")
+        .bind("Nobody")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let doomed = store
+        .append_in(&mut tx, "customer-c-0", ExpectedVersion::NoStream, ev(0))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+
+    // Committed: both.
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query(&insert)
+        .bind("c-1")
+        .bind("Ada")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let created = store
+        .append_in(&mut tx, "customer-c-1", ExpectedVersion::NoStream, ev(1))
+        .await
+        .unwrap();
+    // Not visible to others before the commit.
+    assert!(
+        store
+            .load_stream("customer-c-1", 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tx.commit().await.unwrap();
+
+    assert_eq!(customer_count(&store, &schema).await, 1);
+    assert_eq!(
+        store.load_stream("customer-c-1", 0).await.unwrap(),
+        vec![created.clone()]
+    );
+    assert!(
+        store
+            .load_stream("customer-c-0", 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The relay publishes the committed event; a marker appended after it shows that the
+    // rolled-back one was not merely late.
+    let marker = store
+        .append("marker", ExpectedVersion::NoStream, ev(2))
+        .await
+        .unwrap();
+    eventflow_tests::eventually("the marker on the bus", || {
+        bus.events().iter().any(|e| e.id == marker.id)
+    })
+    .await;
+    let published: Vec<_> = bus.events().iter().map(|e| e.id).collect();
+    assert_eq!(published, vec![created.id, marker.id]);
+    assert!(!published.contains(&doomed.id));
+    drop(relayed);
+    drop_schema(store.pool(), &schema).await;
+}
+
+#[tokio::test]
+async fn append_in_keeps_the_conflict_and_idempotency_rules_and_the_transaction_usable() {
+    let (store, schema) = outbox_store().await;
+    let first = store
+        .append("acct-1", ExpectedVersion::NoStream, ev(1))
+        .await
+        .unwrap();
+
+    let mut tx = store.pool().begin().await.unwrap();
+    // A version conflict: a typed error, and the transaction goes on.
+    let error = store
+        .append_in(&mut tx, "acct-1", ExpectedVersion::NoStream, ev(2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Conflict { actual: 1, .. }),
+        "{error:?}"
+    );
+    // The same event again (committed earlier): the stored copy comes back.
+    let again = store
+        .append_in(&mut tx, "acct-1", ExpectedVersion::NoStream, first.clone())
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    // The same id in another stream: a duplicate.
+    let error = store
+        .append_in(&mut tx, "acct-2", ExpectedVersion::Any, first.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::DuplicateEvent { .. }), "{error:?}");
+    // Several appends in one transaction: their positions follow each other.
+    let a = store
+        .append_batch_in(
+            &mut tx,
+            "acct-1",
+            ExpectedVersion::Exact(1),
+            vec![ev(3), ev(4)],
+        )
+        .await
+        .unwrap();
+    let b = store
+        .append_in(&mut tx, "acct-3", ExpectedVersion::NoStream, ev(5))
+        .await
+        .unwrap();
+    // An event appended earlier in this transaction: the copy of this transaction comes back.
+    let b_again = store
+        .append_in(&mut tx, "acct-3", ExpectedVersion::NoStream, b.clone())
+        .await
+        .unwrap();
+    assert_eq!(b_again, b);
+    let positions: Vec<u64> = a.iter().chain([&b]).map(|e| e.position.unwrap()).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    sqlx::query(&format!(
+        "INSERT INTO \"{schema}\".customers (id, name) VALUES ('c', 'still usable')"
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(customer_count(&store, &schema).await, 1);
+    let versions: Vec<u64> = store
+        .load_stream("acct-1", 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.stream_version.unwrap())
+        .collect();
+    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(store.load_stream("acct-3", 0).await.unwrap(), vec![b]);
+    let read: Vec<_> = store.read_all(0, 10).await.unwrap();
+    assert_eq!(read.len(), 4);
+
+    // Outside a transaction: refused, nothing written.
+    let mut conn = store.pool().acquire().await.unwrap();
+    let error = store
+        .append_in(&mut conn, "acct-4", ExpectedVersion::Any, ev(6))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidArgument(_)), "{error:?}");
+    drop(conn);
+    assert_eq!(store.stream_version("acct-4").await.unwrap(), 0);
+    drop_schema(store.pool(), &schema).await;
+}

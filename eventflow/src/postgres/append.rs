@@ -13,7 +13,7 @@ use crate::store::{EventStore, ExpectedVersion, validate_stream_id};
 
 /// How many times an append with [`ExpectedVersion::Any`] retries after losing a race for the
 /// next version of its stream.
-const ANY_VERSION_RETRIES: usize = 64;
+pub(super) const ANY_VERSION_RETRIES: usize = 64;
 
 impl PostgresEventStore {
     /// Appends like [`append_batch`](EventStore::append_batch) but leaves the transaction open:
@@ -61,7 +61,7 @@ impl PostgresEventStore {
     }
 
     /// Validates and encodes a batch.
-    fn prepare(&self, stream_id: &str, events: &mut [Event]) -> Result<Columns> {
+    pub(super) fn prepare(&self, stream_id: &str, events: &mut [Event]) -> Result<Columns> {
         validate_stream_id(stream_id)?;
         crate::event::validate_owned(events)?;
         if events.len() > MAX_EVENTS_PER_TX {
@@ -145,7 +145,7 @@ impl PostgresEventStore {
 }
 
 /// `-1` for any version, else the version the stream must be at.
-fn expected_bind(expected: ExpectedVersion) -> Result<i64> {
+pub(super) fn expected_bind(expected: ExpectedVersion) -> Result<i64> {
     match expected {
         ExpectedVersion::Any => Ok(-1),
         ExpectedVersion::NoStream => Ok(0),
@@ -210,7 +210,7 @@ async fn insert(
 /// Sets `stream_id`, `stream_version` and `position` on the appended events, replacing whatever
 /// the caller (or a bus message) put there: they are store-owned, and the rows never hold the
 /// caller's values (the append does not write them).
-fn fill(stream_id: &str, events: &mut [Event], positions: &[(i64, i64)]) {
+pub(super) fn fill(stream_id: &str, events: &mut [Event], positions: &[(i64, i64)]) {
     for (event, &(position, version)) in events.iter_mut().zip(positions) {
         event.stream_id = Some(stream_id.to_owned());
         event.stream_version = u64::try_from(version).ok();

@@ -96,6 +96,7 @@ mod config;
 mod connect;
 mod dead_letter;
 mod error;
+mod in_transaction;
 mod projection;
 mod read;
 mod rows;
@@ -128,7 +129,7 @@ mod tests;
 /// # Ok(())
 /// # }
 /// ```
-pub use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+pub use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgSslMode};
 
 pub use append::PendingAppend;
 pub use checkpoint::PostgresCheckpointStore;

@@ -71,6 +71,31 @@ SELECT (tx.id << 20) + 1, tx.id, $3::uuid, $1, cur.version + 1, $4::text, $5::in
  WHERE $2::bigint < 0 OR cur.version = $2::bigint
 RETURNING position, stream_version";
 
+/// [`APPEND`] inside a caller's transaction (`append_in`), which may append more than once:
+/// the events are numbered after those this transaction appended already (the highest
+/// position in its range `[xid << 20, (xid + 1) << 20)`, found on the primary key), so a
+/// second append of the same transaction continues its positions instead of colliding.
+const APPEND_IN_TX: &str = "
+WITH ins AS (
+INSERT INTO {events} (position, transaction_id, event_id, stream_id, stream_version, event_type,
+                      schema_version, payload, metadata, tenant_id, correlation_id, causation_id,
+                      source, occurred_at)
+SELECT base.p + b.n, tx.id, b.event_id, $1, cur.version + b.n, b.event_type,
+       b.schema_version, b.payload::jsonb, b.metadata::jsonb, b.tenant_id, b.correlation_id,
+       b.causation_id, b.source, b.occurred_at
+  FROM (SELECT pg_current_xact_id()::text::bigint AS id) tx
+       CROSS JOIN LATERAL (SELECT coalesce(max(position), tx.id << 20) AS p FROM {events}
+                            WHERE position >= tx.id << 20 AND position < (tx.id + 1) << 20) base,
+       (SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1) cur,
+       unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::text[], $9::text[],
+              $10::text[], $11::text[], $12::timestamptz[])
+       WITH ORDINALITY AS b(event_id, event_type, schema_version, payload, metadata, tenant_id,
+                            correlation_id, causation_id, source, occurred_at, n)
+ WHERE $2::bigint < 0 OR cur.version = $2::bigint
+RETURNING position, stream_version
+)
+SELECT min(position), min(stream_version), count(*) FROM ins";
+
 const STREAM_VERSION: &str =
     "SELECT coalesce(max(stream_version), 0) FROM {events} WHERE stream_id = $1";
 
@@ -263,6 +288,7 @@ pub(crate) struct Sql {
     pub(crate) schema: Schema,
     pub(crate) append: String,
     pub(crate) append_one: String,
+    pub(crate) append_in_tx: String,
     pub(crate) stream_version: String,
     pub(crate) load_stream: String,
     pub(crate) events_by_id: String,
@@ -323,6 +349,7 @@ impl Sql {
         Sql {
             append: fill(APPEND),
             append_one: fill(APPEND_ONE),
+            append_in_tx: fill(APPEND_IN_TX),
             stream_version: fill(STREAM_VERSION),
             load_stream: fill(LOAD_STREAM),
             events_by_id: fill(EVENTS_BY_ID),
@@ -370,6 +397,12 @@ impl Sql {
         format!("SET search_path TO {}", self.schema.quoted())
     }
 
+    /// `NOTIFY` on this schema's channel: sent inside a caller's transaction by `append_in`,
+    /// so it is delivered when that transaction commits and never when it rolls back.
+    pub(crate) fn notify_in_tx(&self) -> String {
+        format!("NOTIFY \"{}\"", self.channel())
+    }
+
     /// The `LISTEN`/`NOTIFY` channel of this schema.
     pub(crate) fn channel(&self) -> String {
         self.schema.channel()
@@ -386,6 +419,7 @@ mod tests {
         for text in [
             &sql.append,
             &sql.append_one,
+            &sql.append_in_tx,
             &sql.stream_version,
             &sql.load_stream,
             &sql.events_by_id,
