@@ -594,3 +594,167 @@ async fn append_in_keeps_the_conflict_and_idempotency_rules_and_the_transaction_
     assert_eq!(store.stream_version("acct-4").await.unwrap(), 0);
     drop_schema(store.pool(), &schema).await;
 }
+
+// ---- Position continuity ----
+
+/// A store restored (`pg_dump` | `pg_restore`) into a new database of the private cluster,
+/// whose transaction-id counter is far younger than the shared server's: new positions go on
+/// above the old ones, and the relay, whose checkpoint came along with the dump, publishes
+/// them (before the fix it skipped them: their positions were below its checkpoint).
+#[tokio::test]
+async fn after_a_restore_into_a_younger_cluster_positions_continue_and_nothing_is_skipped() {
+    use eventflow::testing::RecordingBus;
+    use eventflow::{CheckpointStore, WithBus};
+    use eventflow_tests::pg_server::bin;
+    use std::sync::Arc;
+    let server = PgServer::shared();
+    let schema = unique("evprod_dump");
+    let mut config = PostgresConfig::new(database_url());
+    config.schema = schema.clone();
+    config.poll_interval = Duration::from_millis(100);
+    let old = PostgresEventStore::connect_with(config).await.unwrap();
+    old.migrate().await.unwrap();
+    let bus = Arc::new(RecordingBus::new());
+    let relayed = old.clone().with_bus(bus.clone());
+    let mut before = Vec::new();
+    for n in 0..3 {
+        before.push(
+            relayed
+                .append("dumped", ExpectedVersion::Any, ev(n))
+                .await
+                .unwrap(),
+        );
+    }
+    let old_max = before.last().unwrap().position.unwrap();
+    eventflow_tests::eventually("the relay's checkpoint at the last event", || {
+        bus.len() == 3
+    })
+    .await;
+    relayed.flush(Duration::from_secs(20)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while old.checkpoints().load_checkpoint("relay").await.unwrap() != old_max {
+        assert!(Instant::now() < deadline, "relay checkpoint not saved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(relayed);
+
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("store.dump");
+    let out = std::process::Command::new(bin("pg_dump"))
+        .arg(format!("--dbname={}", database_url()))
+        .args(["-Fc", "-n", &schema, "-f"])
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop_schema(old.pool(), &schema).await;
+    let database = unique("restored");
+    server.psql(&format!("CREATE DATABASE {database}"));
+    let out = std::process::Command::new(bin("pg_restore"))
+        .args(["-U", "postgres", "-h"])
+        .arg(server.socket_dir())
+        .args(["-p", &server.port().to_string(), "-d", &database])
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let next_xid: i64 = server
+        .psql_in(&database, "SELECT pg_current_xact_id()::text::bigint")
+        .parse()
+        .unwrap();
+    assert!(
+        next_xid << 20 < i64::try_from(old_max).unwrap(),
+        "the private cluster is not younger (xid {next_xid}, old position {old_max}): the test \
+         would prove nothing"
+    );
+
+    let mut config = tls_config("postgres", "127.0.0.1", PgSslMode::Require);
+    config.url = server.url("postgres", &database);
+    config.schema = schema.clone();
+    config.poll_interval = Duration::from_millis(100);
+    let restored = PostgresEventStore::connect_with(config).await.unwrap();
+    // No migrate(): the first append checks by itself.
+    let bus = Arc::new(RecordingBus::new());
+    let relayed = restored.clone().with_bus(bus.clone());
+    let mut after = Vec::new();
+    for n in 10..12 {
+        after.push(
+            relayed
+                .append("dumped", ExpectedVersion::Any, ev(n))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut concurrent = Vec::new();
+    for n in 0..4 {
+        let s = restored.clone();
+        concurrent.push(tokio::spawn(async move {
+            s.append(&format!("other-{n}"), ExpectedVersion::NoStream, ev(20 + n))
+                .await
+        }));
+    }
+    for task in concurrent {
+        after.push(task.await.unwrap().unwrap());
+    }
+    after.sort_by_key(|e| e.position);
+    for event in &after {
+        assert!(
+            event.position.unwrap() > old_max,
+            "{event:?} at or below {old_max}"
+        );
+    }
+    assert_eq!(
+        restored.read_all(old_max, 100).await.unwrap().len(),
+        after.len()
+    );
+    // The relay resumes from the restored checkpoint and skips nothing.
+    eventflow_tests::eventually("the new events on the bus", || bus.len() >= after.len()).await;
+    let published: Vec<_> = bus.events().iter().map(|e| e.id).collect();
+    assert_eq!(published, after.iter().map(|e| e.id).collect::<Vec<_>>());
+    // migrate() afterwards changes nothing.
+    restored.migrate().await.unwrap();
+    let more = restored
+        .append("dumped", ExpectedVersion::Any, ev(30))
+        .await
+        .unwrap();
+    assert!(more.position > after.last().unwrap().position);
+    drop(relayed);
+    restored.pool().close().await;
+}
+
+/// Past 2^43 transaction ids (here: the offset set close to it) `transaction_id << 20` would
+/// wrap silently; the append is refused with a typed error instead, and nothing is written.
+#[tokio::test]
+async fn positions_past_two_to_the_43_are_refused() {
+    let schema = unique("evprod_limit");
+    let mut config = PostgresConfig::new(database_url());
+    config.schema = schema.clone();
+    let store = PostgresEventStore::connect_with(config).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+        .append("s", ExpectedVersion::NoStream, ev(1))
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "UPDATE \"{schema}\".position_base SET xid_offset = (1::bigint << 43) - 1"
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let error = store
+        .append("s", ExpectedVersion::Exact(1), ev(2))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::PositionsExhausted(_)), "{error:?}");
+    assert!(error.is_permanent());
+    assert_eq!(store.stream_version("s").await.unwrap(), 1);
+    drop_schema(store.pool(), &schema).await;
+}

@@ -35,6 +35,7 @@ impl PostgresEventStore {
     ) -> Result<PendingAppend> {
         let columns = self.prepare(stream_id, &mut events)?;
         let expected_bind = expected_bind(expected)?;
+        self.ensure_positions_continue().await?;
         let map = |e| map_sqlx(&self.inner.target, e);
         let mut tx = self.inner.pool.begin().await.map_err(map)?;
         let recorded = insert(&self.inner.sql, &mut tx, stream_id, expected_bind, &columns).await;
@@ -279,6 +280,7 @@ impl PostgresEventStore {
             expected.check(stream_id, actual)?;
             return Ok(Vec::new());
         }
+        self.ensure_positions_continue().await?;
         let mut attempts = 0;
         loop {
             attempts += 1;

@@ -109,6 +109,10 @@ pub(crate) async fn migrate_schema(pool: &PgPool, sql: &Sql) -> Result<()> {
         .await
         .map_err(map)?;
     let result = async {
+        // Waiting for another process's migration, or a long one, is not a slow statement.
+        conn.execute("SET statement_timeout = 0")
+            .await
+            .map_err(map)?;
         sqlx::query(super::sql::ADVISORY_LOCK)
             .bind(sql.schema.migration_lock_key())
             .execute(&mut conn)
@@ -123,7 +127,12 @@ pub(crate) async fn migrate_schema(pool: &PgPool, sql: &Sql) -> Result<()> {
         MIGRATOR
             .run_direct(&mut conn)
             .await
-            .map_err(|e| Error::backend(BACKEND, e))
+            .map_err(|e| Error::backend(BACKEND, e))?;
+        // After a restore into another cluster: move new positions above the stored ones.
+        super::continuity::continue_positions(&mut conn, sql)
+            .await
+            .map_err(map)?;
+        Ok(())
     }
     .await;
     // Closing the session releases the lock, whatever happened above.

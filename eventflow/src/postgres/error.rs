@@ -47,6 +47,12 @@ pub(crate) fn map_sqlx(target: &str, error: sqlx::Error) -> Error {
         | sqlx::Error::WorkerCrashed => connect(error),
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            if db.constraint() == Some("events_position_bound") {
+                return Error::PositionsExhausted(format!(
+                    "transaction ids plus the schema's offset reached 2^43 (SQLSTATE {code}); \
+                     copy the events into a new store"
+                ));
+            }
             if code.starts_with("08") || matches!(code.as_str(), "57P01" | "57P02" | "57P03") {
                 connect(error)
             } else if code.starts_with("22") {

@@ -91,6 +91,7 @@ impl PostgresEventStore {
             expected.check(stream_id, actual)?;
             return Ok(Vec::new());
         }
+        self.ensure_positions_continue().await?;
         let sql = &self.inner.sql;
         let mut attempts = 0;
         loop {

@@ -94,6 +94,7 @@ mod append;
 mod checkpoint;
 mod config;
 mod connect;
+mod continuity;
 mod dead_letter;
 mod error;
 mod in_transaction;

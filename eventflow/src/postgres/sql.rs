@@ -19,8 +19,16 @@ pub(crate) const MAX_EVENTS_PER_TX: usize = (1 << TX_SHIFT) - 1;
 
 /// The highest position no running or future transaction can still write below: rows under it
 /// are final. `pg_snapshot_xmin` is the oldest transaction still running when the statement's
-/// snapshot was taken; every transaction below it has committed or rolled back.
-const SAFE_CUTOFF: &str = "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)";
+/// snapshot was taken; every transaction below it has committed or rolled back. Positions
+/// count transaction ids plus the schema's `position_base.xid_offset` (0 unless a restore
+/// moved them forward, see `migrations/0007_positions_tenants.sql`), read in the same statement.
+const SAFE_CUTOFF: &str = "((pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+     + (SELECT xid_offset FROM {schema}.position_base)) << 20)";
+
+/// The writing transaction's position base: its id plus the schema's offset (the `tx` of every
+/// append statement).
+const TX_ID: &str = "(SELECT pg_current_xact_id()::text::bigint + o.xid_offset AS id \
+     FROM {schema}.position_base o) tx";
 
 /// Columns read back into an `Event`, in the order `EventRow` expects.
 pub(crate) const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_version, event_type, \
@@ -46,7 +54,7 @@ INSERT INTO {events} (position, transaction_id, event_id, stream_id, stream_vers
 SELECT (tx.id << 20) + b.n, tx.id, b.event_id, $1, cur.version + b.n, b.event_type,
        b.schema_version, b.payload::jsonb, b.metadata::jsonb, b.tenant_id, b.correlation_id,
        b.causation_id, b.source, b.occurred_at
-  FROM (SELECT pg_current_xact_id()::text::bigint AS id) tx,
+  FROM {tx},
        (SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1) cur,
        unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::text[], $9::text[],
               $10::text[], $11::text[], $12::timestamptz[])
@@ -66,7 +74,7 @@ INSERT INTO {events} (position, transaction_id, event_id, stream_id, stream_vers
 SELECT (tx.id << 20) + 1, tx.id, $3::uuid, $1, cur.version + 1, $4::text, $5::int4,
        $6::text::jsonb, $7::text::jsonb, $8::text, $9::text, $10::text, $11::text,
        $12::timestamptz
-  FROM (SELECT pg_current_xact_id()::text::bigint AS id) tx,
+  FROM {tx},
        (SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1) cur
  WHERE $2::bigint < 0 OR cur.version = $2::bigint
 RETURNING position, stream_version";
@@ -83,7 +91,7 @@ INSERT INTO {events} (position, transaction_id, event_id, stream_id, stream_vers
 SELECT base.p + b.n, tx.id, b.event_id, $1, cur.version + b.n, b.event_type,
        b.schema_version, b.payload::jsonb, b.metadata::jsonb, b.tenant_id, b.correlation_id,
        b.causation_id, b.source, b.occurred_at
-  FROM (SELECT pg_current_xact_id()::text::bigint AS id) tx
+  FROM {tx}
        CROSS JOIN LATERAL (SELECT coalesce(max(position), tx.id << 20) AS p FROM {events}
                             WHERE position >= tx.id << 20 AND position < (tx.id + 1) << 20) base,
        (SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1) cur,
@@ -95,6 +103,29 @@ SELECT base.p + b.n, tx.id, b.event_id, $1, cur.version + b.n, b.event_type,
 RETURNING position, stream_version
 )
 SELECT min(position), min(stream_version), count(*) FROM ins";
+
+/// Whether new positions would fall at or below the stored ones: the highest stored position,
+/// and the lowest position a transaction that starts now can write (`pg_snapshot_xmax` is the
+/// first transaction id not yet assigned). In normal operation the second is always higher;
+/// after a restore into a cluster with a younger transaction-id counter it is not.
+const POSITIONS_CHECK: &str = "SELECT (SELECT coalesce(max(position), 0) FROM {events}), \
+     (pg_snapshot_xmax(pg_current_snapshot())::text::bigint \
+      + (SELECT xid_offset FROM {schema}.position_base)) << 20";
+
+/// Locks `events` against every reader and writer for the rest of the transaction: appends in
+/// flight finish first, and none starts until the offset is raised.
+const LOCK_EVENTS: &str = "LOCK TABLE {events} IN ACCESS EXCLUSIVE MODE";
+
+/// Raises the offset (under [`LOCK_EVENTS`]) so that every transaction still running or yet to
+/// start (ids from `pg_snapshot_xmin` on) writes above the highest stored position; only when
+/// new positions would not be above it already. Returns the new offset (no row: unchanged).
+const POSITIONS_RAISE: &str = "UPDATE {schema}.position_base SET \
+     xid_offset = ((SELECT max(position) FROM {events}) >> 20) + 1 \
+                  - pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
+     updated_at = now() \
+     WHERE (SELECT coalesce(max(position), 0) FROM {events}) >= \
+           (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + xid_offset) << 20 \
+     RETURNING xid_offset";
 
 const STREAM_VERSION: &str =
     "SELECT coalesce(max(stream_version), 0) FROM {events} WHERE stream_id = $1";
@@ -289,6 +320,9 @@ pub(crate) struct Sql {
     pub(crate) append: String,
     pub(crate) append_one: String,
     pub(crate) append_in_tx: String,
+    pub(crate) positions_check: String,
+    pub(crate) lock_events: String,
+    pub(crate) positions_raise: String,
     pub(crate) stream_version: String,
     pub(crate) load_stream: String,
     pub(crate) events_by_id: String,
@@ -341,6 +375,7 @@ impl Sql {
             template
                 .replace("{columns}", EVENT_COLUMNS)
                 .replace("{cutoff}", SAFE_CUTOFF)
+                .replace("{tx}", TX_ID)
                 .replace("{events}", &format!("{quoted}.events"))
                 .replace("{snapshots}", &format!("{quoted}.snapshots"))
                 .replace("{checkpoints}", &format!("{quoted}.checkpoints"))
@@ -350,6 +385,9 @@ impl Sql {
             append: fill(APPEND),
             append_one: fill(APPEND_ONE),
             append_in_tx: fill(APPEND_IN_TX),
+            positions_check: fill(POSITIONS_CHECK),
+            lock_events: fill(LOCK_EVENTS),
+            positions_raise: fill(POSITIONS_RAISE),
             stream_version: fill(STREAM_VERSION),
             load_stream: fill(LOAD_STREAM),
             events_by_id: fill(EVENTS_BY_ID),
@@ -420,6 +458,9 @@ mod tests {
             &sql.append,
             &sql.append_one,
             &sql.append_in_tx,
+            &sql.positions_check,
+            &sql.lock_events,
+            &sql.positions_raise,
             &sql.stream_version,
             &sql.load_stream,
             &sql.events_by_id,

@@ -43,6 +43,9 @@ pub(super) struct Inner {
     pub(super) poll_interval: Duration,
     pub(super) settle_timeout: Duration,
     pub(super) signal: Signal,
+    /// Whether this store checked that new positions continue above the stored ones
+    /// (`continuity.rs`).
+    pub(super) positions_checked: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for PostgresEventStore {
@@ -103,6 +106,7 @@ impl PostgresEventStoreBuilder {
                 poll_interval: self.poll_interval,
                 settle_timeout: self.settle_timeout,
                 signal: Signal::new(),
+                positions_checked: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
