@@ -25,3 +25,30 @@ INSERT INTO position_base DEFAULT VALUES;
 -- large store need not be scanned.
 ALTER TABLE events ADD CONSTRAINT events_position_bound
     CHECK (transaction_id < 8796093022208) NOT VALID;
+
+-- Tenant isolation by row-level security.
+--
+-- A tenant handle (`PostgresEventStore::tenant`, or `PostgresConfig::tenant`) sets the session
+-- setting `eventflow.tenant` on each of its connections. For a role that does not own the
+-- tables (the owner, which migrates and runs the operator's handles and the relay, and
+-- superusers bypass row-level security), the policy below lets a session see and write only
+-- the events of that tenant, and only if the operator granted the role that tenant
+-- (`PostgresEventStore::grant_tenant`, one row here): a raw `SET eventflow.tenant` to another
+-- tenant through the same connection sees nothing.
+CREATE TABLE tenant_roles (
+    role_name   text NOT NULL,
+    tenant_id   text NOT NULL,
+    CONSTRAINT tenant_roles_pkey PRIMARY KEY (role_name, tenant_id)
+);
+-- A role reads only its own grants (the policy below reads them as the current role).
+ALTER TABLE tenant_roles ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_roles_own ON tenant_roles USING (role_name = current_user);
+
+ALTER TABLE events ENABLE ROW LEVEL SECURITY;
+CREATE POLICY events_tenant ON events
+    USING (tenant_id = current_setting('eventflow.tenant', true)
+           AND EXISTS (SELECT 1 FROM tenant_roles r
+                        WHERE r.role_name = current_user AND r.tenant_id = events.tenant_id))
+    WITH CHECK (tenant_id = current_setting('eventflow.tenant', true)
+                AND EXISTS (SELECT 1 FROM tenant_roles r
+                             WHERE r.role_name = current_user AND r.tenant_id = events.tenant_id));

@@ -758,3 +758,173 @@ async fn positions_past_two_to_the_43_are_refused() {
     assert_eq!(store.stream_version("s").await.unwrap(), 1);
     drop_schema(store.pool(), &schema).await;
 }
+
+// ---- Tenants ----
+
+/// Replaces the user of `url` (`postgres://user@...`).
+fn as_user(url: &str, user: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{user}@{host}")
+}
+
+/// Two tenants, one non-owner role each: a tenant's handle reads, queries and appends its own
+/// events only, even by raw SQL through its own connection (after `SET eventflow.tenant` to the
+/// other tenant, too); the operator's handle and its relay see both.
+#[tokio::test]
+async fn tenant_handles_see_only_their_tenant_even_by_raw_sql() {
+    use eventflow::WithBus;
+    use eventflow::testing::RecordingBus;
+    use std::sync::Arc;
+    let schema = unique("evprod_ten");
+    let mut config = PostgresConfig::new(database_url());
+    config.schema = schema.clone();
+    config.poll_interval = Duration::from_millis(100);
+    let operator = PostgresEventStore::connect_with(config).await.unwrap();
+    operator.migrate().await.unwrap();
+    let roles = [unique("acme_role"), unique("globex_role")];
+    for (role, tenant) in roles.iter().zip(["acme", "globex"]) {
+        sqlx::query(&format!("CREATE ROLE {role} LOGIN"))
+            .execute(operator.pool())
+            .await
+            .unwrap();
+        operator.grant_tenant(role, tenant).await.unwrap();
+        operator.grant_tenant(role, tenant).await.unwrap(); // idempotent
+    }
+    let handle = |role: &str, tenant: &str| {
+        let mut config = PostgresConfig::new(as_user(&database_url(), role));
+        config.schema = schema.clone();
+        config.tenant = Some(tenant.to_owned());
+        PostgresEventStore::connect_with(config)
+    };
+    let acme = handle(&roles[0], "acme").await.unwrap();
+    let globex = handle(&roles[1], "globex").await.unwrap();
+    assert_eq!(acme.tenant_id(), Some("acme"));
+
+    let a1 = acme
+        .append("acme-order-1", ExpectedVersion::NoStream, ev(1))
+        .await
+        .unwrap();
+    assert_eq!(a1.metadata.tenant_id.as_deref(), Some("acme"));
+    let g1 = globex
+        .append("globex-order-1", ExpectedVersion::NoStream, ev(2))
+        .await
+        .unwrap();
+    let a2 = acme
+        .append_batch("acme-order-1", ExpectedVersion::Exact(1), vec![ev(3)])
+        .await
+        .unwrap()
+        .remove(0);
+
+    // Reads: each tenant its own.
+    let ids = |events: Vec<Event>| events.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(acme.read_all(0, 100).await.unwrap()),
+        vec![a1.id, a2.id]
+    );
+    assert_eq!(ids(globex.read_all(0, 100).await.unwrap()), vec![g1.id]);
+    assert!(
+        acme.load_stream("globex-order-1", 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(acme.stream_version("globex-order-1").await.unwrap(), 0);
+    // Criteria naming the other tenant find nothing.
+    let mut criteria = EventCriteria {
+        tenant_id: Some("globex".into()),
+        ..Default::default()
+    };
+    assert!(acme.load(&criteria).await.unwrap().is_empty());
+    assert_eq!(ids(globex.load(&criteria).await.unwrap()), vec![g1.id]);
+    criteria.tenant_id = None;
+    criteria.stream_id = Some("globex-order-1".into());
+    assert!(acme.load(&criteria).await.unwrap().is_empty());
+
+    // Appends: another tenant's event is refused before it reaches the server...
+    let mut foreign = ev(4);
+    foreign.metadata.tenant_id = Some("globex".into());
+    let error = acme
+        .append("acme-order-2", ExpectedVersion::NoStream, foreign)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::InvalidArgument(_)), "{error:?}");
+
+    // ... and raw SQL through the handle's own connection can neither see nor write it.
+    let mut conn = acme.pool().acquire().await.unwrap();
+    let events_table = format!("\"{schema}\".events");
+    let count_sql = format!("SELECT count(*) FROM {events_table}");
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>(&count_sql)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap(),
+        2
+    );
+    sqlx::query("SET eventflow.tenant = 'globex'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>(&count_sql)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap(),
+        0,
+        "a session of acme's role switched to globex sees nothing"
+    );
+    let insert = sqlx::query(&format!(
+        "INSERT INTO {events_table} (position, transaction_id, event_id, stream_id, \
+         stream_version, event_type, schema_version, payload, metadata, tenant_id, occurred_at) \
+         VALUES (1, 0, gen_random_uuid(), 'x', 1, 'x.y', 1, '{{}}', '{{}}', 'globex', now())"
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap_err();
+    let code = insert.as_database_error().and_then(|e| e.code()).unwrap();
+    assert_eq!(code, "42501", "{insert}"); // row-level security
+    let update = sqlx::query(&format!("UPDATE {events_table} SET tenant_id = 'acme'"))
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        update.as_database_error().and_then(|e| e.code()).unwrap(),
+        "42501",
+        "{update}"
+    );
+    drop(conn);
+    // A handle of acme's role scoped to globex (`tenant()`): the role was not granted globex.
+    let acme_as_globex = acme.tenant("globex").unwrap();
+    assert_eq!(acme_as_globex.tenant_id(), Some("globex"));
+    assert!(acme_as_globex.read_all(0, 100).await.unwrap().is_empty());
+    assert!(
+        acme_as_globex
+            .append("globex-order-2", ExpectedVersion::NoStream, ev(5))
+            .await
+            .is_err()
+    );
+    acme_as_globex.pool().close().await;
+
+    // The operator sees both tenants, and so does its relay.
+    assert_eq!(
+        ids(operator.read_all(0, 100).await.unwrap()),
+        vec![a1.id, g1.id, a2.id]
+    );
+    let bus = Arc::new(RecordingBus::new());
+    let relayed = operator.clone().with_bus(bus.clone());
+    eventflow_tests::eventually("both tenants' events on the bus", || bus.len() >= 3).await;
+    assert_eq!(
+        bus.events().iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![a1.id, g1.id, a2.id]
+    );
+    drop(relayed);
+    acme.pool().close().await;
+    globex.pool().close().await;
+    drop_schema(operator.pool(), &schema).await;
+    for role in &roles {
+        sqlx::query(&format!("DROP ROLE {role}"))
+            .execute(operator.pool())
+            .await
+            .unwrap();
+    }
+}

@@ -64,6 +64,7 @@ impl PostgresEventStore {
     /// Validates and encodes a batch.
     pub(super) fn prepare(&self, stream_id: &str, events: &mut [Event]) -> Result<Columns> {
         validate_stream_id(stream_id)?;
+        self.stamp_tenant(events)?;
         crate::event::validate_owned(events)?;
         if events.len() > MAX_EVENTS_PER_TX {
             return Err(Error::InvalidArgument(format!(

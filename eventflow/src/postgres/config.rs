@@ -92,6 +92,12 @@ pub struct PostgresConfig {
     /// See [`PostgresEventStoreBuilder::poll_interval`](super::PostgresEventStoreBuilder::poll_interval).
     /// Default 500 ms.
     pub poll_interval: Duration,
+    /// Scope the store to this tenant: every connection sets `eventflow.tenant`, and the
+    /// row-level security policy lets the role (a role per tenant that does not own the tables,
+    /// see [`PostgresEventStore::tenant`](super::PostgresEventStore::tenant) and
+    /// [`grant_tenant`](super::PostgresEventStore::grant_tenant)) read and append only this
+    /// tenant's events. Default none (an operator's handle).
+    pub tenant: Option<String>,
 }
 
 impl PostgresConfig {
@@ -122,6 +128,9 @@ impl PostgresConfig {
             return bad("ssl_client_cert and ssl_client_key are given together");
         }
         super::schema::Schema::new(&self.schema)?;
+        if let Some(tenant) = &self.tenant {
+            super::tenant::validate_tenant(tenant)?;
+        }
         Ok(())
     }
 }
@@ -142,6 +151,7 @@ impl Default for PostgresConfig {
             application_name: "eventflow".to_owned(),
             test_before_acquire: false,
             poll_interval: Duration::from_millis(500),
+            tenant: None,
         }
     }
 }
@@ -162,6 +172,7 @@ impl fmt::Debug for PostgresConfig {
             .field("application_name", &self.application_name)
             .field("test_before_acquire", &self.test_before_acquire)
             .field("poll_interval", &self.poll_interval)
+            .field("tenant", &self.tenant)
             .finish()
     }
 }

@@ -51,6 +51,9 @@ pub(crate) fn connect_options(config: &PostgresConfig) -> Result<PgConnectOption
     if let (Some(cert), Some(key)) = (&config.ssl_client_cert, &config.ssl_client_key) {
         options = options.ssl_client_cert(cert).ssl_client_key(key);
     }
+    if let Some(tenant) = &config.tenant {
+        options = super::tenant::with_tenant(options, tenant);
+    }
     if let Some(timeout) = config.statement_timeout {
         options = options.options([("statement_timeout", timeout.as_millis().to_string())]);
     }

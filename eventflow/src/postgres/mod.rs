@@ -108,6 +108,7 @@ mod snapshot;
 mod sql;
 mod store;
 mod subscribe;
+mod tenant;
 mod undecodable;
 
 #[cfg(test)]

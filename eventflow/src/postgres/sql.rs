@@ -127,6 +127,10 @@ const POSITIONS_RAISE: &str = "UPDATE {schema}.position_base SET \
            (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + xid_offset) << 20 \
      RETURNING xid_offset";
 
+/// Records that a role may use tenant handles for a tenant (`grant_tenant`).
+const GRANT_TENANT: &str = "INSERT INTO {schema}.tenant_roles (role_name, tenant_id) \
+     VALUES ($1, $2) ON CONFLICT DO NOTHING";
+
 const STREAM_VERSION: &str =
     "SELECT coalesce(max(stream_version), 0) FROM {events} WHERE stream_id = $1";
 
@@ -320,6 +324,7 @@ pub(crate) struct Sql {
     pub(crate) append: String,
     pub(crate) append_one: String,
     pub(crate) append_in_tx: String,
+    pub(crate) grant_tenant: String,
     pub(crate) positions_check: String,
     pub(crate) lock_events: String,
     pub(crate) positions_raise: String,
@@ -385,6 +390,7 @@ impl Sql {
             append: fill(APPEND),
             append_one: fill(APPEND_ONE),
             append_in_tx: fill(APPEND_IN_TX),
+            grant_tenant: fill(GRANT_TENANT),
             positions_check: fill(POSITIONS_CHECK),
             lock_events: fill(LOCK_EVENTS),
             positions_raise: fill(POSITIONS_RAISE),
@@ -458,6 +464,7 @@ mod tests {
             &sql.append,
             &sql.append_one,
             &sql.append_in_tx,
+            &sql.grant_tenant,
             &sql.positions_check,
             &sql.lock_events,
             &sql.positions_raise,

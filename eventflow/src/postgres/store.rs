@@ -46,6 +46,8 @@ pub(super) struct Inner {
     /// Whether this store checked that new positions continue above the stored ones
     /// (`continuity.rs`).
     pub(super) positions_checked: std::sync::atomic::AtomicBool,
+    /// The tenant of a tenant handle (`tenant.rs`).
+    pub(super) tenant: Option<String>,
 }
 
 impl std::fmt::Debug for PostgresEventStore {
@@ -53,6 +55,7 @@ impl std::fmt::Debug for PostgresEventStore {
         f.debug_struct("PostgresEventStore")
             .field("target", &self.inner.target)
             .field("schema", &self.inner.sql.schema.name())
+            .field("tenant", &self.inner.tenant)
             .finish_non_exhaustive()
     }
 }
@@ -64,9 +67,16 @@ pub struct PostgresEventStoreBuilder {
     schema: String,
     poll_interval: Duration,
     settle_timeout: Duration,
+    tenant: Option<String>,
 }
 
 impl PostgresEventStoreBuilder {
+    /// The tenant of a handle whose pool sets `eventflow.tenant` (see `tenant.rs`).
+    pub(super) fn tenant(mut self, tenant: Option<String>) -> Self {
+        self.tenant = tenant;
+        self
+    }
+
     /// Keeps the tables in `schema` (default [`DEFAULT_SCHEMA`]): 1 to 63 characters of
     /// `[a-z0-9_]`, not starting with a digit or `pg_`. Checked by [`build`](Self::build).
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
@@ -107,6 +117,7 @@ impl PostgresEventStoreBuilder {
                 settle_timeout: self.settle_timeout,
                 signal: Signal::new(),
                 positions_checked: std::sync::atomic::AtomicBool::new(false),
+                tenant: self.tenant,
             }),
         })
     }
@@ -128,6 +139,7 @@ impl PostgresEventStore {
             schema: DEFAULT_SCHEMA.to_owned(),
             poll_interval: DEFAULT_POLL_INTERVAL,
             settle_timeout: DEFAULT_SETTLE_TIMEOUT,
+            tenant: None,
         }
     }
 
@@ -154,6 +166,7 @@ impl PostgresEventStore {
         Self::builder(pool)
             .schema(config.schema)
             .poll_interval(config.poll_interval)
+            .tenant(config.tenant)
             .build()
     }
 
