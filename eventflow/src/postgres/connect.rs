@@ -113,7 +113,7 @@ pub(crate) async fn migrate_schema(pool: &PgPool, sql: &Sql) -> Result<()> {
         .map_err(map)?;
     let result = async {
         // Waiting for another process's migration, or a long one, is not a slow statement.
-        conn.execute("SET statement_timeout = 0")
+        conn.execute(super::sql::NO_STATEMENT_TIMEOUT)
             .await
             .map_err(map)?;
         sqlx::query(super::sql::ADVISORY_LOCK)

@@ -26,6 +26,8 @@ pub(crate) fn unique_violation(error: &sqlx::Error) -> Option<&str> {
 ///   JSONB, `22021` for a NUL byte in text) is [`Error::InvalidArgument`] with the server's
 ///   explanation;
 /// - a row that cannot be decoded is [`Error::Decode`];
+/// - an append past the last position (`events_position_bound`, 2^43 transactions) is
+///   [`Error::PositionsExhausted`];
 /// - a closed pool is [`Error::Closed`];
 /// - anything else (a unique violation the caller did not resolve first with
 ///   [`unique_violation`], a serialization failure `40001`, a deadlock `40P01`) is

@@ -12,10 +12,7 @@ use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::store::ExpectedVersion;
 
-/// The savepoint each append takes inside the caller's transaction.
-const SAVEPOINT: &str = "SAVEPOINT eventflow_append";
-const ROLLBACK_TO: &str =
-    "ROLLBACK TO SAVEPOINT eventflow_append; RELEASE SAVEPOINT eventflow_append";
+use super::sql::{ROLLBACK_TO_SAVEPOINT as ROLLBACK_TO, SAVEPOINT};
 
 impl PostgresEventStore {
     /// Appends `event` to `stream_id` inside the caller's open transaction on `conn` (a
@@ -127,8 +124,7 @@ impl PostgresEventStore {
                     .await;
             match result {
                 Ok((Some(position), Some(version), count)) if count > 0 => {
-                    let release =
-                        format!("RELEASE SAVEPOINT eventflow_append; {}", sql.notify_in_tx());
+                    let release = sql.release_and_notify();
                     conn.execute(release.as_str())
                         .await
                         .map_err(|e| self.map(e))?;

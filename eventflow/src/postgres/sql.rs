@@ -127,6 +127,18 @@ const POSITIONS_RAISE: &str = "UPDATE {schema}.position_base SET \
            (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + xid_offset) << 20 \
      RETURNING xid_offset";
 
+/// The migration's own connection waits for other processes' migrations, and runs long ones:
+/// no statement timeout there.
+pub(crate) const NO_STATEMENT_TIMEOUT: &str = "SET statement_timeout = 0";
+
+/// The savepoint `append_in` takes inside the caller's transaction, so a failed append leaves
+/// that transaction usable.
+pub(crate) const SAVEPOINT: &str = "SAVEPOINT eventflow_append";
+
+/// Undoes a failed `append_in` (back to its savepoint, which is then released).
+pub(crate) const ROLLBACK_TO_SAVEPOINT: &str =
+    "ROLLBACK TO SAVEPOINT eventflow_append; RELEASE SAVEPOINT eventflow_append";
+
 /// Records that a role may use tenant handles for a tenant (`grant_tenant`).
 const GRANT_TENANT: &str = "INSERT INTO {schema}.tenant_roles (role_name, tenant_id) \
      VALUES ($1, $2) ON CONFLICT DO NOTHING";
@@ -441,10 +453,25 @@ impl Sql {
         format!("SET search_path TO {}", self.schema.quoted())
     }
 
-    /// `NOTIFY` on this schema's channel: sent inside a caller's transaction by `append_in`,
-    /// so it is delivered when that transaction commits and never when it rolls back.
-    pub(crate) fn notify_in_tx(&self) -> String {
-        format!("NOTIFY \"{}\"", self.channel())
+    /// Releases `append_in`'s savepoint and sends `NOTIFY` on this schema's channel inside the
+    /// caller's transaction, so it is delivered when that transaction commits and never when it
+    /// rolls back (one round trip, simple protocol).
+    pub(crate) fn release_and_notify(&self) -> String {
+        format!(
+            "RELEASE SAVEPOINT eventflow_append; NOTIFY \"{}\"",
+            self.channel()
+        )
+    }
+
+    /// What a tenant handle's role needs (`grant_tenant`), for the quoted role name `role`
+    /// (validated as a plain identifier first).
+    pub(crate) fn grant_tenant_privileges(&self, role: &str) -> [String; 3] {
+        let schema = self.schema.quoted();
+        [
+            format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
+            format!("GRANT SELECT, INSERT ON {schema}.events TO {role}"),
+            format!("GRANT SELECT ON {schema}.position_base, {schema}.tenant_roles TO {role}"),
+        ]
     }
 
     /// The `LISTEN`/`NOTIFY` channel of this schema.

@@ -89,21 +89,15 @@ impl PostgresEventStore {
         validate_tenant(tenant)?;
         let role = Schema::new(role)
             .map_err(|_| Error::InvalidArgument(format!("invalid role name {role:?}")))?;
-        let schema = self.inner.sql.schema.quoted();
-        let role = role.quoted();
         let mut tx = self.inner.pool.begin().await.map_err(|e| self.map(e))?;
-        for statement in [
-            format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
-            format!("GRANT SELECT, INSERT ON {schema}.events TO {role}"),
-            format!("GRANT SELECT ON {schema}.position_base, {schema}.tenant_roles TO {role}"),
-        ] {
+        for statement in self.inner.sql.grant_tenant_privileges(role.quoted()) {
             sqlx::query(&statement)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| self.map(e))?;
         }
         sqlx::query(&self.inner.sql.grant_tenant)
-            .bind(role.trim_matches('"'))
+            .bind(role.name())
             .bind(tenant)
             .execute(&mut *tx)
             .await
