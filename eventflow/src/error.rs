@@ -152,6 +152,13 @@ pub enum Error {
         after: std::time::Duration,
     },
 
+    /// The PostgreSQL event store has no positions left for new events: a position is the
+    /// writing transaction's id (plus the schema's offset) shifted left by 20 bits, and it has
+    /// reached 2^43. Nothing was appended. The fix: copy the events into a new store (a new
+    /// schema or database; `read_all` and `append_batch`), whose positions start low again.
+    #[error("no positions left for new events: {0}")]
+    PositionsExhausted(String),
+
     /// A connection to a backend could not be made or was lost.
     #[error("{backend}: cannot connect to {target}")]
     Connect {
@@ -270,7 +277,8 @@ impl Error {
             | Error::MissingUpcaster { .. }
             | Error::AtMostOnceBus { .. }
             | Error::ReadInTransaction { .. }
-            | Error::InvalidArgument(_) => FailureClass::Permanent,
+            | Error::InvalidArgument(_)
+            | Error::PositionsExhausted(_) => FailureClass::Permanent,
             // Connections, timeouts, backend calls, races and handlers may do better next time.
             Error::Conflict { .. }
             | Error::DuplicateEvent { .. }

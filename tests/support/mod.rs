@@ -10,11 +10,13 @@ pub mod child;
 pub mod nats_cluster;
 #[cfg(feature = "nats")]
 pub mod nats_server;
+#[cfg(feature = "postgres")]
+pub mod pg_server;
 #[cfg(feature = "redis")]
 pub mod redis_cluster;
 #[cfg(feature = "redis")]
 pub mod redis_server;
-#[cfg(any(feature = "nats", feature = "redis"))]
+#[cfg(any(feature = "nats", feature = "redis", feature = "postgres"))]
 pub mod tls;
 
 /// PostgreSQL URL (`DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`).

@@ -40,6 +40,57 @@ impl TestCertificates {
     pub fn server_key(&self) -> PathBuf {
         self.dir.path().join("server.key")
     }
+
+    /// A client certificate for `user` (its common name) signed by the CA, and its key (PEM
+    /// files in the same directory).
+    ///
+    /// # Panics
+    /// When `openssl` fails.
+    pub fn client_certificate(&self, user: &str) -> (PathBuf, PathBuf) {
+        let dir = self.dir.path();
+        let (crt, key, csr, ext) = (
+            format!("{user}.crt"),
+            format!("{user}.key"),
+            format!("{user}.csr"),
+            format!("{user}.cnf"),
+        );
+        run(
+            dir,
+            &[
+                &["req", "-subj", &format!("/CN={user}")][..],
+                &EC,
+                &["-keyout", &key, "-out", &csr],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            dir.join(&ext),
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+             extendedKeyUsage=clientAuth\n",
+        )
+        .unwrap_or_else(|e| panic!("cannot write {ext}: {e}"));
+        run(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &crt,
+                "-extfile",
+                &ext,
+            ],
+        );
+        (dir.join(crt), dir.join(key))
+    }
 }
 
 impl Default for TestCertificates {
@@ -48,27 +99,33 @@ impl Default for TestCertificates {
     }
 }
 
+/// Key options of every `openssl req`: a P-256 key, unencrypted.
+const EC: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
+
+/// Runs `openssl args` in `dir`.
+fn run(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `openssl` (is it installed?): {e}"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Writes `ca.crt`, `server.crt` and `server.key` (for IP 127.0.0.1 and `localhost`) to `dir`.
 fn make_certificates(dir: &Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run `openssl` (is it installed?): {e}"));
-        assert!(
-            out.status.success(),
-            "openssl {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
+    let run = |args: &[&str]| run(dir, args);
+    let ec = EC;
     run(&[
         &[
             "req",

@@ -13,7 +13,7 @@ use crate::store::{EventStore, ExpectedVersion, validate_stream_id};
 
 /// How many times an append with [`ExpectedVersion::Any`] retries after losing a race for the
 /// next version of its stream.
-const ANY_VERSION_RETRIES: usize = 64;
+pub(super) const ANY_VERSION_RETRIES: usize = 64;
 
 impl PostgresEventStore {
     /// Appends like [`append_batch`](EventStore::append_batch) but leaves the transaction open:
@@ -35,6 +35,7 @@ impl PostgresEventStore {
     ) -> Result<PendingAppend> {
         let columns = self.prepare(stream_id, &mut events)?;
         let expected_bind = expected_bind(expected)?;
+        self.ensure_positions_continue().await?;
         let map = |e| map_sqlx(&self.inner.target, e);
         let mut tx = self.inner.pool.begin().await.map_err(map)?;
         let recorded = insert(
@@ -70,8 +71,9 @@ impl PostgresEventStore {
     }
 
     /// Validates and encodes a batch.
-    fn prepare(&self, stream_id: &str, events: &mut [Event]) -> Result<Columns> {
+    pub(super) fn prepare(&self, stream_id: &str, events: &mut [Event]) -> Result<Columns> {
         validate_stream_id(stream_id)?;
+        self.stamp_tenant(events)?;
         crate::event::validate_owned(events)?;
         if events.len() > MAX_EVENTS_PER_TX {
             return Err(Error::InvalidArgument(format!(
@@ -154,7 +156,7 @@ impl PostgresEventStore {
 }
 
 /// `-1` for any version, else the version the stream must be at.
-fn expected_bind(expected: ExpectedVersion) -> Result<i64> {
+pub(super) fn expected_bind(expected: ExpectedVersion) -> Result<i64> {
     match expected {
         ExpectedVersion::Any => Ok(-1),
         ExpectedVersion::NoStream => Ok(0),
@@ -235,7 +237,7 @@ async fn insert(
 /// Sets `stream_id`, `stream_version` and `position` on the appended events, replacing whatever
 /// the caller (or a bus message) put there: they are store-owned, and the rows never hold the
 /// caller's values (the append does not write them).
-fn fill(stream_id: &str, events: &mut [Event], positions: &[(i64, i64)]) {
+pub(super) fn fill(stream_id: &str, events: &mut [Event], positions: &[(i64, i64)]) {
     for (event, &(position, version)) in events.iter_mut().zip(positions) {
         event.stream_id = Some(stream_id.to_owned());
         event.stream_version = u64::try_from(version).ok();
@@ -306,6 +308,7 @@ impl PostgresEventStore {
             expected.check(stream_id, actual)?;
             return Ok(Vec::new());
         }
+        self.ensure_positions_continue().await?;
         let mut attempts = 0;
         loop {
             attempts += 1;

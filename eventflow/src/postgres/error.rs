@@ -26,6 +26,8 @@ pub(crate) fn unique_violation(error: &sqlx::Error) -> Option<&str> {
 ///   JSONB, `22021` for a NUL byte in text) is [`Error::InvalidArgument`] with the server's
 ///   explanation;
 /// - a row that cannot be decoded is [`Error::Decode`];
+/// - an append past the last position (`events_position_bound`, 2^43 transactions) is
+///   [`Error::PositionsExhausted`];
 /// - a closed pool is [`Error::Closed`];
 /// - anything else (a unique violation the caller did not resolve first with
 ///   [`unique_violation`], a serialization failure `40001`, a deadlock `40P01`) is
@@ -47,6 +49,12 @@ pub(crate) fn map_sqlx(target: &str, error: sqlx::Error) -> Error {
         | sqlx::Error::WorkerCrashed => connect(error),
         sqlx::Error::Database(db) => {
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            if db.constraint() == Some("events_position_bound") {
+                return Error::PositionsExhausted(format!(
+                    "transaction ids plus the schema's offset reached 2^43 (SQLSTATE {code}); \
+                     copy the events into a new store"
+                ));
+            }
             if code.starts_with("08") || matches!(code.as_str(), "57P01" | "57P02" | "57P03") {
                 connect(error)
             } else if code.starts_with("22") {

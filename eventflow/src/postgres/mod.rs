@@ -27,7 +27,7 @@
 //! # Tables
 //! The migrations in the workspace's `migrations/` folder (sqlx format, embedded in the library
 //! through the `eventflow/migrations` link, so the published crate carries them) create
-//! `events`, `snapshots`, `checkpoints`, the `saga_*` tables, `dead_letters`, `undecodable_events`, `leases` and `lease_members` in one schema, `eventflow` unless
+//! `events`, `snapshots`, `checkpoints`, the `saga_*` tables, `dead_letters`, `undecodable_events`, `leases`, `lease_members`, `position_base` and `tenant_roles` in one schema, `eventflow` unless
 //! [`PostgresEventStoreBuilder::schema`] names another. [`PostgresEventStore::migrate`] applies
 //! them; nothing else changes the schema.
 //!
@@ -94,20 +94,35 @@
 //! outbox) with its checkpoint in this schema: every committed event reaches the bus at least
 //! once, in global order, and nothing of a rolled-back transaction ever does.
 //!
+//! # Production settings, the caller's transaction, tenants, restores
+//! [`PostgresConfig`] and [`PostgresEventStore::connect_with`] set the pool, the connect and
+//! statement timeouts, TLS (rustls: `sslmode`, a CA file, client certificates), the schema and
+//! the application name. [`PostgresEventStore::append_in`] appends inside the caller's open
+//! transaction (the outbox pattern). [`PostgresEventStore::tenant`] and
+//! [`PostgresConfig::tenant`] scope a handle to one tenant, enforced by row-level security for
+//! roles that do not own the tables ([`PostgresEventStore::grant_tenant`]). After a restore
+//! into a cluster with a younger transaction-id counter, the store moves new positions above
+//! the stored ones (a stored offset) before its first append and in `migrate()`; at 2^43
+//! transactions an append fails with [`Error::PositionsExhausted`](crate::Error::PositionsExhausted).
+//!
 //! # Code map
 //! `store.rs` (construction, the `EventStore` impl), `append.rs`, `read.rs`, `subscribe.rs`
 //! (the relay too) by concern; `signal.rs` (`LISTEN`/`NOTIFY`), `rows.rs` (row codecs),
 //! `undecodable.rs` (parking rows no reader can decode), `checkpoint.rs`, `snapshot.rs`,
-//! `dead_letter.rs`, `projection.rs`, `saga.rs`; `connect.rs` (pools,
-//! migrations), `sql.rs`, `schema.rs`, `error.rs`. Nothing outside this module imports sqlx.
+//! `dead_letter.rs`, `projection.rs`, `saga.rs`; `config.rs`, `connect.rs` (pools,
+//! migrations), `in_transaction.rs`, `continuity.rs`, `tenant.rs`, `sql.rs`, `schema.rs`,
+//! `error.rs`. Nothing outside this module imports sqlx.
 
 mod append;
 mod checkpoint;
+mod config;
 mod connect;
+mod continuity;
 mod dead_letter;
 mod error;
 mod lease;
 mod horizon;
+mod in_transaction;
 mod projection;
 mod read;
 mod rows;
@@ -118,6 +133,7 @@ mod snapshot;
 mod sql;
 mod store;
 mod subscribe;
+mod tenant;
 mod undecodable;
 
 #[cfg(test)]
@@ -140,10 +156,11 @@ mod tests;
 /// # Ok(())
 /// # }
 /// ```
-pub use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+pub use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgSslMode};
 
 pub use append::PendingAppend;
 pub use checkpoint::PostgresCheckpointStore;
+pub use config::PostgresConfig;
 pub use dead_letter::PostgresDeadLetterStore;
 pub use lease::{PostgresLeaseStore, fenced_checkpoint};
 pub use projection::{PgProjection, PgTransaction, partitioned_runner, projection_runner};

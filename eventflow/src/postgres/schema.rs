@@ -62,14 +62,31 @@ impl Schema {
     /// The `LISTEN`/`NOTIFY` channel of this schema: a fixed-length name derived from it, so it
     /// stays under PostgreSQL's 63-byte identifier limit.
     pub(crate) fn channel(&self) -> String {
-        // FNV-1a: stable across processes and Rust versions, unlike `DefaultHasher`.
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in self.name.bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-        format!("eventflow_{hash:016x}")
+        format!("eventflow_{:016x}", fnv1a(self.name.bytes()))
     }
+
+    /// The key of the advisory lock held while this schema is migrated: the same in every
+    /// process, distinct per schema (and from sqlx's own migration lock, derived from the
+    /// database name with another hash).
+    pub(crate) fn migration_lock_key(&self) -> i64 {
+        let hash = fnv1a(
+            b"eventflow migrate "
+                .iter()
+                .copied()
+                .chain(self.name.bytes()),
+        );
+        i64::from_ne_bytes(hash.to_ne_bytes())
+    }
+}
+
+/// FNV-1a: stable across processes and Rust versions, unlike `DefaultHasher`.
+fn fnv1a(bytes: impl Iterator<Item = u8>) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
 }
 
 #[cfg(test)]

@@ -19,8 +19,16 @@ pub(crate) const MAX_EVENTS_PER_TX: usize = (1 << TX_SHIFT) - 1;
 
 /// The highest position no running or future transaction can still write below: rows under it
 /// are final. `pg_snapshot_xmin` is the oldest transaction still running when the statement's
-/// snapshot was taken; every transaction below it has committed or rolled back.
-const SAFE_CUTOFF: &str = "(pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20)";
+/// snapshot was taken; every transaction below it has committed or rolled back. Positions
+/// count transaction ids plus the schema's `position_base.xid_offset` (0 unless a restore
+/// moved them forward, see `migrations/0007_positions_tenants.sql`), read in the same statement.
+const SAFE_CUTOFF: &str = "((pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+     + (SELECT xid_offset FROM {schema}.position_base)) << 20)";
+
+/// The writing transaction's position base: its id plus the schema's offset (the `tx` of every
+/// append statement).
+const TX_ID: &str = "(SELECT pg_current_xact_id()::text::bigint + o.xid_offset AS id \
+     FROM {schema}.position_base o) tx";
 
 /// Columns read back into an `Event`, in the order `EventRow` expects.
 pub(crate) const EVENT_COLUMNS: &str = "position, event_id, stream_id, stream_version, event_type, \
@@ -46,7 +54,7 @@ INSERT INTO {events} (position, transaction_id, event_id, stream_id, stream_vers
 SELECT (tx.id << 20) + b.n, tx.id, b.event_id, $1, cur.version + b.n, b.event_type,
        b.schema_version, b.payload::jsonb, b.metadata::jsonb, b.tenant_id, b.correlation_id,
        b.causation_id, b.source, b.occurred_at
-  FROM (SELECT pg_current_xact_id()::text::bigint AS id) tx,
+  FROM {tx},
        (SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1) cur,
        unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::text[], $9::text[],
               $10::text[], $11::text[], $12::timestamptz[])
@@ -67,7 +75,7 @@ INSERT INTO {events} (position, transaction_id, event_id, stream_id, stream_vers
 SELECT (tx.id << 20) + 1, tx.id, $3::uuid, $1, cur.version + 1, $4::text, $5::int4,
        $6::text::jsonb, $7::text::jsonb, $8::text, $9::text, $10::text, $11::text,
        $12::timestamptz
-  FROM (SELECT pg_current_xact_id()::text::bigint AS id) tx,
+  FROM {tx},
        (SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1) cur
  WHERE $2::bigint < 0 OR cur.version = $2::bigint
 RETURNING position, stream_version
@@ -85,6 +93,70 @@ SELECT position, stream_version, {notify} FROM ins";
 const APPEND_NOTIFY: &str = "(SELECT pg_notify($13, '')::text \
      WHERE EXISTS (SELECT 1 FROM ins) \
        AND EXISTS (SELECT 1 FROM {schema}.listeners l WHERE l.pid <> $14))";
+
+/// [`APPEND`] inside a caller's transaction (`append_in`), which may append more than once:
+/// the events are numbered after those this transaction appended already (the highest
+/// position in its range `[xid << 20, (xid + 1) << 20)`, found on the primary key), so a
+/// second append of the same transaction continues its positions instead of colliding.
+const APPEND_IN_TX: &str = "
+WITH ins AS (
+INSERT INTO {events} (position, transaction_id, event_id, stream_id, stream_version, event_type,
+                      schema_version, payload, metadata, tenant_id, correlation_id, causation_id,
+                      source, occurred_at)
+SELECT base.p + b.n, tx.id, b.event_id, $1, cur.version + b.n, b.event_type,
+       b.schema_version, b.payload::jsonb, b.metadata::jsonb, b.tenant_id, b.correlation_id,
+       b.causation_id, b.source, b.occurred_at
+  FROM {tx}
+       CROSS JOIN LATERAL (SELECT coalesce(max(position), tx.id << 20) AS p FROM {events}
+                            WHERE position >= tx.id << 20 AND position < (tx.id + 1) << 20) base,
+       (SELECT coalesce(max(stream_version), 0) AS version FROM {events} WHERE stream_id = $1) cur,
+       unnest($3::uuid[], $4::text[], $5::int4[], $6::text[], $7::text[], $8::text[], $9::text[],
+              $10::text[], $11::text[], $12::timestamptz[])
+       WITH ORDINALITY AS b(event_id, event_type, schema_version, payload, metadata, tenant_id,
+                            correlation_id, causation_id, source, occurred_at, n)
+ WHERE $2::bigint < 0 OR cur.version = $2::bigint
+RETURNING position, stream_version
+)
+SELECT min(position), min(stream_version), count(*) FROM ins";
+
+/// Whether new positions would fall at or below the stored ones: the highest stored position,
+/// and the lowest position a transaction that starts now can write (`pg_snapshot_xmax` is the
+/// first transaction id not yet assigned). In normal operation the second is always higher;
+/// after a restore into a cluster with a younger transaction-id counter it is not.
+const POSITIONS_CHECK: &str = "SELECT (SELECT coalesce(max(position), 0) FROM {events}), \
+     (pg_snapshot_xmax(pg_current_snapshot())::text::bigint \
+      + (SELECT xid_offset FROM {schema}.position_base)) << 20";
+
+/// Locks `events` against every reader and writer for the rest of the transaction: appends in
+/// flight finish first, and none starts until the offset is raised.
+const LOCK_EVENTS: &str = "LOCK TABLE {events} IN ACCESS EXCLUSIVE MODE";
+
+/// Raises the offset (under [`LOCK_EVENTS`]) so that every transaction still running or yet to
+/// start (ids from `pg_snapshot_xmin` on) writes above the highest stored position; only when
+/// new positions would not be above it already. Returns the new offset (no row: unchanged).
+const POSITIONS_RAISE: &str = "UPDATE {schema}.position_base SET \
+     xid_offset = ((SELECT max(position) FROM {events}) >> 20) + 1 \
+                  - pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
+     updated_at = now() \
+     WHERE (SELECT coalesce(max(position), 0) FROM {events}) >= \
+           (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + xid_offset) << 20 \
+     RETURNING xid_offset";
+
+/// The migration's own connection waits for other processes' migrations, and runs long ones:
+/// no statement timeout there.
+pub(crate) const NO_STATEMENT_TIMEOUT: &str = "SET statement_timeout = 0";
+
+/// The savepoint `append_in` takes inside the caller's transaction, so a failed append leaves
+/// that transaction usable.
+pub(crate) const SAVEPOINT: &str = "SAVEPOINT eventflow_append";
+
+/// Undoes a failed `append_in` (back to its savepoint, which is then released).
+pub(crate) const ROLLBACK_TO_SAVEPOINT: &str =
+    "ROLLBACK TO SAVEPOINT eventflow_append; RELEASE SAVEPOINT eventflow_append";
+
+/// Records that a role may use tenant handles for a tenant (`grant_tenant`).
+const GRANT_TENANT: &str = "INSERT INTO {schema}.tenant_roles (role_name, tenant_id) \
+     VALUES ($1, $2) ON CONFLICT DO NOTHING";
 
 const STREAM_VERSION: &str =
     "SELECT coalesce(max(stream_version), 0) FROM {events} WHERE stream_id = $1";
@@ -401,6 +473,10 @@ const PARK_UNDECODABLE: &str = "WITH marked AS ( \
         (id, source, event_id, event, reason, error, attempts, parked_at) \
      SELECT $1, $2, event_id, $4, $5, $6, $7, $8 FROM marked RETURNING id";
 
+/// Takes the session-level advisory lock of a schema's migrations (`$1`, see
+/// `Schema::migration_lock_key`); closing the session releases it.
+pub(crate) const ADVISORY_LOCK: &str = "SELECT pg_advisory_lock($1)";
+
 /// The backend's statements with the table names of one schema filled in.
 #[derive(Clone)]
 pub(crate) struct Sql {
@@ -411,6 +487,11 @@ pub(crate) struct Sql {
     pub(crate) register_listener: String,
     pub(crate) append: String,
     pub(crate) append_one: String,
+    pub(crate) append_in_tx: String,
+    pub(crate) grant_tenant: String,
+    pub(crate) positions_check: String,
+    pub(crate) lock_events: String,
+    pub(crate) positions_raise: String,
     pub(crate) stream_version: String,
     pub(crate) load_stream: String,
     pub(crate) load_stream_stored: String,
@@ -478,6 +559,7 @@ impl Sql {
                 .replace("{stored_columns}", STORED_COLUMNS)
                 .replace("{notify}", APPEND_NOTIFY)
                 .replace("{cutoff}", SAFE_CUTOFF)
+                .replace("{tx}", TX_ID)
                 .replace("{events}", &format!("{quoted}.events"))
                 .replace("{snapshots}", &format!("{quoted}.snapshots"))
                 .replace("{checkpoints}", &format!("{quoted}.checkpoints"))
@@ -490,6 +572,11 @@ impl Sql {
             register_listener: fill(REGISTER_LISTENER),
             append: fill(APPEND),
             append_one: fill(APPEND_ONE),
+            append_in_tx: fill(APPEND_IN_TX),
+            grant_tenant: fill(GRANT_TENANT),
+            positions_check: fill(POSITIONS_CHECK),
+            lock_events: fill(LOCK_EVENTS),
+            positions_raise: fill(POSITIONS_RAISE),
             stream_version: fill(STREAM_VERSION),
             load_stream: fill(LOAD_STREAM),
             load_stream_stored: fill(LOAD_STREAM_STORED),
@@ -549,6 +636,27 @@ impl Sql {
         format!("SET search_path TO {}", self.schema.quoted())
     }
 
+    /// Releases `append_in`'s savepoint and sends `NOTIFY` on this schema's channel inside the
+    /// caller's transaction, so it is delivered when that transaction commits and never when it
+    /// rolls back (one round trip, simple protocol).
+    pub(crate) fn release_and_notify(&self) -> String {
+        format!(
+            "RELEASE SAVEPOINT eventflow_append; NOTIFY \"{}\"",
+            self.channel()
+        )
+    }
+
+    /// What a tenant handle's role needs (`grant_tenant`), for the quoted role name `role`
+    /// (validated as a plain identifier first).
+    pub(crate) fn grant_tenant_privileges(&self, role: &str) -> [String; 3] {
+        let schema = self.schema.quoted();
+        [
+            format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
+            format!("GRANT SELECT, INSERT ON {schema}.events TO {role}"),
+            format!("GRANT SELECT ON {schema}.position_base, {schema}.tenant_roles TO {role}"),
+        ]
+    }
+
     /// The `LISTEN`/`NOTIFY` channel of this schema.
     pub(crate) fn channel(&self) -> String {
         self.channel.clone()
@@ -565,6 +673,11 @@ mod tests {
         for text in [
             &sql.append,
             &sql.append_one,
+            &sql.append_in_tx,
+            &sql.grant_tenant,
+            &sql.positions_check,
+            &sql.lock_events,
+            &sql.positions_raise,
             &sql.stream_version,
             &sql.load_stream,
             &sql.load_stream_stored,

@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use super::checkpoint::PostgresCheckpointStore;
+use super::config::PostgresConfig;
 use super::connect::{connect_pool, describe, migrate_schema};
 use super::error::map_sqlx;
 use super::schema::{DEFAULT_SCHEMA, Schema};
@@ -44,6 +45,11 @@ pub(super) struct Inner {
     /// Whether `load` reads only below the safe horizon and waits for it (opt-in).
     pub(super) strict_load: bool,
     pub(super) signal: Signal,
+    /// Whether this store checked that new positions continue above the stored ones
+    /// (`continuity.rs`).
+    pub(super) positions_checked: std::sync::atomic::AtomicBool,
+    /// The tenant of a tenant handle (`tenant.rs`).
+    pub(super) tenant: Option<String>,
 }
 
 impl std::fmt::Debug for PostgresEventStore {
@@ -51,6 +57,7 @@ impl std::fmt::Debug for PostgresEventStore {
         f.debug_struct("PostgresEventStore")
             .field("target", &self.inner.target)
             .field("schema", &self.inner.sql.schema.name())
+            .field("tenant", &self.inner.tenant)
             .finish_non_exhaustive()
     }
 }
@@ -63,9 +70,16 @@ pub struct PostgresEventStoreBuilder {
     poll_interval: Duration,
     settle_timeout: Duration,
     strict_load: bool,
+    tenant: Option<String>,
 }
 
 impl PostgresEventStoreBuilder {
+    /// The tenant of a handle whose pool sets `eventflow.tenant` (see `tenant.rs`).
+    pub(super) fn tenant(mut self, tenant: Option<String>) -> Self {
+        self.tenant = tenant;
+        self
+    }
+
     /// Keeps the tables in `schema` (default [`DEFAULT_SCHEMA`]): 1 to 63 characters of
     /// `[a-z0-9_]`, not starting with a digit or `pg_`. Checked by [`build`](Self::build).
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
@@ -119,6 +133,8 @@ impl PostgresEventStoreBuilder {
                 settle_timeout: self.settle_timeout,
                 strict_load: self.strict_load,
                 signal: Signal::new(),
+                positions_checked: std::sync::atomic::AtomicBool::new(false),
+                tenant: self.tenant,
             }),
         })
     }
@@ -141,21 +157,41 @@ impl PostgresEventStore {
             poll_interval: DEFAULT_POLL_INTERVAL,
             settle_timeout: DEFAULT_SETTLE_TIMEOUT,
             strict_load: false,
+            tenant: None,
         }
     }
 
-    /// Connects a pool of up to 10 connections to `url` and returns a store over it, in the
-    /// [`DEFAULT_SCHEMA`].
+    /// Connects to `url` with the default [`PostgresConfig`] (a pool of up to 10 connections,
+    /// 5 s connect timeout) and returns a store over it, in the [`DEFAULT_SCHEMA`].
     ///
     /// # Errors
-    /// [`Error::Connect`] when the server cannot be reached, [`Error::InvalidArgument`] for a bad
-    /// URL.
+    /// [`Error::Connect`] when the server cannot be reached within 5 s,
+    /// [`Error::InvalidArgument`] for a bad URL.
     pub async fn connect(url: &str) -> Result<Self> {
-        Ok(Self::new(connect_pool(url).await?))
+        Self::connect_with(PostgresConfig::new(url)).await
+    }
+
+    /// Connects as `config` says (pool size, timeouts, TLS, application name) and returns a
+    /// store over the pool, in `config.schema`. One connection is made and closed to check the
+    /// server is reachable; the pool then connects on demand.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when no connection is made within `config.connect_timeout` (a server
+    /// that is down, refuses TLS or the credentials), [`Error::InvalidArgument`] for a bad URL
+    /// or configuration. Neither ever shows the password.
+    pub async fn connect_with(config: PostgresConfig) -> Result<Self> {
+        let pool = connect_pool(&config).await?;
+        Self::builder(pool)
+            .schema(config.schema)
+            .poll_interval(config.poll_interval)
+            .tenant(config.tenant)
+            .build()
     }
 
     /// Applies the embedded migrations to this store's schema, creating the schema if needed.
-    /// Safe to call again and from several processes at once (sqlx takes an advisory lock).
+    /// Safe to call again and from any number of processes at once: the whole migration, the
+    /// schema's creation included, runs on a connection of its own under one advisory lock per
+    /// schema, so one process applies and the others wait, then find nothing left to do.
     ///
     /// # Errors
     /// [`Error::Connect`] or [`Error::Backend`].
