@@ -87,14 +87,12 @@ fn cluster_config(cluster: &NatsCluster) -> NatsConfig {
 /// Max deliveries of the kit's JetStream buses.
 const KIT_MAX_DELIVER: u32 = 3;
 
-/// The bus conformance kit against an R3 stream on a 3-node cluster, each bus with every
-/// node as a seed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jetstream_r3_stream_passes_the_kit() {
-    let cluster = NatsCluster::start(3);
+/// The bus conformance kit against R3 streams on `cluster`, each bus with every node as a
+/// seed.
+async fn jetstream_kit(cluster: &NatsCluster) {
     let caps = Capabilities::at_least_once(KIT_MAX_DELIVER);
     let report = conformance::bus::run(caps, |scope| {
-        let mut config = cluster_config(&cluster);
+        let mut config = cluster_config(cluster);
         config.subject_prefix = scope.name().to_owned();
         config.stream_name = scope.name().to_owned();
         config.max_deliver = i64::from(KIT_MAX_DELIVER);
@@ -117,13 +115,16 @@ async fn jetstream_r3_stream_passes_the_kit() {
 const EVENTS: usize = 10_000;
 const PUBLISHERS: usize = 8;
 
-/// An R3 stream keeps taking publishes and feeding a durable consumer while its leader is
+/// One private 3-node cluster for the whole scenario: the conformance kit on R3 streams; then
+/// an R3 stream keeps taking publishes and feeding a durable consumer while its leader is
 /// SIGKILLed and later restarted: every publish that returned `Ok` reaches the durable
 /// subscriber, and the bus reports the leader change and the server it is on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jetstream_r3_stream_survives_its_leader_being_killed() {
+async fn jetstream_r3_cluster_passes_the_kit_and_survives_a_killed_leader() {
     let started = Instant::now();
     let mut cluster = NatsCluster::start(3);
+    jetstream_kit(&cluster).await;
+    let kit = started.elapsed();
     let config = cluster_config(&cluster);
     let subscriber = nats_connect(config.clone()).await;
     let leader = subscriber
@@ -246,8 +247,9 @@ async fn jetstream_r3_stream_survives_its_leader_being_killed() {
         "the leader change is reported: {reported:?}"
     );
     eprintln!(
-        "jetstream R3, leader {leader} killed: {} published Ok, {failed} failed, all Ok \
-         delivered; {} publish retries; {} leader change(s); publisher on {:?}; {:?} in all",
+        "jetstream R3: kit {kit:?}; leader {leader} killed: {} published Ok, {failed} failed, \
+         all Ok delivered; {} publish retries; {} leader change(s); publisher on {:?}; {:?} in \
+         all",
         acked.len(),
         health.publish_retries,
         health.leader_changes,
