@@ -87,7 +87,8 @@
 //! `store.rs` (construction, the `EventStore` impl), `append.rs`, `read.rs`, `subscribe.rs`
 //! (the relay too) by concern; `signal.rs` (`LISTEN`/`NOTIFY`), `rows.rs` (row codecs),
 //! `undecodable.rs` (parking rows no reader can decode), `checkpoint.rs`, `snapshot.rs`,
-//! `dead_letter.rs`, `projection.rs`, `saga.rs`; `connect.rs` (pools,
+//! `dead_letter.rs`, `projection.rs`, `saga.rs`; `inspect.rs` (operator reads for the
+//! `eventflow` command line); `connect.rs` (pools,
 //! migrations), `sql.rs`, `schema.rs`, `error.rs`. Nothing outside this module imports sqlx.
 
 mod append;
@@ -95,6 +96,7 @@ mod checkpoint;
 mod connect;
 mod dead_letter;
 mod error;
+mod inspect;
 mod projection;
 mod read;
 mod rows;
@@ -132,6 +134,7 @@ pub use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 pub use append::PendingAppend;
 pub use checkpoint::PostgresCheckpointStore;
 pub use dead_letter::PostgresDeadLetterStore;
+pub use inspect::{CheckpointSummary, HandledEvent, SagaSummary, StreamSummary};
 pub use projection::{PgProjection, PgTransaction, projection_runner};
 pub use saga::PostgresSagaStore;
 pub use schema::DEFAULT_SCHEMA;

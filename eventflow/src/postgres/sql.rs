@@ -253,6 +253,44 @@ const PARK_UNDECODABLE: &str = "WITH marked AS ( \
         (id, source, event_id, event, reason, error, attempts, parked_at) \
      SELECT $1, $2, event_id, $4, $5, $6, $7, $8 FROM marked RETURNING id";
 
+// Operator reads (`inspect.rs`, the `eventflow` command line): filled on use with
+// [`Sql::fill`], since they run rarely and need not be kept per store.
+
+/// Every stream with its version, last event type and time; `$1` a prefix (`''` for all).
+pub(crate) const INSPECT_STREAMS: &str = "SELECT DISTINCT ON (stream_id) stream_id, \
+     stream_version, event_type, occurred_at FROM {events} \
+     WHERE starts_with(stream_id, $1) ORDER BY stream_id, stream_version DESC LIMIT $2";
+
+/// Every checkpoint (the relay's, projections').
+pub(crate) const INSPECT_CHECKPOINTS: &str =
+    "SELECT name, position, updated_at FROM {checkpoints} ORDER BY name";
+
+/// Events in `($1, $2]` of the global order (a rebuild's progress).
+pub(crate) const INSPECT_COUNT_EVENTS: &str =
+    "SELECT count(*) FROM {events} WHERE position > $1 AND position <= $2";
+
+/// Dead letters of every source, oldest first.
+pub(crate) const INSPECT_DEAD_LETTERS: &str = "SELECT id, source, event, reason, error, \
+     attempts, parked_at FROM {schema}.dead_letters ORDER BY seq LIMIT $1";
+
+/// One dead letter, left in place.
+pub(crate) const INSPECT_DEAD_LETTER: &str = "SELECT id, source, event, reason, error, \
+     attempts, parked_at FROM {schema}.dead_letters WHERE id = $1";
+
+/// The saga instances of one correlation id, with what they handled (event ids and types).
+pub(crate) const INSPECT_SAGAS: &str = "SELECT i.saga, i.state, i.version, i.completed, \
+     i.deadlines, i.created_at, i.updated_at, \
+     coalesce((SELECT json_agg(json_build_object('event_id', h.event_id, \
+         'event_type', e.event_type, 'handled_at', h.handled_at) ORDER BY h.handled_at, e.position) \
+       FROM {schema}.saga_handled h LEFT JOIN {events} e ON e.event_id = h.event_id \
+      WHERE h.saga = i.saga AND h.correlation_id = i.correlation_id), '[]'::json)::text \
+     FROM {schema}.saga_instances i WHERE i.correlation_id = $1 ORDER BY i.saga";
+
+/// The migrations applied to a schema (sqlx's table, in the schema `migrate` set as
+/// `search_path`).
+pub(crate) const INSPECT_APPLIED_MIGRATIONS: &str =
+    "SELECT version FROM {schema}._sqlx_migrations WHERE success ORDER BY version";
+
 /// The backend's statements with the table names of one schema filled in.
 #[derive(Clone)]
 pub(crate) struct Sql {
@@ -354,6 +392,17 @@ impl Sql {
             park_undecodable: fill(PARK_UNDECODABLE),
             schema,
         }
+    }
+
+    /// `template` with this schema's names filled in (the operator reads, filled on use).
+    pub(crate) fn fill(&self, template: &str) -> String {
+        let quoted = self.schema.quoted();
+        template
+            .replace("{columns}", EVENT_COLUMNS)
+            .replace("{cutoff}", SAFE_CUTOFF)
+            .replace("{events}", &format!("{quoted}.events"))
+            .replace("{checkpoints}", &format!("{quoted}.checkpoints"))
+            .replace("{schema}", quoted)
     }
 
     /// `CREATE SCHEMA IF NOT EXISTS` for this schema (run by `migrate` only).
