@@ -37,6 +37,7 @@
 //! | [`aggregate`] | [`Aggregate`], [`Repository`], upcasting |
 //! | [`relay`] | store -> bus, at least once, in global order |
 //! | [`projection`], [`saga`] | read models and process managers |
+//! | [`metrics`] | the names and labels of the metrics eventflow records |
 //! | `postgres` | the PostgreSQL backend: event, snapshot, checkpoint and saga stores, transactional projections (feature `postgres`) |
 //! | `testing` | the conformance kit, `RecordingBus`/`NoopBus`, given/when/then fixtures (feature `testing`) |
 //!
@@ -45,6 +46,7 @@
 //! | feature | what it adds | default |
 //! |---|---|---|
 //! | `derive` | `#[derive(DomainEvent)]`, `#[derive(Aggregate)]` (eventflow-derive) | yes |
+//! | `metrics` | records the metrics of [`metrics`] through the `metrics` facade (no exporter) | yes |
 //! | `postgres` | `eventflow::postgres`: `PostgresEventStore`, snapshots, checkpoints, relay, `PgProjection`, `PostgresSagaStore` (sqlx) | no |
 //! | `nats` | `NatsBus`, core and JetStream (async-nats) | no |
 //! | `redis` | `RedisBus`, pub/sub and Streams (redis-rs) | no |
@@ -58,6 +60,7 @@ pub mod error;
 pub mod event;
 pub mod event_types;
 pub mod handler;
+pub mod metrics;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod projection;

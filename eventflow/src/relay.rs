@@ -216,7 +216,11 @@ impl Relay {
                 let publish = self.bus.publish_batch(batch.events.clone());
                 match until_stopped(&mut stop, publish).await {
                     None => return,
-                    Some(Ok(())) => {}
+                    Some(Ok(())) => crate::metrics::relay_published(
+                        name,
+                        count,
+                        batch.events.last().map(|e| e.timestamp),
+                    ),
                     Some(Err(error)) => {
                         tracing::warn!(
                             relay = name,
@@ -283,7 +287,10 @@ impl Relay {
         loop {
             attempts = attempts.saturating_add(1);
             let error = match until_stopped(stop, self.bus.publish(event.clone())).await? {
-                Ok(()) => return Some(()),
+                Ok(()) => {
+                    crate::metrics::relay_published(name, 1, Some(event.timestamp));
+                    return Some(());
+                }
                 Err(error) => error,
             };
             if error.is_permanent() {

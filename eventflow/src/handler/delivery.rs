@@ -155,8 +155,14 @@ pub fn panic_message(panic: &(dyn Any + Send)) -> &str {
 fn classify(caught: std::thread::Result<HandlerResult>) -> Outcome {
     match caught {
         Ok(Ok(())) => Outcome::Handled,
-        Ok(Err(e)) => Outcome::Failed(e),
-        Err(panic) => Outcome::Panicked(panic_message(&*panic).to_owned()),
+        Ok(Err(e)) => {
+            crate::metrics::handler_failed(false);
+            Outcome::Failed(e)
+        }
+        Err(panic) => {
+            crate::metrics::handler_failed(true);
+            Outcome::Panicked(panic_message(&*panic).to_owned())
+        }
     }
 }
 

@@ -94,6 +94,7 @@ impl DeadLetterStore for PostgresDeadLetterStore {
             .execute(&self.pool)
             .await
             .map_err(|e| map_sqlx(&self.target, e))?;
+        crate::metrics::parked(&parked.source);
         Ok(())
     }
 

@@ -383,6 +383,7 @@ impl ProjectionRunner {
             return Ok(Step::Idle);
         };
         let through = position_of(last)?;
+        let last_timestamp = last.timestamp;
         let batch: Vec<Arc<Event>> = batch.events.into_iter().map(Arc::new).collect();
         self.set_state(RunState::CatchingUp);
         match self
@@ -393,6 +394,7 @@ impl ProjectionRunner {
         {
             Ok(()) => {
                 tracing::debug!(projection = %self.inner.name, through, events = batch.len(), "projection batch");
+                crate::metrics::projection_applied(&self.inner.name, last_timestamp);
                 self.set_position(cursor, through);
                 Ok(Step::Progress)
             }
@@ -409,6 +411,9 @@ impl ProjectionRunner {
             }) => {
                 if let Some(p) = handled_through {
                     self.set_position(cursor, p);
+                    if let Some(prev) = index.checked_sub(1) {
+                        crate::metrics::projection_applied(&self.inner.name, batch[prev].timestamp);
+                    }
                 }
                 self.on_failure(cursor, &batch[index], error).await
             }
@@ -487,6 +492,7 @@ impl ProjectionRunner {
                     shared.failure = Some(failed);
                 }
                 self.set_position(cursor, position);
+                crate::metrics::projection_applied(&self.inner.name, event.timestamp);
                 return Ok(Step::Progress);
             }
         };

@@ -254,6 +254,7 @@ impl<S: Saga> SagaManager<S> {
             (None, true) => event.id.to_string(),
             (None, false) => return Ok(SagaOutcome::Ignored(IgnoreReason::NoCorrelation)),
         };
+        crate::metrics::saga_handled(&self.name, event.timestamp);
         let span = tracing::debug_span!("saga", saga = %self.name, correlation_id = %correlation_id, event_id = %event.id, event_type = %event.event_type);
         self.step(event, deadline, is_start, correlation_id)
             .instrument(span)
