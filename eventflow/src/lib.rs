@@ -47,6 +47,7 @@
 //! |---|---|---|
 //! | `derive` | `#[derive(DomainEvent)]`, `#[derive(Aggregate)]` (eventflow-derive) | yes |
 //! | `metrics` | records the metrics of [`metrics`] through the `metrics` facade (no exporter) | yes |
+//! | `otel` | W3C `traceparent` in event metadata, continued by handling spans ([`event::traceparent`]) | no |
 //! | `postgres` | `eventflow::postgres`: `PostgresEventStore`, snapshots, checkpoints, relay, `PgProjection`, `PostgresSagaStore` (sqlx) | no |
 //! | `nats` | `NatsBus`, core and JetStream (async-nats) | no |
 //! | `redis` | `RedisBus`, pub/sub and Streams (redis-rs) | no |
