@@ -191,6 +191,13 @@ pub enum ProjectionAction {
         #[arg(long)]
         quiet: bool,
     },
+    /// Clear a projection's read model and set its checkpoint to 0 without replaying: its
+    /// running service (a transactional PostgreSQL projection) sees the checkpoint moved and
+    /// replays from the first event. Needs the projection's code, as `rebuild`.
+    Reset {
+        /// The projection's name.
+        name: String,
+    },
 }
 
 /// `relay` actions.

@@ -138,6 +138,12 @@ pub(crate) async fn run(cli: Cli, projections: HashMap<String, RunnerFactory>) -
             ProjectionAction::Rebuild { name, quiet } => {
                 rebuild(&store().await?, projections, &name, quiet).await
             }
+            ProjectionAction::Reset { name } => {
+                let runner = registered(projections, &name)?(&store().await?)?;
+                runner.reset().await?;
+                print(&format!("reset {name}: read model cleared, checkpoint 0\n"))?;
+                Ok(ExitCode::SUCCESS)
+            }
         },
         Command::Relay {
             action: RelayAction::Status { name, output },
@@ -285,8 +291,8 @@ async fn tail(
             HandlerResult::Ok(())
         }
     };
-    // Kept alive while tailing; dropped (unsubscribed) on return.
-    let _subscription = match bus {
+    // Kept alive while tailing (the bus too: dropping it closes it); dropped on return.
+    let (_subscription, _bus) = match bus {
         None => {
             let store = connect(global).await?;
             let head = store.head_position().await?;
@@ -307,13 +313,13 @@ async fn tail(
                 .await?;
             // Ready: the first event committed from now on is shown.
             eprintln!("following {} (pattern {pattern})", store.schema());
-            subscription
+            (subscription, None)
         }
         Some(kind) => {
             let bus = connect_bus(global, kind).await?;
             let subscription = bus.subscribe(&pattern, Arc::new(handler)).await?;
             eprintln!("following the {kind:?} bus (pattern {pattern})");
-            subscription
+            (subscription, Some(bus))
         }
     };
     let mut seen = 0u64;
@@ -399,12 +405,11 @@ async fn list_projections(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn rebuild(
-    store: &PostgresEventStore,
+/// The runner factory of the registered projection `name`.
+fn registered(
     mut projections: HashMap<String, RunnerFactory>,
     name: &str,
-    quiet: bool,
-) -> Result<ExitCode> {
+) -> Result<RunnerFactory> {
     let Some(make) = projections.remove(name) else {
         let mut known: Vec<_> = projections.keys().cloned().collect();
         known.sort();
@@ -418,7 +423,16 @@ async fn rebuild(
             }
         );
     };
-    let runner = make(store)?;
+    Ok(make)
+}
+
+async fn rebuild(
+    store: &PostgresEventStore,
+    projections: HashMap<String, RunnerFactory>,
+    name: &str,
+    quiet: bool,
+) -> Result<ExitCode> {
+    let runner = registered(projections, name)?(store)?;
     let head = store.head_position().await?;
     let total = store.count_events(0, head).await?;
     let bar = if quiet {
@@ -584,6 +598,11 @@ async fn dead_letters(
             bus.publish(parked.event.clone())
                 .await
                 .with_context(|| format!("the bus rejected dead letter {id}; it stays parked"))?;
+            // Closing delivers what the client still buffers (core NATS) before the dead
+            // letter goes.
+            bus.close().await.with_context(|| {
+                format!("flushing dead letter {id} to the bus; it stays parked")
+            })?;
             dead_letters.discard(id).await?;
             print(&format!(
                 "published {} {} from {}; dead letter {id} removed\n",

@@ -645,6 +645,27 @@ async fn rebuild_replays_every_event_into_the_same_read_model() {
     .unwrap();
     rebuild();
     assert_eq!(type_counts(&s).await, expected);
+    // Reset: the read model is empty and the checkpoint at 0 (all 10 events to replay).
+    let reset = s
+        .command(DEMO, &["projections", "reset", "type-counts"])
+        .output()
+        .unwrap();
+    assert!(
+        reset.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reset.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(reset.stdout).unwrap(),
+        "reset type-counts: read model cleared, checkpoint 0\n"
+    );
+    assert_eq!(type_counts(&s).await, []);
+    let listed = s.json(&["projections"]);
+    assert_eq!(listed[0]["position"], 0);
+    assert_eq!(listed[0]["lag_events"], 10);
+    assert_eq!(listed[0]["status"], "behind");
+    rebuild();
+    assert_eq!(type_counts(&s).await, expected);
     // The generic binary has no projection code: a clear error, nothing changed.
     let error = one_line_error(&s.run(&["projections", "rebuild", "type-counts"]));
     assert!(error.contains("not registered in this binary"), "{error}");
@@ -826,6 +847,71 @@ async fn tail_follows_new_events_matching_a_pattern() {
             "2026-01-05 10:03:20.000Z  order.shipped  order-o9 v2  -  {\"n\":9}",
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_follows_a_nats_bus() {
+    let s = Seeded::new().await;
+    let prefix = unique("cli_tail");
+    let mut config = NatsConfig::new(nats_url());
+    config.subject_prefix.clone_from(&prefix);
+    let bus = NatsBus::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("NATS is not reachable at {}: {e}", nats_url()));
+    let mut child = s
+        .command(
+            EVENTFLOW,
+            &[
+                "--nats-url",
+                &nats_url(),
+                "--bus-prefix",
+                &prefix,
+                "tail",
+                "order.*",
+                "--bus",
+                "nats",
+                "--count",
+                "1",
+                "--json",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.starts_with("following the Nats bus"), "{line}");
+    // Core NATS delivers at most once and the server may see the tail's SUB after a first
+    // publish: publish (events of another type first, which it must not show) until it exits.
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let waiter = {
+        let done = Arc::clone(&done);
+        tokio::task::spawn_blocking(move || {
+            let output = child.wait_with_output();
+            done.store(true, Ordering::SeqCst);
+            output
+        })
+    };
+    let mut sent = Vec::new();
+    while !done.load(Ordering::SeqCst) {
+        bus.publish(Event::new("payment.failed", json!({})).unwrap())
+            .await
+            .unwrap();
+        let event = Event::new("order.placed", json!({ "n": sent.len() })).unwrap();
+        sent.push(event.id);
+        bus.publish(event).await.unwrap();
+        assert!(sent.len() < 200, "tail never showed an event");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let output = waiter.await.unwrap().unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let shown: Event = serde_json::from_str(stdout.trim_end()).unwrap();
+    assert_eq!(shown.event_type, "order.placed");
+    assert!(sent.contains(&shown.id));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -255,9 +255,22 @@ impl ProjectionRunner {
     /// # Errors
     /// As [`catch_up`](Self::catch_up), and the reset hook's error.
     pub async fn rebuild(&self) -> Result<u64> {
+        self.reset().await?;
+        self.catch_up().await
+    }
+
+    /// Clears the read model (the projection's reset hook) and sets the checkpoint to 0,
+    /// without replaying: the next [`catch_up`](Self::catch_up) or live batch starts from the
+    /// first event. For a transactional PostgreSQL projection (`PgProjection`) this also restarts a
+    /// runner of the same projection in another process, which finds its checkpoint moved (as
+    /// `eventflow projections reset` relies on). A stopped runner is cleared to run again.
+    ///
+    /// # Errors
+    /// The reset hook's error; backend errors.
+    pub async fn reset(&self) -> Result<()> {
         {
             let mut cursor = self.inner.cursor.lock().await;
-            tracing::info!(projection = %self.inner.name, "projection rebuild");
+            tracing::info!(projection = %self.inner.name, "projection reset");
             self.inner.applier.reset().await?;
             cursor.loaded = true;
             self.set_position(&mut cursor, 0);
@@ -267,9 +280,9 @@ impl ProjectionRunner {
             shared.failure = None;
             shared.skipped = 0;
             shared.parked = 0;
-            shared.state = RunState::CatchingUp;
+            shared.state = RunState::Idle;
         }
-        self.catch_up().await
+        Ok(())
     }
 
     /// Clears a stop (policy `Stop` or exhausted retries) so the runner tries the event again.
