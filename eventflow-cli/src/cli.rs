@@ -143,7 +143,7 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
-    /// Projections: position, lag and parked events; rebuild one.
+    /// Projections: position, lag and parked events; rebuild, reset, pause or resume one.
     Projections {
         /// What to do (list them by default).
         #[command(subcommand)]
@@ -190,6 +190,17 @@ pub enum ProjectionAction {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+    },
+    /// Pause a transactional projection: its runners, in every process, apply nothing until
+    /// it is resumed (from their next batch on).
+    Pause {
+        /// The projection's name.
+        name: String,
+    },
+    /// Resume a paused projection.
+    Resume {
+        /// The projection's name.
+        name: String,
     },
     /// Clear a projection's read model and set its checkpoint to 0 without replaying: its
     /// running service (a transactional PostgreSQL projection) sees the checkpoint moved and

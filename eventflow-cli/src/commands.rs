@@ -138,6 +138,16 @@ pub(crate) async fn run(cli: Cli, projections: HashMap<String, RunnerFactory>) -
             ProjectionAction::Rebuild { name, quiet } => {
                 rebuild(&store().await?, projections, &name, quiet).await
             }
+            ProjectionAction::Pause { name } => {
+                store().await?.set_projection_paused(&name, true).await?;
+                print(&format!("paused {name}\n"))?;
+                Ok(ExitCode::SUCCESS)
+            }
+            ProjectionAction::Resume { name } => {
+                store().await?.set_projection_paused(&name, false).await?;
+                print(&format!("resumed {name}\n"))?;
+                Ok(ExitCode::SUCCESS)
+            }
             ProjectionAction::Reset { name } => {
                 let runner = registered(projections, &name)?(&store().await?)?;
                 runner.reset().await?;
@@ -377,7 +387,13 @@ async fn list_projections(
         let parked = dead_letters.count(&checkpoint.name).await?;
         rows.push(json!({
             "name": checkpoint.name,
-            "status": if behind == 0 { "caught up" } else { "behind" },
+            "status": if checkpoint.paused {
+                "paused"
+            } else if behind == 0 {
+                "caught up"
+            } else {
+                "behind"
+            },
             "position": checkpoint.position,
             "head": head,
             "lag_events": behind,

@@ -469,18 +469,18 @@ async fn migrate_check_fails_while_migrations_are_pending() {
     assert_eq!(pending.status.code(), Some(1));
     let text = String::from_utf8(pending.stdout).unwrap();
     assert!(
-        text.starts_with(&format!("schema {schema}: 5 pending\n  0001 event store\n")),
+        text.starts_with(&format!("schema {schema}: 6 pending\n  0001 event store\n")),
         "{text}"
     );
     let json: Value =
         serde_json::from_slice(&run(&["migrate", "--check", "--json"]).stdout).unwrap();
-    assert_eq!(json["pending"].as_array().unwrap().len(), 5);
+    assert_eq!(json["pending"].as_array().unwrap().len(), 6);
     let applied = run(&["migrate"]);
     assert!(applied.status.success());
     assert!(
         String::from_utf8(applied.stdout)
             .unwrap()
-            .contains("applied 5")
+            .contains("applied 6")
     );
     let clean = run(&["migrate", "--check"]);
     assert_eq!(clean.status.code(), Some(0));
@@ -587,6 +587,95 @@ async fn relay_status_and_projections_report_position_lag_and_parked() {
             .starts_with("type-counts  behind  1    0       "),
         "{behind}"
     );
+}
+
+/// Counts events in `live_counts` (a transactional projection run in this process).
+struct LiveCounts;
+
+#[eventflow::async_trait]
+impl eventflow::postgres::PgProjection for LiveCounts {
+    fn name(&self) -> &str {
+        "live-counts"
+    }
+    async fn handle(
+        &self,
+        tx: &mut eventflow::postgres::PgTransaction,
+        _event: &Event,
+    ) -> eventflow::HandlerResult {
+        sqlx::query("UPDATE live_counts SET n = n + 1")
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_stops_a_running_projection_until_resume() {
+    use eventflow::projection::RunState;
+    let s = Seeded::new().await;
+    for statement in [
+        format!("CREATE TABLE {}.live_counts (n bigint NOT NULL)", s.schema),
+        format!("INSERT INTO {}.live_counts VALUES (0)", s.schema),
+    ] {
+        sqlx::query(&statement)
+            .execute(s.store.pool())
+            .await
+            .unwrap();
+    }
+    let count = || async {
+        sqlx::query_scalar::<_, i64>(&format!("SELECT n FROM {}.live_counts", s.schema))
+            .fetch_one(s.store.pool())
+            .await
+            .unwrap()
+    };
+    let runner = eventflow::postgres::projection_runner(
+        Arc::new(s.store.clone()),
+        s.store.pool().clone(),
+        &s.schema,
+        LiveCounts,
+    )
+    .unwrap()
+    .poll_interval(Duration::from_millis(50));
+    let _task = runner.start();
+    runner
+        .wait_caught_up(Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(count().await, 10);
+
+    assert_eq!(
+        s.ok(&["projections", "pause", "live-counts"]),
+        "paused live-counts\n"
+    );
+    assert_eq!(s.json(&["projections"])[0]["status"], "paused");
+    s.append(
+        "order-o4",
+        Event::new("order.placed", json!({})).unwrap(),
+        300,
+    )
+    .await;
+    // The runner read the new event and was refused (its state says so): nothing applied.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while runner.status().await.unwrap().state != RunState::Paused {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the runner never saw the pause"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(count().await, 10);
+    assert_eq!(s.json(&["projections"])[0]["lag_events"], 1);
+
+    assert_eq!(
+        s.ok(&["projections", "resume", "live-counts"]),
+        "resumed live-counts\n"
+    );
+    runner
+        .wait_caught_up(Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(count().await, 11);
+    assert_eq!(s.json(&["projections"])[0]["status"], "caught up");
 }
 
 async fn type_counts(s: &Seeded) -> Vec<(String, i64)> {
@@ -989,6 +1078,9 @@ fn every_command_has_help() {
         &["trace", "--help"],
         &["projections", "--help"],
         &["projections", "rebuild", "--help"],
+        &["projections", "reset", "--help"],
+        &["projections", "pause", "--help"],
+        &["projections", "resume", "--help"],
         &["relay", "status", "--help"],
         &["dead-letters", "--help"],
         &["dead-letters", "list", "--help"],

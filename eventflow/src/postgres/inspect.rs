@@ -38,6 +38,9 @@ pub struct CheckpointSummary {
     pub position: u64,
     /// When the position was last saved.
     pub updated_at: DateTime<Utc>,
+    /// Whether an operator paused this (transactional) projection
+    /// ([`set_projection_paused`](PostgresEventStore::set_projection_paused)).
+    pub paused: bool,
 }
 
 /// An event a saga instance handled, as [`SagaSummary::handled`] lists it.
@@ -114,19 +117,38 @@ impl PostgresEventStore {
     /// # Errors
     /// [`Error::Connect`] or [`Error::Backend`].
     pub async fn list_checkpoints(&self) -> Result<Vec<CheckpointSummary>> {
-        let rows: Vec<(String, i64, DateTime<Utc>)> =
+        let rows: Vec<(String, i64, DateTime<Utc>, bool)> =
             sqlx::query_as(&self.inner.sql.fill(sql::INSPECT_CHECKPOINTS))
                 .fetch_all(&self.inner.pool)
                 .await
                 .map_err(|e| self.map(e))?;
         Ok(rows
             .into_iter()
-            .map(|(name, position, updated_at)| CheckpointSummary {
+            .map(|(name, position, updated_at, paused)| CheckpointSummary {
                 name,
                 position: to_u64(position),
                 updated_at,
+                paused,
             })
             .collect())
+    }
+
+    /// Pauses (`true`) or resumes (`false`) the transactional projection `name`
+    /// ([`PgProjection`](super::PgProjection)): while paused, its runners in every process
+    /// apply nothing (their status says [`RunState::Paused`](crate::projection::RunState::Paused))
+    /// and read again at each commit or poll. Takes effect at their next batch; the batch in
+    /// flight, if any, completes.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] or [`Error::Backend`].
+    pub async fn set_projection_paused(&self, name: &str, paused: bool) -> Result<()> {
+        sqlx::query(&self.inner.sql.fill(sql::INSPECT_SET_PAUSED))
+            .bind(name)
+            .bind(paused)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(|e| self.map(e))?;
+        Ok(())
     }
 
     /// How many events lie after position `after` up to and including `through`: the progress

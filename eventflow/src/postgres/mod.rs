@@ -27,7 +27,8 @@
 //! # Tables
 //! The migrations in the workspace's `migrations/` folder (sqlx format, embedded in the library
 //! through the `eventflow/migrations` link, so the published crate carries them) create
-//! `events`, `snapshots`, `checkpoints`, the `saga_*` tables, `dead_letters` and `undecodable_events` in one schema, `eventflow` unless
+//! `events`, `snapshots`, `checkpoints`, the `saga_*` tables, `dead_letters`, `undecodable_events`
+//! and `projection_controls` (an operator's pause of a [`PgProjection`]) in one schema, `eventflow` unless
 //! [`PostgresEventStoreBuilder::schema`] names another. [`PostgresEventStore::migrate`] applies
 //! them; nothing else changes the schema.
 //!

@@ -147,16 +147,22 @@ impl TxApplier {
         Ok(tx)
     }
 
-    async fn begin_at(&self, from: u64) -> Result<PgTransaction, ApplyError> {
+    /// Locks the checkpoint row in a new transaction; checks it is still at `from` and, when
+    /// `applying`, that no operator paused the projection.
+    async fn begin_at(&self, from: u64, applying: bool) -> Result<PgTransaction, ApplyError> {
         let mut tx = self.begin().await?;
-        let stored: Option<i64> = sqlx::query_scalar(&self.sql.lock_checkpoint)
+        let row: Option<(i64, bool)> = sqlx::query_as(&self.sql.lock_checkpoint)
             .bind(&self.name)
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| self.map(e))?;
-        let stored = to_u64(stored.unwrap_or(0));
+        let (stored, paused) = row.unwrap_or((0, false));
+        let stored = to_u64(stored);
         if stored != from {
             return Err(ApplyError::Moved(stored));
+        }
+        if paused && applying {
+            return Err(ApplyError::Paused);
         }
         Ok(tx)
     }
@@ -256,7 +262,7 @@ impl TxApplier {
         events: &[Arc<Event>],
         through: u64,
     ) -> Result<(), ApplyError> {
-        let mut tx = self.begin_at(from).await?;
+        let mut tx = self.begin_at(from, true).await?;
         for (index, event) in events.iter().enumerate() {
             if !self.filter.matches(&event.event_type) {
                 continue;
@@ -284,7 +290,7 @@ impl TxApplier {
     }
 
     async fn skip(&self, from: u64, to: u64) -> Result<(), ApplyError> {
-        let tx = self.begin_at(from).await?;
+        let tx = self.begin_at(from, false).await?;
         self.commit_at(tx, to).await
     }
 

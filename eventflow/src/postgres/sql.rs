@@ -134,8 +134,11 @@ const CREATE_CHECKPOINT: &str = "INSERT INTO {checkpoints} (name, position) VALU
      ON CONFLICT (name) DO NOTHING";
 
 /// Locks a projection's checkpoint row for the batch's transaction: a second runner of the same
-/// projection waits, then sees the position moved.
-const LOCK_CHECKPOINT: &str = "SELECT position FROM {checkpoints} WHERE name = $1 FOR UPDATE";
+/// projection waits, then sees the position moved. Also reads whether an operator paused it
+/// (`migrations/0009_projection_controls.sql`).
+const LOCK_CHECKPOINT: &str = "SELECT c.position, coalesce((SELECT p.paused \
+     FROM {schema}.projection_controls p WHERE p.name = c.name), false) \
+     FROM {checkpoints} c WHERE c.name = $1 FOR UPDATE OF c";
 
 /// Lets a projection's handler name its read-model tables unqualified (`SET LOCAL`: this
 /// transaction only).
@@ -261,9 +264,15 @@ pub(crate) const INSPECT_STREAMS: &str = "SELECT DISTINCT ON (stream_id) stream_
      stream_version, event_type, occurred_at FROM {events} \
      WHERE starts_with(stream_id, $1) ORDER BY stream_id, stream_version DESC LIMIT $2";
 
-/// Every checkpoint (the relay's, projections').
-pub(crate) const INSPECT_CHECKPOINTS: &str =
-    "SELECT name, position, updated_at FROM {checkpoints} ORDER BY name";
+/// Every checkpoint (the relay's, projections'), with whether an operator paused it.
+pub(crate) const INSPECT_CHECKPOINTS: &str = "SELECT c.name, c.position, c.updated_at, \
+     coalesce(p.paused, false) FROM {checkpoints} c \
+     LEFT JOIN {schema}.projection_controls p ON p.name = c.name ORDER BY c.name";
+
+/// Pauses or resumes a transactional projection.
+pub(crate) const INSPECT_SET_PAUSED: &str = "INSERT INTO {schema}.projection_controls \
+     (name, paused) VALUES ($1, $2) \
+     ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now()";
 
 /// Events in `($1, $2]` of the global order (a rebuild's progress).
 pub(crate) const INSPECT_COUNT_EVENTS: &str =

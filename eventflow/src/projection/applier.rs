@@ -27,6 +27,9 @@ pub(crate) enum ApplyError {
     Moved(u64),
     /// The store of the read model or of the checkpoint failed; nothing is known to be saved.
     Store(Error),
+    /// An operator paused the projection (`eventflow projections pause`); nothing was applied.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Paused,
 }
 
 impl From<Error> for ApplyError {

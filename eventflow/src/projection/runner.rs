@@ -417,6 +417,11 @@ impl ProjectionRunner {
                 Ok(Step::Progress)
             }
             Err(ApplyError::Store(e)) => Err(e),
+            Err(ApplyError::Paused) => {
+                // Like caught up: the live loop tries again at the next commit or poll.
+                self.set_state(RunState::Paused);
+                Ok(Step::Idle)
+            }
             Err(ApplyError::Handler {
                 index,
                 handled_through,
@@ -491,6 +496,8 @@ impl ProjectionRunner {
                         return Ok(Step::Progress);
                     }
                     Err(ApplyError::Store(e)) => return Err(e),
+                    // A skip applies nothing, so a pause does not stop it.
+                    Err(ApplyError::Paused) => return Ok(Step::Idle),
                     Err(ApplyError::Handler { error, .. }) => {
                         return Err(Error::backend("projection", error));
                     }
