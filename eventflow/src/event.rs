@@ -44,6 +44,7 @@ use crate::error::{Error, Result};
 
 mod limits;
 mod stored;
+pub mod traceparent;
 
 pub(crate) use limits::validate_owned;
 pub use limits::{dismantle, payload_depth};
@@ -230,7 +231,9 @@ impl Event {
             event_type: event_type.clone(),
             source,
         })?;
-        Ok(Self::from_parts(event_type, payload))
+        let mut event = Self::from_parts(event_type, payload);
+        traceparent::inject(&mut event);
+        Ok(event)
     }
 
     /// Creates an event from an already valid type name and a JSON payload without checking the
@@ -263,11 +266,21 @@ impl Event {
         let mut envelope = Self::from_parts(event_type.to_owned(), payload);
         envelope.version = E::schema_version(event_type);
         limits::check_depth(&envelope)?;
+        traceparent::inject(&mut envelope);
         Ok(envelope)
     }
 
     /// Replaces the metadata.
-    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+    ///
+    /// The trace context recorded at creation ([`traceparent`](traceparent::TRACEPARENT)) is
+    /// kept unless `metadata` brings its own.
+    pub fn with_metadata(mut self, mut metadata: Metadata) -> Self {
+        if let Some(trace) = self.metadata.custom.remove(traceparent::TRACEPARENT) {
+            metadata
+                .custom
+                .entry(traceparent::TRACEPARENT)
+                .or_insert(trace);
+        }
         self.metadata = metadata;
         self
     }

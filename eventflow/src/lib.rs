@@ -38,6 +38,7 @@
 //! | [`aggregate`] | [`Aggregate`], [`Repository`], upcasting |
 //! | [`relay`] | store -> bus, at least once, in global order |
 //! | [`projection`], [`saga`] | read models and process managers |
+//! | [`metrics`] | the names and labels of the metrics eventflow records |
 //! | `postgres` | the PostgreSQL backend: event, snapshot, checkpoint and saga stores, transactional projections (feature `postgres`) |
 //! | `sqlite` | the embedded SQLite backend: event, snapshot, checkpoint, dead-letter and saga stores, transactional projections (feature `sqlite`) |
 //! | `testing` | the conformance kit, `RecordingBus`/`NoopBus`, given/when/then fixtures (feature `testing`) |
@@ -47,6 +48,8 @@
 //! | feature | what it adds | default |
 //! |---|---|---|
 //! | `derive` | `#[derive(DomainEvent)]`, `#[derive(Aggregate)]` (eventflow-derive) | yes |
+//! | `metrics` | records the metrics of [`metrics`] through the `metrics` facade (no exporter) | yes |
+//! | `otel` | W3C `traceparent` in event metadata, continued by handling spans ([`event::traceparent`]) | no |
 //! | `postgres` | `eventflow::postgres`: `PostgresEventStore`, snapshots, checkpoints, relay, `PgProjection`, `PostgresSagaStore` (sqlx) | no |
 //! | `sqlite` | `eventflow::sqlite`: `SqliteEventStore` (embedded, durable), snapshots, checkpoints, dead letters, `SqliteProjection`, `SqliteSagaStore` (sqlx, bundled SQLite) | no |
 //! | `nats` | `NatsBus`, core and JetStream (async-nats) | no |
@@ -62,6 +65,7 @@ pub mod event;
 pub mod event_types;
 pub mod handler;
 pub mod lease;
+pub mod metrics;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod projection;

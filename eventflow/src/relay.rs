@@ -351,16 +351,23 @@ impl Relay {
                 // A publish under way finishes even if the lease is lost meanwhile; its
                 // checkpoint write below is fenced, so it commits nothing then.
                 let publish = self.bus.publish_batch(batch.events.clone());
-                if let Err(error) = halt.run_through(publish).await? {
-                    tracing::warn!(
-                        relay = name,
-                        from = first,
-                        to = batch.position,
-                        %error,
-                        "relay: batch rejected; publishing it event by event"
-                    );
-                    for event in &batch.events {
-                        self.publish_one(event, halt, &mut backoff).await?;
+                match halt.run_through(publish).await? {
+                    Ok(()) => crate::metrics::relay_published(
+                        name,
+                        count,
+                        batch.events.last().map(|e| e.timestamp),
+                    ),
+                    Err(error) => {
+                        tracing::warn!(
+                            relay = name,
+                            from = first,
+                            to = batch.position,
+                            %error,
+                            "relay: batch rejected; publishing it event by event"
+                        );
+                        for event in &batch.events {
+                            self.publish_one(event, halt, &mut backoff).await?;
+                        }
                     }
                 }
                 backoff.reset();
@@ -420,7 +427,10 @@ impl Relay {
         loop {
             attempts = attempts.saturating_add(1);
             let error = match halt.run(self.bus.publish(event.clone())).await? {
-                Ok(()) => return Some(()),
+                Ok(()) => {
+                    crate::metrics::relay_published(name, 1, Some(event.timestamp));
+                    return Some(());
+                }
                 Err(error) => error,
             };
             if error.is_permanent() {

@@ -101,8 +101,10 @@ pub async fn run(handler: &dyn Handler, event: Arc<Event>, subscription: &str) -
         event_id = %event.id,
         event_type = %event.event_type,
         correlation_id = event.correlation_id.as_deref(),
+        stream_id = event.stream_id.as_deref(),
         pattern = subscription,
     );
+    crate::event::traceparent::continue_trace(&span, &event);
     // Entered only while the handler builds its future (a guard, not `in_scope`, so this hot
     // path stays inlined); the future itself runs instrumented below.
     let built = {
@@ -155,8 +157,14 @@ pub fn panic_message(panic: &(dyn Any + Send)) -> &str {
 fn classify(caught: std::thread::Result<HandlerResult>) -> Outcome {
     match caught {
         Ok(Ok(())) => Outcome::Handled,
-        Ok(Err(e)) => Outcome::Failed(e),
-        Err(panic) => Outcome::Panicked(panic_message(&*panic).to_owned()),
+        Ok(Err(e)) => {
+            crate::metrics::handler_failed(false);
+            Outcome::Failed(e)
+        }
+        Err(panic) => {
+            crate::metrics::handler_failed(true);
+            Outcome::Panicked(panic_message(&*panic).to_owned())
+        }
     }
 }
 

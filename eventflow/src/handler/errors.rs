@@ -39,6 +39,25 @@ pub enum BusErrorKind {
     Other,
 }
 
+impl BusErrorKind {
+    /// The kind's `snake_case` name, the `kind` label of `eventflow_bus_errors_total` (see
+    /// [`metrics`](crate::metrics)).
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            BusErrorKind::HandlerFailed => "handler_failed",
+            BusErrorKind::HandlerPanicked => "handler_panicked",
+            BusErrorKind::Disconnected => "disconnected",
+            BusErrorKind::Reconnected => "reconnected",
+            BusErrorKind::Dropped => "dropped",
+            BusErrorKind::DeadLettered => "dead_lettered",
+            BusErrorKind::Decode => "decode",
+            BusErrorKind::Cancelled => "cancelled",
+            BusErrorKind::Failover => "failover",
+            BusErrorKind::Other => "other",
+        }
+    }
+}
+
 /// A failure that has no caller to return to: a handler error or panic, a lost connection, a
 /// dropped or dead-lettered message. Read them from
 /// [`EventBus::errors`](crate::bus::EventBus::errors).
@@ -118,6 +137,11 @@ impl ErrorSender {
 
     /// Reports a failure; also emits it as a `tracing` warning.
     pub fn report(&self, error: BusError) {
+        crate::metrics::bus_error(
+            error.kind.metric_label(),
+            error.kind == BusErrorKind::Reconnected,
+            error.kind == BusErrorKind::DeadLettered,
+        );
         tracing::warn!(
             kind = ?error.kind,
             event_id = ?error.event_id,

@@ -15,6 +15,14 @@ use crate::error::{Error, Result};
 /// `eventflow/migrations` link so the packaged crate carries them too.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// The embedded migrations' versions and descriptions, oldest first.
+pub(crate) fn embedded_migrations() -> impl Iterator<Item = (i64, String)> {
+    MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .map(|m| (m.version, m.description.to_string()))
+}
+
 /// `postgres://user@host:port/db`, without the password.
 pub(crate) fn describe(options: &PgConnectOptions) -> String {
     format!(

@@ -21,12 +21,12 @@ use super::sql::Sql;
 /// with [`new`](Self::new) / [`in_schema`](Self::in_schema).
 #[derive(Debug, Clone)]
 pub struct PostgresDeadLetterStore {
-    pool: PgPool,
-    sql: Sql,
+    pub(super) pool: PgPool,
+    pub(super) sql: Sql,
     target: String,
 }
 
-type Row = (Uuid, String, String, String, String, i32, DateTime<Utc>);
+pub(super) type Row = (Uuid, String, String, String, String, i32, DateTime<Utc>);
 
 impl PostgresDeadLetterStore {
     /// A dead-letter store over `pool` in the default schema.
@@ -47,7 +47,13 @@ impl PostgresDeadLetterStore {
         PostgresDeadLetterStore { pool, sql, target }
     }
 
-    fn decode((id, source, event, reason, error, attempts, parked_at): Row) -> Result<ParkedEvent> {
+    pub(super) fn map(&self, error: sqlx::Error) -> Error {
+        map_sqlx(&self.target, error)
+    }
+
+    pub(super) fn decode(
+        (id, source, event, reason, error, attempts, parked_at): Row,
+    ) -> Result<ParkedEvent> {
         let event: Event =
             serde_json::from_str(&event).map_err(|e| Error::decode("dead letter event", e))?;
         Ok(ParkedEvent {
@@ -88,6 +94,7 @@ impl DeadLetterStore for PostgresDeadLetterStore {
             .execute(&self.pool)
             .await
             .map_err(|e| map_sqlx(&self.target, e))?;
+        crate::metrics::parked(&parked.source);
         Ok(())
     }
 

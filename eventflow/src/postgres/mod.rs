@@ -27,7 +27,8 @@
 //! # Tables
 //! The migrations in the workspace's `migrations/` folder (sqlx format, embedded in the library
 //! through the `eventflow/migrations` link, so the published crate carries them) create
-//! `events`, `snapshots`, `checkpoints`, the `saga_*` tables, `dead_letters`, `undecodable_events`, `leases`, `lease_members`, `position_base` and `tenant_roles` in one schema, `eventflow` unless
+//! `events`, `snapshots`, `checkpoints`, the `saga_*` tables, `dead_letters`, `undecodable_events`, `leases`, `lease_members`, `position_base`, `tenant_roles`
+//! and `projection_controls` (an operator's pause of a [`PgProjection`]) in one schema, `eventflow` unless
 //! [`PostgresEventStoreBuilder::schema`] names another. [`PostgresEventStore::migrate`] applies
 //! them; nothing else changes the schema.
 //!
@@ -109,7 +110,8 @@
 //! `store.rs` (construction, the `EventStore` impl), `append.rs`, `read.rs`, `subscribe.rs`
 //! (the relay too) by concern; `signal.rs` (`LISTEN`/`NOTIFY`), `rows.rs` (row codecs),
 //! `undecodable.rs` (parking rows no reader can decode), `checkpoint.rs`, `snapshot.rs`,
-//! `dead_letter.rs`, `projection.rs`, `saga.rs`; `config.rs`, `connect.rs` (pools,
+//! `dead_letter.rs`, `projection.rs`, `saga.rs`; `inspect.rs` (operator reads for the
+//! `eventflow` command line); `config.rs`, `connect.rs` (pools,
 //! migrations), `in_transaction.rs`, `continuity.rs`, `tenant.rs`, `sql.rs`, `schema.rs`,
 //! `error.rs`. Nothing outside this module imports sqlx.
 
@@ -120,9 +122,10 @@ mod connect;
 mod continuity;
 mod dead_letter;
 mod error;
-mod lease;
 mod horizon;
 mod in_transaction;
+mod inspect;
+mod lease;
 mod projection;
 mod read;
 mod rows;
@@ -162,9 +165,10 @@ pub use append::PendingAppend;
 pub use checkpoint::PostgresCheckpointStore;
 pub use config::PostgresConfig;
 pub use dead_letter::PostgresDeadLetterStore;
+pub use horizon::{HolderKind, HorizonHolder, HorizonStatus};
+pub use inspect::{CheckpointSummary, HandledEvent, SagaSummary, StreamSummary};
 pub use lease::{PostgresLeaseStore, fenced_checkpoint};
 pub use projection::{PgProjection, PgTransaction, partitioned_runner, projection_runner};
-pub use horizon::{HolderKind, HorizonHolder, HorizonStatus};
 pub use saga::PostgresSagaStore;
 pub use schema::DEFAULT_SCHEMA;
 pub use snapshot::PostgresSnapshotStore;

@@ -266,17 +266,23 @@ impl TxApplier {
         Ok(tx)
     }
 
-    async fn begin_at(&self, from: u64) -> Result<PgTransaction, ApplyError> {
+    /// Opens a batch's transaction (the lock taken); checks the checkpoint is still at `from` and, when
+    /// `applying`, that no operator paused the projection.
+    async fn begin_at(&self, from: u64, applying: bool) -> Result<PgTransaction, ApplyError> {
         let mut tx = self.begin().await?;
         // A new statement, so a new snapshot: it sees the commit of a runner we waited for.
-        let stored: Option<i64> = sqlx::query_scalar(&self.sql.load_checkpoint)
+        let (stored, paused): (i64, bool) = sqlx::query_as(&self.sql.load_projection_checkpoint)
             .bind(&self.name)
-            .fetch_optional(&mut *tx)
+            .bind(self.projection.name())
+            .fetch_one(&mut *tx)
             .await
             .map_err(|e| self.map(e))?;
-        let stored = to_u64(stored.unwrap_or(0));
+        let stored = to_u64(stored);
         if stored != from {
             return Err(ApplyError::Moved(stored));
+        }
+        if paused && applying {
+            return Err(ApplyError::Paused);
         }
         Ok(tx)
     }
@@ -394,7 +400,7 @@ impl TxApplier {
         events: &[Arc<Event>],
         through: u64,
     ) -> Result<(), ApplyError> {
-        let mut tx = self.begin_at(from).await?;
+        let mut tx = self.begin_at(from, true).await?;
         for (index, event) in events.iter().enumerate() {
             if !self.filter.matches(&event.event_type)
                 || self.part.as_ref().is_some_and(|p| !p.owns(event))
@@ -424,7 +430,7 @@ impl TxApplier {
     }
 
     async fn skip(&self, from: u64, to: u64) -> Result<(), ApplyError> {
-        let tx = self.begin_at(from).await?;
+        let tx = self.begin_at(from, false).await?;
         self.commit_at(tx, to).await
     }
 

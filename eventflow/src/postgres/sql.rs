@@ -333,6 +333,14 @@ const CREATE_CHECKPOINT: &str = "INSERT INTO {checkpoints} (name, position) VALU
 const BEGIN_PROJECTION_BATCH: &str = "SELECT set_config('search_path', $1, true), \
      pg_advisory_xact_lock(hashtextextended($2, 0))::text";
 
+/// A projection batch's starting point, read after [`BEGIN_PROJECTION_BATCH`] took the lock:
+/// the checkpoint `$1` (0 when none), and whether an operator paused the projection `$2`
+/// (`migrations/0009_projection_controls.sql`; a partition's checkpoint is paused with its
+/// projection).
+const LOAD_PROJECTION_CHECKPOINT: &str = "SELECT \
+     coalesce((SELECT position FROM {checkpoints} WHERE name = $1), 0), \
+     coalesce((SELECT paused FROM {schema}.projection_controls WHERE name = $2), false)";
+
 /// Ends a partition batch's transaction on the server if it sits idle longer than the lease's
 /// time-to-live (its worker paused), so it never holds the checkpoint row or the readers' bound
 /// for long. `set_config(.., true)` is `SET LOCAL` with a bound value.
@@ -481,6 +489,50 @@ const PARK_UNDECODABLE: &str = "WITH marked AS ( \
 /// `Schema::migration_lock_key`); closing the session releases it.
 pub(crate) const ADVISORY_LOCK: &str = "SELECT pg_advisory_lock($1)";
 
+// Operator reads (`inspect.rs`, the `eventflow` command line): filled on use with
+// [`Sql::fill`], since they run rarely and need not be kept per store.
+
+/// Every stream with its version, last event type and time; `$1` a prefix (`''` for all).
+pub(crate) const INSPECT_STREAMS: &str = "SELECT DISTINCT ON (stream_id) stream_id, \
+     stream_version, event_type, occurred_at FROM {events} \
+     WHERE starts_with(stream_id, $1) ORDER BY stream_id, stream_version DESC LIMIT $2";
+
+/// Every checkpoint (the relay's, projections'), with whether an operator paused it.
+pub(crate) const INSPECT_CHECKPOINTS: &str = "SELECT c.name, c.position, c.updated_at, \
+     coalesce(p.paused, false) FROM {checkpoints} c \
+     LEFT JOIN {schema}.projection_controls p ON p.name = c.name ORDER BY c.name";
+
+/// Pauses or resumes a transactional projection.
+pub(crate) const INSPECT_SET_PAUSED: &str = "INSERT INTO {schema}.projection_controls \
+     (name, paused) VALUES ($1, $2) \
+     ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now()";
+
+/// Events in `($1, $2]` of the global order (a rebuild's progress).
+pub(crate) const INSPECT_COUNT_EVENTS: &str =
+    "SELECT count(*) FROM {events} WHERE position > $1 AND position <= $2";
+
+/// Dead letters of every source, oldest first.
+pub(crate) const INSPECT_DEAD_LETTERS: &str = "SELECT id, source, event, reason, error, \
+     attempts, parked_at FROM {schema}.dead_letters ORDER BY seq LIMIT $1";
+
+/// One dead letter, left in place.
+pub(crate) const INSPECT_DEAD_LETTER: &str = "SELECT id, source, event, reason, error, \
+     attempts, parked_at FROM {schema}.dead_letters WHERE id = $1";
+
+/// The saga instances of one correlation id, with what they handled (event ids and types).
+pub(crate) const INSPECT_SAGAS: &str = "SELECT i.saga, i.state, i.version, i.completed, \
+     i.deadlines, i.created_at, i.updated_at, \
+     coalesce((SELECT json_agg(json_build_object('event_id', h.event_id, \
+         'event_type', e.event_type, 'handled_at', h.handled_at) ORDER BY h.handled_at, e.position) \
+       FROM {schema}.saga_handled h LEFT JOIN {events} e ON e.event_id = h.event_id \
+      WHERE h.saga = i.saga AND h.correlation_id = i.correlation_id), '[]'::json)::text \
+     FROM {schema}.saga_instances i WHERE i.correlation_id = $1 ORDER BY i.saga";
+
+/// The migrations applied to a schema (sqlx's table, in the schema `migrate` set as
+/// `search_path`).
+pub(crate) const INSPECT_APPLIED_MIGRATIONS: &str =
+    "SELECT version FROM {schema}._sqlx_migrations WHERE success ORDER BY version";
+
 /// The backend's statements with the table names of one schema filled in.
 #[derive(Clone)]
 pub(crate) struct Sql {
@@ -521,6 +573,7 @@ pub(crate) struct Sql {
     pub(crate) create_checkpoint: String,
     pub(crate) set_local_idle_timeout: String,
     pub(crate) begin_projection_batch: String,
+    pub(crate) load_projection_checkpoint: String,
     pub(crate) saga_instance_count: String,
     pub(crate) saga_load: String,
     pub(crate) saga_record_handled: String,
@@ -606,6 +659,7 @@ impl Sql {
             create_checkpoint: fill(CREATE_CHECKPOINT),
             set_local_idle_timeout: fill(SET_LOCAL_IDLE_TIMEOUT),
             begin_projection_batch: fill(BEGIN_PROJECTION_BATCH),
+            load_projection_checkpoint: fill(LOAD_PROJECTION_CHECKPOINT),
             saga_instance_count: fill(SAGA_INSTANCE_COUNT),
             saga_load: fill(SAGA_LOAD),
             saga_record_handled: fill(SAGA_RECORD_HANDLED),
@@ -628,6 +682,17 @@ impl Sql {
             park_undecodable: fill(PARK_UNDECODABLE),
             schema,
         }
+    }
+
+    /// `template` with this schema's names filled in (the operator reads, filled on use).
+    pub(crate) fn fill(&self, template: &str) -> String {
+        let quoted = self.schema.quoted();
+        template
+            .replace("{columns}", EVENT_COLUMNS)
+            .replace("{cutoff}", SAFE_CUTOFF)
+            .replace("{events}", &format!("{quoted}.events"))
+            .replace("{checkpoints}", &format!("{quoted}.checkpoints"))
+            .replace("{schema}", quoted)
     }
 
     /// `CREATE SCHEMA IF NOT EXISTS` for this schema (run by `migrate` only).

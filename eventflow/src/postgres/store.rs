@@ -262,7 +262,10 @@ impl EventStore for PostgresEventStore {
         expected: ExpectedVersion,
         events: Vec<Event>,
     ) -> Result<Vec<Event>> {
-        self.append_batch_now(stream_id, expected, events).await
+        let started = std::time::Instant::now();
+        let result = self.append_batch_now(stream_id, expected, events).await;
+        crate::metrics::appended("postgres", started, result.as_ref().map_or(0, Vec::len));
+        result
     }
 
     async fn load_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<Event>> {

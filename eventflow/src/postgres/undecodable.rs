@@ -138,5 +138,10 @@ impl PostgresEventStore {
             .fetch_optional(&self.inner.pool)
             .await
             .map_err(|e| self.map(e))
+            .inspect(|id: &Option<Uuid>| {
+                if id.is_some() {
+                    crate::metrics::parked(UNDECODABLE_SOURCE);
+                }
+            })
     }
 }

@@ -30,6 +30,9 @@ pub(crate) enum ApplyError {
     /// The partition lease was lost (the fenced checkpoint write was refused): nothing of the
     /// batch was committed, and the runner must stop.
     LeaseLost(Error),
+    /// An operator paused the projection (`eventflow projections pause`); nothing was applied.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Paused,
 }
 
 impl From<Error> for ApplyError {

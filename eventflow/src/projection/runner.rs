@@ -264,9 +264,22 @@ impl ProjectionRunner {
     /// # Errors
     /// As [`catch_up`](Self::catch_up), and the reset hook's error.
     pub async fn rebuild(&self) -> Result<u64> {
+        self.reset().await?;
+        self.catch_up().await
+    }
+
+    /// Clears the read model (the projection's reset hook) and sets the checkpoint to 0,
+    /// without replaying: the next [`catch_up`](Self::catch_up) or live batch starts from the
+    /// first event. For a transactional PostgreSQL projection (`PgProjection`) this also restarts a
+    /// runner of the same projection in another process, which finds its checkpoint moved (as
+    /// `eventflow projections reset` relies on). A stopped runner is cleared to run again.
+    ///
+    /// # Errors
+    /// The reset hook's error; backend errors.
+    pub async fn reset(&self) -> Result<()> {
         {
             let mut cursor = self.inner.cursor.lock().await;
-            tracing::info!(projection = %self.inner.name, "projection rebuild");
+            tracing::info!(projection = %self.inner.name, "projection reset");
             self.inner.applier.reset().await?;
             cursor.loaded = true;
             self.set_position(&mut cursor, 0);
@@ -276,9 +289,9 @@ impl ProjectionRunner {
             shared.failure = None;
             shared.skipped = 0;
             shared.parked = 0;
-            shared.state = RunState::CatchingUp;
+            shared.state = RunState::Idle;
         }
-        self.catch_up().await
+        Ok(())
     }
 
     /// Clears a stop (policy `Stop` or exhausted retries) so the runner tries the event again.
@@ -397,6 +410,7 @@ impl ProjectionRunner {
             return Ok(Step::Idle);
         };
         let through = position_of(last)?;
+        let last_timestamp = last.timestamp;
         let batch: Vec<Arc<Event>> = batch.events.into_iter().map(Arc::new).collect();
         self.set_state(RunState::CatchingUp);
         match self
@@ -407,6 +421,7 @@ impl ProjectionRunner {
         {
             Ok(()) => {
                 tracing::debug!(projection = %self.inner.name, through, events = batch.len(), "projection batch");
+                crate::metrics::projection_applied(&self.inner.name, last_timestamp);
                 self.set_position(cursor, through);
                 Ok(Step::Progress)
             }
@@ -420,6 +435,11 @@ impl ProjectionRunner {
                 self.lock_shared().lost = true;
                 Err(e)
             }
+            Err(ApplyError::Paused) => {
+                // Like caught up: the live loop tries again at the next commit or poll.
+                self.set_state(RunState::Paused);
+                Ok(Step::Idle)
+            }
             Err(ApplyError::Handler {
                 index,
                 handled_through,
@@ -427,6 +447,9 @@ impl ProjectionRunner {
             }) => {
                 if let Some(p) = handled_through {
                     self.set_position(cursor, p);
+                    if let Some(prev) = index.checked_sub(1) {
+                        crate::metrics::projection_applied(&self.inner.name, batch[prev].timestamp);
+                    }
                 }
                 self.on_failure(cursor, &batch[index], error).await
             }
@@ -495,6 +518,8 @@ impl ProjectionRunner {
                         self.lock_shared().lost = true;
                         return Err(e);
                     }
+                    // A skip applies nothing, so a pause does not stop it.
+                    Err(ApplyError::Paused) => return Ok(Step::Idle),
                     Err(ApplyError::Handler { error, .. }) => {
                         return Err(Error::backend("projection", error));
                     }
@@ -509,6 +534,7 @@ impl ProjectionRunner {
                     shared.failure = Some(failed);
                 }
                 self.set_position(cursor, position);
+                crate::metrics::projection_applied(&self.inner.name, event.timestamp);
                 return Ok(Step::Progress);
             }
         };

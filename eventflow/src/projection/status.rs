@@ -16,6 +16,9 @@ pub enum RunState {
     Live,
     /// Stopped on an event it could not handle (see [`ProjectionStatus::failure`]).
     Failed,
+    /// Paused by an operator (`eventflow projections pause`, transactional PostgreSQL
+    /// projections): it applies nothing until resumed, and reads again at each commit or poll.
+    Paused,
 }
 
 /// An event the handler could not handle.

@@ -254,7 +254,9 @@ impl<S: Saga> SagaManager<S> {
             (None, true) => event.id.to_string(),
             (None, false) => return Ok(SagaOutcome::Ignored(IgnoreReason::NoCorrelation)),
         };
-        let span = tracing::debug_span!("saga", saga = %self.name, correlation_id = %correlation_id, event_id = %event.id, event_type = %event.event_type);
+        crate::metrics::saga_handled(&self.name, event.timestamp);
+        let span = tracing::debug_span!("saga", saga = %self.name, correlation_id = %correlation_id, event_id = %event.id, event_type = %event.event_type, stream_id = event.stream_id.as_deref());
+        crate::event::traceparent::continue_trace(&span, event);
         self.step(event, deadline, is_start, correlation_id)
             .instrument(span)
             .await

@@ -141,6 +141,7 @@ impl InMemoryDeadLetterStore {
 impl DeadLetterStore for InMemoryDeadLetterStore {
     async fn park(&self, event: ParkedEvent) -> Result<()> {
         validate_source(&event.source)?;
+        crate::metrics::parked(&event.source);
         let seq = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         sync::lock(&self.parked).insert(seq, event);
         Ok(())

@@ -286,7 +286,10 @@ impl EventStore for InMemoryEventStore {
         expected: ExpectedVersion,
         events: Vec<Event>,
     ) -> Result<Vec<Event>> {
-        self.inner.append_batch(stream_id, expected, events)
+        let started = std::time::Instant::now();
+        let result = self.inner.append_batch(stream_id, expected, events);
+        crate::metrics::appended("memory", started, result.as_ref().map_or(0, Vec::len));
+        result
     }
 
     async fn load_stream(&self, stream_id: &str, from_version: u64) -> Result<Vec<Event>> {
