@@ -118,7 +118,8 @@ pub struct Account {
 impl ApplyAccountEvent for Account {
     fn deposited(&mut self, amount: u64, memo: String) {
         self.balance += amount;
-        self.events += 1 + (memo.len() as u64 & 0);
+        self.events += 1;
+        black_box(memo);
     }
     fn withdrawn(&mut self, amount: u64) {
         self.balance = self.balance.saturating_sub(amount);
