@@ -154,6 +154,8 @@ pub(crate) struct PartitionSpec {
     /// `<name>#<partition>`.
     pub(crate) checkpoint: String,
     pub(crate) lease: Lease,
+    /// The lease's time-to-live (the PostgreSQL applier bounds an idle transaction by it).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) lease_ttl: Duration,
 }
 
