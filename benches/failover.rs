@@ -7,6 +7,7 @@
 //! Run: `cargo bench -p eventflow-benches --features postgres --bench failover`
 //! (`DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`; a schema of its own,
 //! dropped at the end).
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -134,7 +135,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 #[tokio::main]
-#[allow(clippy::print_stdout)]
 async fn main() {
     if let Ok(spec) = std::env::var(WORKER_ENV) {
         let (schema, owner) = spec.split_once(' ').unwrap();
@@ -166,9 +166,8 @@ async fn main() {
             (owner, child)
         })
         .collect();
-    let mut next = workers.len();
     let mut times = Vec::new();
-    for _ in 0..KILLS {
+    for kill in 0..KILLS {
         // Wait for a live holder that publishes.
         probe(&store).await;
         let holder = loop {
@@ -187,8 +186,7 @@ async fn main() {
                 .fetch_one(&pool)
                 .await
                 .unwrap();
-        let owner = format!("w{next}");
-        next += 1;
+        let owner = format!("w{}", 3 + kill);
         workers.push((owner.clone(), spawn_worker(&schema, &owner)));
         // Probe every 5 ms until a successor publishes.
         let resumed = loop {

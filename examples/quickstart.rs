@@ -9,6 +9,10 @@
 //! ```text
 //! cargo run --example quickstart
 //! ```
+//!
+//! Durable mode: `cargo run --example quickstart -- --db events.db` keeps the store in a SQLite
+//! file (created if missing; feature `sqlite`, on by default in the examples), so its events
+//! are still there on the next run.
 #![allow(clippy::print_stdout)]
 
 use std::sync::Arc;
@@ -114,7 +118,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("-- async bus delivered, in order: {ticks:?}");
 
     // --- The store: streams, optimistic concurrency, correlation and causation ---------------
-    let store = InMemoryEventStore::new();
+    let store = open_store().await?;
+    // In durable mode the stream already holds the events of earlier runs: append after them.
+    let version = store.stream_version("order-o-1").await?;
+    let expected = match version {
+        0 => ExpectedVersion::NoStream,
+        v => ExpectedVersion::Exact(v),
+    };
     let placed = Event::new("order.placed", json!({ "order_id": "o-1" }))?
         .with_metadata(Metadata::default().tenant("acme").user("u-7"))
         .with_correlation("checkout-1")
@@ -123,18 +133,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .caused_by(&placed)
         .with_source("billing");
     let recorded = store
-        .append_batch("order-o-1", ExpectedVersion::NoStream, vec![placed, paid])
+        .append_batch("order-o-1", expected, vec![placed, paid])
         .await?;
     println!("-- appended {} events to order-o-1", recorded.len());
 
     // A writer that read an old version loses, with a typed error.
     let late = Event::new("order.shipped", json!({}))?;
     match store
-        .append("order-o-1", ExpectedVersion::Exact(1), late)
+        .append("order-o-1", ExpectedVersion::Exact(version + 1), late)
         .await
     {
         Err(e) => println!("-- conflict: {e}"),
-        Ok(_) => unreachable!("the stream is at version 2"),
+        Ok(_) => unreachable!("the stream is at version {}", version + 2),
     }
 
     for e in store.load_stream("order-o-1", 0).await? {
@@ -153,6 +163,39 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "-- {} events share correlation id checkout-1",
         same_request.len()
     );
+    println!(
+        "-- the store holds {} events in total",
+        store.read_all(0, usize::MAX).await?.len()
+    );
     bus.close().await?;
     Ok(())
+}
+
+/// The in-memory store, or with `--db <file>` a SQLite file that keeps the events across runs.
+async fn open_store() -> Result<Arc<dyn EventStore>, Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let db = match (args.next().as_deref(), args.next()) {
+        (None, _) => None,
+        (Some("--db"), Some(path)) => Some(path),
+        _ => return Err("usage: quickstart [--db <file>]".into()),
+    };
+    match db {
+        None => Ok(Arc::new(InMemoryEventStore::new())),
+        Some(path) => durable(&path).await,
+    }
+}
+
+#[cfg(feature = "sqlite")]
+async fn durable(path: &str) -> Result<Arc<dyn EventStore>, Box<dyn std::error::Error>> {
+    let store = eventflow::sqlite::SqliteEventStore::open(path).await?;
+    println!(
+        "-- durable mode: {path} holds {} events from earlier runs",
+        store.head_position().await?
+    );
+    Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "sqlite"))]
+async fn durable(_path: &str) -> Result<Arc<dyn EventStore>, Box<dyn std::error::Error>> {
+    Err("--db needs the examples' `sqlite` feature (on by default)".into())
 }

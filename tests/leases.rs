@@ -456,7 +456,10 @@ async fn db_now(fx: &Fixture) -> chrono::DateTime<chrono::Utc> {
 async fn three_processes_one_publisher_and_failover_within_the_lease_after_sigkill() {
     let fx = Fixture::new().await;
     observe(&fx).await;
-    let mut workers: Vec<ChildProcess> = (0..3).map(|_| worker(&fx, Duration::ZERO)).collect();
+    // Each bus takes 100 ms to acknowledge a batch, so the holder is likely killed mid-publish.
+    let mut workers: Vec<ChildProcess> = (0..3)
+        .map(|_| worker(&fx, Duration::from_millis(100)))
+        .collect();
     for w in &mut workers {
         w.wait_ready(Duration::from_secs(30)).await;
     }

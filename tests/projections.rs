@@ -1789,3 +1789,111 @@ mod postgres {
         drop_schema(&store).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The same saga checks on the SQLite saga store (feature `sqlite`).
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use super::*;
+    use eventflow::sqlite::{SqliteEventStore, SqliteSagaStore};
+
+    async fn open(dir: &tempfile::TempDir) -> SqliteEventStore {
+        SqliteEventStore::open(dir.path().join("sagas.db"))
+            .await
+            .unwrap()
+    }
+
+    fn saga_store(store: &SqliteEventStore) -> Arc<SqliteSagaStore> {
+        Arc::new(store.sagas())
+    }
+
+    #[tokio::test]
+    async fn sqlite_saga_routes_dedups_and_sets_causation() {
+        let dir = tempfile::tempdir().unwrap();
+        saga_routes_dedups_and_sets_causation(saga_store(&open(&dir).await)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_saga_1000_creation_races_make_one_instance_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        // The second "process" opens the file anew: its own pool and writer lock.
+        let other = open(&dir).await;
+        let sagas = saga_store(&store);
+        saga_creation_races(sagas.clone(), saga_store(&other), 1000).await;
+        assert_eq!(sagas.instance_count("counter").await.unwrap(), 1000);
+    }
+
+    #[tokio::test]
+    async fn sqlite_saga_resumes_and_fires_deadlines_after_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = saga_store(&open(&dir).await);
+        let restarted = saga_store(&open(&dir).await);
+        saga_resumes_and_fires_deadlines_after_restart(first, restarted).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_saga_deadlines_fail_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        saga_deadlines_fail_one_by_one(saga_store(&open(&dir).await)).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_saga_failing_deadline_is_parked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        let restarted = open(&dir).await;
+        saga_failing_deadline_is_parked(
+            saga_store(&store),
+            saga_store(&restarted),
+            Arc::new(store.dead_letters()),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_saga_10000_completed_instances_are_pruned_to_tombstones_then_gone() {
+        const SEEDED: u64 = 9_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir).await;
+        // In bulk with SQL: the rows `commit` writes for a saga that started and completed in
+        // one step (one instance at version 1, one handled id).
+        for statement in [
+            "WITH RECURSIVE g(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM g WHERE n + 1 < ?) \
+             INSERT INTO saga_instances (saga, correlation_id, state, version, completed, \
+                                         deadlines, updated_at) \
+             SELECT 'oneshot', 'bulk-' || n, '1', 1, 1, '[]', ? FROM g",
+            "WITH RECURSIVE g(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM g WHERE n + 1 < ?) \
+             INSERT INTO saga_handled (saga, correlation_id, event_id) \
+             SELECT 'oneshot', 'bulk-' || n, randomblob(16) FROM g WHERE ? IS NOT NULL",
+        ] {
+            // Completed now, as `commit` would stamp them (microseconds since the epoch).
+            sqlx::query(statement)
+                .bind(i64::try_from(SEEDED).unwrap())
+                .bind(chrono::Utc::now().timestamp_micros())
+                .execute(store.pool())
+                .await
+                .unwrap();
+        }
+        let sagas = saga_store(&store);
+        let counted = sagas.clone();
+        let counts: Counts = Box::new(move || {
+            let s = counted.clone();
+            Box::pin(async move {
+                (
+                    s.instance_count("oneshot").await.unwrap(),
+                    s.handled_count("oneshot").await.unwrap(),
+                    s.tombstone_count("oneshot").await.unwrap(),
+                )
+            })
+        });
+        saga_retention_bounds_bookkeeping(sagas, SEEDED, counts).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_saga_outbox_survives_a_failed_publish() {
+        let dir = tempfile::tempdir().unwrap();
+        saga_outbox_survives_a_failed_publish(saga_store(&open(&dir).await)).await;
+    }
+}

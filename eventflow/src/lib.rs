@@ -39,6 +39,7 @@
 //! | [`relay`] | store -> bus, at least once, in global order |
 //! | [`projection`], [`saga`] | read models and process managers |
 //! | `postgres` | the PostgreSQL backend: event, snapshot, checkpoint and saga stores, transactional projections (feature `postgres`) |
+//! | `sqlite` | the embedded SQLite backend: event, snapshot, checkpoint, dead-letter and saga stores, transactional projections (feature `sqlite`) |
 //! | `testing` | the conformance kit, `RecordingBus`/`NoopBus`, given/when/then fixtures (feature `testing`) |
 //!
 //! ## Cargo features
@@ -47,6 +48,7 @@
 //! |---|---|---|
 //! | `derive` | `#[derive(DomainEvent)]`, `#[derive(Aggregate)]` (eventflow-derive) | yes |
 //! | `postgres` | `eventflow::postgres`: `PostgresEventStore`, snapshots, checkpoints, relay, `PgProjection`, `PostgresSagaStore` (sqlx) | no |
+//! | `sqlite` | `eventflow::sqlite`: `SqliteEventStore` (embedded, durable), snapshots, checkpoints, dead letters, `SqliteProjection`, `SqliteSagaStore` (sqlx, bundled SQLite) | no |
 //! | `nats` | `NatsBus`, core and JetStream (async-nats) | no |
 //! | `redis` | `RedisBus`, pub/sub and Streams (redis-rs) | no |
 //! | `full` | all of the above | no |
@@ -65,6 +67,8 @@ pub mod postgres;
 pub mod projection;
 pub mod relay;
 pub mod saga;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -56,9 +56,11 @@ use crate::store::follow::{self, Follower};
 use crate::store::{CheckpointStore, EventStore};
 
 mod attach;
+pub mod forward;
 mod leased;
 mod parked;
 pub use attach::{IntoBus, RelayOptions, Relayed, WithBus, read_status};
+pub use forward::{DEFAULT_FORWARDER_NAME, ForwardTarget, Forwarder};
 use leased::{Halt, Tenure};
 pub use parked::{RetryOutcome, retry_parked};
 

@@ -40,6 +40,18 @@ impl NatsServer {
         server
     }
 
+    /// A free port and a fresh store directory, with no server running yet (a link that is down
+    /// from the start); [`restart`](Self::restart) starts it.
+    pub fn not_started() -> Self {
+        let store = tempfile::tempdir().unwrap_or_else(|e| panic!("cannot create a tempdir: {e}"));
+        NatsServer {
+            port: crate::free_port(),
+            store,
+            child: None,
+            extra_args: Vec::new(),
+        }
+    }
+
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)

@@ -153,12 +153,12 @@ impl LeaseStore for MemoryLeaseStore {
         validate("group", group)?;
         validate("member", member)?;
         let expires_at = expiry(ttl)?;
+        let now = Utc::now();
         let mut state = sync::lock(&self.state);
-        state
-            .members
-            .entry(group.to_owned())
-            .or_default()
-            .insert(member.to_owned(), expires_at);
+        let members = state.members.entry(group.to_owned()).or_default();
+        // Members that died without leaving do not pile up.
+        members.retain(|_, until| *until > now);
+        members.insert(member.to_owned(), expires_at);
         Ok(())
     }
 

@@ -186,8 +186,12 @@ const FENCED_CHECKPOINT: &str = "WITH held AS ( \
         WHERE c.position < EXCLUDED.position RETURNING 1) \
      SELECT count(*) FROM held";
 
-/// Adds a member to a group, or extends it, for `$3` microseconds.
-const MEMBER_JOIN: &str = "INSERT INTO {schema}.lease_members (group_name, member, expires_at) \
+/// Adds a member to a group, or extends it, for `$3` microseconds; drops the group's expired
+/// members on the way, so workers that died without leaving do not pile up.
+const MEMBER_JOIN: &str = "WITH gone AS ( \
+        DELETE FROM {schema}.lease_members \
+         WHERE group_name = $1 AND member <> $2 AND expires_at <= now()) \
+     INSERT INTO {schema}.lease_members (group_name, member, expires_at) \
      VALUES ($1, $2, now() + $3::bigint * interval '1 microsecond') \
      ON CONFLICT (group_name, member) DO UPDATE SET expires_at = EXCLUDED.expires_at";
 

@@ -393,7 +393,7 @@ impl InMemoryCheckpointStore {
     }
 
     /// The checkpoints `leases` fences: what
-    /// [`LeaseStore::fenced_checkpoint`](crate::lease::LeaseStore::fenced_checkpoint) writes
+    /// [`LeaseStore::fenced_checkpoint`] writes
     /// there, this store reads (and the other way round).
     pub fn shared_with(leases: &MemoryLeaseStore) -> Self {
         InMemoryCheckpointStore {

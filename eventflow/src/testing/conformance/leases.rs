@@ -289,6 +289,11 @@ async fn membership_lists_live_members(leases: &dyn LeaseStore, prefix: &str) ->
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Joining again after expiring brings a member back.
+    leases.join(&group, "c", LONG).await?;
+    assert_eq!(leases.members(&group).await?, vec!["a", "c"]);
+    let stored = leases.list(None).await?.len();
+    assert!(stored > 0, "list without a name shows every lease");
     assert!(
         leases
             .members(&format!("{prefix}-nobody"))
