@@ -69,7 +69,7 @@ pub use traits::{Projection, event_types_of};
 // For the PostgreSQL projection (and the saga runner).
 pub(crate) use applier::{Applier, ApplyError, guarded, position_of};
 pub(crate) use filter::Filter;
-#[cfg(feature = "postgres")]
+#[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
 pub(crate) use partitioned::{PartitionAppliers, PartitionSpec};
 
 #[cfg(test)]

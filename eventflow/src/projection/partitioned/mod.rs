@@ -154,7 +154,7 @@ pub(crate) struct PartitionSpec {
     /// `<name>#<partition>`.
     pub(crate) checkpoint: String,
     pub(crate) lease: Lease,
-    /// Bounds the batch transaction's idle time on PostgreSQL.
+    /// The lease's time-to-live (the PostgreSQL applier bounds an idle transaction by it).
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) lease_ttl: Duration,
 }
@@ -233,6 +233,8 @@ struct Inner {
     /// Where the partition runners park events under [`FailurePolicy::Park`](super::FailurePolicy::Park).
     dead_letters: std::sync::Mutex<Arc<dyn DeadLetterStore>>,
     running: Mutex<BTreeMap<u32, Running>>,
+    /// Partitions being drained in the background (lost or moved away).
+    draining: std::sync::Mutex<BTreeMap<u32, tokio::task::JoinHandle<()>>>,
     /// The partitions running here, for [`PartitionedRunner::owned`].
     owned: std::sync::Mutex<Vec<u32>>,
 }
@@ -356,6 +358,7 @@ impl PartitionedRunner {
                 permits,
                 dead_letters: std::sync::Mutex::new(Arc::new(InMemoryDeadLetterStore::new())),
                 running: Mutex::new(BTreeMap::new()),
+                draining: std::sync::Mutex::new(BTreeMap::new()),
                 owned: std::sync::Mutex::new(Vec::new()),
             }),
         })
@@ -469,11 +472,46 @@ impl PartitionedRunner {
         }
     }
 
-    /// One heartbeat: renew the membership and the leases, stop what is lost or moved, claim
+    /// One heartbeat: renew the leases (all at once: a renewal waits for the partition's batch
+    /// in flight, whose fenced write holds the lease row), then the membership; stop what is
+    /// lost or moved (in the background, so a slow drain never delays the next renewals), claim
     /// what is ours.
     async fn tick(&self) -> Result<()> {
         let inner = &self.inner;
         let ttl = inner.options.lease_ttl;
+        let mut running = inner.running.lock().await;
+
+        let renewals = futures_util::future::join_all(running.iter().map(|(&p, r)| {
+            let leases = Arc::clone(&inner.leases);
+            let lease = r.lease.clone();
+            let lost = r.task.is_finished() && r.runner.lease_lost();
+            async move {
+                if lost {
+                    return (p, Ok(None));
+                }
+                (p, leases.renew(&lease, ttl).await)
+            }
+        }))
+        .await;
+        for (p, renewed) in renewals {
+            match renewed {
+                Ok(Some(lease)) => {
+                    if let Some(r) = running.get_mut(&p) {
+                        r.lease = lease;
+                    }
+                }
+                Ok(None) => {
+                    tracing::warn!(projection = %inner.name, partition = p, "partition lease lost; stopping it");
+                    if let Some(r) = running.remove(&p) {
+                        self.drain_in_background(p, r, false);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(projection = %inner.name, partition = p, error = %e, "partition lease not renewed; retrying");
+                }
+            }
+        }
+
         inner
             .leases
             .heartbeat(&inner.lease_name, &inner.worker, ttl)
@@ -488,50 +526,23 @@ impl PartitionedRunner {
             &inner.name,
             inner.options.partitions,
         );
-        let mut running = inner.running.lock().await;
 
-        // Renew what runs here; drop what ended, was lost, or moved to another worker.
-        let partitions: Vec<u32> = running.keys().copied().collect();
-        for p in partitions {
-            let Some(entry) = running.get_mut(&p) else {
-                continue;
-            };
-            if entry.task.is_finished() && entry.runner.lease_lost() {
-                tracing::warn!(projection = %inner.name, partition = p, "partition lease lost (commit refused)");
-                if let Some(r) = running.remove(&p) {
-                    self.drain(r).await;
-                }
-                continue;
-            }
-            match inner.leases.renew(&entry.lease, ttl).await {
-                Ok(Some(lease)) => entry.lease = lease,
-                Ok(None) => {
-                    tracing::warn!(projection = %inner.name, partition = p, "partition lease lost; stopping it");
-                    if let Some(r) = running.remove(&p) {
-                        self.drain(r).await;
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(projection = %inner.name, partition = p, error = %e, "partition lease not renewed; retrying");
-                    continue;
-                }
-            }
-            if !want.contains(&p)
-                && let Some(r) = running.remove(&p)
-            {
+        // Hand over what moved to another worker: finish the batch, then release.
+        let moved: Vec<u32> = running
+            .keys()
+            .copied()
+            .filter(|p| !want.contains(p))
+            .collect();
+        for p in moved {
+            if let Some(r) = running.remove(&p) {
                 tracing::info!(projection = %inner.name, partition = p, "partition moves to another worker");
-                let lease = r.lease.clone();
-                self.drain(r).await;
-                if let Err(e) = inner.leases.release(&lease).await {
-                    tracing::warn!(projection = %inner.name, partition = p, error = %e, "partition lease not released; it expires");
-                }
+                self.drain_in_background(p, r, true);
             }
         }
 
-        // Claim what is ours and free.
+        // Claim what is ours and free (and no longer draining here).
         for p in want {
-            if running.contains_key(&p) {
+            if running.contains_key(&p) || self.draining(p) {
                 continue;
             }
             let Some(lease) = inner
@@ -572,6 +583,27 @@ impl PartitionedRunner {
         Ok(())
     }
 
+    /// Whether partition `p` is still draining in this worker.
+    fn draining(&self, p: u32) -> bool {
+        let mut draining = crate::handler::sync::lock(&self.inner.draining);
+        draining.retain(|_, handle| !handle.is_finished());
+        draining.contains_key(&p)
+    }
+
+    /// Drains a partition in a task of its own, then releases its lease if asked (a partition
+    /// that moved; a lost lease is not ours to release).
+    fn drain_in_background(&self, p: u32, running: Running, release: bool) {
+        let this = self.clone();
+        let handle = tokio::spawn(async move {
+            let lease = running.lease.clone();
+            this.drain(running).await;
+            if release && let Err(e) = this.inner.leases.release(&lease).await {
+                tracing::warn!(projection = %this.inner.name, partition = p, error = %e, "partition lease not released; it expires");
+            }
+        });
+        crate::handler::sync::lock(&self.inner.draining).insert(p, handle);
+    }
+
     /// Stops a partition: the batch in flight may finish (within the drain timeout), then the
     /// loop is aborted.
     async fn drain(&self, running: Running) {
@@ -588,12 +620,17 @@ impl PartitionedRunner {
         let inner = &self.inner;
         let mut running = inner.running.lock().await;
         let all = std::mem::take(&mut *running);
-        for (_, r) in all {
+        futures_util::future::join_all(all.into_values().map(|r| async move {
             let lease = r.lease.clone();
             self.drain(r).await;
             if let Err(e) = inner.leases.release(&lease).await {
                 tracing::warn!(projection = %inner.name, partition = lease.partition, error = %e, "partition lease not released; it expires");
             }
+        }))
+        .await;
+        let draining = std::mem::take(&mut *crate::handler::sync::lock(&inner.draining));
+        for (_, handle) in draining {
+            let _ = handle.await;
         }
         crate::handler::sync::lock(&inner.owned).clear();
         if let Err(e) = inner.leases.leave(&inner.lease_name, &inner.worker).await {
@@ -632,6 +669,12 @@ impl PartitionedTask {
         let all = std::mem::take(&mut *self.runner.inner.running.lock().await);
         for (_, r) in all {
             r.task.abort().await;
+        }
+        let draining = std::mem::take(&mut *crate::handler::sync::lock(
+            &self.runner.inner.draining,
+        ));
+        for (_, handle) in draining {
+            handle.abort();
         }
     }
 
