@@ -772,7 +772,7 @@ mod tests {
             &sql.members,
             &sql.member_leave,
             &sql.create_checkpoint,
-            &sql.set_local_idle_timeout,
+            &sql.load_projection_checkpoint,
             &sql.saga_instance_count,
             &sql.saga_load,
             &sql.saga_record_handled,
