@@ -717,12 +717,15 @@ impl Sql {
 
     /// What a tenant handle's role needs (`grant_tenant`), for the quoted role name `role`
     /// (validated as a plain identifier first).
-    pub(crate) fn grant_tenant_privileges(&self, role: &str) -> [String; 3] {
+    pub(crate) fn grant_tenant_privileges(&self, role: &str) -> [String; 4] {
         let schema = self.schema.quoted();
         [
             format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
             format!("GRANT SELECT, INSERT ON {schema}.events TO {role}"),
             format!("GRANT SELECT ON {schema}.position_base, {schema}.tenant_roles TO {role}"),
+            // Appends look for other processes' listeners; a tenant's subscription registers
+            // its own (and clears the rows of sessions that are gone).
+            format!("GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.listeners TO {role}"),
         ]
     }
 
