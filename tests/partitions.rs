@@ -202,7 +202,7 @@ async fn wait_leases_lost(pool: &PgPool, schema: &str, worker: &str, within: Dur
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_projection_across_processes() {
     const STREAMS: usize = 400;
-    const EVENTS: usize = 10_000;
+    const EVENTS: usize = 50_000;
     const PER_APPEND: usize = 10;
     let pool = pool(4, "parent").await;
     let schema = unique("parts");
