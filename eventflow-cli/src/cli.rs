@@ -49,6 +49,13 @@ pub enum BusKind {
     Redis,
 }
 
+/// A bus whose own dead letters `dead-letters list --bus` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeadLetterBus {
+    /// The dead-letter stream of Redis Streams (`<bus-prefix>:dead-letter`), at `--redis-url`.
+    Redis,
+}
+
 /// Diagram formats of `trace`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TraceFormat {
@@ -227,11 +234,15 @@ pub enum RelayAction {
 /// `dead-letters` actions.
 #[derive(Debug, Subcommand)]
 pub enum DeadLetterAction {
-    /// List parked events, oldest first.
+    /// List parked events, oldest first: the store's, or (`--bus redis`) the entries of a
+    /// Redis Streams bus's dead-letter stream (`<bus-prefix>:dead-letter`).
     List {
         /// Only this source (the relay's name, a projection's, `saga:<name>`, ...).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "bus")]
         source: Option<String>,
+        /// List this bus's dead letters instead of the store's.
+        #[arg(long, value_enum)]
+        bus: Option<DeadLetterBus>,
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,

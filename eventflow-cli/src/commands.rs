@@ -21,7 +21,8 @@ use std::str::FromStr as _;
 
 use crate::RunnerFactory;
 use crate::cli::{
-    BusKind, Cli, Command, DeadLetterAction, Global, ProjectionAction, RelayAction, TraceFormat,
+    BusKind, Cli, Command, DeadLetterAction, DeadLetterBus, Global, ProjectionAction, RelayAction,
+    TraceFormat,
 };
 use crate::output::{compact, print, print_json, print_table, table, time};
 use crate::trace;
@@ -160,6 +161,15 @@ pub(crate) async fn run(cli: Cli, projections: HashMap<String, RunnerFactory>) -
         Command::Relay {
             action: RelayAction::Status { name, output },
         } => relay_status(&store().await?, &name, output.json).await,
+        Command::DeadLetters {
+            action:
+                DeadLetterAction::List {
+                    bus: Some(DeadLetterBus::Redis),
+                    limit,
+                    output,
+                    ..
+                },
+        } => redis_dead_letters(&global, limit, output.json).await,
         Command::DeadLetters { action } => dead_letters(&global, &store().await?, action).await,
         Command::Sagas {
             correlation_id,
@@ -701,6 +711,7 @@ async fn dead_letters(
             source,
             limit,
             output,
+            ..
         } => {
             let parked = match source {
                 Some(source) => dead_letters.list(&source, limit).await?,
@@ -794,6 +805,38 @@ async fn dead_letters(
             print(&format!("discarded dead letter {id}\n"))?;
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The entries of a Redis Streams bus's dead-letter stream.
+async fn redis_dead_letters(global: &Global, limit: usize, json: bool) -> Result<ExitCode> {
+    let url = global
+        .redis_url
+        .as_deref()
+        .ok_or_else(|| anyhow!("no Redis server: pass --redis-url or set REDIS_URL"))?;
+    let mut config = RedisConfig::new(url);
+    config.key_prefix.clone_from(&global.bus_prefix);
+    let bus = RedisBus::connect(config).await?;
+    let entries = bus.dead_letters(limit).await?;
+    if json {
+        print_json(&entries)?;
+    } else {
+        let mut t = table(["ID", "GROUP", "TYPE", "DELIVERIES", "REASON", "EVENT"]);
+        for e in &entries {
+            t.add_row([
+                e.id.clone(),
+                e.group.clone(),
+                e.event_type.clone(),
+                e.deliveries.to_string(),
+                e.reason.clone(),
+                e.event
+                    .as_ref()
+                    .map_or_else(|| "(undecodable)".to_owned(), |ev| ev.id.to_string()),
+            ]);
+        }
+        print_table(&t)?;
+    }
+    bus.close().await?;
     Ok(ExitCode::SUCCESS)
 }
 

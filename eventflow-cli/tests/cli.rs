@@ -31,6 +31,10 @@ fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
 fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
@@ -1382,4 +1386,112 @@ async fn readme_shows_real_output() {
         )
         .unwrap();
     }
+}
+
+/// Removes every key under a test's prefix from the shared Redis.
+struct RedisCleanup(String);
+
+impl Drop for RedisCleanup {
+    fn drop(&mut self) {
+        let Ok(client) = redis::Client::open(redis_url()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection() else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.0))
+            .query(&mut conn)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_list_reads_the_redis_dead_letter_stream() {
+    use eventflow::bus::SubscriptionOptions;
+    use eventflow::bus::redis::{RedisBus, RedisConfig};
+    let s = Seeded::new().await;
+    let prefix = unique("ef_cli_dlq");
+    let _cleanup = RedisCleanup(prefix.clone());
+    let mut config = RedisConfig::new(redis_url());
+    config.use_streams = true;
+    config.key_prefix.clone_from(&prefix);
+    config.max_deliveries = 2;
+    config.retry_delay = Duration::from_millis(50);
+    config.block = Duration::from_millis(200);
+    let bus = RedisBus::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("Redis is not reachable at {}: {e}", redis_url()));
+    let run = |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend(["--bus-prefix", &prefix]);
+        let output = s
+            .command(EVENTFLOW, &args)
+            .env("REDIS_URL", redis_url())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    // Nothing dead-lettered yet.
+    assert_eq!(
+        run(&["dead-letters", "list", "--bus", "redis"]),
+        "ID  GROUP  TYPE  DELIVERIES  REASON  EVENT\n"
+    );
+
+    let mut errors = bus.errors();
+    let handler = Arc::new(|event: Arc<Event>| async move {
+        if event.payload["poison"] == json!(true) {
+            Err::<(), BoxError>("cannot take it".into())
+        } else {
+            Ok(())
+        }
+    });
+    let _sub = bus
+        .subscribe_with(&["p.>"], SubscriptionOptions::named("p-svc"), handler)
+        .await
+        .unwrap();
+    let poison = Event::new("p.item", json!({ "poison": true })).unwrap();
+    bus.publish(poison.clone()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while errors.recv().await.unwrap().kind != eventflow::bus::BusErrorKind::DeadLettered {}
+    })
+    .await
+    .expect("never dead-lettered");
+
+    let json: Value =
+        serde_json::from_str(&run(&["dead-letters", "list", "--bus", "redis", "--json"])).unwrap();
+    let entries = json.as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{json}");
+    assert_eq!(entries[0]["group"], "p-svc");
+    assert_eq!(entries[0]["reason"], "max deliveries");
+    assert_eq!(entries[0]["deliveries"], 2);
+    assert_eq!(entries[0]["event_type"], "p.item");
+    assert_eq!(entries[0]["stream"], bus.stream_key());
+    assert_eq!(entries[0]["event"]["id"], poison.id.to_string());
+    let table = run(&["dead-letters", "list", "--bus", "redis"]);
+    let rows: Vec<Vec<&str>> = table.lines().map(cells).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    let id = entries[0]["id"].as_str().unwrap();
+    let event_id = poison.id.to_string();
+    assert_eq!(
+        rows[1],
+        [
+            id,
+            "p-svc",
+            "p.item",
+            "2",
+            "max deliveries",
+            event_id.as_str()
+        ],
+        "{table}"
+    );
+    bus.close().await.unwrap();
 }
