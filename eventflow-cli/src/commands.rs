@@ -170,6 +170,16 @@ pub(crate) async fn run(cli: Cli, projections: HashMap<String, RunnerFactory>) -
                     ..
                 },
         } => redis_dead_letters(&global, limit, output.json).await,
+        Command::DeadLetters {
+            action:
+                DeadLetterAction::List {
+                    bus: Some(DeadLetterBus::Nats),
+                    dead_letter_subject,
+                    limit,
+                    output,
+                    ..
+                },
+        } => nats_dead_letters(&global, dead_letter_subject, limit, output.json).await,
         Command::DeadLetters { action } => dead_letters(&global, &store().await?, action).await,
         Command::Sagas {
             correlation_id,
@@ -805,6 +815,49 @@ async fn dead_letters(
             print(&format!("discarded dead letter {id}\n"))?;
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The messages of a JetStream bus's dead-letter subject.
+async fn nats_dead_letters(
+    global: &Global,
+    subject: Option<String>,
+    limit: usize,
+    json: bool,
+) -> Result<ExitCode> {
+    let subject = subject.ok_or_else(|| {
+        anyhow!(
+            "--bus nats needs --dead-letter-subject (the bus's NatsConfig::dead_letter_subject)"
+        )
+    })?;
+    let url = global
+        .nats_url
+        .as_deref()
+        .ok_or_else(|| anyhow!("no NATS server: pass --nats-url or set NATS_URL"))?;
+    // Core mode: reading creates no stream.
+    let mut config = NatsConfig::new(url);
+    config.enable_jetstream = false;
+    let bus = NatsBus::connect(config).await?;
+    let messages = bus.dead_letters(&subject, limit).await?;
+    if json {
+        print_json(&messages)?;
+    } else {
+        let mut t = table(["SEQ", "CONSUMER", "SUBJECT", "DELIVERIES", "ERROR", "EVENT"]);
+        for m in &messages {
+            t.add_row([
+                m.sequence.to_string(),
+                m.consumer.clone(),
+                m.subject.clone(),
+                m.deliveries.to_string(),
+                m.error.clone(),
+                m.event
+                    .as_ref()
+                    .map_or_else(|| "(undecodable)".to_owned(), |ev| ev.id.to_string()),
+            ]);
+        }
+        print_table(&t)?;
+    }
+    bus.close().await?;
     Ok(ExitCode::SUCCESS)
 }
 

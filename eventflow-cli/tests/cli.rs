@@ -1495,3 +1495,103 @@ async fn dead_letters_list_reads_the_redis_dead_letter_stream() {
     );
     bus.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_list_reads_the_jetstream_dead_letter_subject() {
+    let s = Seeded::new().await;
+    let mut config = NatsConfig::new(nats_url());
+    config.subject_prefix = unique("ef_cli_js");
+    config.enable_jetstream = true;
+    config.memory_storage = true;
+    config.stream_name = unique("EF_CLI");
+    config.max_deliver = 2;
+    config.ack_wait = Duration::from_secs(2);
+    config.retry_backoff = Duration::from_millis(20);
+    config.max_retry_backoff = Duration::from_millis(200);
+    let subject = unique("ef_cli_dlq");
+    config.dead_letter_subject = Some(subject.clone());
+    let streams = [
+        config.stream_name.clone(),
+        format!("{}-DLQ", config.stream_name),
+    ];
+    let bus = NatsBus::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("NATS is not reachable at {}: {e}", nats_url()));
+    let run = |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend(["--dead-letter-subject", &subject]);
+        let output = s
+            .command(EVENTFLOW, &args)
+            .env("NATS_URL", nats_url())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert_eq!(
+        run(&["dead-letters", "list", "--bus", "nats"]),
+        "SEQ  CONSUMER  SUBJECT  DELIVERIES  ERROR  EVENT\n"
+    );
+
+    let mut errors = bus.errors();
+    let _sub = bus
+        .subscribe_with(
+            &["poison.*"],
+            eventflow::bus::SubscriptionOptions::named("p-svc"),
+            Arc::new(sync_handler(|_e: &Event| Err("cannot digest".into()))),
+        )
+        .await
+        .unwrap();
+    let poison = Event::new("poison.pill", json!({ "n": 1 })).unwrap();
+    bus.publish(poison.clone()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while errors.recv().await.unwrap().kind != eventflow::bus::BusErrorKind::DeadLettered {}
+    })
+    .await
+    .expect("never dead-lettered");
+
+    let json: Value =
+        serde_json::from_str(&run(&["dead-letters", "list", "--bus", "nats", "--json"])).unwrap();
+    let messages = json.as_array().unwrap();
+    assert_eq!(messages.len(), 1, "{json}");
+    let m = &messages[0];
+    assert_eq!(m["stream"], streams[1].as_str());
+    assert_eq!(m["sequence"], 1);
+    assert_eq!(m["consumer"], "p-svc");
+    assert_eq!(m["deliveries"], 2);
+    assert!(
+        m["error"].as_str().unwrap().contains("cannot digest"),
+        "{m}"
+    );
+    assert_eq!(m["stream_sequence"], 1);
+    assert_eq!(m["event"]["id"], poison.id.to_string());
+    let table = run(&["dead-letters", "list", "--bus", "nats"]);
+    let rows: Vec<Vec<&str>> = table.lines().map(cells).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    let delivered_on = m["subject"].as_str().unwrap();
+    assert!(delivered_on.ends_with(".poison.pill"), "{m}");
+    let event_id = poison.id.to_string();
+    assert_eq!(
+        [rows[1][0], rows[1][1], rows[1][2], rows[1][3], rows[1][5]],
+        ["1", "p-svc", delivered_on, "2", event_id.as_str()],
+        "{table}"
+    );
+    // No dead-letter subject: one clear line.
+    let output = s
+        .command(EVENTFLOW, &["dead-letters", "list", "--bus", "nats"])
+        .env("NATS_URL", nats_url())
+        .output()
+        .unwrap();
+    assert!(one_line_error(&output).contains("--dead-letter-subject"));
+
+    bus.close().await.unwrap();
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    for stream in &streams {
+        js.delete_stream(stream).await.unwrap();
+    }
+}
