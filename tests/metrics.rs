@@ -12,9 +12,12 @@ use std::time::Duration;
 
 use eventflow::bus::BusErrorKind;
 use eventflow::bus::nats::{NatsBus, NatsConfig};
+use eventflow::lease::{LeaseStore, MemoryLeaseStore};
 use eventflow::metrics;
 use eventflow::postgres::{PgPoolOptions, PostgresEventStore};
-use eventflow::projection::{FailurePolicy, Projection, ProjectionRunner};
+use eventflow::projection::{
+    FailurePolicy, PartitionedOptions, PartitionedRunner, Projection, ProjectionRunner,
+};
 use eventflow::saga::{InMemorySagaStore, Saga, SagaContext, SagaManager};
 use eventflow::store::InMemoryDeadLetterStore;
 use eventflow::store::memory::InMemoryCheckpointStore;
@@ -70,6 +73,19 @@ impl Projection for Orders {
         if event.event_type == "payment.failed" {
             return Err("no refund column yet".into());
         }
+        Ok(())
+    }
+}
+
+/// A read model that takes every event, run partitioned.
+struct Ledger;
+
+#[async_trait]
+impl Projection for Ledger {
+    fn name(&self) -> &str {
+        "ledger"
+    }
+    async fn handle(&self, _event: &Event) -> HandlerResult {
         Ok(())
     }
 }
@@ -159,6 +175,35 @@ async fn every_documented_metric_moves_in_a_checkout_run() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
+    // A partitioned projection: a lag gauge per partition; its worker holds both partition
+    // leases, and finds one lost when it is released behind its back (then claims it again,
+    // at the next epoch).
+    let leases = MemoryLeaseStore::new();
+    let partitioned = PartitionedRunner::new(
+        Arc::new(store.store().clone()),
+        Arc::new(InMemoryCheckpointStore::shared_with(&leases)),
+        Arc::new(leases.clone()),
+        Ledger,
+        PartitionedOptions::default()
+            .partitions(2)
+            .lease_ttl(Duration::from_secs(3)),
+    )
+    .unwrap();
+    let _worker = partitioned.start();
+    let head = store.store().head_position().await.unwrap();
+    partitioned.wait_for(head, WAIT).await.unwrap();
+    let taken = leases.list(Some("projection:ledger")).await.unwrap();
+    assert_eq!(taken.len(), 2);
+    assert!(leases.release(&taken[0]).await.unwrap());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while leases.list(Some("projection:ledger")).await.unwrap()[0].epoch == taken[0].epoch {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker never claimed its lost lease again"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
     // PostgreSQL, relayed to a private NATS server that refuses events over 1 KiB: the
     // oversized one is parked by the relay (a dead letter), the small one published.
     let nats = {
@@ -230,10 +275,28 @@ async fn every_documented_metric_moves_in_a_checkout_run() {
         (metrics::PARKED_EVENTS, "source=relay"),
         (metrics::BUS_ERRORS, "kind=dead_lettered"),
         (metrics::BUS_ERRORS, "kind=reconnected"),
+        (metrics::LEASES_HELD, "lease=projection:ledger"),
+        (metrics::LEASES_HELD, "lease=relay:relay"),
+        (metrics::LEASES_LOST, "lease=projection:ledger"),
     ] {
         assert!(
             has(&seen, name, label),
             "{name}{{{label}}} never moved; seen: {seen:#?}"
         );
     }
+    // One lag gauge per partition of the partitioned projection, none without the label.
+    let ledger: Vec<&Vec<String>> = seen[metrics::PROJECTION_LAG_SECONDS]
+        .iter()
+        .map(|(labels, _)| labels)
+        .filter(|labels| labels.iter().any(|l| l == "projection=ledger"))
+        .collect();
+    for partition in ["partition=0", "partition=1"] {
+        assert!(
+            ledger
+                .iter()
+                .any(|labels| labels.iter().any(|l| l == partition)),
+            "no ledger lag gauge with {partition}: {ledger:?}"
+        );
+    }
+    assert!(ledger.iter().all(|labels| labels.len() == 2), "{ledger:?}");
 }

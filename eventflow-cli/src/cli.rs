@@ -49,6 +49,15 @@ pub enum BusKind {
     Redis,
 }
 
+/// A bus whose own dead letters `dead-letters list --bus` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeadLetterBus {
+    /// The dead-letter stream of Redis Streams (`<bus-prefix>:dead-letter`), at `--redis-url`.
+    Redis,
+    /// The JetStream dead-letter subject `--dead-letter-subject`, at `--nats-url`.
+    Nats,
+}
+
 /// Diagram formats of `trace`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TraceFormat {
@@ -227,11 +236,20 @@ pub enum RelayAction {
 /// `dead-letters` actions.
 #[derive(Debug, Subcommand)]
 pub enum DeadLetterAction {
-    /// List parked events, oldest first.
+    /// List parked events, oldest first: the store's, or (`--bus redis`) the entries of a
+    /// Redis Streams bus's dead-letter stream (`<bus-prefix>:dead-letter`), or (`--bus nats`)
+    /// the messages of a JetStream bus's dead-letter subject.
     List {
         /// Only this source (the relay's name, a projection's, `saga:<name>`, ...).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "bus")]
         source: Option<String>,
+        /// List this bus's dead letters instead of the store's.
+        #[arg(long, value_enum)]
+        bus: Option<DeadLetterBus>,
+        /// The JetStream dead-letter subject (the bus's `NatsConfig::dead_letter_subject`),
+        /// for `--bus nats`.
+        #[arg(long)]
+        dead_letter_subject: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,

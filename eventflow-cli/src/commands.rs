@@ -10,7 +10,9 @@ use anyhow::{Context, anyhow, bail};
 use eventflow::bus::PatternSet;
 use eventflow::bus::nats::{NatsBus, NatsConfig};
 use eventflow::bus::redis::{RedisBus, RedisConfig};
+use eventflow::lease::{Lease, LeaseStore as _};
 use eventflow::postgres::{PgConnectOptions, PgPoolOptions, PostgresEventStore};
+use eventflow::projection as partitioned;
 use eventflow::store::{DeadLetterStore, EventCriteria, ParkedEvent};
 use eventflow::{Event, EventBus, EventStore, EventStoreExt, HandlerResult};
 use serde_json::json;
@@ -19,7 +21,8 @@ use std::str::FromStr as _;
 
 use crate::RunnerFactory;
 use crate::cli::{
-    BusKind, Cli, Command, DeadLetterAction, Global, ProjectionAction, RelayAction, TraceFormat,
+    BusKind, Cli, Command, DeadLetterAction, DeadLetterBus, Global, ProjectionAction, RelayAction,
+    TraceFormat,
 };
 use crate::output::{compact, print, print_json, print_table, table, time};
 use crate::trace;
@@ -158,6 +161,25 @@ pub(crate) async fn run(cli: Cli, projections: HashMap<String, RunnerFactory>) -
         Command::Relay {
             action: RelayAction::Status { name, output },
         } => relay_status(&store().await?, &name, output.json).await,
+        Command::DeadLetters {
+            action:
+                DeadLetterAction::List {
+                    bus: Some(DeadLetterBus::Redis),
+                    limit,
+                    output,
+                    ..
+                },
+        } => redis_dead_letters(&global, limit, output.json).await,
+        Command::DeadLetters {
+            action:
+                DeadLetterAction::List {
+                    bus: Some(DeadLetterBus::Nats),
+                    dead_letter_subject,
+                    limit,
+                    output,
+                    ..
+                },
+        } => nats_dead_letters(&global, dead_letter_subject, limit, output.json).await,
         Command::DeadLetters { action } => dead_letters(&global, &store().await?, action).await,
         Command::Sagas {
             correlation_id,
@@ -371,6 +393,45 @@ async fn connect_bus(global: &Global, kind: BusKind) -> Result<Arc<dyn EventBus>
     })
 }
 
+/// A stored lease as JSON: owner, epoch, expiry and whether it is live (`null` for none).
+fn lease_json(lease: Option<&Lease>, now: chrono::DateTime<chrono::Utc>) -> serde_json::Value {
+    lease.map_or(serde_json::Value::Null, |l| {
+        json!({
+            "owner": l.owner,
+            "epoch": l.epoch,
+            "expires_at": l.expires_at,
+            "active": !l.is_expired_at(now),
+        })
+    })
+}
+
+/// The lease columns of a table row: owner (`(expired)` after it when it is not live), epoch,
+/// expiry; `-` for none.
+fn lease_cells(lease: Option<&Lease>, now: chrono::DateTime<chrono::Utc>) -> [String; 3] {
+    match lease {
+        None => ["-".to_owned(), "-".to_owned(), "-".to_owned()],
+        Some(l) => [
+            if l.is_expired_at(now) {
+                format!("{} (expired)", l.owner)
+            } else {
+                l.owner.clone()
+            },
+            l.epoch.to_string(),
+            time(&l.expires_at),
+        ],
+    }
+}
+
+fn status_of(paused: bool, behind: u64) -> &'static str {
+    if paused {
+        "paused"
+    } else if behind == 0 {
+        "caught up"
+    } else {
+        "behind"
+    }
+}
+
 async fn list_projections(
     store: &PostgresEventStore,
     relay_names: &[String],
@@ -378,46 +439,157 @@ async fn list_projections(
 ) -> Result<ExitCode> {
     let head = store.head_position().await?;
     let dead_letters = store.dead_letters();
+    let checkpoints = store.list_checkpoints().await?;
+    let leases = store.leases().list(None).await?;
+    let now = chrono::Utc::now();
+    let lease_of = |projection: &str, partition: u32| {
+        let name = partitioned::lease_name(projection);
+        leases
+            .iter()
+            .find(|l| l.name == name && l.partition == partition)
+    };
+    // A partitioned projection records its partition count in `<name>#partitions`; its
+    // partitions' checkpoints are `<name>#<p>`.
+    let partitioned: std::collections::BTreeMap<&str, u64> = checkpoints
+        .iter()
+        .filter_map(|c| {
+            c.name
+                .strip_suffix("#partitions")
+                .map(|name| (name, c.position))
+        })
+        .collect();
+    let is_partition = |name: &str| {
+        name.rsplit_once('#')
+            .is_some_and(|(base, _)| partitioned.contains_key(base))
+    };
     let mut rows = Vec::new();
-    for checkpoint in store.list_checkpoints().await? {
-        if relay_names.contains(&checkpoint.name) {
+    for checkpoint in &checkpoints {
+        if relay_names.contains(&checkpoint.name) || is_partition(&checkpoint.name) {
             continue;
         }
         let behind = store.count_events(checkpoint.position, head).await?;
         let parked = dead_letters.count(&checkpoint.name).await?;
         rows.push(json!({
             "name": checkpoint.name,
-            "status": if checkpoint.paused {
-                "paused"
-            } else if behind == 0 {
-                "caught up"
-            } else {
-                "behind"
-            },
+            "partitioned": false,
+            "status": status_of(checkpoint.paused, behind),
             "position": checkpoint.position,
             "head": head,
             "lag_events": behind,
             "parked": parked,
             "updated_at": checkpoint.updated_at,
+            "lease": lease_json(lease_of(&checkpoint.name, 0), now),
         }));
     }
+    for (&name, &count) in &partitioned {
+        let paused = checkpoints
+            .iter()
+            .find(|c| c.name == format!("{name}#partitions"))
+            .is_some_and(|c| c.paused);
+        let mut parts = Vec::new();
+        let (mut lowest, mut most_behind, mut all_parked) = (u64::MAX, 0, 0);
+        let mut updated: Option<chrono::DateTime<chrono::Utc>> = None;
+        for p in 0..u32::try_from(count).unwrap_or(u32::MAX) {
+            let checkpoint_name = partitioned::partition_checkpoint(name, p);
+            let checkpoint = checkpoints.iter().find(|c| c.name == checkpoint_name);
+            let position = checkpoint.map_or(0, |c| c.position);
+            let behind = store.count_events(position, head).await?;
+            let parked = dead_letters.count(&checkpoint_name).await?;
+            lowest = lowest.min(position);
+            most_behind = most_behind.max(behind);
+            all_parked += parked;
+            if let Some(c) = checkpoint {
+                updated = updated.max(Some(c.updated_at));
+            }
+            parts.push(json!({
+                "partition": p,
+                "checkpoint": checkpoint_name,
+                "status": status_of(paused, behind),
+                "position": position,
+                "lag_events": behind,
+                "parked": parked,
+                "updated_at": checkpoint.map(|c| c.updated_at),
+                "lease": lease_json(lease_of(name, p), now),
+            }));
+        }
+        rows.push(json!({
+            "name": name,
+            "partitioned": true,
+            "status": status_of(paused, most_behind),
+            "position": if lowest == u64::MAX { 0 } else { lowest },
+            "head": head,
+            "lag_events": most_behind,
+            "parked": all_parked,
+            "updated_at": updated,
+            "partitions": parts,
+        }));
+    }
+    rows.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
     if json {
         print_json(&rows)?;
-    } else {
-        let mut t = table(["PROJECTION", "STATUS", "LAG", "PARKED", "UPDATED"]);
-        for row in &rows {
-            let updated: chrono::DateTime<chrono::Utc> =
-                serde_json::from_value(row["updated_at"].clone())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = table([
+        "PROJECTION",
+        "STATUS",
+        "LAG",
+        "PARKED",
+        "OWNER",
+        "EPOCH",
+        "EXPIRES",
+        "UPDATED",
+    ]);
+    let cell = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let updated_cell = |v: &serde_json::Value| -> Result<String> {
+        Ok(
+            serde_json::from_value::<Option<chrono::DateTime<chrono::Utc>>>(v.clone())?
+                .map_or_else(|| "-".to_owned(), |at| time(&at)),
+        )
+    };
+    for row in &rows {
+        let name = cell(&row["name"]);
+        let partitions = row["partitions"].as_array();
+        let [owner, epoch, expires] = match partitions {
+            // A partitioned projection's own row: how many partitions are leased.
+            Some(parts) => {
+                let live = parts
+                    .iter()
+                    .filter(|p| p["lease"]["active"] == json!(true))
+                    .count();
+                [
+                    format!("{live}/{} leased", parts.len()),
+                    "-".to_owned(),
+                    "-".to_owned(),
+                ]
+            }
+            None => lease_cells(lease_of(&name, 0), now),
+        };
+        t.add_row([
+            name.clone(),
+            cell(&row["status"]),
+            row["lag_events"].to_string(),
+            row["parked"].to_string(),
+            owner,
+            epoch,
+            expires,
+            updated_cell(&row["updated_at"])?,
+        ]);
+        for part in partitions.into_iter().flatten() {
+            let p = u32::try_from(part["partition"].as_u64().unwrap_or(0)).unwrap_or(0);
+            let [owner, epoch, expires] = lease_cells(lease_of(&name, p), now);
             t.add_row([
-                row["name"].as_str().unwrap_or_default().to_owned(),
-                row["status"].as_str().unwrap_or_default().to_owned(),
-                row["lag_events"].to_string(),
-                row["parked"].to_string(),
-                time(&updated),
+                cell(&part["checkpoint"]),
+                cell(&part["status"]),
+                part["lag_events"].to_string(),
+                part["parked"].to_string(),
+                owner,
+                epoch,
+                expires,
+                updated_cell(&part["updated_at"])?,
             ]);
         }
-        print_table(&t)?;
     }
+    print_table(&t)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -490,25 +662,35 @@ async fn relay_status(store: &PostgresEventStore, name: &str, json: bool) -> Res
             store.schema()
         );
     };
-    let head = store.head_position().await?;
-    let behind = store.count_events(checkpoint.position, head).await?;
-    let parked = store.dead_letters().count(name).await?;
+    // Position, head, parked and the relay's lease, as any process reads them.
+    let status = eventflow::relay::read_status(store, name).await?;
+    let behind = store.count_events(status.position, status.head).await?;
+    let now = chrono::Utc::now();
     if json {
         print_json(&json!({
             "name": name,
-            "position": checkpoint.position,
-            "head": head,
+            "active": status.active,
+            "position": status.position,
+            "head": status.head,
             "lag_events": behind,
-            "parked": parked,
+            "parked": status.parked,
             "updated_at": checkpoint.updated_at,
+            "lease": lease_json(status.lease.as_ref(), now),
         }))?;
     } else {
-        let mut t = table(["RELAY", "STATUS", "LAG", "PARKED", "UPDATED"]);
+        let mut t = table([
+            "RELAY", "ACTIVE", "STATUS", "LAG", "PARKED", "OWNER", "EPOCH", "EXPIRES", "UPDATED",
+        ]);
+        let [owner, epoch, expires] = lease_cells(status.lease.as_ref(), now);
         t.add_row([
             name.to_owned(),
+            if status.active { "yes" } else { "no" }.to_owned(),
             if behind == 0 { "caught up" } else { "behind" }.to_owned(),
             behind.to_string(),
-            parked.to_string(),
+            status.parked.to_string(),
+            owner,
+            epoch,
+            expires,
             time(&checkpoint.updated_at),
         ]);
         print_table(&t)?;
@@ -539,6 +721,7 @@ async fn dead_letters(
             source,
             limit,
             output,
+            ..
         } => {
             let parked = match source {
                 Some(source) => dead_letters.list(&source, limit).await?,
@@ -632,6 +815,81 @@ async fn dead_letters(
             print(&format!("discarded dead letter {id}\n"))?;
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The messages of a JetStream bus's dead-letter subject.
+async fn nats_dead_letters(
+    global: &Global,
+    subject: Option<String>,
+    limit: usize,
+    json: bool,
+) -> Result<ExitCode> {
+    let subject = subject.ok_or_else(|| {
+        anyhow!(
+            "--bus nats needs --dead-letter-subject (the bus's NatsConfig::dead_letter_subject)"
+        )
+    })?;
+    let url = global
+        .nats_url
+        .as_deref()
+        .ok_or_else(|| anyhow!("no NATS server: pass --nats-url or set NATS_URL"))?;
+    // Core mode: reading creates no stream.
+    let mut config = NatsConfig::new(url);
+    config.enable_jetstream = false;
+    let bus = NatsBus::connect(config).await?;
+    let messages = bus.dead_letters(&subject, limit).await?;
+    if json {
+        print_json(&messages)?;
+    } else {
+        let mut t = table(["SEQ", "CONSUMER", "SUBJECT", "DELIVERIES", "ERROR", "EVENT"]);
+        for m in &messages {
+            t.add_row([
+                m.sequence.to_string(),
+                m.consumer.clone(),
+                m.subject.clone(),
+                m.deliveries.to_string(),
+                m.error.clone(),
+                m.event
+                    .as_ref()
+                    .map_or_else(|| "(undecodable)".to_owned(), |ev| ev.id.to_string()),
+            ]);
+        }
+        print_table(&t)?;
+    }
+    bus.close().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The entries of a Redis Streams bus's dead-letter stream.
+async fn redis_dead_letters(global: &Global, limit: usize, json: bool) -> Result<ExitCode> {
+    let url = global
+        .redis_url
+        .as_deref()
+        .ok_or_else(|| anyhow!("no Redis server: pass --redis-url or set REDIS_URL"))?;
+    let mut config = RedisConfig::new(url);
+    config.key_prefix.clone_from(&global.bus_prefix);
+    let bus = RedisBus::connect(config).await?;
+    let entries = bus.dead_letters(limit).await?;
+    if json {
+        print_json(&entries)?;
+    } else {
+        let mut t = table(["ID", "GROUP", "TYPE", "DELIVERIES", "REASON", "EVENT"]);
+        for e in &entries {
+            t.add_row([
+                e.id.clone(),
+                e.group.clone(),
+                e.event_type.clone(),
+                e.deliveries.to_string(),
+                e.reason.clone(),
+                e.event
+                    .as_ref()
+                    .map_or_else(|| "(undecodable)".to_owned(), |ev| ev.id.to_string()),
+            ]);
+        }
+        print_table(&t)?;
+    }
+    bus.close().await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,7 +9,7 @@
 //! eventflow tail [PATTERN] [--bus nats|redis] [--count N]
 //! eventflow trace <correlation-id> [--format tree|mermaid|dot]
 //! eventflow projections [rebuild <name>] eventflow relay status
-//! eventflow dead-letters list|show|retry|discard
+//! eventflow dead-letters list|show|retry|discard    (list --bus redis|nats: the bus's own)
 //! eventflow sagas <correlation-id>
 //! ```
 //!

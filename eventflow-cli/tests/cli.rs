@@ -13,6 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use eventflow::bus::memory::InMemoryBus;
 use eventflow::bus::nats::{NatsBus, NatsConfig};
+use eventflow::lease::LeaseStore;
 use eventflow::postgres::{PostgresEventStore, PostgresSagaStore};
 use eventflow::saga::{Saga, SagaContext, SagaManager};
 use eventflow::store::{DeadLetterStore, ParkedEvent};
@@ -28,6 +29,10 @@ const DEMO: &str = env!("CARGO_BIN_EXE_eventflow-cli-demo");
 fn database_url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
 fn nats_url() -> String {
@@ -539,18 +544,65 @@ async fn relay_status_and_projections_report_position_lag_and_parked() {
     // A relay to an in-memory bus publishes everything and saves its checkpoint.
     let relayed = s.store.clone().with_bus(InMemoryBus::new());
     relayed.flush(Duration::from_secs(20)).await.unwrap();
+    // The relay attached to a PostgreSQL store holds the schema's relay lease.
+    let lease = s
+        .store
+        .leases()
+        .list(Some("relay:relay"))
+        .await
+        .unwrap()
+        .pop()
+        .expect("the relay's lease");
     let status = s.ok(&["relay", "status"]);
     let lines: Vec<&str> = status.lines().collect();
-    assert_eq!(lines[0], "RELAY  STATUS     LAG  PARKED  UPDATED");
-    assert!(
-        lines[1].starts_with("relay  caught up  0    1       2"),
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        [
+            "RELAY", "ACTIVE", "STATUS", "LAG", "PARKED", "OWNER", "EPOCH", "EXPIRES", "UPDATED"
+        ],
         "{status}"
     );
+    let row = cells(lines[1]);
+    assert_eq!(
+        row[..7],
+        [
+            "relay",
+            "yes",
+            "caught up",
+            "0",
+            "1",
+            lease.owner.as_str(),
+            "1"
+        ],
+        "{status}"
+    );
+    assert_eq!(row[7], time(&lease.expires_at), "{status}");
     let json = s.json(&["relay", "status"]);
     assert_eq!(json["lag_events"], 0);
     assert_eq!(json["parked"], 1);
     assert_eq!(json["position"], json["head"]);
+    assert_eq!(json["active"], true);
+    assert_eq!(json["lease"]["owner"], lease.owner.as_str());
+    assert_eq!(json["lease"]["epoch"], 1);
+    assert_eq!(json["lease"]["active"], true);
+    assert_eq!(
+        serde_json::from_value::<DateTime<Utc>>(json["lease"]["expires_at"].clone()).unwrap(),
+        lease.expires_at
+    );
     drop(relayed);
+    // Released (as a stopped relay does): the lease is kept, expired, and no relay is active.
+    assert!(s.store.leases().release(&lease).await.unwrap());
+    let json = s.json(&["relay", "status"]);
+    assert_eq!(json["active"], false);
+    assert_eq!(json["lease"]["active"], false);
+    assert_eq!(json["lease"]["epoch"], 1);
+    let status = s.ok(&["relay", "status"]);
+    let expired = format!("{} (expired)", lease.owner);
+    assert_eq!(
+        cells(status.lines().nth(1).unwrap())[..7],
+        ["relay", "no", "caught up", "0", "1", expired.as_str(), "1"],
+        "{status}"
+    );
 
     // The relay's checkpoint is not a projection; the rebuilt one is, caught up.
     sqlx::query(&format!(
@@ -562,7 +614,7 @@ async fn relay_status_and_projections_report_position_lag_and_parked() {
     .unwrap();
     assert_eq!(
         s.ok(&["projections"]),
-        "PROJECTION  STATUS  LAG  PARKED  UPDATED\n"
+        "PROJECTION  STATUS  LAG  PARKED  OWNER  EPOCH  EXPIRES  UPDATED\n"
     );
     let rebuilt = s
         .command(DEMO, &["projections", "rebuild", "type-counts"])
@@ -591,7 +643,7 @@ async fn relay_status_and_projections_report_position_lag_and_parked() {
             .lines()
             .nth(1)
             .unwrap()
-            .starts_with("type-counts  behind  1    0       "),
+            .starts_with("type-counts  behind  1    0       -      -      -        2"),
         "{behind}"
     );
 }
@@ -683,6 +735,187 @@ async fn pause_stops_a_running_projection_until_resume() {
         .unwrap();
     assert_eq!(count().await, 11);
     assert_eq!(s.json(&["projections"])[0]["status"], "caught up");
+}
+
+/// Does nothing with each event: a partitioned projection whose progress and leases the
+/// command line shows.
+struct Split;
+
+#[eventflow::async_trait]
+impl eventflow::postgres::PgProjection for Split {
+    fn name(&self) -> &str {
+        "split"
+    }
+    async fn handle(
+        &self,
+        _tx: &mut eventflow::postgres::PgTransaction,
+        _event: &Event,
+    ) -> eventflow::HandlerResult {
+        Ok(())
+    }
+}
+
+/// The cells of a table row (columns are separated by at least two spaces).
+fn cells(line: &str) -> Vec<&str> {
+    line.split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect()
+}
+
+/// The `time` format of the tables.
+fn time(at: &DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S%.3fZ").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projections_show_each_partition_with_its_lease() {
+    use eventflow::projection::{PartitionedOptions, RunnerOptions};
+    let s = Seeded::new().await;
+    let leases = s.store.leases();
+    let runner = eventflow::postgres::partitioned_runner(
+        Arc::new(s.store.clone()),
+        s.store.pool().clone(),
+        &s.schema,
+        Split,
+        Arc::new(leases.clone()),
+        PartitionedOptions::default()
+            .partitions(2)
+            .lease_ttl(Duration::from_secs(30))
+            .worker_id("worker-a")
+            .runner(RunnerOptions {
+                poll_interval: Duration::from_millis(50),
+                ..RunnerOptions::default()
+            }),
+    )
+    .unwrap();
+    let task = runner.start();
+    let head = s.store.head_position().await.unwrap();
+    runner
+        .wait_for(head, Duration::from_secs(20))
+        .await
+        .unwrap();
+    // A parked event of partition 1 (its dead-letter source is its checkpoint's name).
+    let parked = ParkedEvent::new(
+        "split#1",
+        Event::new("order.placed", json!({})).unwrap(),
+        "handler failed",
+        &std::io::Error::other("boom"),
+        3,
+    );
+    s.store.dead_letters().park(parked).await.unwrap();
+
+    let stored = leases.list(Some("projection:split")).await.unwrap();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    let json = s.json(&["projections"]);
+    let rows = json.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{json}");
+    let split = &rows[0];
+    assert_eq!(split["name"], "split");
+    assert_eq!(split["partitioned"], true);
+    assert_eq!(split["status"], "caught up");
+    assert_eq!(split["lag_events"], 0);
+    assert_eq!(split["parked"], 1);
+    assert_eq!(split["position"], head);
+    let parts = split["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 2, "{json}");
+    for (p, part) in parts.iter().enumerate() {
+        assert_eq!(part["partition"], p);
+        assert_eq!(part["checkpoint"], format!("split#{p}"));
+        assert_eq!(part["position"], head);
+        assert_eq!(part["lag_events"], 0);
+        assert_eq!(part["parked"], u64::from(p == 1));
+        assert_eq!(part["lease"]["owner"], "worker-a");
+        assert_eq!(part["lease"]["epoch"], 1);
+        assert_eq!(part["lease"]["active"], true);
+        assert_eq!(
+            serde_json::from_value::<DateTime<Utc>>(part["lease"]["expires_at"].clone()).unwrap(),
+            stored[p].expires_at
+        );
+    }
+    let table = s.ok(&["projections"]);
+    let lines: Vec<Vec<&str>> = table.lines().map(cells).collect();
+    assert_eq!(
+        lines[0],
+        [
+            "PROJECTION",
+            "STATUS",
+            "LAG",
+            "PARKED",
+            "OWNER",
+            "EPOCH",
+            "EXPIRES",
+            "UPDATED"
+        ]
+    );
+    assert_eq!(lines.len(), 4, "{table}");
+    assert_eq!(
+        lines[1][..7],
+        ["split", "caught up", "0", "1", "2/2 leased", "-", "-"],
+        "{table}"
+    );
+    for p in 0..2 {
+        let expires = time(&stored[p].expires_at);
+        assert_eq!(
+            lines[p + 2][..7],
+            [
+                format!("split#{p}").as_str(),
+                "caught up",
+                "0",
+                if p == 1 { "1" } else { "0" },
+                "worker-a",
+                "1",
+                expires.as_str()
+            ],
+            "{table}"
+        );
+    }
+
+    // Paused with its partitions; one more event: the partitions fall behind.
+    s.ok(&["projections", "pause", "split"]);
+    s.append(
+        "order-o5",
+        Event::new("order.placed", json!({})).unwrap(),
+        400,
+    )
+    .await;
+    let json = s.json(&["projections"]);
+    assert_eq!(json[0]["status"], "paused");
+    assert_eq!(json[0]["lag_events"], 1);
+    for part in json[0]["partitions"].as_array().unwrap() {
+        assert_eq!(part["status"], "paused");
+        assert_eq!(part["lag_events"], 1);
+    }
+
+    // Stopped: the worker releases its leases (kept, expired, same epoch).
+    task.stop().await;
+    let released = leases.list(Some("projection:split")).await.unwrap();
+    let json = s.json(&["projections"]);
+    for part in json[0]["partitions"].as_array().unwrap() {
+        assert_eq!(part["lease"]["owner"], "worker-a");
+        assert_eq!(part["lease"]["epoch"], 1);
+        assert_eq!(part["lease"]["active"], false);
+    }
+    let table = s.ok(&["projections"]);
+    let rows: Vec<Vec<&str>> = table.lines().map(cells).collect();
+    assert_eq!(
+        rows[1][..7],
+        ["split", "paused", "1", "1", "0/2 leased", "-", "-"],
+        "{table}"
+    );
+    assert_eq!(
+        rows[2][..7],
+        [
+            "split#0",
+            "paused",
+            "1",
+            "0",
+            "worker-a (expired)",
+            "1",
+            time(&released[0].expires_at).as_str()
+        ],
+        "{table}"
+    );
 }
 
 async fn type_counts(s: &Seeded) -> Vec<(String, i64)> {
@@ -1152,5 +1385,213 @@ async fn readme_shows_real_output() {
             format!("{}{rewritten}{}", &readme[..start], &readme[end..]),
         )
         .unwrap();
+    }
+}
+
+/// Removes every key under a test's prefix from the shared Redis.
+struct RedisCleanup(String);
+
+impl Drop for RedisCleanup {
+    fn drop(&mut self) {
+        let Ok(client) = redis::Client::open(redis_url()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection() else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.0))
+            .query(&mut conn)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_list_reads_the_redis_dead_letter_stream() {
+    use eventflow::bus::SubscriptionOptions;
+    use eventflow::bus::redis::{RedisBus, RedisConfig};
+    let s = Seeded::new().await;
+    let prefix = unique("ef_cli_dlq");
+    let _cleanup = RedisCleanup(prefix.clone());
+    let mut config = RedisConfig::new(redis_url());
+    config.use_streams = true;
+    config.key_prefix.clone_from(&prefix);
+    config.max_deliveries = 2;
+    config.retry_delay = Duration::from_millis(50);
+    config.block = Duration::from_millis(200);
+    let bus = RedisBus::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("Redis is not reachable at {}: {e}", redis_url()));
+    let run = |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend(["--bus-prefix", &prefix]);
+        let output = s
+            .command(EVENTFLOW, &args)
+            .env("REDIS_URL", redis_url())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    // Nothing dead-lettered yet.
+    assert_eq!(
+        run(&["dead-letters", "list", "--bus", "redis"]),
+        "ID  GROUP  TYPE  DELIVERIES  REASON  EVENT\n"
+    );
+
+    let mut errors = bus.errors();
+    let handler = Arc::new(|event: Arc<Event>| async move {
+        if event.payload["poison"] == json!(true) {
+            Err::<(), BoxError>("cannot take it".into())
+        } else {
+            Ok(())
+        }
+    });
+    let _sub = bus
+        .subscribe_with(&["p.>"], SubscriptionOptions::named("p-svc"), handler)
+        .await
+        .unwrap();
+    let poison = Event::new("p.item", json!({ "poison": true })).unwrap();
+    bus.publish(poison.clone()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while errors.recv().await.unwrap().kind != eventflow::bus::BusErrorKind::DeadLettered {}
+    })
+    .await
+    .expect("never dead-lettered");
+
+    let json: Value =
+        serde_json::from_str(&run(&["dead-letters", "list", "--bus", "redis", "--json"])).unwrap();
+    let entries = json.as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{json}");
+    assert_eq!(entries[0]["group"], "p-svc");
+    assert_eq!(entries[0]["reason"], "max deliveries");
+    assert_eq!(entries[0]["deliveries"], 2);
+    assert_eq!(entries[0]["event_type"], "p.item");
+    assert_eq!(entries[0]["stream"], bus.stream_key());
+    assert_eq!(entries[0]["event"]["id"], poison.id.to_string());
+    let table = run(&["dead-letters", "list", "--bus", "redis"]);
+    let rows: Vec<Vec<&str>> = table.lines().map(cells).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    let id = entries[0]["id"].as_str().unwrap();
+    let event_id = poison.id.to_string();
+    assert_eq!(
+        rows[1],
+        [
+            id,
+            "p-svc",
+            "p.item",
+            "2",
+            "max deliveries",
+            event_id.as_str()
+        ],
+        "{table}"
+    );
+    bus.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_list_reads_the_jetstream_dead_letter_subject() {
+    let s = Seeded::new().await;
+    let mut config = NatsConfig::new(nats_url());
+    config.subject_prefix = unique("ef_cli_js");
+    config.enable_jetstream = true;
+    config.memory_storage = true;
+    config.stream_name = unique("EF_CLI");
+    config.max_deliver = 2;
+    config.ack_wait = Duration::from_secs(2);
+    config.retry_backoff = Duration::from_millis(20);
+    config.max_retry_backoff = Duration::from_millis(200);
+    let subject = unique("ef_cli_dlq");
+    config.dead_letter_subject = Some(subject.clone());
+    let streams = [
+        config.stream_name.clone(),
+        format!("{}-DLQ", config.stream_name),
+    ];
+    let bus = NatsBus::connect(config)
+        .await
+        .unwrap_or_else(|e| panic!("NATS is not reachable at {}: {e}", nats_url()));
+    let run = |args: &[&str]| {
+        let mut args = args.to_vec();
+        args.extend(["--dead-letter-subject", &subject]);
+        let output = s
+            .command(EVENTFLOW, &args)
+            .env("NATS_URL", nats_url())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert_eq!(
+        run(&["dead-letters", "list", "--bus", "nats"]),
+        "SEQ  CONSUMER  SUBJECT  DELIVERIES  ERROR  EVENT\n"
+    );
+
+    let mut errors = bus.errors();
+    let _sub = bus
+        .subscribe_with(
+            &["poison.*"],
+            eventflow::bus::SubscriptionOptions::named("p-svc"),
+            Arc::new(sync_handler(|_e: &Event| Err("cannot digest".into()))),
+        )
+        .await
+        .unwrap();
+    let poison = Event::new("poison.pill", json!({ "n": 1 })).unwrap();
+    bus.publish(poison.clone()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while errors.recv().await.unwrap().kind != eventflow::bus::BusErrorKind::DeadLettered {}
+    })
+    .await
+    .expect("never dead-lettered");
+
+    let json: Value =
+        serde_json::from_str(&run(&["dead-letters", "list", "--bus", "nats", "--json"])).unwrap();
+    let messages = json.as_array().unwrap();
+    assert_eq!(messages.len(), 1, "{json}");
+    let m = &messages[0];
+    assert_eq!(m["stream"], streams[1].as_str());
+    assert_eq!(m["sequence"], 1);
+    assert_eq!(m["consumer"], "p-svc");
+    assert_eq!(m["deliveries"], 2);
+    assert!(
+        m["error"].as_str().unwrap().contains("cannot digest"),
+        "{m}"
+    );
+    assert_eq!(m["stream_sequence"], 1);
+    assert_eq!(m["event"]["id"], poison.id.to_string());
+    let table = run(&["dead-letters", "list", "--bus", "nats"]);
+    let rows: Vec<Vec<&str>> = table.lines().map(cells).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    let delivered_on = m["subject"].as_str().unwrap();
+    assert!(delivered_on.ends_with(".poison.pill"), "{m}");
+    let event_id = poison.id.to_string();
+    assert_eq!(
+        [rows[1][0], rows[1][1], rows[1][2], rows[1][3], rows[1][5]],
+        ["1", "p-svc", delivered_on, "2", event_id.as_str()],
+        "{table}"
+    );
+    // No dead-letter subject: one clear line.
+    let output = s
+        .command(EVENTFLOW, &["dead-letters", "list", "--bus", "nats"])
+        .env("NATS_URL", nats_url())
+        .output()
+        .unwrap();
+    assert!(one_line_error(&output).contains("--dead-letter-subject"));
+
+    bus.close().await.unwrap();
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    for stream in &streams {
+        js.delete_stream(stream).await.unwrap();
     }
 }

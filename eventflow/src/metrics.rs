@@ -11,13 +11,15 @@
 //! | `eventflow_store_appended_events_total` | counter | `store` | events in successful appends (an idempotent retry, which writes nothing, counts them again) |
 //! | `eventflow_relay_published_events_total` | counter | `relay` | events a relay published on its bus |
 //! | `eventflow_relay_lag_seconds` | gauge | `relay` | age (now − event `timestamp`) of the newest event of the relay's last published batch |
-//! | `eventflow_projection_lag_seconds` | gauge | `projection` | age of the newest event of the projection runner's last applied batch |
+//! | `eventflow_projection_lag_seconds` | gauge | `projection`, `partition` (partitioned projections only) | age of the newest event of the projection runner's last applied batch; a partitioned projection's worker sets one gauge per partition it runs (`partition` = `0`, `1`, ...) |
 //! | `eventflow_saga_lag_seconds` | gauge | `saga` | age of the event a saga manager last handled |
 //! | `eventflow_handler_failures_total` | counter | `outcome` (`error` or `panic`) | handler runs that failed, in every bus, store subscription, projection and saga |
 //! | `eventflow_parked_events_total` | counter | `source` | events parked in a dead-letter store (see [`store::dead_letter`](crate::store::dead_letter)) |
 //! | `eventflow_bus_reconnects_total` | counter | — | connections to a NATS or Redis server re-established |
 //! | `eventflow_bus_dead_letters_total` | counter | — | messages given up on after too many deliveries (JetStream, Redis Streams) or parked by a relay |
 //! | `eventflow_bus_errors_total` | counter | `kind` | every failure reported on an error stream, by [`BusErrorKind`](crate::bus::BusErrorKind) (`handler_failed`, `disconnected`, `dropped`, ...) |
+//! | `eventflow_leases_held` | gauge | `lease` | leases this process holds, by lease name: `relay:<name>` (0 or 1) and `projection:<name>` (the partitions this worker runs) |
+//! | `eventflow_leases_lost_total` | counter | `lease` | leases found lost by their holder (expired or taken over before a renewal, or a fenced write refused) |
 //!
 //! `store` is `memory` or `postgres`. The `*_lag_seconds` gauges are set each time a batch is
 //! handled: they say how far behind real time the reader is while it works, and stay at the
@@ -48,8 +50,13 @@ pub const BUS_DEAD_LETTERS: &str = "eventflow_bus_dead_letters_total";
 /// `eventflow_bus_errors_total`.
 pub const BUS_ERRORS: &str = "eventflow_bus_errors_total";
 
+/// `eventflow_leases_held`.
+pub const LEASES_HELD: &str = "eventflow_leases_held";
+/// `eventflow_leases_lost_total`.
+pub const LEASES_LOST: &str = "eventflow_leases_lost_total";
+
 /// Every metric name above, for tests and dashboards.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 13] = [
     STORE_APPEND_SECONDS,
     STORE_APPENDED_EVENTS,
     RELAY_PUBLISHED_EVENTS,
@@ -61,6 +68,8 @@ pub const ALL: [&str; 11] = [
     BUS_RECONNECTS,
     BUS_DEAD_LETTERS,
     BUS_ERRORS,
+    LEASES_HELD,
+    LEASES_LOST,
 ];
 
 /// Registers the description and unit of every eventflow metric with the installed recorder.
@@ -102,6 +111,8 @@ pub fn describe() {
             "Messages given up on after too many deliveries, or parked by a relay."
         );
         describe_counter!(BUS_ERRORS, "Failures reported on an error stream, by kind.");
+        describe_gauge!(LEASES_HELD, "Leases this process holds, by lease name.");
+        describe_counter!(LEASES_LOST, "Leases found lost by their holder.");
     }
 }
 
@@ -142,9 +153,36 @@ pub(crate) fn relay_published(
 }
 
 #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-pub(crate) fn projection_applied(projection: &str, newest: chrono::DateTime<chrono::Utc>) {
+pub(crate) fn projection_applied(
+    projection: &str,
+    partition: Option<u32>,
+    newest: chrono::DateTime<chrono::Utc>,
+) {
     #[cfg(feature = "metrics")]
-    metrics::gauge!(PROJECTION_LAG_SECONDS, "projection" => projection.to_owned()).set(age(newest));
+    match partition {
+        None => metrics::gauge!(PROJECTION_LAG_SECONDS, "projection" => projection.to_owned())
+            .set(age(newest)),
+        Some(p) => metrics::gauge!(
+            PROJECTION_LAG_SECONDS,
+            "projection" => projection.to_owned(),
+            "partition" => p.to_string()
+        )
+        .set(age(newest)),
+    }
+}
+
+/// `held` leases of `lease` held by this process.
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+pub(crate) fn leases_held(lease: &str, held: usize) {
+    #[cfg(feature = "metrics")]
+    metrics::gauge!(LEASES_HELD, "lease" => lease.to_owned()).set(held as f64);
+}
+
+/// A lease of `lease` found lost by its holder.
+#[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+pub(crate) fn lease_lost(lease: &str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(LEASES_LOST, "lease" => lease.to_owned()).increment(1);
 }
 
 #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]

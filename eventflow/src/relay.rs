@@ -278,6 +278,7 @@ impl Relay {
             let claimed_at = tokio::time::Instant::now();
             tracing::info!(relay = %self.name, owner = %self.owner, epoch = lease.epoch, "relay: lease taken; publishing");
             holding.send_replace(Some(lease.clone()));
+            crate::metrics::leases_held(&lease_name, 1);
             let tenure = Tenure::start(
                 Arc::clone(&leases),
                 lease.clone(),
@@ -291,6 +292,7 @@ impl Relay {
                 .await;
             let stopped = halt.is_stopped();
             holding.send_replace(None);
+            crate::metrics::leases_held(&lease_name, 0);
             drop(tenure);
             if stopped {
                 // A clean stop hands the lease over at once.
@@ -301,6 +303,7 @@ impl Relay {
             }
             if outcome.is_none() {
                 tracing::warn!(relay = %self.name, owner = %self.owner, epoch = lease.epoch, "relay: lease lost; standing by");
+                crate::metrics::lease_lost(&lease_name);
             }
         }
     }

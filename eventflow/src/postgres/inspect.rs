@@ -39,7 +39,8 @@ pub struct CheckpointSummary {
     /// When the position was last saved.
     pub updated_at: DateTime<Utc>,
     /// Whether an operator paused this (transactional) projection
-    /// ([`set_projection_paused`](PostgresEventStore::set_projection_paused)).
+    /// ([`set_projection_paused`](PostgresEventStore::set_projection_paused)); a partition's
+    /// checkpoint (`<projection>#<partition>`) is paused with its projection.
     pub paused: bool,
 }
 

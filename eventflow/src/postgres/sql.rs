@@ -497,10 +497,12 @@ pub(crate) const INSPECT_STREAMS: &str = "SELECT DISTINCT ON (stream_id) stream_
      stream_version, event_type, occurred_at FROM {events} \
      WHERE starts_with(stream_id, $1) ORDER BY stream_id, stream_version DESC LIMIT $2";
 
-/// Every checkpoint (the relay's, projections'), with whether an operator paused it.
+/// Every checkpoint (the relay's, projections'), with whether an operator paused it (a
+/// partition's checkpoint `<projection>#<p>` is paused with its projection).
 pub(crate) const INSPECT_CHECKPOINTS: &str = "SELECT c.name, c.position, c.updated_at, \
-     coalesce(p.paused, false) FROM {checkpoints} c \
-     LEFT JOIN {schema}.projection_controls p ON p.name = c.name ORDER BY c.name";
+     coalesce((SELECT bool_or(p.paused) FROM {schema}.projection_controls p \
+       WHERE p.name IN (c.name, split_part(c.name, '#', 1))), false) \
+     FROM {checkpoints} c ORDER BY c.name";
 
 /// Pauses or resumes a transactional projection.
 pub(crate) const INSPECT_SET_PAUSED: &str = "INSERT INTO {schema}.projection_controls \

@@ -46,6 +46,11 @@ impl From<Error> for ApplyError {
 #[async_trait]
 pub(crate) trait Applier: Send + Sync + 'static {
     fn name(&self) -> &str;
+    /// The `projection` and `partition` labels of the projection lag gauge: the name alone,
+    /// except for a partitioned projection's partition.
+    fn metric_labels(&self) -> (&str, Option<u32>) {
+        (self.name(), None)
+    }
     async fn load_checkpoint(&self) -> Result<u64>;
     /// Applies `events` (the batch after position `from`) and saves the checkpoint `through`.
     async fn apply(&self, from: u64, events: &[Arc<Event>], through: u64)

@@ -48,6 +48,9 @@ struct Shared {
 
 struct Inner {
     name: String,
+    /// The projection lag gauge's `projection` label, and its `partition` label for a
+    /// partition's runner.
+    metric: (String, Option<u32>),
     store: Arc<dyn EventStore>,
     applier: Arc<dyn Applier>,
     /// One batch at a time (live loop, `catch_up` and `rebuild` share it).
@@ -82,6 +85,12 @@ enum Step {
 }
 
 impl ProjectionRunner {
+    /// Sets the projection lag gauge from the newest event of what was applied.
+    fn applied_metric(&self, newest: chrono::DateTime<chrono::Utc>) {
+        let (name, partition) = &self.inner.metric;
+        crate::metrics::projection_applied(name, *partition, newest);
+    }
+
     /// A runner for `projection` over `store`, keeping its checkpoint in `checkpoints`.
     ///
     /// # Errors
@@ -105,6 +114,10 @@ impl ProjectionRunner {
         ProjectionRunner {
             inner: Arc::new(Inner {
                 name: applier.name().to_owned(),
+                metric: {
+                    let (name, partition) = applier.metric_labels();
+                    (name.to_owned(), partition)
+                },
                 store,
                 applier,
                 cursor: Mutex::new(Cursor {
@@ -421,7 +434,7 @@ impl ProjectionRunner {
         {
             Ok(()) => {
                 tracing::debug!(projection = %self.inner.name, through, events = batch.len(), "projection batch");
-                crate::metrics::projection_applied(&self.inner.name, last_timestamp);
+                self.applied_metric(last_timestamp);
                 self.set_position(cursor, through);
                 Ok(Step::Progress)
             }
@@ -448,7 +461,7 @@ impl ProjectionRunner {
                 if let Some(p) = handled_through {
                     self.set_position(cursor, p);
                     if let Some(prev) = index.checked_sub(1) {
-                        crate::metrics::projection_applied(&self.inner.name, batch[prev].timestamp);
+                        self.applied_metric(batch[prev].timestamp);
                     }
                 }
                 self.on_failure(cursor, &batch[index], error).await
@@ -534,7 +547,7 @@ impl ProjectionRunner {
                     shared.failure = Some(failed);
                 }
                 self.set_position(cursor, position);
-                crate::metrics::projection_applied(&self.inner.name, event.timestamp);
+                self.applied_metric(event.timestamp);
                 return Ok(Step::Progress);
             }
         };

@@ -100,6 +100,7 @@ mod bus;
 mod config;
 mod connect;
 mod core_mode;
+mod dead_letters;
 mod jetstream;
 mod publish;
 mod status;
@@ -107,6 +108,7 @@ mod subscribe;
 
 pub use bus::NatsBus;
 pub use config::NatsConfig;
+pub use dead_letters::NatsDeadLetter;
 pub use status::{NatsHealth, NatsStatus};
 
 /// The backend name in [`Error::Backend`](crate::Error::Backend) and

@@ -197,6 +197,7 @@ mod bus;
 mod config;
 mod conn;
 mod connect;
+mod dead_letters;
 mod publish;
 mod pubsub;
 mod reply;
@@ -208,6 +209,7 @@ mod trim;
 
 pub use bus::RedisBus;
 pub use config::{RedisConfig, RedisTopology};
+pub use dead_letters::RedisDeadLetter;
 pub use status::GroupStatus;
 
 /// The backend name in [`Error::Backend`](crate::Error::Backend)(crate::Error::Backend) and

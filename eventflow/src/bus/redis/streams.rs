@@ -565,7 +565,7 @@ pub(super) async fn destroy_ephemeral(
         .await
 }
 
-fn decode(entry: &Entry) -> std::result::Result<Event, String> {
+pub(super) fn decode(entry: &Entry) -> std::result::Result<Event, String> {
     let Some(event_type) = entry.field("type") else {
         return Err("no `type` field".to_owned());
     };

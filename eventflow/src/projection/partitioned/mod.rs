@@ -178,12 +178,18 @@ pub(crate) trait PartitionAppliers: Send + Sync + 'static {
 struct Gated {
     inner: Arc<dyn Applier>,
     permits: Arc<Semaphore>,
+    /// The projection's name and this partition, for the lag gauge's labels.
+    projection: String,
+    partition: u32,
 }
 
 #[async_trait::async_trait]
 impl Applier for Gated {
     fn name(&self) -> &str {
         self.inner.name()
+    }
+    fn metric_labels(&self) -> (&str, Option<u32>) {
+        (&self.projection, Some(self.partition))
     }
     async fn load_checkpoint(&self) -> Result<u64> {
         self.inner.load_checkpoint().await
@@ -502,6 +508,7 @@ impl PartitionedRunner {
                 }
                 Ok(None) => {
                     tracing::warn!(projection = %inner.name, partition = p, "partition lease lost; stopping it");
+                    crate::metrics::lease_lost(&inner.lease_name);
                     if let Some(r) = running.remove(&p) {
                         self.drain_in_background(p, r, false);
                     }
@@ -564,6 +571,8 @@ impl PartitionedRunner {
             let applier = Arc::new(Gated {
                 inner: inner.appliers.applier(spec),
                 permits: Arc::clone(&inner.permits),
+                projection: inner.name.clone(),
+                partition: p,
             });
             let dead_letters = Arc::clone(&crate::handler::sync::lock(&inner.dead_letters));
             let runner = ProjectionRunner::from_applier(Arc::clone(&inner.store), applier)
@@ -580,6 +589,7 @@ impl PartitionedRunner {
             );
         }
         *crate::handler::sync::lock(&inner.owned) = running.keys().copied().collect();
+        crate::metrics::leases_held(&inner.lease_name, running.len());
         Ok(())
     }
 
@@ -633,6 +643,7 @@ impl PartitionedRunner {
             let _ = handle.await;
         }
         crate::handler::sync::lock(&inner.owned).clear();
+        crate::metrics::leases_held(&inner.lease_name, 0);
         if let Err(e) = inner.leases.leave(&inner.lease_name, &inner.worker).await {
             tracing::warn!(projection = %inner.name, error = %e, "membership not left; it expires");
         }
