@@ -767,3 +767,115 @@ async fn appends_notify_only_when_another_process_listens() {
     other_pool.close().await;
     drop_schema(&store).await;
 }
+
+#[tokio::test]
+async fn streamed_reads_yield_the_vec_forms_events_in_order_over_many_pages() {
+    use futures_util::TryStreamExt;
+
+    let pool = pool_at(&database_url(), 4).await;
+    let store = store_in(&pool).await;
+    for chunk in 0..6u64 {
+        let stream = format!("s{}", chunk % 3);
+        let events = (0..400)
+            .map(|i| ev("bulk.added", chunk * 400 + i))
+            .collect();
+        store
+            .append_batch(&stream, ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+    }
+    let ids = |events: &[eventflow::store::StoredEvent]| {
+        events
+            .iter()
+            .map(|e| (e.id, e.position, e.stream_version))
+            .collect::<Vec<_>>()
+    };
+    let all = store.read_all_stored(0, 10_000).await.unwrap();
+    assert_eq!(all.len(), 2_400);
+    let envelopes = store.read_all(0, 10_000).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.id).collect::<Vec<_>>(),
+        envelopes.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+    // Pages of 7 (not a divisor: the last page is short), of 100, and the default.
+    for page in [7, 100, 0] {
+        let streamed: Vec<_> = store
+            .stream_all_stored(0, page)
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(ids(&streamed), ids(&all), "page {page}");
+    }
+    // From the middle.
+    let after = all[1_000].position.unwrap();
+    let rest: Vec<_> = store
+        .stream_all_stored(after, 33)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(ids(&rest), ids(&all[1_001..]));
+    // By stream, from the start and from a version.
+    for from in [1, 500] {
+        let loaded = store.load_stream_stored("s1", from).await.unwrap();
+        assert_eq!(loaded.len(), 800 - (from as usize - 1));
+        let streamed: Vec<_> = store.stream_stored("s1", from).try_collect().await.unwrap();
+        assert_eq!(ids(&streamed), ids(&loaded));
+    }
+    let none: Vec<_> = store
+        .stream_stored("nothing", 1)
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    // Bad input is a typed error, not a panic.
+    let bad: Result<Vec<_>, _> = store.stream_all_stored(u64::MAX, 10).try_collect().await;
+    assert!(matches!(bad, Err(Error::InvalidArgument(_))), "{bad:?}");
+    drop_schema(&store).await;
+}
+
+#[tokio::test]
+async fn stream_all_stored_never_skips_an_open_transaction() {
+    use futures_util::TryStreamExt;
+
+    let url = database_url();
+    let pool = pool_at(&url, 4).await;
+    let store = store_in(&pool).await;
+    let impatient = PostgresEventStore::builder(pool.clone())
+        .schema(store.schema())
+        .settle_timeout(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let a = store
+        .append("w-a", ExpectedVersion::NoStream, ev("w.opened", 1))
+        .await
+        .unwrap();
+    // B stays open while C commits above it: C must wait behind B, never be read past.
+    let pending = store
+        .begin_append("w-b", ExpectedVersion::NoStream, vec![ev("w.deposited", 2)])
+        .await
+        .unwrap();
+    let b_id = pending.events()[0].id;
+    let c = store
+        .append("w-c", ExpectedVersion::NoStream, ev("w.closed", 3))
+        .await
+        .unwrap();
+    // Pages of one: a full page, then a page at the head that stops in front of B.
+    let early: Vec<_> = impatient
+        .stream_all_stored(0, 1)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(early.iter().map(|e| e.id).collect::<Vec<_>>(), [a.id]);
+    // A patient stream waits at the head for B, then reads B and C in order.
+    let commit = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        pending.commit().await.unwrap();
+    });
+    let all: Vec<_> = store.stream_all_stored(0, 2).try_collect().await.unwrap();
+    commit.await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [a.id, b_id, c.id]
+    );
+    drop_schema(&store).await;
+}
