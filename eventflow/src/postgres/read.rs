@@ -147,7 +147,7 @@ impl PostgresEventStore {
     /// timeout, once), reads on, and ends at the next page that is not full. It never yields an
     /// event before one that could still commit below it.
     ///
-    /// A `page_size` of 0 reads pages of 1,000. The stream holds one pooled connection while a
+    /// A `page_size` of 0 reads pages of 10,000. The stream holds one pooled connection while a
     /// page is read. `read_all_stored(after, limit)` is this stream with pages of `limit`, cut
     /// after `limit` events.
     ///
@@ -165,7 +165,7 @@ impl PostgresEventStore {
             Err(e) => return stream::once(async move { Err(e) }).boxed(),
         };
         let page = if page_size == 0 {
-            1_000
+            10_000
         } else {
             i64::try_from(page_size).unwrap_or(i64::MAX)
         };
