@@ -879,3 +879,51 @@ async fn stream_all_stored_never_skips_an_open_transaction() {
     );
     drop_schema(&store).await;
 }
+
+#[tokio::test]
+async fn load_snapshot_and_tail_reads_both_in_one_statement() {
+    use eventflow::{Snapshot, SnapshotStore};
+
+    let pool = pool_at(&database_url(), 4).await;
+    let store = store_in(&pool).await;
+    let events = (0..10).map(|i| ev("acct.deposited", i)).collect();
+    store
+        .append_batch("acct", ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    // No snapshot: every event.
+    let (none, all) = store.load_snapshot_and_tail("acct", 1).await.unwrap();
+    assert!(none.is_none());
+    let loaded = store.load_stream_stored("acct", 1).await.unwrap();
+    let ids = |e: &[eventflow::store::StoredEvent]| {
+        e.iter()
+            .map(|e| (e.id, e.position, e.stream_version, e.event_type.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&all), ids(&loaded));
+    // A snapshot at version 6 of state version 1: it, and the events after it.
+    let snapshots = store.snapshots();
+    let taken_at = chrono::Utc::now();
+    snapshots
+        .save_snapshot(Snapshot {
+            stream_id: "acct".into(),
+            version: 6,
+            schema_version: 1,
+            state: json!({ "balance": 15 }),
+            taken_at,
+        })
+        .await
+        .unwrap();
+    let (snapshot, tail) = store.load_snapshot_and_tail("acct", 1).await.unwrap();
+    let expected = snapshots.load_snapshot("acct").await.unwrap().unwrap();
+    let snapshot = snapshot.unwrap();
+    assert_eq!(snapshot.version, 6);
+    assert_eq!(snapshot.state, expected.state);
+    assert_eq!(snapshot.taken_at, expected.taken_at);
+    assert_eq!(ids(&tail), ids(&loaded[6..]));
+    // A snapshot of another state version is not used: every event.
+    let (other, all) = store.load_snapshot_and_tail("acct", 2).await.unwrap();
+    assert!(other.is_none());
+    assert_eq!(ids(&all), ids(&loaded));
+    drop_schema(&store).await;
+}

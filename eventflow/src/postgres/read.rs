@@ -4,15 +4,18 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures_util::stream::{self, BoxStream, Stream, StreamExt, TryStreamExt};
+use sqlx::types::Json;
 use sqlx::{Postgres, QueryBuilder};
+use uuid::Uuid;
 
 use super::rows::{EventRow, StoredRow, to_i64};
 use super::sql;
 use super::store::PostgresEventStore;
 use crate::error::Result;
 use crate::event::Event;
-use crate::store::{EventCriteria, StoredEvent};
+use crate::store::{EventCriteria, Snapshot, StoredEvent, StoredPayload};
 
 impl PostgresEventStore {
     /// The safe head and the highest committed position (see `sql::HEAD_AND_TOP`).
@@ -271,6 +274,87 @@ impl PostgresEventStore {
             .take(limit)
             .try_collect()
             .await
+    }
+
+    /// The latest snapshot of `stream_id` taken at state schema version `state_version` (from
+    /// this store's own `snapshots` table, the one [`snapshots`](Self::snapshots) writes) and
+    /// the events after it, in stream order, in ONE statement and one round trip: what loading
+    /// an aggregate from a snapshot needs. Without such a snapshot, every event of the stream.
+    /// A point-in-time read of committed rows that never waits.
+    ///
+    /// `Repository::load` does not call it yet (it reads the snapshot and the tail through its
+    /// two stores, two round trips).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a state version over
+    /// `i32::MAX`, [`Error::Connect`](crate::Error::Connect) or
+    /// [`Error::Backend`](crate::Error::Backend).
+    pub async fn load_snapshot_and_tail(
+        &self,
+        stream_id: &str,
+        state_version: u32,
+    ) -> Result<(Option<Snapshot>, Vec<StoredEvent>)> {
+        if stream_id.contains('\0') {
+            return Ok((None, Vec::new()));
+        }
+        let state_version = i32::try_from(state_version).map_err(|_| {
+            crate::Error::InvalidArgument(format!(
+                "state schema version {state_version} is over {}",
+                i32::MAX
+            ))
+        })?;
+        type Row = (
+            i32,
+            Option<i64>,
+            Option<Uuid>,
+            i64,
+            Option<String>,
+            i32,
+            Option<String>,
+            Option<Json<serde_json::Value>>,
+            Option<DateTime<Utc>>,
+        );
+        let mut rows = sqlx::query_as::<_, Row>(&self.inner.sql.load_snapshot_and_tail)
+            .bind(stream_id)
+            .bind(state_version)
+            .fetch(&self.inner.pool);
+        let mut snapshot = None;
+        let mut events = Vec::new();
+        while let Some(row) = rows.next().await {
+            let (kind, position, id, version, event_type, schema_version, payload, state, at) =
+                row.map_err(|e| self.map(e))?;
+            let version = u64::try_from(version).unwrap_or(0);
+            let schema_version = u32::try_from(schema_version).unwrap_or(0);
+            match (kind, id, event_type, payload, state, at) {
+                (0, _, _, _, Some(Json(state)), Some(taken_at)) => {
+                    snapshot = Some(Snapshot {
+                        stream_id: stream_id.to_owned(),
+                        version,
+                        schema_version,
+                        state,
+                        taken_at,
+                    });
+                }
+                (_, Some(id), Some(event_type), Some(payload), _, _) => {
+                    events.push(StoredEvent {
+                        id,
+                        stream_id: Some(stream_id.to_owned()),
+                        position: position.and_then(|p| u64::try_from(p).ok()),
+                        event_type,
+                        version: schema_version,
+                        stream_version: Some(version),
+                        payload: StoredPayload::Text(payload),
+                    });
+                }
+                _ => {
+                    return Err(self.map(sqlx::Error::Protocol(
+                        "load_snapshot_and_tail: a row that is neither a snapshot nor an event"
+                            .into(),
+                    )));
+                }
+            }
+        }
+        Ok((snapshot, events))
     }
 
     /// [`EventStore::stream_version`](crate::store::EventStore::stream_version).
