@@ -927,3 +927,88 @@ async fn load_snapshot_and_tail_reads_both_in_one_statement() {
     assert_eq!(ids(&all), ids(&loaded));
     drop_schema(&store).await;
 }
+
+/// A snapshot store that counts its `load_snapshot` calls and forwards everything else to a
+/// PostgreSQL one, its colocation key too when `colocated`.
+struct CountingSnapshots {
+    inner: eventflow::postgres::PostgresSnapshotStore,
+    colocated: bool,
+    loads: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl eventflow::SnapshotStore for CountingSnapshots {
+    async fn load_snapshot(
+        &self,
+        stream_id: &str,
+    ) -> eventflow::Result<Option<eventflow::Snapshot>> {
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.load_snapshot(stream_id).await
+    }
+
+    async fn save_snapshot(&self, snapshot: eventflow::Snapshot) -> eventflow::Result<()> {
+        self.inner.save_snapshot(snapshot).await
+    }
+
+    fn colocation(&self) -> Option<String> {
+        if self.colocated {
+            self.inner.colocation()
+        } else {
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_repository_reads_snapshot_and_tail_in_one_statement_on_the_same_schema() {
+    use eventflow::SnapshotStore as _;
+    use eventflow::aggregate::Repository;
+    use std::sync::atomic::Ordering;
+
+    let pool = pool_at(&database_url(), 4).await;
+    let store = store_in(&pool).await;
+    let mut loaded = Vec::new();
+    for colocated in [true, false] {
+        let counting = Arc::new(CountingSnapshots {
+            inner: store.snapshots(),
+            colocated,
+            loads: Default::default(),
+        });
+        let repo = Repository::<Wallet>::new(Arc::new(store.clone()))
+            .snapshots(counting.clone())
+            .snapshot_every(4);
+        let id = format!("snap-{colocated}");
+        repo.create(&id, |_| {
+            Ok::<_, String>(vec![WalletEvent::Opened {
+                owner: "ann".into(),
+            }])
+        })
+        .await
+        .unwrap();
+        for _ in 0..5 {
+            repo.execute(&id, |_| {
+                Ok::<_, String>(vec![WalletEvent::Deposited { amount: 2 }])
+            })
+            .await
+            .unwrap();
+        }
+        counting.loads.store(0, Ordering::SeqCst);
+        let got = repo.load(&id).await.unwrap();
+        assert_eq!(got.snapshot_version, Some(4), "colocated {colocated}");
+        assert_eq!(got.version, 6);
+        // Same schema: one statement, the snapshot store's own read is never used.
+        assert_eq!(
+            counting.loads.load(Ordering::SeqCst),
+            usize::from(!colocated),
+            "colocated {colocated}"
+        );
+        loaded.push(got.state);
+    }
+    assert_eq!(loaded[0], loaded[1]);
+    assert_eq!(loaded[0].balance, 10);
+    // A snapshot store on another schema is never read together with this one.
+    let elsewhere =
+        eventflow::postgres::PostgresSnapshotStore::in_schema(pool.clone(), "elsewhere").unwrap();
+    assert_ne!(elsewhere.colocation(), store.snapshots().colocation());
+    drop_schema(&store).await;
+}

@@ -282,8 +282,11 @@ impl PostgresEventStore {
     /// an aggregate from a snapshot needs. Without such a snapshot, every event of the stream.
     /// A point-in-time read of committed rows that never waits.
     ///
-    /// `Repository::load` does not call it yet (it reads the snapshot and the tail through its
-    /// two stores, two round trips).
+    /// `Repository::load` reads through this (via
+    /// [`EventStore::load_snapshot_and_tail`](crate::store::EventStore::load_snapshot_and_tail))
+    /// when its snapshot store is this store's [`snapshots`](Self::snapshots), or another
+    /// [`PostgresSnapshotStore`](super::PostgresSnapshotStore) on the same schema of the same
+    /// database.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a state version over
