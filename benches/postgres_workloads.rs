@@ -2,8 +2,9 @@
 //! each next to the raw sqlx code a user would write instead, measured in the same run.
 //!
 //! - catch-up: read 100,000 events in global order and decode each into the typed event
-//!   (eventflow: `read_all` pages; raw: a keyset loop selecting the payload as text and decoding
-//!   it once into the typed event);
+//!   (eventflow: `read_all` pages, `read_all_stored` pages, and the `stream_all_stored` row
+//!   stream; raw: a keyset loop selecting the payload as text and decoding it once into the
+//!   typed event);
 //! - load and fold one stream of 10,000 (eventflow: `Repository::load`; raw: one `SELECT`, the
 //!   payload text decoded once per row, folded);
 //! - one command = one event on a new aggregate, through `Repository::execute` (raw: one
@@ -34,6 +35,7 @@ use eventflow::aggregate::{CommandContext, Repository};
 use eventflow::postgres::PostgresEventStore;
 use eventflow::{DomainEvent, Event, EventCriteria, EventStore, EventStoreExt, ExpectedVersion};
 use eventflow_benches::{header, per_second, report};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use sqlx::types::chrono::{DateTime, Utc};
@@ -672,6 +674,53 @@ async fn main() {
         .await;
         let (ours, raw) = rates(n, 3, timings);
         report("catch-up 100,000 (read_all_stored, no metadata)", ours, raw);
+        // Streamed: each row decoded as it arrives, pages of 10,000 (the horizon check in each
+        // page's statement); raw: the same keyset loop as above, with pages of 10,000.
+        const BIG_PAGE: usize = 10_000;
+        let timings = interleave(
+            3,
+            |_| async {
+                let mut count = 0u64;
+                let mut events = std::pin::pin!(store.stream_all_stored(0, BIG_PAGE));
+                while let Some(e) = events.next().await {
+                    black_box(AccountEvent::from_stored(&e.unwrap()).unwrap());
+                    count += 1;
+                }
+                assert_eq!(count, n);
+            },
+            |_| async {
+                let mut after = 0i64;
+                let mut count = 0u64;
+                loop {
+                    let rows: Vec<(i64, Uuid, String, i64, String, i32, String)> =
+                        sqlx::query_as(&format!(
+                            "SELECT position, event_id, stream_id, stream_version, event_type, \
+                             schema_version, payload::text FROM evbench_workloads.raw_events \
+                             WHERE position > $1 ORDER BY position LIMIT {BIG_PAGE}"
+                        ))
+                        .bind(after)
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap();
+                    if rows.is_empty() {
+                        break;
+                    }
+                    for (position, id, stream, version, ty, _sv, payload) in rows {
+                        after = position;
+                        black_box((id, stream, version, raw_decode(&ty, &payload)));
+                        count += 1;
+                    }
+                }
+                assert_eq!(count, n);
+            },
+        )
+        .await;
+        let (ours, raw) = rates(n, 3, timings);
+        report(
+            "catch-up 100,000 (stream_all_stored, pages of 10,000)",
+            ours,
+            raw,
+        );
     }
 
     if run("load") {

@@ -767,3 +767,248 @@ async fn appends_notify_only_when_another_process_listens() {
     other_pool.close().await;
     drop_schema(&store).await;
 }
+
+#[tokio::test]
+async fn streamed_reads_yield_the_vec_forms_events_in_order_over_many_pages() {
+    use futures_util::TryStreamExt;
+
+    let pool = pool_at(&database_url(), 4).await;
+    let store = store_in(&pool).await;
+    for chunk in 0..6u64 {
+        let stream = format!("s{}", chunk % 3);
+        let events = (0..400)
+            .map(|i| ev("bulk.added", chunk * 400 + i))
+            .collect();
+        store
+            .append_batch(&stream, ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+    }
+    let ids = |events: &[eventflow::store::StoredEvent]| {
+        events
+            .iter()
+            .map(|e| (e.id, e.position, e.stream_version))
+            .collect::<Vec<_>>()
+    };
+    let all = store.read_all_stored(0, 10_000).await.unwrap();
+    assert_eq!(all.len(), 2_400);
+    let envelopes = store.read_all(0, 10_000).await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.id).collect::<Vec<_>>(),
+        envelopes.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+    // Pages of 7 (not a divisor: the last page is short), of 100, and the default.
+    for page in [7, 100, 0] {
+        let streamed: Vec<_> = store
+            .stream_all_stored(0, page)
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(ids(&streamed), ids(&all), "page {page}");
+    }
+    // From the middle.
+    let after = all[1_000].position.unwrap();
+    let rest: Vec<_> = store
+        .stream_all_stored(after, 33)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(ids(&rest), ids(&all[1_001..]));
+    // By stream, from the start and from a version.
+    for from in [1, 500] {
+        let loaded = store.load_stream_stored("s1", from).await.unwrap();
+        assert_eq!(loaded.len(), 800 - (from as usize - 1));
+        let streamed: Vec<_> = store.stream_stored("s1", from).try_collect().await.unwrap();
+        assert_eq!(ids(&streamed), ids(&loaded));
+    }
+    let none: Vec<_> = store
+        .stream_stored("nothing", 1)
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    // Bad input is a typed error, not a panic.
+    let bad: Result<Vec<_>, _> = store.stream_all_stored(u64::MAX, 10).try_collect().await;
+    assert!(matches!(bad, Err(Error::InvalidArgument(_))), "{bad:?}");
+    drop_schema(&store).await;
+}
+
+#[tokio::test]
+async fn stream_all_stored_never_skips_an_open_transaction() {
+    use futures_util::TryStreamExt;
+
+    let url = database_url();
+    let pool = pool_at(&url, 4).await;
+    let store = store_in(&pool).await;
+    let impatient = PostgresEventStore::builder(pool.clone())
+        .schema(store.schema())
+        .settle_timeout(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let a = store
+        .append("w-a", ExpectedVersion::NoStream, ev("w.opened", 1))
+        .await
+        .unwrap();
+    // B stays open while C commits above it: C must wait behind B, never be read past.
+    let pending = store
+        .begin_append("w-b", ExpectedVersion::NoStream, vec![ev("w.deposited", 2)])
+        .await
+        .unwrap();
+    let b_id = pending.events()[0].id;
+    let c = store
+        .append("w-c", ExpectedVersion::NoStream, ev("w.closed", 3))
+        .await
+        .unwrap();
+    // Pages of one: a full page, then a page at the head that stops in front of B.
+    let early: Vec<_> = impatient
+        .stream_all_stored(0, 1)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(early.iter().map(|e| e.id).collect::<Vec<_>>(), [a.id]);
+    // A patient stream waits at the head for B, then reads B and C in order.
+    let commit = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        pending.commit().await.unwrap();
+    });
+    let all: Vec<_> = store.stream_all_stored(0, 2).try_collect().await.unwrap();
+    commit.await.unwrap();
+    assert_eq!(
+        all.iter().map(|e| e.id).collect::<Vec<_>>(),
+        [a.id, b_id, c.id]
+    );
+    drop_schema(&store).await;
+}
+
+#[tokio::test]
+async fn load_snapshot_and_tail_reads_both_in_one_statement() {
+    use eventflow::{Snapshot, SnapshotStore};
+
+    let pool = pool_at(&database_url(), 4).await;
+    let store = store_in(&pool).await;
+    let events = (0..10).map(|i| ev("acct.deposited", i)).collect();
+    store
+        .append_batch("acct", ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    // No snapshot: every event.
+    let (none, all) = store.load_snapshot_and_tail("acct", 1).await.unwrap();
+    assert!(none.is_none());
+    let loaded = store.load_stream_stored("acct", 1).await.unwrap();
+    let ids = |e: &[eventflow::store::StoredEvent]| {
+        e.iter()
+            .map(|e| (e.id, e.position, e.stream_version, e.event_type.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&all), ids(&loaded));
+    // A snapshot at version 6 of state version 1: it, and the events after it.
+    let snapshots = store.snapshots();
+    let taken_at = chrono::Utc::now();
+    snapshots
+        .save_snapshot(Snapshot {
+            stream_id: "acct".into(),
+            version: 6,
+            schema_version: 1,
+            state: json!({ "balance": 15 }),
+            taken_at,
+        })
+        .await
+        .unwrap();
+    let (snapshot, tail) = store.load_snapshot_and_tail("acct", 1).await.unwrap();
+    let expected = snapshots.load_snapshot("acct").await.unwrap().unwrap();
+    let snapshot = snapshot.unwrap();
+    assert_eq!(snapshot.version, 6);
+    assert_eq!(snapshot.state, expected.state);
+    assert_eq!(snapshot.taken_at, expected.taken_at);
+    assert_eq!(ids(&tail), ids(&loaded[6..]));
+    // A snapshot of another state version is not used: every event.
+    let (other, all) = store.load_snapshot_and_tail("acct", 2).await.unwrap();
+    assert!(other.is_none());
+    assert_eq!(ids(&all), ids(&loaded));
+    drop_schema(&store).await;
+}
+
+/// A snapshot store that counts its `load_snapshot` calls and forwards everything else to a
+/// PostgreSQL one, its colocation key too when `colocated`.
+struct CountingSnapshots {
+    inner: eventflow::postgres::PostgresSnapshotStore,
+    colocated: bool,
+    loads: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl eventflow::SnapshotStore for CountingSnapshots {
+    async fn load_snapshot(
+        &self,
+        stream_id: &str,
+    ) -> eventflow::Result<Option<eventflow::Snapshot>> {
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.load_snapshot(stream_id).await
+    }
+
+    async fn save_snapshot(&self, snapshot: eventflow::Snapshot) -> eventflow::Result<()> {
+        self.inner.save_snapshot(snapshot).await
+    }
+
+    fn colocation(&self) -> Option<String> {
+        if self.colocated {
+            self.inner.colocation()
+        } else {
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_repository_reads_snapshot_and_tail_in_one_statement_on_the_same_schema() {
+    use eventflow::SnapshotStore as _;
+    use eventflow::aggregate::Repository;
+    use std::sync::atomic::Ordering;
+
+    let pool = pool_at(&database_url(), 4).await;
+    let store = store_in(&pool).await;
+    let mut loaded = Vec::new();
+    for colocated in [true, false] {
+        let counting = Arc::new(CountingSnapshots {
+            inner: store.snapshots(),
+            colocated,
+            loads: Default::default(),
+        });
+        let repo = Repository::<Wallet>::new(Arc::new(store.clone()))
+            .snapshots(counting.clone())
+            .snapshot_every(4);
+        let id = format!("snap-{colocated}");
+        repo.create(&id, |_| {
+            Ok::<_, String>(vec![WalletEvent::Opened {
+                owner: "ann".into(),
+            }])
+        })
+        .await
+        .unwrap();
+        for _ in 0..5 {
+            repo.execute(&id, |_| {
+                Ok::<_, String>(vec![WalletEvent::Deposited { amount: 2 }])
+            })
+            .await
+            .unwrap();
+        }
+        counting.loads.store(0, Ordering::SeqCst);
+        let got = repo.load(&id).await.unwrap();
+        assert_eq!(got.snapshot_version, Some(4), "colocated {colocated}");
+        assert_eq!(got.version, 6);
+        // Same schema: one statement, the snapshot store's own read is never used.
+        assert_eq!(
+            counting.loads.load(Ordering::SeqCst),
+            usize::from(!colocated),
+            "colocated {colocated}"
+        );
+        loaded.push(got.state);
+    }
+    assert_eq!(loaded[0], loaded[1]);
+    assert_eq!(loaded[0].balance, 10);
+    // A snapshot store on another schema is never read together with this one.
+    let elsewhere =
+        eventflow::postgres::PostgresSnapshotStore::in_schema(pool.clone(), "elsewhere").unwrap();
+    assert_ne!(elsewhere.colocation(), store.snapshots().colocation());
+    drop_schema(&store).await;
+}

@@ -308,20 +308,39 @@ impl<A: Aggregate> Repository<A> {
     }
 
     async fn load_stream(&self, stream: &str) -> Result<Loaded<A>> {
-        let mut loaded = match self.load_snapshot(stream).await {
-            Some(loaded) => loaded,
-            None => Loaded {
-                state: A::default(),
-                version: 0,
-                snapshot_version: None,
-            },
+        let empty = || Loaded {
+            state: A::default(),
+            version: 0,
+            snapshot_version: None,
         };
-        // The fold's fast path: payloads as the store holds them, decoded once into the typed
-        // event (see `StoredEvent`).
-        let tail = self
-            .store
-            .load_stream_stored(stream, loaded.version + 1)
-            .await?;
+        // Snapshot and tail in one read when the event store keeps the snapshots with its
+        // events (PostgreSQL, same schema): one round trip.
+        let together = match &self.snapshots {
+            Some(config) => {
+                self.store
+                    .load_snapshot_and_tail(&*config.store, stream, config.state_version)
+                    .await?
+            }
+            None => None,
+        };
+        let (mut loaded, tail) = match together {
+            Some((None, every_event)) => (empty(), every_event),
+            Some((Some(snapshot), tail)) => match self.usable_snapshot(stream, snapshot) {
+                Some(loaded) => (loaded, tail),
+                // A snapshot that does not decode: replay the whole stream.
+                None => (empty(), self.store.load_stream_stored(stream, 1).await?),
+            },
+            None => {
+                let loaded = self.load_snapshot(stream).await.unwrap_or_else(empty);
+                // The fold's fast path: payloads as the store holds them, decoded once into
+                // the typed event (see `StoredEvent`).
+                let tail = self
+                    .store
+                    .load_stream_stored(stream, loaded.version + 1)
+                    .await?;
+                (loaded, tail)
+            }
+        };
         for event in tail {
             let version = event.stream_version.unwrap_or(loaded.version + 1);
             self.apply_stored(&mut loaded.state, event)?;
@@ -341,6 +360,13 @@ impl<A: Aggregate> Repository<A> {
                 return None;
             }
         };
+        self.usable_snapshot(stream, snapshot)
+    }
+
+    /// `snapshot` as a loaded state, or `None` (another state version, or a state that does
+    /// not decode: both mean "replay the stream").
+    fn usable_snapshot(&self, stream: &str, snapshot: Snapshot) -> Option<Loaded<A>> {
+        let config = self.snapshots.as_ref()?;
         if snapshot.schema_version != config.state_version {
             tracing::debug!(
                 stream,

@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 /// A stored event reduced to what folding an aggregate or a typed catch-up needs (no metadata,
 /// correlation, causation, source or timestamp), its payload still as the store delivered it:
 /// [`EventStore::load_stream_stored`](crate::store::EventStore::load_stream_stored) returns
-/// these (and `PostgresEventStore::read_all_stored`, for a typed catch-up decoded with
+/// these (and `PostgresEventStore::read_all_stored` / `stream_all_stored`, for a typed
+/// catch-up decoded with
 /// [`DomainEvent::from_stored`](super::DomainEvent::from_stored)), and `Repository::load`
 /// decodes each payload once, straight into the aggregate's typed event (the derive's fused
 /// decode), with no `serde_json::Value` in between when the store hands over JSON text

@@ -91,4 +91,15 @@ impl SnapshotStore for PostgresSnapshotStore {
             .map_err(|e| map_sqlx(&self.target, e))?;
         Ok(())
     }
+
+    fn colocation(&self) -> Option<String> {
+        Some(colocation(&self.target, self.sql.schema.name()))
+    }
+}
+
+/// The [`SnapshotStore::colocation`] key of snapshots in `schema` of the database `target`
+/// describes: an event store in the same schema of the same database reads them in one
+/// statement with its events.
+pub(super) fn colocation(target: &str, schema: &str) -> String {
+    format!("postgres {target} schema {schema}")
 }

@@ -169,6 +169,19 @@ const LOAD_STREAM: &str = "SELECT {columns} FROM {events} \
 const LOAD_STREAM_STORED: &str = "SELECT {stored_columns} FROM {events} \
      WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version";
 
+/// The latest snapshot of a stream taken at a state schema version, and the events after it
+/// (after version 0 without one), in one statement: the snapshot row first (kind 0, no event
+/// columns), then the events in stream order (kind 1, no snapshot columns).
+const LOAD_SNAPSHOT_AND_TAIL: &str = "WITH s AS (SELECT version, schema_version, state, taken_at \
+     FROM {snapshots} WHERE stream_id = $1 AND schema_version = $2) \
+     SELECT 0 AS kind, NULL::bigint AS position, NULL::uuid AS event_id, version, \
+     NULL::text AS event_type, schema_version, NULL::text AS payload, state, taken_at FROM s \
+     UNION ALL \
+     SELECT 1, position, event_id, stream_version, event_type, schema_version, payload::text, \
+     NULL::jsonb, NULL::timestamptz FROM {events} \
+     WHERE stream_id = $1 AND stream_version > coalesce((SELECT version FROM s), 0) \
+     ORDER BY 1, 4";
+
 /// Columns read back into a `StoredEvent`, in the order `StoredRow` expects.
 const STORED_COLUMNS: &str = "position, event_id, stream_id, stream_version, event_type, \
      schema_version, payload::text";
@@ -554,6 +567,7 @@ pub(crate) struct Sql {
     pub(crate) load_stream: String,
     pub(crate) load_stream_stored: String,
     pub(crate) read_all_stored: String,
+    pub(crate) load_snapshot_and_tail: String,
     pub(crate) events_by_id: String,
     pub(crate) read_all: String,
     pub(crate) head_and_top: String,
@@ -640,6 +654,7 @@ impl Sql {
             load_stream: fill(LOAD_STREAM),
             load_stream_stored: fill(LOAD_STREAM_STORED),
             read_all_stored: fill(READ_ALL_STORED),
+            load_snapshot_and_tail: fill(LOAD_SNAPSHOT_AND_TAIL),
             events_by_id: fill(EVENTS_BY_ID),
             read_all: fill(READ_ALL),
             head_and_top: fill(HEAD_AND_TOP),
@@ -756,6 +771,7 @@ mod tests {
             &sql.load_stream,
             &sql.load_stream_stored,
             &sql.read_all_stored,
+            &sql.load_snapshot_and_tail,
             &sql.notify,
             &sql.register_listener,
             &sql.events_by_id,

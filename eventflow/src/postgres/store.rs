@@ -280,6 +280,26 @@ impl EventStore for PostgresEventStore {
         self.load_stream_stored_now(stream_id, from_version).await
     }
 
+    async fn load_snapshot_and_tail(
+        &self,
+        snapshots: &dyn crate::store::SnapshotStore,
+        stream_id: &str,
+        state_version: u32,
+    ) -> Result<
+        Option<(
+            Option<crate::store::Snapshot>,
+            Vec<crate::store::StoredEvent>,
+        )>,
+    > {
+        let ours = super::snapshot::colocation(&self.inner.target, self.schema());
+        if snapshots.colocation().as_deref() != Some(ours.as_str()) {
+            return Ok(None);
+        }
+        Ok(Some(
+            PostgresEventStore::load_snapshot_and_tail(self, stream_id, state_version).await?,
+        ))
+    }
+
     async fn stream_version(&self, stream_id: &str) -> Result<u64> {
         self.stream_version_now(stream_id).await
     }

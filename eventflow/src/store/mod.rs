@@ -238,6 +238,26 @@ pub trait EventStore: Send + Sync + 'static {
             .collect())
     }
 
+    /// The latest snapshot of `stream_id` at state schema version `state_version` in
+    /// `snapshots` and the stored events after it (every event without one), in one read, when
+    /// this store can read `snapshots` together with its events (see
+    /// [`SnapshotStore::colocation`]); `None` when it cannot, and the caller reads them
+    /// separately. `Repository::load` tries this first. The default is `None`; PostgreSQL reads
+    /// both in one statement when `snapshots` keeps its table in the same schema of the same
+    /// database.
+    ///
+    /// # Errors
+    /// Backend errors.
+    async fn load_snapshot_and_tail(
+        &self,
+        snapshots: &dyn SnapshotStore,
+        stream_id: &str,
+        state_version: u32,
+    ) -> Result<Option<(Option<Snapshot>, Vec<StoredEvent>)>> {
+        let _ = (snapshots, stream_id, state_version);
+        Ok(None)
+    }
+
     /// The current version of `stream_id` (0 when it does not exist).
     ///
     /// # Errors
@@ -416,6 +436,14 @@ pub trait SnapshotStore: Send + Sync + 'static {
     /// # Errors
     /// Backend errors.
     async fn save_snapshot(&self, snapshot: Snapshot) -> Result<()>;
+
+    /// Where this store keeps its snapshots, for an event store that can read them together
+    /// with its events (see [`EventStore::load_snapshot_and_tail`]): an opaque key the event
+    /// store compares with its own. `None` (the default): never read together. A wrapper that
+    /// forwards it must read and write the same snapshots as the store it wraps.
+    fn colocation(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Durable positions of named readers (the relay, projections).
