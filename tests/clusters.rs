@@ -486,19 +486,48 @@ async fn redis_cluster_passes_the_kit_and_survives_primary_failovers() {
 // ---------------------------------------------------------------------------------------------
 // Redis Sentinel
 
-/// The primary is SIGKILLed; the sentinels promote its replica; the bus (Streams mode)
-/// reconnects to the new primary, reports the switch, and publishing and consuming go on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_sentinel_failover_moves_the_bus_to_the_new_primary() {
-    let started = Instant::now();
-    let mut set = tokio::task::block_in_place(RedisSentinels::start);
+fn redis_sentinel_config(set: &RedisSentinels, prefix: &str, streams: bool) -> RedisConfig {
     let mut config = RedisConfig::sentinel(set.sentinel_urls(), SENTINEL_SERVICE);
-    config.use_streams = true;
-    config.key_prefix = unique("ef");
+    config.use_streams = streams;
+    config.key_prefix = prefix.to_owned();
     config.retry_delay = Duration::from_millis(50);
     config.block = Duration::from_millis(200);
     config.connect_timeout = Duration::from_secs(2);
     config.response_timeout = Duration::from_secs(2);
+    config
+}
+
+/// One private Sentinel set (a primary, a replica, three sentinels) for the whole scenario:
+/// the conformance kit in both modes, then the primary is SIGKILLed; the sentinels promote its
+/// replica; the bus (Streams mode) reconnects to the new primary, reports the switch, and publishing and consuming go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_passes_the_kit_and_moves_the_bus_to_the_new_primary() {
+    let started = Instant::now();
+    let mut set = tokio::task::block_in_place(RedisSentinels::start);
+
+    let report = conformance::bus::run(Capabilities::at_least_once(KIT_MAX_DELIVERIES), |scope| {
+        let mut config = redis_sentinel_config(&set, scope.name(), true);
+        config.max_deliveries = KIT_MAX_DELIVERIES;
+        async move { Arc::new(redis_connect(config).await) as Arc<dyn EventBus> }
+    })
+    .await;
+    for check in [
+        "redelivery_after_error_and_panic",
+        "dead_letter_after_max_deliveries",
+        "durable_subscriber_resumes",
+        "same_name_shares_work",
+    ] {
+        assert!(report.has_run(check), "{check}: {report}");
+    }
+    let report = conformance::bus::run(Capabilities::at_most_once(), |scope| {
+        let config = redis_sentinel_config(&set, scope.name(), false);
+        async move { Arc::new(redis_connect(config).await) as Arc<dyn EventBus> }
+    })
+    .await;
+    assert!(report.has_run("handler_failures_reported"), "{report}");
+    let kit = started.elapsed();
+
+    let config = redis_sentinel_config(&set, &unique("ef"), true);
     let bus = redis_connect(config).await;
     let first = bus.server();
     assert!(
@@ -551,8 +580,8 @@ async fn redis_sentinel_failover_moves_the_bus_to_the_new_primary() {
         "the switch of primary is reported: {reported:?}"
     );
     eprintln!(
-        "redis sentinel: moved from {first} to {now}; event before the kill delivered: {}; {:?} \
-         in all",
+        "redis sentinel: kit {kit:?}; moved from {first} to {now}; event before the kill \
+         delivered: {}; {:?} in all",
         seen.lock().unwrap().contains(&before.id),
         started.elapsed()
     );
