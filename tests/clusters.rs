@@ -534,6 +534,11 @@ async fn redis_sentinel_passes_the_kit_and_moves_the_bus_to_the_new_primary() {
         first.ends_with(&format!(":{}", set.servers[0].port)),
         "connected to the first primary: {first}"
     );
+    let health = bus.health();
+    assert!(
+        health.connected && health.server == first && health.failovers == 0,
+        "{health:?}"
+    );
     let mut errors = bus.errors();
     let (seen, handler) = id_recorder();
     let _sub = bus
@@ -571,6 +576,11 @@ async fn redis_sentinel_passes_the_kit_and_moves_the_bus_to_the_new_primary() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let health = bus.health();
+    assert!(
+        health.connected && health.server == now && health.failovers == 1,
+        "health names the new primary and counts the failover: {health:?}"
+    );
     let mut reported = Vec::new();
     drain(&mut errors, &mut reported);
     assert!(

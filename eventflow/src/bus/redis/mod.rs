@@ -208,7 +208,7 @@ mod trim;
 
 pub use bus::RedisBus;
 pub use config::{RedisConfig, RedisTopology};
-pub use status::GroupStatus;
+pub use status::{GroupStatus, RedisHealth};
 
 /// The backend name in [`Error::Backend`](crate::Error::Backend)(crate::Error::Backend) and
 /// [`Error::Connect`](crate::Error::Connect)(crate::Error::Connect).
