@@ -246,6 +246,41 @@ async fn jetstream_r3_cluster_passes_the_kit_and_survives_a_killed_leader() {
             .any(|e| e.kind == BusErrorKind::Failover && e.message.contains(&leader)),
         "the leader change is reported: {reported:?}"
     );
+
+    // The durable consumer's leader steps down: the subscriber counts and reports it.
+    let consumer_changes = subscriber.health().consumer_leader_changes;
+    let admin = async_nats::connect(cluster.url(0)).await.unwrap();
+    let reply = admin
+        .request(
+            format!(
+                "$JS.API.CONSUMER.LEADER.STEPDOWN.{}.durable-across-leaders",
+                config.stream_name
+            ),
+            "".into(),
+        )
+        .await
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply.payload).into_owned();
+    assert!(
+        reply.contains("\"success\":true"),
+        "consumer stepdown: {reply}"
+    );
+    let deadline = Instant::now() + WAIT;
+    while subscriber.health().consumer_leader_changes <= consumer_changes {
+        assert!(
+            Instant::now() < deadline,
+            "the consumer leader change is never counted: {:?}",
+            subscriber.health()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut reported = Vec::new();
+    drain(&mut sub_errors, &mut reported);
+    assert!(
+        reported.iter().any(|e| e.kind == BusErrorKind::Failover
+            && e.message.contains("consumer \"durable-across-leaders\"")),
+        "the consumer leader change is reported: {reported:?}"
+    );
     eprintln!(
         "jetstream R3: kit {kit:?}; leader {leader} killed: {} published Ok, {failed} failed, \
          all Ok delivered; {} publish retries; {} leader change(s); publisher on {:?}; {:?} in \
