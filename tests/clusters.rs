@@ -582,6 +582,14 @@ async fn redis_sentinel_passes_the_kit_and_moves_the_bus_to_the_new_primary() {
         .unwrap();
     let before = Event::new("e.created", json!({ "n": 0 })).unwrap();
     bus.publish(before.clone()).await.unwrap();
+    // A pub/sub bus on the same set: its subscription must move to the new primary too.
+    let pubsub = redis_connect(redis_sentinel_config(&set, &unique("ps"), false)).await;
+    let mut pubsub_errors = pubsub.errors();
+    let (pubsub_seen, pubsub_handler) = id_recorder();
+    let _pubsub_sub = pubsub
+        .subscribe_with(&["e.*"], SubscriptionOptions::default(), pubsub_handler)
+        .await
+        .unwrap();
 
     tokio::task::block_in_place(|| set.kill_server(0));
     // Publishing fails while there is no primary, and works again once the replica is
@@ -624,6 +632,42 @@ async fn redis_sentinel_passes_the_kit_and_moves_the_bus_to_the_new_primary() {
             && e.message.contains(&now)),
         "the switch of primary is reported: {reported:?}"
     );
+    // Pub/sub is at most once: events published while the subscription reconnects may be
+    // lost, so publish markers until one arrives.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let marker = Event::new("e.marker", json!({})).unwrap();
+        let id = marker.id;
+        if pubsub.publish(marker).await.is_ok() {
+            let until = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < until && !pubsub_seen.lock().unwrap().contains(&id) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if pubsub_seen.lock().unwrap().contains(&id) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pub/sub subscription never got an event after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut pubsub_reported = Vec::new();
+    drain(&mut pubsub_errors, &mut pubsub_reported);
+    assert!(
+        pubsub_reported
+            .iter()
+            .any(|e| e.kind == BusErrorKind::Reconnected),
+        "the pub/sub subscription reports its reconnect: {pubsub_reported:?}"
+    );
+    assert!(
+        pubsub
+            .server()
+            .ends_with(&format!(":{}", set.servers[1].port)),
+        "the pub/sub bus publishes to the new primary: {}",
+        pubsub.server()
+    );
     eprintln!(
         "redis sentinel: kit {kit:?}; moved from {first} to {now}; event before the kill \
          delivered: {}; {:?} in all",
@@ -631,4 +675,5 @@ async fn redis_sentinel_passes_the_kit_and_moves_the_bus_to_the_new_primary() {
         started.elapsed()
     );
     bus.close().await.unwrap();
+    pubsub.close().await.unwrap();
 }
