@@ -246,6 +246,41 @@ async fn jetstream_r3_cluster_passes_the_kit_and_survives_a_killed_leader() {
             .any(|e| e.kind == BusErrorKind::Failover && e.message.contains(&leader)),
         "the leader change is reported: {reported:?}"
     );
+
+    // The durable consumer's leader steps down: the subscriber counts and reports it.
+    let consumer_changes = subscriber.health().consumer_leader_changes;
+    let admin = async_nats::connect(cluster.url(0)).await.unwrap();
+    let reply = admin
+        .request(
+            format!(
+                "$JS.API.CONSUMER.LEADER.STEPDOWN.{}.durable-across-leaders",
+                config.stream_name
+            ),
+            "".into(),
+        )
+        .await
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply.payload).into_owned();
+    assert!(
+        reply.contains("\"success\":true"),
+        "consumer stepdown: {reply}"
+    );
+    let deadline = Instant::now() + WAIT;
+    while subscriber.health().consumer_leader_changes <= consumer_changes {
+        assert!(
+            Instant::now() < deadline,
+            "the consumer leader change is never counted: {:?}",
+            subscriber.health()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut reported = Vec::new();
+    drain(&mut sub_errors, &mut reported);
+    assert!(
+        reported.iter().any(|e| e.kind == BusErrorKind::Failover
+            && e.message.contains("consumer \"durable-across-leaders\"")),
+        "the consumer leader change is reported: {reported:?}"
+    );
     eprintln!(
         "jetstream R3: kit {kit:?}; leader {leader} killed: {} published Ok, {failed} failed, \
          all Ok delivered; {} publish retries; {} leader change(s); publisher on {:?}; {:?} in \
@@ -486,24 +521,58 @@ async fn redis_cluster_passes_the_kit_and_survives_primary_failovers() {
 // ---------------------------------------------------------------------------------------------
 // Redis Sentinel
 
-/// The primary is SIGKILLed; the sentinels promote its replica; the bus (Streams mode)
-/// reconnects to the new primary, reports the switch, and publishing and consuming go on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_sentinel_failover_moves_the_bus_to_the_new_primary() {
-    let started = Instant::now();
-    let mut set = tokio::task::block_in_place(RedisSentinels::start);
+fn redis_sentinel_config(set: &RedisSentinels, prefix: &str, streams: bool) -> RedisConfig {
     let mut config = RedisConfig::sentinel(set.sentinel_urls(), SENTINEL_SERVICE);
-    config.use_streams = true;
-    config.key_prefix = unique("ef");
+    config.use_streams = streams;
+    config.key_prefix = prefix.to_owned();
     config.retry_delay = Duration::from_millis(50);
     config.block = Duration::from_millis(200);
     config.connect_timeout = Duration::from_secs(2);
     config.response_timeout = Duration::from_secs(2);
+    config
+}
+
+/// One private Sentinel set (a primary, a replica, three sentinels) for the whole scenario:
+/// the conformance kit in both modes, then the primary is SIGKILLed; the sentinels promote its
+/// replica; the bus (Streams mode) reconnects to the new primary, reports the switch, and publishing and consuming go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sentinel_passes_the_kit_and_moves_the_bus_to_the_new_primary() {
+    let started = Instant::now();
+    let mut set = tokio::task::block_in_place(RedisSentinels::start);
+
+    let report = conformance::bus::run(Capabilities::at_least_once(KIT_MAX_DELIVERIES), |scope| {
+        let mut config = redis_sentinel_config(&set, scope.name(), true);
+        config.max_deliveries = KIT_MAX_DELIVERIES;
+        async move { Arc::new(redis_connect(config).await) as Arc<dyn EventBus> }
+    })
+    .await;
+    for check in [
+        "redelivery_after_error_and_panic",
+        "dead_letter_after_max_deliveries",
+        "durable_subscriber_resumes",
+        "same_name_shares_work",
+    ] {
+        assert!(report.has_run(check), "{check}: {report}");
+    }
+    let report = conformance::bus::run(Capabilities::at_most_once(), |scope| {
+        let config = redis_sentinel_config(&set, scope.name(), false);
+        async move { Arc::new(redis_connect(config).await) as Arc<dyn EventBus> }
+    })
+    .await;
+    assert!(report.has_run("handler_failures_reported"), "{report}");
+    let kit = started.elapsed();
+
+    let config = redis_sentinel_config(&set, &unique("ef"), true);
     let bus = redis_connect(config).await;
     let first = bus.server();
     assert!(
         first.ends_with(&format!(":{}", set.servers[0].port)),
         "connected to the first primary: {first}"
+    );
+    let health = bus.health();
+    assert!(
+        health.connected && health.server == first && health.failovers == 0,
+        "{health:?}"
     );
     let mut errors = bus.errors();
     let (seen, handler) = id_recorder();
@@ -513,6 +582,14 @@ async fn redis_sentinel_failover_moves_the_bus_to_the_new_primary() {
         .unwrap();
     let before = Event::new("e.created", json!({ "n": 0 })).unwrap();
     bus.publish(before.clone()).await.unwrap();
+    // A pub/sub bus on the same set: its subscription must move to the new primary too.
+    let pubsub = redis_connect(redis_sentinel_config(&set, &unique("ps"), false)).await;
+    let mut pubsub_errors = pubsub.errors();
+    let (pubsub_seen, pubsub_handler) = id_recorder();
+    let _pubsub_sub = pubsub
+        .subscribe_with(&["e.*"], SubscriptionOptions::default(), pubsub_handler)
+        .await
+        .unwrap();
 
     tokio::task::block_in_place(|| set.kill_server(0));
     // Publishing fails while there is no primary, and works again once the replica is
@@ -542,6 +619,11 @@ async fn redis_sentinel_failover_moves_the_bus_to_the_new_primary() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let health = bus.health();
+    assert!(
+        health.connected && health.server == now && health.failovers == 1,
+        "health names the new primary and counts the failover: {health:?}"
+    );
     let mut reported = Vec::new();
     drain(&mut errors, &mut reported);
     assert!(
@@ -550,11 +632,48 @@ async fn redis_sentinel_failover_moves_the_bus_to_the_new_primary() {
             && e.message.contains(&now)),
         "the switch of primary is reported: {reported:?}"
     );
+    // Pub/sub is at most once: events published while the subscription reconnects may be
+    // lost, so publish markers until one arrives.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let marker = Event::new("e.marker", json!({})).unwrap();
+        let id = marker.id;
+        if pubsub.publish(marker).await.is_ok() {
+            let until = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < until && !pubsub_seen.lock().unwrap().contains(&id) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if pubsub_seen.lock().unwrap().contains(&id) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pub/sub subscription never got an event after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut pubsub_reported = Vec::new();
+    drain(&mut pubsub_errors, &mut pubsub_reported);
+    assert!(
+        pubsub_reported
+            .iter()
+            .any(|e| e.kind == BusErrorKind::Reconnected),
+        "the pub/sub subscription reports its reconnect: {pubsub_reported:?}"
+    );
+    assert!(
+        pubsub
+            .server()
+            .ends_with(&format!(":{}", set.servers[1].port)),
+        "the pub/sub bus publishes to the new primary: {}",
+        pubsub.server()
+    );
     eprintln!(
-        "redis sentinel: moved from {first} to {now}; event before the kill delivered: {}; {:?} \
-         in all",
+        "redis sentinel: kit {kit:?}; moved from {first} to {now}; event before the kill \
+         delivered: {}; {:?} in all",
         seen.lock().unwrap().contains(&before.id),
         started.elapsed()
     );
     bus.close().await.unwrap();
+    pubsub.close().await.unwrap();
 }

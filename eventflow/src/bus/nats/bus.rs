@@ -63,7 +63,8 @@ impl NatsBus {
         self.status() == NatsStatus::Connected
     }
 
-    /// The connection state, for health checks.
+    /// The connection state, for health checks. [`health`](NatsBus::health) adds the server
+    /// the client is on and the leader changes (stream and consumers) seen since connect.
     pub fn status(&self) -> NatsStatus {
         if self.inner.closed.load(Ordering::Acquire) || self.inner.reporter.gave_up() {
             return NatsStatus::Closed;
@@ -86,7 +87,8 @@ impl NatsBus {
     }
 
     /// The connection state with where the bus is in a cluster: its server, the JetStream
-    /// stream's leader, leader changes and publish retries seen since connect.
+    /// stream's leader, stream and consumer leader changes and publish retries seen since
+    /// connect.
     pub fn health(&self) -> NatsHealth {
         let cluster = self.inner.js.as_ref().map(|js| &js.cluster);
         NatsHealth {
@@ -94,6 +96,7 @@ impl NatsBus {
             server: self.server(),
             stream_leader: cluster.and_then(|c| c.leader()),
             leader_changes: cluster.map_or(0, |c| c.leader_changes()),
+            consumer_leader_changes: cluster.map_or(0, |c| c.consumer_leader_changes()),
             publish_retries: cluster.map_or(0, |c| c.publish_retries()),
         }
     }

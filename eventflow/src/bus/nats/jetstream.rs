@@ -2,7 +2,7 @@
 //! batches), and pull consumers (durable for named subscriptions, ephemeral otherwise) that ack on success, nak with backoff on failure, and
 //! terminate (dead-letter) after `max_deliver` deliveries.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,6 +58,10 @@ pub(super) struct ClusterView {
     leader: Mutex<Option<String>>,
     leader_changes: AtomicU64,
     publish_retries: AtomicU64,
+    /// The consumers this bus pulls from, with their leader as last seen (`None` without a
+    /// cluster).
+    consumers: Mutex<HashMap<String, Option<String>>>,
+    consumer_leader_changes: AtomicU64,
 }
 
 impl ClusterView {
@@ -71,6 +75,29 @@ impl ClusterView {
 
     pub(super) fn publish_retries(&self) -> u64 {
         self.publish_retries.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn consumer_leader_changes(&self) -> u64 {
+        self.consumer_leader_changes.load(Ordering::Relaxed)
+    }
+
+    /// Records a consumer this bus pulls from, with its leader at creation.
+    fn consumer_created(&self, consumer: &str, leader: Option<String>) {
+        lock(&self.consumers)
+            .entry(consumer.to_owned())
+            .or_insert(leader);
+    }
+
+    /// Records `leader` as elected for `consumer`; returns the previous leader when this
+    /// bus pulls from the consumer and its leader changed.
+    fn consumer_elected(&self, consumer: &str, leader: &str) -> Option<Option<String>> {
+        let mut consumers = lock(&self.consumers);
+        let current = consumers.get_mut(consumer)?;
+        if current.as_deref() == Some(leader) {
+            return None;
+        }
+        self.consumer_leader_changes.fetch_add(1, Ordering::Relaxed);
+        Some(current.replace(leader.to_owned()))
     }
 
     /// Records `leader` as elected; returns the previous leader when it differs.
@@ -88,6 +115,14 @@ impl ClusterView {
 /// (`$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.<stream>`) we use.
 #[derive(serde::Deserialize)]
 struct LeaderElected {
+    leader: String,
+}
+
+/// The part of a consumer leader election advisory
+/// (`$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.<stream>.<consumer>`) we use.
+#[derive(serde::Deserialize)]
+struct ConsumerLeaderElected {
+    consumer: String,
     leader: String,
 }
 
@@ -120,6 +155,29 @@ impl Pending {
             .payload(self.payload.clone())
             .headers(headers)
     }
+}
+
+/// Reports a leader change of a consumer this bus pulls from, told by `payload` (a consumer
+/// leader election advisory).
+fn consumer_elected(cluster: &ClusterView, reporter: &Reporter, stream: &str, payload: &[u8]) {
+    let Ok(elected) = serde_json::from_slice::<ConsumerLeaderElected>(payload) else {
+        tracing::debug!("nats: unreadable consumer leader election advisory");
+        return;
+    };
+    let Some(previous) = cluster.consumer_elected(&elected.consumer, &elected.leader) else {
+        return;
+    };
+    let previous = previous.unwrap_or_else(|| "unknown".to_owned());
+    let consumer = &elected.consumer;
+    tracing::info!(%stream, %consumer, %previous, leader = %elected.leader, "nats: JetStream consumer leader changed");
+    reporter.report(BusError::new(
+        BusErrorKind::Failover,
+        format!(
+            "JetStream consumer {consumer:?} of stream {stream:?}: leader changed from \
+             {previous} to {} (unacked messages are redelivered after ack_wait)",
+            elected.leader
+        ),
+    ));
 }
 
 impl JetStream {
@@ -207,12 +265,28 @@ impl JetStream {
             .subscribe(subject)
             .await
             .map_err(|e| Error::backend(BACKEND, e))?;
+        let mut consumer_advisories = self
+            .context
+            .client()
+            .subscribe(format!(
+                "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{}.*",
+                config.stream_name
+            ))
+            .await
+            .map_err(|e| Error::backend(BACKEND, e))?;
         let cluster = self.cluster.clone();
         let stream = config.stream_name.clone();
         Ok(tokio::spawn(async move {
             loop {
                 let advisory = tokio::select! {
                     _ = shutdown.wait_for(|stop| *stop) => return,
+                    advisory = consumer_advisories.next() => match advisory {
+                        Some(advisory) => {
+                            consumer_elected(&cluster, &reporter, &stream, &advisory.payload);
+                            continue;
+                        }
+                        None => return,
+                    },
                     advisory = advisories.next() => match advisory {
                         Some(advisory) => advisory,
                         None => return,
@@ -237,6 +311,16 @@ impl JetStream {
                 }
             }
         }))
+    }
+
+    /// Every subscription's consumer, for its leader changes.
+    fn consumer_created(&self, consumer: &PullConsumer, name: &str) {
+        let leader = consumer
+            .cached_info()
+            .cluster
+            .as_ref()
+            .and_then(|c| c.leader.clone());
+        self.cluster.consumer_created(name, leader);
     }
 
     async fn send(&self, pending: &mut Pending) -> Result<PublishAckFuture, PublishError> {
@@ -424,6 +508,7 @@ impl JetStream {
                 (consumer, name, true)
             }
         };
+        self.consumer_created(&consumer, &name);
         // Subscribed before the first pull: a pull may make the server give up on a message
         // whose deliveries are used up, and that advisory must not be missed.
         // Messages the server gives up on without a verdict from us (a process that died or

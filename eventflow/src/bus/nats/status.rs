@@ -48,6 +48,11 @@ pub struct NatsHealth {
     /// JetStream: stream leader changes seen since connect (each also reported on the error
     /// stream as [`Failover`](crate::bus::BusErrorKind::Failover)).
     pub leader_changes: u64,
+    /// JetStream: leader changes of the consumers this bus's subscriptions pull from, seen
+    /// since connect (from the server's consumer leader election advisories; each also
+    /// reported on the error stream as [`Failover`](crate::bus::BusErrorKind::Failover),
+    /// naming the consumer). Not counted in `leader_changes`.
+    pub consumer_leader_changes: u64,
     /// JetStream: publish attempts repeated after a transient failure (a leader change, a
     /// lost server) since connect.
     pub publish_retries: u64,

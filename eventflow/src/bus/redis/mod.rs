@@ -185,7 +185,9 @@
 //!   the name they monitor. The bus connects to the primary they name; when that connection
 //!   fails, or answers `READONLY` (the old primary came back as a replica), it asks them again,
 //!   and a new primary is reported as [`Failover`](crate::bus::BusErrorKind::Failover);
-//!   [`RedisBus::server`] names the current one.
+//!   [`RedisBus::server`] names the current one and [`RedisBus::health`] counts the moves.
+//!   In pub/sub mode each subscription subscribes on the primary the sentinels name and asks
+//!   them again when its connection is lost.
 //!
 //! **Durability.** Redis replicates asynchronously: a publish returns once the primary stored
 //! the entry, and a failover can promote a replica that does not have it. With
@@ -210,7 +212,7 @@ mod trim;
 pub use bus::RedisBus;
 pub use config::{RedisConfig, RedisTopology};
 pub use dead_letters::RedisDeadLetter;
-pub use status::GroupStatus;
+pub use status::{GroupStatus, RedisHealth};
 
 /// The backend name in [`Error::Backend`](crate::Error::Backend)(crate::Error::Backend) and
 /// [`Error::Connect`](crate::Error::Connect)(crate::Error::Connect).

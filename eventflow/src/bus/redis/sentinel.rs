@@ -1,6 +1,7 @@
 //! Redis Sentinel: a connection to the primary the sentinels name, that asks them again when
 //! the primary is lost or turns out to be a replica (after a failover), and reports the switch.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -47,6 +48,8 @@ struct State {
     current: Mutex<Option<MultiplexedConnection>>,
     /// The primary's address, as last connected to.
     primary: Mutex<Option<String>>,
+    /// Switches of primary seen by this connection.
+    failovers: AtomicU64,
     /// Where a switch of primary is reported (the publishing connection's only).
     errors: Option<ErrorSender>,
 }
@@ -64,6 +67,7 @@ impl SentinelConn {
                 config,
                 current: Mutex::new(None),
                 primary: Mutex::new(None),
+                failovers: AtomicU64::new(0),
                 errors,
             }),
         };
@@ -74,6 +78,12 @@ impl SentinelConn {
     /// The address of the primary last connected to.
     pub(crate) fn primary(&self) -> Option<String> {
         lock(&self.state.primary).clone()
+    }
+
+    /// How many times this connection found the primary moved (each reported as
+    /// [`BusErrorKind::Failover`] on the publishing connection).
+    pub(crate) fn failovers(&self) -> u64 {
+        self.state.failovers.load(Ordering::Relaxed)
     }
 
     async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
@@ -89,6 +99,7 @@ impl SentinelConn {
         if let Some(previous) = previous
             && previous != address
         {
+            self.state.failovers.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%previous, primary = %address, service = %self.state.target.service, "redis: sentinel primary switched");
             if let Some(errors) = &self.state.errors {
                 errors.report(BusError::new(

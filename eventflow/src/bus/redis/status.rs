@@ -1,9 +1,10 @@
-//! Health: [`RedisBus::ping`], [`RedisBus::is_connected`], and [`GroupStatus`], the progress
-//! of a consumer group.
+//! Health: [`RedisBus::ping`], [`RedisBus::is_connected`], [`RedisBus::health`] (with
+//! [`RedisHealth`]), and [`GroupStatus`], the progress of a consumer group.
 
 use std::sync::atomic::Ordering;
 
 use super::RedisBus;
+use super::conn::Conn;
 use crate::error::Result;
 
 impl RedisBus {
@@ -25,6 +26,20 @@ impl RedisBus {
     /// track their own connections and report changes on [`errors`](crate::bus::EventBus::errors).
     pub fn is_connected(&self) -> bool {
         self.inner.connected.load(Ordering::Relaxed)
+    }
+
+    /// The bus's state for health checks: whether the publishing connection is up, which
+    /// server it publishes to ([`server`](RedisBus::server)), and how many failovers moved it
+    /// since connect. Reads local state only (no command is sent).
+    pub fn health(&self) -> RedisHealth {
+        RedisHealth {
+            connected: self.is_connected(),
+            server: self.server(),
+            failovers: match &self.inner.conn {
+                Conn::Sentinel(conn) => conn.failovers(),
+                _ => 0,
+            },
+        }
     }
 
     /// Progress of consumer group `group` on this bus's stream (Streams mode), for health
@@ -59,6 +74,23 @@ impl RedisBus {
             .await?;
         Ok(GroupStatus::find(reply, group))
     }
+}
+
+/// The state of a [`RedisBus`], from [`RedisBus::health`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisHealth {
+    /// Whether the last command on the publishing connection reached the server
+    /// ([`RedisBus::is_connected`]).
+    pub connected: bool,
+    /// The server the bus publishes to ([`RedisBus::server`]): the address it connected to
+    /// (one server), the cluster's seeds, or the primary the sentinels named last.
+    pub server: String,
+    /// Sentinel: how many times the publishing connection found the primary moved since
+    /// connect (each also reported on the error stream as
+    /// [`Failover`](crate::bus::BusErrorKind::Failover)). Always 0 for one server, and for a
+    /// cluster, whose client follows the slot map by itself.
+    pub failovers: u64,
 }
 
 /// Progress of one consumer group (see [`RedisBus::group_status`](super::RedisBus::group_status)).

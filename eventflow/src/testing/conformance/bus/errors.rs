@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::support::{Collector, event, fail, invalid, numbered, publish, subscribe, wait_error};
-use crate::bus::{BusErrorKind, EventBus, Handler, HandlerResult};
+use crate::bus::{BusError, BusErrorKind, EventBus, Handler, HandlerResult};
 use crate::error::Error;
 use crate::event::Event;
 
@@ -134,10 +134,32 @@ pub async fn handler_failures_reported(bus: &dyn EventBus) {
     let _panicking = subscribe(bus, "report.panicking", misbehaving(&calls, true), promise).await;
     let failing = publish(bus, event("report.failing"), promise).await;
     let panicking = publish(bus, event("report.panicking"), promise).await;
-    let failed = wait_error(&mut errors, promise, "HandlerFailed", |e| {
-        e.kind == BusErrorKind::HandlerFailed && e.event_id == Some(failing)
-    })
-    .await;
+    // The two subscriptions deliver independently: either report may come first, so wait
+    // for both at once (waiting for one would skip the other if it came first).
+    let is_failed =
+        |e: &BusError| e.kind == BusErrorKind::HandlerFailed && e.event_id == Some(failing);
+    let is_panicked =
+        |e: &BusError| e.kind == BusErrorKind::HandlerPanicked && e.event_id == Some(panicking);
+    let (mut failed, mut panicked) = (None, None);
+    while failed.is_none() || panicked.is_none() {
+        let what = match (&failed, &panicked) {
+            (None, None) => "HandlerFailed and HandlerPanicked",
+            (None, Some(_)) => "HandlerFailed",
+            _ => "HandlerPanicked",
+        };
+        let e = wait_error(&mut errors, promise, what, |e| {
+            is_failed(e) || is_panicked(e)
+        })
+        .await;
+        if is_failed(&e) {
+            failed = Some(e);
+        } else {
+            panicked = Some(e);
+        }
+    }
+    let (Some(failed), Some(panicked)) = (failed, panicked) else {
+        unreachable!("both reports were received");
+    };
     if failed.pattern.as_deref() != Some("report.failing")
         || failed.event_type.as_deref() != Some("report.failing")
     {
@@ -146,10 +168,6 @@ pub async fn handler_failures_reported(bus: &dyn EventBus) {
             format!("HandlerFailed names the wrong subscription or event: {failed:?}"),
         );
     }
-    let panicked = wait_error(&mut errors, promise, "HandlerPanicked", |e| {
-        e.kind == BusErrorKind::HandlerPanicked && e.event_id == Some(panicking)
-    })
-    .await;
     if panicked.pattern.as_deref() != Some("report.panicking")
         || !panicked.message.contains("panics on purpose")
     {

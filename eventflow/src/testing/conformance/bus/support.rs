@@ -212,16 +212,23 @@ pub(super) async fn wait_error(
     pred: impl Fn(&BusError) -> bool,
 ) -> BusError {
     let deadline = tokio::time::Instant::now() + DELIVERY_TIMEOUT;
+    // What arrived instead, for the failure message.
+    let mut others = Vec::new();
+    let mut lagged = 0;
     loop {
         match tokio::time::timeout_at(deadline, errors.recv()).await {
             Ok(Ok(e)) if pred(&e) => return e,
-            Ok(Ok(_)) | Ok(Err(RecvError::Lagged(_))) => {}
+            Ok(Ok(e)) => others.push(e.kind),
+            Ok(Err(RecvError::Lagged(n))) => lagged += n,
             Ok(Err(RecvError::Closed)) => {
                 fail(promise, format!("the error stream ended before {what}"))
             }
             Err(_) => fail(
                 promise,
-                format!("no {what} reported on errors() within {DELIVERY_TIMEOUT:?}"),
+                format!(
+                    "no {what} reported on errors() within {DELIVERY_TIMEOUT:?} (reported \
+                     instead: {others:?}; {lagged} missed by lagging)"
+                ),
             ),
         }
     }
