@@ -1344,9 +1344,6 @@ async fn jetstream_kill_9_loses_no_acknowledged_event() {
     let mut config = js_config(&server.url());
     config.request_timeout = Duration::from_secs(2);
     config.ack_wait = Duration::from_secs(2);
-    // This test retries each batch itself (same ids) until it is acknowledged, so every
-    // acknowledgement it counts is the server's; the bus's own retry is tested in clusters.rs.
-    config.publish_retry_for = Duration::ZERO;
 
     let subscriber = connect(config.clone()).await;
     let received = Arc::new(Mutex::new(HashSet::<Uuid>::new()));

@@ -392,7 +392,7 @@ impl JetStream {
             if in_flight.len() >= window
                 && let Some((pending, ack)) = in_flight.pop_front()
             {
-                self.settle(pending, ack).await?;
+                self.settle(pending, ack, &mut in_flight).await?;
             }
             let mut pending = Pending::new(out);
             match self.send(&mut pending).await {
@@ -401,13 +401,44 @@ impl JetStream {
             }
         }
         while let Some((pending, ack)) = in_flight.pop_front() {
-            self.settle(pending, ack).await?;
+            self.settle(pending, ack, &mut in_flight).await?;
         }
         Ok(())
     }
 
-    async fn settle(&self, pending: Pending, ack: PublishAckFuture) -> Result<()> {
+    /// Waits for one acknowledgement. When it failed, the publishes still in flight most likely
+    /// failed with it (a server restart, a leader change), and each of their acknowledgements
+    /// would only time out in turn (an acknowledgement's timeout starts when it is awaited): so
+    /// once this one went through again, the others are sent again at once (same
+    /// `Nats-Msg-Id`: one the server did store is stored once), without waiting for them.
+    async fn settle(
+        &self,
+        pending: Pending,
+        ack: PublishAckFuture,
+        in_flight: &mut VecDeque<(Pending, PublishAckFuture)>,
+    ) -> Result<()> {
         match ack.await {
+            Ok(ack) => {
+                Self::acked(ack, pending.id);
+                Ok(())
+            }
+            Err(e) => {
+                self.retry(pending, e).await?;
+                for (pending, _lost) in std::mem::take(in_flight) {
+                    self.resend(pending).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends `pending` again and waits for its acknowledgement, retrying transient failures.
+    async fn resend(&self, mut pending: Pending) -> Result<()> {
+        let outcome = match self.send(&mut pending).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match outcome {
             Ok(ack) => {
                 Self::acked(ack, pending.id);
                 Ok(())
