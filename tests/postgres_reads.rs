@@ -171,12 +171,14 @@ async fn load_answers_at_once_while_a_transaction_is_open_and_a_projection_rebui
             Some(&late.id)
         );
         assert_eq!(stream.len(), 2);
+        // Under 500 ms: well below the 1 s a stalled read waits (the settle timeout), and safe
+        // from a loaded CI machine (typically a few ms; the 50 ms flaked under load).
         assert!(
-            by_criteria_took < Duration::from_millis(50),
+            by_criteria_took < Duration::from_millis(500),
             "load took {by_criteria_took:?} while another transaction was open"
         );
         assert!(
-            stream_took < Duration::from_millis(50),
+            stream_took < Duration::from_millis(500),
             "load_stream took {stream_took:?} while another transaction was open"
         );
     }
